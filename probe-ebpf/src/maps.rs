@@ -1,0 +1,37 @@
+//! The probe's maps. Names and sizes come from `probe_common` so userspace agrees.
+use aya_ebpf::{
+    macros::map,
+    maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+};
+use probe_common::{
+    ConnectStart, FlowKey, FlowStats, CONNECTS_MAX_ENTRIES, EVENTS_RING_BYTES, FLOWS_MAX_ENTRIES,
+    STATS_LEN,
+};
+
+/// News for userspace: finished TCP handshakes, new UDP flows, first drops.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// UDP flows and drops aggregated in the kernel; userspace reads and sums the counters.
+/// Per-CPU values: counting needs no atomics (which the bpf target does not offer to Rust),
+/// and two CPUs never contend for one cache line.
+#[map]
+pub static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
+    LruPerCpuHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+
+/// connect() start time and caller cgroup, keyed by socket address, until the handshake ends.
+#[map]
+pub static CONNECTS: LruHashMap<u64, ConnectStart> =
+    LruHashMap::with_max_entries(CONNECTS_MAX_ENTRIES, 0);
+
+/// Per-CPU counters indexed by `probe_common::Stat`.
+#[map]
+pub static STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+#[inline(always)]
+pub fn bump(stat: probe_common::Stat) {
+    if let Some(v) = STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while we run.
+        unsafe { *v += 1 };
+    }
+}

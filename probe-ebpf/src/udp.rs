@@ -1,0 +1,234 @@
+//! UDP flows, both directions, connected or not, DNS included.
+//!
+//! Hooks: `cgroup_skb/egress` and `cgroup_skb/ingress` on the cgroup v2 root (kernel >= 4.10),
+//! which see every datagram a local socket sends or has delivered, with the packet starting at
+//! its network header. Chosen over kprobes/fentry on `udp_send_skb`/`skb_consume_udp`: those
+//! need CONFIG_KPROBES or BPF trampolines, which locked-down kernels lack, and static functions
+//! can be inlined away. The programs never change a verdict: they always return 1 (pass).
+//!
+//! A flow is keyed by the observing socket (its cookie), initiator, responder and the
+//! responder's port; datagrams in the other direction mark it answered. Only new flows and the
+//! first answer reach the ring buffer. The socket's netns is read from the current task on
+//! egress, where the sender's task is current; on ingress (softirq) the current task is
+//! unrelated, so the value learnt on egress is kept in the flow's stats.
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{
+        bpf_get_current_task, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
+        bpf_skb_cgroup_id,
+    },
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use probe_common::{
+    EventKind, FlowKey, FlowStats, Stat, AF_INET, AF_INET6, FLOW_KIND_UDP, IPPROTO_UDP,
+    UDP_ANSWERED, UDP_LOCAL_INITIATOR, UDP_LOCAL_RESPONDER,
+};
+
+use crate::{
+    config::off,
+    emit::{emit, Extra},
+    maps::{bump, FLOWS},
+    net::net_inum,
+};
+
+/// `cgroup_skb` return value that lets the packet through.
+const PASS: i32 = 1;
+
+struct End {
+    addr: [u8; 16],
+    port: u16,
+}
+
+#[cgroup_skb]
+pub fn udp_egress(ctx: SkBuffContext) -> i32 {
+    let _ = try_udp(&ctx, true);
+    PASS
+}
+
+#[cgroup_skb]
+pub fn udp_ingress(ctx: SkBuffContext) -> i32 {
+    let _ = try_udp(&ctx, false);
+    PASS
+}
+
+fn try_udp(ctx: &SkBuffContext, outgoing: bool) -> Result<(), i64> {
+    let first: u8 = ctx.load(0)?;
+    let mut src = End {
+        addr: [0; 16],
+        port: 0,
+    };
+    let mut dst = End {
+        addr: [0; 16],
+        port: 0,
+    };
+    let (family, l4) = match first >> 4 {
+        4 => {
+            // Non-first fragments carry no ports.
+            if ctx.load::<u8>(9)? != IPPROTO_UDP || u16::from_be(ctx.load::<u16>(6)?) & 0x1fff != 0
+            {
+                return Ok(());
+            }
+            let addrs: [u8; 8] = ctx.load(12)?;
+            src.addr[..4].copy_from_slice(&addrs[..4]);
+            dst.addr[..4].copy_from_slice(&addrs[4..]);
+            (AF_INET, ((first & 0x0f) as usize) * 4)
+        }
+        6 => {
+            if ctx.load::<u8>(6)? != IPPROTO_UDP {
+                return Ok(());
+            }
+            src.addr = ctx.load(8)?;
+            dst.addr = ctx.load(24)?;
+            (AF_INET6, 40)
+        }
+        _ => return Ok(()),
+    };
+    let ports: [u8; 4] = ctx.load(l4)?;
+    src.port = u16::from_be_bytes([ports[0], ports[1]]);
+    dst.port = u16::from_be_bytes([ports[2], ports[3]]);
+    // SAFETY: helpers valid for cgroup_skb programs on the context's own skb.
+    let (cookie, cgroup_id) = unsafe {
+        (
+            bpf_get_socket_cookie(ctx.skb.skb as *mut _),
+            bpf_skb_cgroup_id(ctx.skb.skb),
+        )
+    };
+    let netns = if outgoing { current_netns() } else { 0 };
+    let seen = Seen {
+        cookie,
+        family,
+        netns,
+        cgroup_id,
+    };
+    if outgoing {
+        seen.account(&src, &dst, true);
+    } else {
+        seen.account(&dst, &src, false);
+    }
+    Ok(())
+}
+
+/// Netns inode of the current task (`current->nsproxy->net_ns->ns.inum`).
+fn current_netns() -> u32 {
+    // SAFETY: probe reads through BTF offsets; a task without nsproxy (exiting) reads 0.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        let nsproxy: *const u8 =
+            match bpf_probe_read_kernel(task.add(off!(task_nsproxy)) as *const *const u8) {
+                Ok(p) if !p.is_null() => p,
+                _ => return 0,
+            };
+        match bpf_probe_read_kernel(nsproxy.add(off!(nsproxy_net_ns)) as *const *const u8) {
+            Ok(net) => net_inum(net),
+            Err(_) => 0,
+        }
+    }
+}
+
+struct Seen {
+    cookie: u64,
+    family: u8,
+    netns: u32,
+    cgroup_id: u64,
+}
+
+impl Seen {
+    fn key(&self, initiator: &End, responder: &End) -> FlowKey {
+        FlowKey {
+            saddr: initiator.addr,
+            daddr: responder.addr,
+            cookie: self.cookie,
+            netns: 0,
+            sport: 0,
+            dport: responder.port,
+            family: self.family,
+            protocol: IPPROTO_UDP,
+            kind: FLOW_KIND_UDP,
+            _pad: 0,
+            reason: 0,
+        }
+    }
+
+    /// Accounts one datagram between `local` and `remote`; `outgoing` is its direction.
+    /// One key is built and then turned around, to keep the stack small.
+    fn account(&self, local: &End, remote: &End, outgoing: bool) {
+        // SAFETY: plain helper call.
+        let now = unsafe { bpf_ktime_get_ns() };
+        // The flow this datagram would answer: the other side initiated it.
+        let mut key = if outgoing {
+            self.key(remote, local)
+        } else {
+            self.key(local, remote)
+        };
+        let answered = &key;
+        if let Some(st) = FLOWS.get_ptr_mut(answered) {
+            // SAFETY: per-CPU map value, no other writer while we run.
+            unsafe {
+                (*st).replies += 1;
+                (*st).last_ns = now;
+                if self.netns != 0 {
+                    (*st).netns = self.netns;
+                }
+                let flags = (*st).flags;
+                if flags & UDP_ANSWERED == 0 {
+                    (*st).flags = flags | UDP_ANSWERED;
+                    emit(
+                        EventKind::Udp,
+                        answered,
+                        self.extra(flags | UDP_ANSWERED, (*st).netns, 0),
+                    );
+                }
+            }
+            return;
+        }
+        let (role, initiator_port) = if outgoing {
+            (UDP_LOCAL_INITIATOR, local.port)
+        } else {
+            (UDP_LOCAL_RESPONDER, remote.port)
+        };
+        core::mem::swap(&mut key.saddr, &mut key.daddr);
+        key.dport = if outgoing { remote.port } else { local.port };
+        let initiated = &key;
+        if let Some(st) = FLOWS.get_ptr_mut(initiated) {
+            // SAFETY: as above.
+            unsafe {
+                (*st).packets += 1;
+                (*st).last_ns = now;
+            }
+            return;
+        }
+        let stats = FlowStats {
+            first_ns: now,
+            last_ns: now,
+            packets: 1,
+            replies: 0,
+            cgroup_id: self.cgroup_id,
+            flags: role,
+            netns: self.netns,
+        };
+        match FLOWS.insert(initiated, &stats, BPF_NOEXIST as u64) {
+            Ok(()) => emit(
+                EventKind::Udp,
+                initiated,
+                self.extra(role, self.netns, initiator_port),
+            ),
+            // Another CPU created it first: count this datagram there.
+            Err(_) => match FLOWS.get_ptr_mut(initiated) {
+                // SAFETY: as above.
+                Some(st) => unsafe { (*st).packets += 1 },
+                None => bump(Stat::FlowUpdateFailed),
+            },
+        }
+    }
+
+    fn extra(&self, flags: u32, netns: u32, sport: u16) -> Extra {
+        Extra {
+            flags,
+            sport,
+            cgroup_id: self.cgroup_id,
+            netns,
+            ..Extra::NONE
+        }
+    }
+}

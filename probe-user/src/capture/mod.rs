@@ -1,0 +1,311 @@
+//! Loading the probe into the kernel and reading from it: the only code that touches aya.
+//!
+//! [`Probe::load`] hands the kernel-specific offsets to the probe, loads and attaches every
+//! program, and gives access to the ring buffer, the flow map and the loss counters. Dropping
+//! the [`Probe`] detaches everything.
+use aya::{
+    include_bytes_aligned,
+    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{cgroup_skb::CgroupSkbAttachType, links::CgroupAttachMode, CgroupSkb, TracePoint},
+    Ebpf, EbpfLoader,
+};
+use probe_common::{FlowKey, FlowStats, Stat, GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_STATS};
+use tokio::io::unix::AsyncFd;
+
+use crate::kernel::KernelInfo;
+
+/// The probe object, built by `build.rs` from the probe-ebpf crate.
+static PROBE_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowpol-probe"));
+
+/// (program, tracepoint group, tracepoint name)
+const TRACEPOINTS: [(&str, &str, &str); 2] = [
+    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
+    ("kfree_skb", "skb", "kfree_skb"),
+];
+/// (program, attach type) of the cgroup_skb programs, attached to the cgroup v2 root.
+const CGROUP_SKB: [(&str, CgroupSkbAttachType); 2] = [
+    ("udp_egress", CgroupSkbAttachType::Egress),
+    ("udp_ingress", CgroupSkbAttachType::Ingress),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("missing privileges: {missing}. Run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")]
+    Privileges { missing: String },
+    #[error("the kernel refused to load the probe: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("program {program} is missing from the probe object")]
+    MissingProgram { program: String },
+    #[error("cannot load program {program}: {source}")]
+    Program {
+        program: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("cannot attach {program} to {hook}: {source}")]
+    Attach {
+        program: String,
+        hook: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {map} is missing from the probe object")]
+    MissingMap { map: &'static str },
+    #[error("cannot open the cgroup v2 root {path}: {source}")]
+    Cgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("waiting for the ring buffer: {0}")]
+    Poll(#[source] std::io::Error),
+}
+
+/// Per-CPU counters of the probe's own troubles.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ProbeStats {
+    /// Events lost because the ring buffer was full, per CPU.
+    pub ring_full_per_cpu: Vec<u64>,
+    pub flow_update_failed: u64,
+    pub drop_unparsed: u64,
+}
+
+impl ProbeStats {
+    pub fn events_lost(&self) -> u64 {
+        self.ring_full_per_cpu.iter().sum()
+    }
+}
+
+pub struct Probe {
+    // Owns the programs and their links; dropped last so maps stay valid until then.
+    ring: AsyncFd<RingBuf<MapData>>,
+    flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
+    stats: PerCpuArray<MapData, u64>,
+    _ebpf: Ebpf,
+}
+
+/// Capability bits (linux/capability.h).
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Which capabilities the probe lacks, from the `CapEff:` line of /proc/self/status.
+pub fn missing_capabilities(status: &str) -> Vec<&'static str> {
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    let mut missing = Vec::new();
+    // CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON (kernels before 5.8 only know it).
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        missing.push("CAP_PERFMON");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    missing
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CaptureError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(CaptureError::MissingMap { map: name })?;
+    T::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
+}
+
+impl Probe {
+    /// Loads and attaches every program. Needs a tokio runtime (for the ring buffer and logs).
+    pub fn load(info: &KernelInfo) -> Result<Self, CaptureError> {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        let missing = missing_capabilities(&status);
+        if !missing.is_empty() {
+            return Err(CaptureError::Privileges {
+                missing: missing.join(", "),
+            });
+        }
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new()
+            .set_global(GLOBAL_CONFIG, &info.config, true)
+            .load(PROBE_OBJECT)
+            .map_err(CaptureError::Load)?;
+        if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
+            tracing::warn!("probe diagnostics (aya-log) unavailable: {e}");
+        }
+        for (program, group, name) in TRACEPOINTS {
+            let prog: &mut TracePoint = program_mut(&mut ebpf, program)?;
+            prog.load().map_err(|source| CaptureError::Program {
+                program: program.into(),
+                source,
+            })?;
+            prog.attach(group, name)
+                .map_err(|source| CaptureError::Attach {
+                    program: program.into(),
+                    hook: format!("tracepoint {group}/{name}"),
+                    source,
+                })?;
+        }
+        let cgroup = std::fs::File::open(&info.cgroup2).map_err(|source| CaptureError::Cgroup {
+            path: info.cgroup2.display().to_string(),
+            source,
+        })?;
+        for (program, attach_type) in CGROUP_SKB {
+            let prog: &mut CgroupSkb = program_mut(&mut ebpf, program)?;
+            prog.load().map_err(|source| CaptureError::Program {
+                program: program.into(),
+                source,
+            })?;
+            // On kernels >= 5.7 aya attaches through a bpf_link, which always coexists with other
+            // programs on the cgroup (systemd, a CNI) and takes no flags: "Single" sends none.
+            prog.attach(&cgroup, attach_type, CgroupAttachMode::Single)
+                .map_err(|source| CaptureError::Attach {
+                    program: program.into(),
+                    hook: format!("cgroup_skb/{attach_type:?} on {}", info.cgroup2.display()),
+                    source,
+                })?;
+        }
+        let ring: RingBuf<MapData> = take(&mut ebpf, MAP_EVENTS)?;
+        // SAFETY: the ring buffer owns its file descriptor and is neither closed nor replaced
+        // while registered: it lives inside the AsyncFd until the Probe is dropped.
+        let ring =
+            unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Poll(e.into_parts().1))?;
+        let flows = take(&mut ebpf, MAP_FLOWS)?;
+        let stats = take(&mut ebpf, MAP_STATS)?;
+        Ok(Self {
+            ring,
+            flows,
+            stats,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Waits until the ring buffer has data (or `timeout` passes), then hands every pending
+    /// event to `f`.
+    pub async fn next_batch(
+        &mut self,
+        timeout: std::time::Duration,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<(), CaptureError> {
+        match tokio::time::timeout(timeout, self.ring.readable_mut()).await {
+            Err(_elapsed) => Ok(()),
+            Ok(Err(e)) => Err(CaptureError::Poll(e)),
+            Ok(Ok(mut guard)) => {
+                let ring = guard.get_inner_mut();
+                while let Some(item) = ring.next() {
+                    f(&item);
+                }
+                guard.clear_ready();
+                Ok(())
+            }
+        }
+    }
+
+    /// Hands every pending event to `f` without waiting.
+    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) {
+        let ring = self.ring.get_mut();
+        while let Some(item) = ring.next() {
+            f(&item);
+        }
+    }
+
+    /// Counters of one aggregated flow, summed over CPUs; `None` once the LRU evicted it.
+    pub fn flow_stats(&self, key: &FlowKey) -> Option<FlowStats> {
+        let per_cpu = self.flows.get(key, 0).ok()?;
+        let mut sum = FlowStats::default();
+        for v in per_cpu.iter() {
+            if v.packets == 0 && v.replies == 0 && v.flags == 0 {
+                continue;
+            }
+            sum.first_ns = if sum.first_ns == 0 {
+                v.first_ns
+            } else {
+                sum.first_ns.min(v.first_ns)
+            };
+            sum.last_ns = sum.last_ns.max(v.last_ns);
+            sum.packets += v.packets;
+            sum.replies += v.replies;
+            sum.flags |= v.flags;
+            sum.netns = sum.netns.max(v.netns);
+            sum.cgroup_id = sum.cgroup_id.max(v.cgroup_id);
+        }
+        Some(sum)
+    }
+
+    pub fn stats(&self) -> ProbeStats {
+        let read = |stat: Stat| -> Vec<u64> {
+            self.stats
+                .get(&(stat as u32), 0)
+                .map(|v| v.iter().copied().collect())
+                .unwrap_or_default()
+        };
+        ProbeStats {
+            ring_full_per_cpu: read(Stat::RingFull),
+            flow_update_failed: read(Stat::FlowUpdateFailed).iter().sum(),
+            drop_unparsed: read(Stat::DropUnparsed).iter().sum(),
+        }
+    }
+}
+
+fn program_mut<'a, T>(ebpf: &'a mut Ebpf, program: &str) -> Result<&'a mut T, CaptureError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(program)
+        .ok_or_else(|| CaptureError::MissingProgram {
+            program: program.into(),
+        })?;
+    prog.try_into().map_err(|source| CaptureError::Program {
+        program: program.into(),
+        source,
+    })
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use memcg. Raising it
+/// needs CAP_SYS_RESOURCE, which containers often lack: warn, don't fail.
+fn raise_memlock() {
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an initialised rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) } != 0 {
+        tracing::debug!(
+            "cannot raise RLIMIT_MEMLOCK ({}); fine on kernels >= 5.11",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_are_read_from_capeff() {
+        let root = "Name:\tx\nCapEff:\t000001ffffffffff\n";
+        assert!(missing_capabilities(root).is_empty());
+        let none = "CapEff:\t0000000000000000\n";
+        assert_eq!(
+            missing_capabilities(none),
+            ["CAP_BPF", "CAP_PERFMON", "CAP_NET_ADMIN"]
+        );
+        // CAP_SYS_ADMIN + CAP_NET_ADMIN is enough on its own.
+        let sysadmin = format!("CapEff:\t{:016x}\n", (1u64 << 21) | (1u64 << 12));
+        assert!(missing_capabilities(&sysadmin).is_empty());
+    }
+}

@@ -1,0 +1,44 @@
+//! Command-line interface. Each subcommand lives in its own file; errors are reported here
+//! once, with their chain of causes.
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+mod record;
+
+#[derive(Parser)]
+#[command(
+    name = "flowpol",
+    version,
+    about = "See whether your NetworkPolicies hold: observe, attribute, verify, suggest"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Capture connections, UDP flows and drops on this node as JSON lines.
+    Record(record::Args),
+}
+
+pub fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FLOWPOL_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Record(args) => record::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("flowpol: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

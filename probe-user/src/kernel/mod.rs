@@ -1,0 +1,166 @@
+//! What the probe must know about the running kernel, found out before load.
+//!
+//! Offsets of kernel structs come from BTF and tracepoint layouts from tracefs, so one probe
+//! binary runs on every kernel >= 5.8 with BTF. Missing pieces are reported by name.
+pub mod btf;
+pub mod tracefs;
+
+use std::{collections::HashMap, path::PathBuf};
+
+use probe_common::ProbeConfig;
+
+use btf::{Btf, BtfError};
+use tracefs::{TracefsError, Tracepoint};
+
+/// Where the kernel publishes its own BTF.
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("this kernel has no BTF ({VMLINUX_BTF} is missing); flowpol needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (>= 5.8)")]
+    NoBtf,
+    #[error("cannot read {VMLINUX_BTF}: {source}")]
+    ReadBtf {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("kernel BTF: {0}")]
+    Btf(#[from] BtfError),
+    #[error(transparent)]
+    Tracefs(#[from] TracefsError),
+    #[error("offset of {what} is {offset}, beyond what the probe can address")]
+    OffsetTooLarge { what: String, offset: usize },
+    #[error("no cgroup v2 hierarchy is mounted (none in /proc/self/mountinfo); UDP capture attaches to its root. Mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup`")]
+    NoCgroup2,
+}
+
+/// Everything learnt about the kernel.
+pub struct KernelInfo {
+    pub config: ProbeConfig,
+    /// Root of the cgroup v2 hierarchy, where the UDP programs attach.
+    pub cgroup2: PathBuf,
+    /// `enum skb_drop_reason` value -> name without the `SKB_DROP_REASON_` prefix.
+    pub drop_reasons: HashMap<u32, String>,
+}
+
+/// Reads BTF and tracefs of the running kernel and checks every hook is there.
+pub fn discover() -> Result<KernelInfo, KernelError> {
+    let btf = match std::fs::read(VMLINUX_BTF) {
+        Ok(bytes) => Btf::parse(bytes)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(KernelError::NoBtf),
+        Err(source) => return Err(KernelError::ReadBtf { source }),
+    };
+    let root = tracefs::tracefs_root()?;
+    let state = Tracepoint::load(&root, "sock", "inet_sock_set_state")?;
+    let drop = Tracepoint::load(&root, "skb", "kfree_skb")?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let cgroup2 = cgroup2_root(&mountinfo).ok_or(KernelError::NoCgroup2)?;
+    resolve(&btf, &state, &drop, cgroup2)
+}
+
+/// The first cgroup2 mount point in a mountinfo listing (field 5 is the mount point; the
+/// filesystem type follows the ` - ` separator).
+pub fn cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        // The root of the hierarchy is mounted when field 4 (the mount's root) is "/".
+        let mut fields = left.split_whitespace().skip(3);
+        let root = fields.next()?;
+        let point = fields.next()?;
+        (root == "/").then(|| PathBuf::from(point.replace("\\040", " ")))
+    })
+}
+
+/// Builds the probe's configuration from parsed BTF and tracepoint layouts.
+pub fn resolve(
+    btf: &Btf,
+    state: &Tracepoint,
+    drop: &Tracepoint,
+    cgroup2: PathBuf,
+) -> Result<KernelInfo, KernelError> {
+    let member = |strukt: &str, path: &str| -> Result<u16, KernelError> {
+        let offset = btf.member_offset(strukt, path)?;
+        u16::try_from(offset).map_err(|_| KernelError::OffsetTooLarge {
+            what: format!("{strukt}.{path}"),
+            offset,
+        })
+    };
+    let has_reason = drop.has("reason");
+    let config = ProbeConfig {
+        tp_state_skaddr: state.offset("skaddr", 8)?,
+        tp_state_oldstate: state.offset("oldstate", 4)?,
+        tp_state_newstate: state.offset("newstate", 4)?,
+        tp_state_sport: state.offset("sport", 2)?,
+        tp_state_dport: state.offset("dport", 2)?,
+        tp_state_family: state.offset("family", 2)?,
+        tp_state_protocol: state.offset("protocol", 2)?,
+        tp_state_saddr: state.offset("saddr", 4)?,
+        tp_state_daddr: state.offset("daddr", 4)?,
+        tp_state_saddr_v6: state.offset("saddr_v6", 16)?,
+        tp_state_daddr_v6: state.offset("daddr_v6", 16)?,
+        tp_drop_skbaddr: drop.offset("skbaddr", 8)?,
+        tp_drop_protocol: drop.offset("protocol", 2)?,
+        tp_drop_reason: if has_reason {
+            drop.offset("reason", 4)?
+        } else {
+            0
+        },
+        tp_drop_has_reason: u16::from(has_reason),
+        sock_net: member("sock", "__sk_common.skc_net.net")?,
+        sock_err: member("sock", "sk_err")?,
+        net_inum: member("net", "ns.inum")?,
+        skb_head: member("sk_buff", "head")?,
+        skb_network_header: member("sk_buff", "network_header")?,
+        skb_dev: member("sk_buff", "dev")?,
+        skb_sk: member("sk_buff", "sk")?,
+        dev_net: member("net_device", "nd_net.net")?,
+        task_nsproxy: member("task_struct", "nsproxy")?,
+        nsproxy_net_ns: member("nsproxy", "net_ns")?,
+        _pad: 0,
+    };
+    let drop_reasons = if has_reason {
+        btf.enum_values("skb_drop_reason")?
+            .into_iter()
+            .filter_map(|(v, name)| {
+                let short = name
+                    .strip_prefix("SKB_DROP_REASON_")
+                    .unwrap_or(&name)
+                    .to_owned();
+                u32::try_from(v).ok().map(|v| (v, short))
+            })
+            .collect()
+    } else {
+        HashMap::new()
+    };
+    Ok(KernelInfo {
+        config,
+        cgroup2,
+        drop_reasons,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_root_in_mountinfo() {
+        let hybrid = "25 20 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755
+33 25 0:28 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+34 25 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory";
+        assert_eq!(
+            cgroup2_root(hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        let nested_only = "40 20 0:30 /kubepods /sys/fs/cgroup rw - cgroup2 cgroup2 rw";
+        assert_eq!(
+            cgroup2_root(nested_only),
+            None,
+            "a sub-tree mount is not the root"
+        );
+        assert_eq!(cgroup2_root("1 0 0:1 / / rw - ext4 /dev/vda rw"), None);
+    }
+}

@@ -1,0 +1,15 @@
+//! flowpol: watch what pods really say to each other and hold it against the declared
+//! NetworkPolicies.
+//!
+//! The data's path, one module per stage:
+//! [`kernel`] (what the running kernel looks like) -> [`capture`] (the probe, the only aya code)
+//! -> [`decode`] (ring buffer bytes to observations) -> [`aggregate`] (observations to
+//! [`record`]s) -> output. [`session`] ties capture to aggregation; [`lab`] builds a cluster
+//! stand-in out of network namespaces.
+pub mod aggregate;
+pub mod capture;
+pub mod decode;
+pub mod kernel;
+pub mod output;
+pub mod record;
+pub mod session;

@@ -1,0 +1,187 @@
+//! The flow record: the contract between capture and analysis (see docs/flow-record.md).
+//!
+//! Capture writes these as JSON lines; every analysis command reads them. Only `src.ip`,
+//! `dst.ip`, `dst.port` and `protocol` are required on input, so records from other tools
+//! (or hand-written ones) can be analysed too.
+use std::net::IpAddr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    #[serde(alias = "tcp")]
+    TCP,
+    #[serde(alias = "udp")]
+    UDP,
+    #[serde(alias = "sctp")]
+    SCTP,
+}
+
+impl Protocol {
+    pub fn from_ipproto(p: u8) -> Option<Self> {
+        match p {
+            probe_common::IPPROTO_TCP => Some(Self::TCP),
+            probe_common::IPPROTO_UDP => Some(Self::UDP),
+            probe_common::IPPROTO_SCTP => Some(Self::SCTP),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::TCP => "TCP",
+            Self::UDP => "UDP",
+            Self::SCTP => "SCTP",
+        })
+    }
+}
+
+/// What happened to the flow, as the kernel saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    /// TCP handshake completed.
+    Established,
+    /// TCP connect() answered with RST (`ECONNREFUSED`).
+    Refused,
+    /// TCP connect() got no answer (timed out, unreachable, or abandoned by the caller).
+    Timeout,
+    /// Packets were dropped by the kernel (`drop_reason` says why).
+    Dropped,
+    /// UDP datagrams went out from the initiator; none came back.
+    Sent,
+    /// UDP datagrams arrived at the responder; none went back.
+    Received,
+    /// UDP datagrams went both ways.
+    Answered,
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&s)
+    }
+}
+
+/// Which end of the flow the observation was made at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Side {
+    /// The initiator's socket (TCP client, first UDP sender).
+    Client,
+    /// The responder's socket.
+    Server,
+    /// Neither socket: a packet dropped on its way (drops are seen where they happen).
+    Path,
+}
+
+/// Where the probe saw the flow.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Observer {
+    pub side: Side,
+    /// Network namespace inode of the socket or device (0 when unknown).
+    pub netns: u32,
+    /// cgroup v2 id of the task that opened the connection, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_id: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    /// Absent for a client whose port varied across the aggregated connections.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FlowRecord {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<DateTime<Utc>>,
+    pub protocol: Protocol,
+    pub src: Endpoint,
+    pub dst: Endpoint,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_reason: Option<String>,
+    /// Connections (TCP), datagrams from the initiator (UDP) or dropped packets.
+    #[serde(default = "one")]
+    pub count: u64,
+    /// Datagrams from the responder (UDP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replies: Option<u64>,
+    /// Why a connection failed, as the kernel's errno name (`ECONNREFUSED`, `ETIMEDOUT`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observer: Option<Observer>,
+}
+
+fn one() -> u64 {
+    1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_record_is_accepted() {
+        let r: FlowRecord = serde_json::from_str(
+            r#"{"protocol":"TCP","src":{"ip":"10.0.0.1"},"dst":{"ip":"fd00::2","port":443}}"#,
+        )
+        .expect("minimal record parses");
+        assert_eq!(r.count, 1);
+        assert_eq!(r.dst.port, Some(443));
+        assert_eq!(r.verdict, None);
+        assert!(r.dst.ip.is_ipv6());
+    }
+
+    #[test]
+    fn verdicts_serialize_as_documented() {
+        let names: Vec<String> = [
+            Verdict::Established,
+            Verdict::Refused,
+            Verdict::Timeout,
+            Verdict::Dropped,
+            Verdict::Sent,
+            Verdict::Received,
+            Verdict::Answered,
+        ]
+        .iter()
+        .map(Verdict::to_string)
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "established",
+                "refused",
+                "timeout",
+                "dropped",
+                "sent",
+                "received",
+                "answered"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_protocol_is_rejected() {
+        let err = serde_json::from_str::<FlowRecord>(
+            r#"{"protocol":"ICMP","src":{"ip":"10.0.0.1"},"dst":{"ip":"10.0.0.2","port":1}}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("ICMP"), "{err}");
+    }
+}
