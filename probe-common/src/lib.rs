@@ -169,6 +169,10 @@ pub struct Event {
     /// The initiator's port (client port for TCP; first one seen for UDP and drops).
     pub sport: u16,
     pub _pad1: u16,
+    /// Network namespace inode of the observer. For UDP it is not part of the key (see
+    /// `FlowKey::netns`), so it travels here; the key is always the flow map's key, unchanged.
+    pub netns: u32,
+    pub _pad2: u32,
     pub key: FlowKey,
 }
 
@@ -235,8 +239,9 @@ const _: () = {
     assert!(core::mem::offset_of!(FlowKey, reason) == 52);
     assert!(core::mem::size_of::<FlowStats>() == 48);
     assert!(core::mem::size_of::<ConnectStart>() == 16);
-    assert!(core::mem::size_of::<Event>() == 96);
-    assert!(core::mem::offset_of!(Event, key) == 40);
+    assert!(core::mem::size_of::<Event>() == 104);
+    assert!(core::mem::offset_of!(Event, netns) == 40);
+    assert!(core::mem::offset_of!(Event, key) == 48);
     assert!(core::mem::size_of::<ProbeConfig>() == 52);
 };
 

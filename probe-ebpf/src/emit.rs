@@ -10,7 +10,7 @@ pub struct Extra {
     pub cgroup_id: u64,
     pub flags: u32,
     pub sport: u16,
-    /// Overrides the key's netns when non-zero (UDP keeps it outside the key).
+    /// The observer's netns when it is not in the key (UDP); the key's otherwise.
     pub netns: u32,
 }
 
@@ -45,10 +45,13 @@ pub fn emit(kind: EventKind, key: &FlowKey, extra: Extra) {
                 (*ev).flags = extra.flags;
                 (*ev).sport = extra.sport;
                 (*ev)._pad1 = 0;
+                (*ev).netns = if extra.netns != 0 {
+                    extra.netns
+                } else {
+                    key.netns
+                };
+                (*ev)._pad2 = 0;
                 (*ev).key = *key;
-                if extra.netns != 0 {
-                    (*ev).key.netns = extra.netns;
-                }
             }
             entry.submit(0);
         }

@@ -86,7 +86,7 @@ pub fn decode(bytes: &[u8]) -> Result<Observation, DecodeError> {
         src_port: ev.sport,
         dst: addr(k.family, &k.daddr)?,
         dst_port: k.dport,
-        netns: k.netns,
+        netns: ev.netns,
         reason: k.reason,
         key: k,
     })
@@ -124,6 +124,8 @@ pub(crate) mod tests {
             flags: 0,
             sport: 40000,
             _pad1: 0,
+            netns: key.netns,
+            _pad2: 0,
             key,
         }
     }
@@ -172,7 +174,7 @@ pub(crate) mod tests {
         let good = bytes(&ev);
         assert_eq!(
             decode(&good[..10]),
-            Err(DecodeError::Length { got: 10, want: 96 })
+            Err(DecodeError::Length { got: 10, want: 104 })
         );
         let mut v = ev;
         v.version = 99;

@@ -10,6 +10,7 @@ pub mod aggregate;
 pub mod capture;
 pub mod decode;
 pub mod kernel;
+pub mod lab;
 pub mod output;
 pub mod record;
 pub mod session;

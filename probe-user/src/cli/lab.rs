@@ -1,0 +1,58 @@
+//! `flowpol lab`: build the namespace lab from a scenario, run its traffic while recording.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Context as _;
+use flowpol::{
+    lab::{run, scenario, EXAMPLE_SCENARIO},
+    output,
+};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Scenario file (YAML); the built-in shop scenario when absent.
+    scenario: Option<PathBuf>,
+    /// Write the records as JSON lines here instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Fail (exit 1) unless every `expect` of the traffic plan matches what was captured.
+    #[arg(long)]
+    check: bool,
+    /// Print the built-in scenario and exit.
+    #[arg(long)]
+    print_example: bool,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.print_example {
+        print!("{EXAMPLE_SCENARIO}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let resolved = match &args.scenario {
+        Some(path) => scenario::load(path)?,
+        None => scenario::parse("<built-in shop scenario>", EXAMPLE_SCENARIO)?,
+    };
+    eprintln!(
+        "flowpol lab: scenario `{}`: {} hosts, {} traffic items",
+        resolved.scenario.name,
+        resolved.hosts.len(),
+        resolved.scenario.traffic.len()
+    );
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let report = rt.block_on(run::run(resolved, super::record::hostname()))?;
+    output::emit_records(args.output.as_deref(), &report.records)?;
+    eprintln!("{}\n\n{}", report.table(), report.summary);
+    if report.mismatches.is_empty() {
+        if args.check {
+            eprintln!("flowpol lab: check passed: every expectation matched the capture exactly");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for m in &report.mismatches {
+        eprintln!("flowpol lab: MISMATCH: {m}");
+    }
+    Ok(if args.check {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

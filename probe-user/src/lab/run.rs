@@ -1,0 +1,175 @@
+//! One lab run: probe up, lab up, traffic while recording, checks, everything torn down.
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+
+use super::{
+    check::{check, Mismatch},
+    netns::{self, NetError},
+    scenario::Resolved,
+    traffic::Outcome,
+    Lab,
+};
+use crate::{
+    aggregate::{Aggregator, Clock},
+    capture::{CaptureError, Probe},
+    kernel::{self, KernelError},
+    record::FlowRecord,
+    session::{Session, Summary},
+};
+
+/// Time left after the traffic for the last events to arrive.
+const GRACE: Duration = Duration::from_millis(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("inspecting the running kernel: {0}")]
+    Kernel(#[from] KernelError),
+    #[error("loading the eBPF probe: {0}")]
+    Capture(#[from] CaptureError),
+    #[error("the lab's traffic runner stopped unexpectedly: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+pub struct LabReport {
+    /// Records observed in the lab's namespaces only.
+    pub records: Vec<FlowRecord>,
+    pub summary: Summary,
+    pub outcomes: Vec<Outcome>,
+    pub mismatches: Vec<Mismatch>,
+    pub hosts_by_inode: HashMap<u32, String>,
+    pub resolved: Resolved,
+}
+
+/// Builds the lab, records while its traffic plan runs, and tears it down.
+pub async fn run(resolved: Resolved, node: Option<String>) -> Result<LabReport, LabError> {
+    netns::preflight()?;
+    let info = kernel::discover()?;
+    let probe = Probe::load(&info)?;
+    let mut session = Session::new(
+        probe,
+        Aggregator::new(node, Clock::system(), info.drop_reasons),
+    );
+    let lab = Arc::new(tokio::task::spawn_blocking(move || Lab::up(resolved)).await??);
+    let stop_flag = lab.stop_flag();
+    let traffic = tokio::task::spawn_blocking({
+        let lab = lab.clone();
+        move || lab.run_traffic()
+    });
+    let mut finished = None;
+    let stop = async {
+        tokio::pin!(traffic);
+        let result = tokio::select! {
+            r = &mut traffic => r,
+            _ = tokio::signal::ctrl_c() => {
+                stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = (&mut traffic).await;
+                finished = Some(Err(LabError::Interrupted));
+                return;
+            }
+        };
+        tokio::time::sleep(GRACE).await;
+        finished = Some(
+            result
+                .map_err(LabError::from)
+                .and_then(|r| r.map_err(LabError::from)),
+        );
+    };
+    session.run(stop).await?;
+    let outcomes = finished.unwrap_or(Err(LabError::Interrupted))?;
+    let (records, summary) = session.finish();
+    let hosts_by_inode = lab.inodes();
+    let records: Vec<FlowRecord> = records
+        .into_iter()
+        .filter(|r| {
+            r.observer
+                .as_ref()
+                .is_some_and(|o| hosts_by_inode.contains_key(&o.netns))
+        })
+        .collect();
+    let resolved = lab.resolved().clone();
+    let mismatches = check(&resolved, &outcomes, &records, &hosts_by_inode);
+    // Tear down now (listeners joined, namespaces deleted) rather than at some later drop.
+    drop(lab);
+    Ok(LabReport {
+        records,
+        summary,
+        outcomes,
+        mismatches,
+        hosts_by_inode,
+        resolved,
+    })
+}
+
+impl LabReport {
+    /// The records as a table with lab host names in place of addresses.
+    pub fn table(&self) -> String {
+        let name = |ip: IpAddr| -> String {
+            self.resolved
+                .hosts
+                .iter()
+                .find(|h| IpAddr::V4(h.ipv4) == ip || IpAddr::V6(h.ipv6) == ip)
+                .map(|h| h.id.clone())
+                .unwrap_or_else(|| ip.to_string())
+        };
+        let mut rows = vec![[
+            "SOURCE".to_owned(),
+            "DESTINATION".into(),
+            "PROTO".into(),
+            "VERDICT".into(),
+            "COUNT".into(),
+            "SEEN AT".into(),
+        ]];
+        for r in &self.records {
+            let seen = r
+                .observer
+                .as_ref()
+                .map(|o| {
+                    format!(
+                        "{:?} in {}",
+                        o.side,
+                        self.hosts_by_inode
+                            .get(&o.netns)
+                            .map(String::as_str)
+                            .unwrap_or("?")
+                    )
+                    .to_lowercase()
+                })
+                .unwrap_or_default();
+            let verdict = match (&r.verdict, &r.drop_reason) {
+                (Some(v), Some(reason)) => format!("{v} ({reason})"),
+                (Some(v), None) => v.to_string(),
+                (None, _) => String::new(),
+            };
+            rows.push([
+                name(r.src.ip),
+                format!(
+                    "{}:{}",
+                    name(r.dst.ip),
+                    r.dst.port.map(|p| p.to_string()).unwrap_or_default()
+                ),
+                r.protocol.to_string(),
+                verdict,
+                r.count.to_string(),
+                seen,
+            ]);
+        }
+        let widths: Vec<usize> = (0..6)
+            .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+            .collect();
+        rows.iter()
+            .map(|r| {
+                r.iter()
+                    .zip(&widths)
+                    .map(|(cell, w)| format!("{cell:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_owned()
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
