@@ -13,6 +13,7 @@ pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_FLOWS: &str = "FLOWS";
 pub const MAP_CONNECTS: &str = "CONNECTS";
 pub const MAP_STATS: &str = "STATS";
+pub const MAP_SOCK_NETNS: &str = "SOCK_NETNS";
 /// Name of the global that userspace fills in before load.
 pub const GLOBAL_CONFIG: &str = "CONFIG";
 
@@ -22,6 +23,8 @@ pub const EVENTS_RING_BYTES: u32 = 8 << 20;
 pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
 /// Entries of the map that remembers connect() start time and cgroup per socket.
 pub const CONNECTS_MAX_ENTRIES: u32 = 65_536;
+/// Entries of the map from UDP socket cookie to the netns the socket was created in.
+pub const SOCK_NETNS_MAX_ENTRIES: u32 = 65_536;
 
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;

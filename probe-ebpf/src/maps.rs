@@ -5,7 +5,7 @@ use aya_ebpf::{
 };
 use probe_common::{
     ConnectStart, FlowKey, FlowStats, CONNECTS_MAX_ENTRIES, EVENTS_RING_BYTES, FLOWS_MAX_ENTRIES,
-    STATS_LEN,
+    SOCK_NETNS_MAX_ENTRIES, STATS_LEN,
 };
 
 /// News for userspace: finished TCP handshakes, new UDP flows, first drops.
@@ -23,6 +23,12 @@ pub static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
 #[map]
 pub static CONNECTS: LruHashMap<u64, ConnectStart> =
     LruHashMap::with_max_entries(CONNECTS_MAX_ENTRIES, 0);
+
+/// UDP socket cookie -> netns inode, recorded when the socket is created (in its creator's
+/// context), because the ingress hook runs in softirq where the current task is unrelated.
+#[map]
+pub static SOCK_NETNS: LruHashMap<u64, u32> =
+    LruHashMap::with_max_entries(SOCK_NETNS_MAX_ENTRIES, 0);
 
 /// Per-CPU counters indexed by `probe_common::Stat`.
 #[map]

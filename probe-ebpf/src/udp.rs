@@ -9,16 +9,17 @@
 //! A flow is keyed by the observing socket (its cookie), initiator, responder and the
 //! responder's port; datagrams in the other direction mark it answered. Only new flows and the
 //! first answer reach the ring buffer. The socket's netns is read from the current task on
-//! egress, where the sender's task is current; on ingress (softirq) the current task is
-//! unrelated, so the value learnt on egress is kept in the flow's stats.
+//! egress, where the sender's task is current. On ingress (softirq) the current task is
+//! unrelated, so `cgroup/sock_create` records each UDP socket's netns by cookie when it is
+//! created; sockets older than the probe get theirs when they first send.
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_task, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_probe_read_kernel,
         bpf_skb_cgroup_id,
     },
-    macros::cgroup_skb,
-    programs::SkBuffContext,
+    macros::{cgroup_skb, cgroup_sock},
+    programs::{SkBuffContext, SockContext},
 };
 use probe_common::{
     EventKind, FlowKey, FlowStats, Stat, AF_INET, AF_INET6, FLOW_KIND_UDP, IPPROTO_UDP,
@@ -28,7 +29,7 @@ use probe_common::{
 use crate::{
     config::off,
     emit::{emit, Extra},
-    maps::{bump, FLOWS},
+    maps::{bump, FLOWS, SOCK_NETNS},
     net::net_inum,
 };
 
@@ -49,6 +50,28 @@ pub fn udp_egress(ctx: SkBuffContext) -> i32 {
 #[cgroup_skb]
 pub fn udp_ingress(ctx: SkBuffContext) -> i32 {
     let _ = try_udp(&ctx, false);
+    PASS
+}
+
+#[cgroup_sock(sock_create)]
+pub fn udp_sock_create(ctx: SockContext) -> i32 {
+    // SAFETY: the context's socket is valid for the program's run.
+    if unsafe { (*ctx.sock).protocol } == IPPROTO_UDP as u32 {
+        // SAFETY: helper valid for cgroup_sock programs on the context's socket.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut _) };
+        let _ = SOCK_NETNS.insert(&cookie, &current_netns(), 0);
+    }
+    PASS
+}
+
+#[cgroup_sock(sock_release)]
+pub fn udp_sock_release(ctx: SockContext) -> i32 {
+    // SAFETY: as above.
+    if unsafe { (*ctx.sock).protocol } == IPPROTO_UDP as u32 {
+        // SAFETY: as above.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock as *mut _) };
+        let _ = SOCK_NETNS.remove(&cookie);
+    }
     PASS
 }
 
@@ -94,7 +117,12 @@ fn try_udp(ctx: &SkBuffContext, outgoing: bool) -> Result<(), i64> {
             bpf_skb_cgroup_id(ctx.skb.skb),
         )
     };
-    let netns = if outgoing { current_netns() } else { 0 };
+    let netns = if outgoing {
+        current_netns()
+    } else {
+        // SAFETY: the value is copied out at once.
+        unsafe { SOCK_NETNS.get(&cookie) }.copied().unwrap_or(0)
+    };
     let seen = Seen {
         cookie,
         family,

@@ -8,13 +8,13 @@ use crate::record::FlowRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
-    #[error("cannot write {path}: {source}")]
+    #[error("cannot write {path}")]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot write to stdout: {0}")]
+    #[error("cannot write to stdout")]
     Stdout(#[source] std::io::Error),
 }
 

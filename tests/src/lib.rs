@@ -1,1 +1,38 @@
+//! Helpers for the privileged end-to-end tests (run by `cargo xtask test`, as root).
+use flowpol::lab::{
+    netns,
+    run::{self, LabReport},
+    scenario,
+};
 
+/// Whether privileged tests can run. Under `cargo xtask test` (FLOWPOL_E2E=required) a
+/// missing privilege is a failure, never a silent skip.
+pub fn privileged() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        assert!(
+            std::env::var("FLOWPOL_E2E").as_deref() != Ok("required"),
+            "end-to-end tests are required but this is not root"
+        );
+        eprintln!(
+            "skipping: end-to-end tests need root (they load eBPF and create network namespaces)"
+        );
+    }
+    root
+}
+
+/// Runs a lab scenario given as YAML and returns its report; asserts nothing was left behind.
+pub fn run_lab(yaml: &str) -> LabReport {
+    let resolved = scenario::parse("test scenario", yaml).expect("test scenario is valid");
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let report = rt
+        .block_on(run::run(resolved, Some("test-node".into())))
+        .unwrap_or_else(|e| panic!("lab run failed: {e}"));
+    assert_eq!(
+        netns::leftovers(),
+        Vec::<String>::new(),
+        "the lab left namespaces behind"
+    );
+    report
+}

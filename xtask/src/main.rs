@@ -1,1 +1,50 @@
-fn main() {}
+//! `cargo xtask`: what Cargo cannot do by itself. Sets up the eBPF toolchain (idempotently),
+//! runs the demo and the whole test suite, and the benchmarks.
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod setup;
+mod test;
+
+#[derive(Parser)]
+#[command(about = "flowpol's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need: rust-src, bpf-linker, nftables, bpftrace.
+    Setup,
+    /// Set up, build, and run flowpol on the built-in lab scenario.
+    Demo,
+    /// Set up, then run formatting and lint checks, unit tests, and the privileged eBPF and
+    /// lab end-to-end tests.
+    Test,
+    /// Benchmarks (figures for the notes): `capture`.
+    Bench {
+        #[arg(value_enum)]
+        what: bench::What,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().task {
+        Task::Setup => setup::run(),
+        Task::Demo => {
+            setup::run()?;
+            setup::cargo(&["build", "--release", "--package", "probe-user"])?;
+            setup::sh("target/release/flowpol", &["lab", "--check"])
+        }
+        Task::Test => {
+            setup::run()?;
+            test::run()
+        }
+        Task::Bench { what } => {
+            setup::run()?;
+            bench::run(what)
+        }
+    }
+}

@@ -6,7 +6,9 @@
 use aya::{
     include_bytes_aligned,
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
-    programs::{cgroup_skb::CgroupSkbAttachType, links::CgroupAttachMode, CgroupSkb, TracePoint},
+    programs::{
+        cgroup_skb::CgroupSkbAttachType, links::CgroupAttachMode, CgroupSkb, CgroupSock, TracePoint,
+    },
     Ebpf, EbpfLoader,
 };
 use probe_common::{FlowKey, FlowStats, Stat, GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_STATS};
@@ -22,6 +24,8 @@ const TRACEPOINTS: [(&str, &str, &str); 2] = [
     ("inet_sock_set_state", "sock", "inet_sock_set_state"),
     ("kfree_skb", "skb", "kfree_skb"),
 ];
+/// cgroup/sock_create and sock_release programs (attach type is in their section names).
+const CGROUP_SOCK: [&str; 2] = ["udp_sock_create", "udp_sock_release"];
 /// (program, attach type) of the cgroup_skb programs, attached to the cgroup v2 root.
 const CGROUP_SKB: [(&str, CgroupSkbAttachType); 2] = [
     ("udp_egress", CgroupSkbAttachType::Egress),
@@ -32,24 +36,24 @@ const CGROUP_SKB: [(&str, CgroupSkbAttachType); 2] = [
 pub enum CaptureError {
     #[error("missing privileges: {missing}. Run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")]
     Privileges { missing: String },
-    #[error("the kernel refused to load the probe: {0}")]
+    #[error("the kernel refused to load the probe")]
     Load(#[source] aya::EbpfError),
     #[error("program {program} is missing from the probe object")]
     MissingProgram { program: String },
-    #[error("cannot load program {program}: {source}")]
+    #[error("cannot load program {program}")]
     Program {
         program: String,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("cannot attach {program} to {hook}: {source}")]
+    #[error("cannot attach {program} to {hook}")]
     Attach {
         program: String,
         hook: String,
         #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("map {map}: {source}")]
+    #[error("map {map}")]
     Map {
         map: &'static str,
         #[source]
@@ -57,13 +61,13 @@ pub enum CaptureError {
     },
     #[error("map {map} is missing from the probe object")]
     MissingMap { map: &'static str },
-    #[error("cannot open the cgroup v2 root {path}: {source}")]
+    #[error("cannot open the cgroup v2 root {path}")]
     Cgroup {
         path: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("waiting for the ring buffer: {0}")]
+    #[error("waiting for the ring buffer")]
     Poll(#[source] std::io::Error),
 }
 
@@ -116,6 +120,18 @@ pub fn missing_capabilities(status: &str) -> Vec<&'static str> {
         missing.push("CAP_NET_ADMIN");
     }
     missing
+}
+
+/// Fails early, naming the missing capabilities, before anything touches the kernel.
+pub fn check_privileges() -> Result<(), CaptureError> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let missing = missing_capabilities(&status);
+    if !missing.is_empty() {
+        return Err(CaptureError::Privileges {
+            missing: missing.join(", "),
+        });
+    }
+    Ok(())
 }
 
 fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CaptureError>
@@ -175,6 +191,20 @@ impl Probe {
                 .map_err(|source| CaptureError::Attach {
                     program: program.into(),
                     hook: format!("cgroup_skb/{attach_type:?} on {}", info.cgroup2.display()),
+                    source,
+                })?;
+        }
+        // Socket bookkeeping first, so sockets created from now on are known to the UDP hooks.
+        for program in CGROUP_SOCK {
+            let prog: &mut CgroupSock = program_mut(&mut ebpf, program)?;
+            prog.load().map_err(|source| CaptureError::Program {
+                program: program.into(),
+                source,
+            })?;
+            prog.attach(&cgroup, CgroupAttachMode::Single)
+                .map_err(|source| CaptureError::Attach {
+                    program: program.into(),
+                    hook: format!("cgroup/sock on {}", info.cgroup2.display()),
                     source,
                 })?;
         }

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use flowpol::{
     aggregate::{Aggregator, Clock},
-    capture::Probe,
+    capture::{self, Probe},
     kernel, output,
     session::Session,
 };
@@ -25,6 +25,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
+        capture::check_privileges()?;
         let info = kernel::discover().context("inspecting the running kernel")?;
         let probe = Probe::load(&info).context("loading the eBPF probe")?;
         let node = args.node.or_else(hostname);

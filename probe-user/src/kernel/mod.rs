@@ -19,12 +19,12 @@ pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 pub enum KernelError {
     #[error("this kernel has no BTF ({VMLINUX_BTF} is missing); flowpol needs a kernel built with CONFIG_DEBUG_INFO_BTF=y (>= 5.8)")]
     NoBtf,
-    #[error("cannot read {VMLINUX_BTF}: {source}")]
+    #[error("cannot read {VMLINUX_BTF}")]
     ReadBtf {
         #[source]
         source: std::io::Error,
     },
-    #[error("kernel BTF: {0}")]
+    #[error("reading the kernel's BTF")]
     Btf(#[from] BtfError),
     #[error(transparent)]
     Tracefs(#[from] TracefsError),

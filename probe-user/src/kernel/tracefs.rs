@@ -47,7 +47,7 @@ pub fn parse_format(text: &str) -> HashMap<String, Field> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum TracefsError {
-    #[error("tracefs is not mounted (looked in /sys/kernel/tracing and /sys/kernel/debug/tracing) and mounting it at /sys/kernel/tracing failed: {source}")]
+    #[error("tracefs is not mounted (looked in /sys/kernel/tracing and /sys/kernel/debug/tracing) and mounting it at /sys/kernel/tracing failed")]
     NotMounted {
         #[source]
         source: std::io::Error,
@@ -66,7 +66,7 @@ pub enum TracefsError {
         size: usize,
         path: PathBuf,
     },
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read {
         path: PathBuf,
         #[source]

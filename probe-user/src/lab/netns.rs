@@ -24,13 +24,13 @@ pub enum NetError {
     },
     #[error("`{command}` failed: {stderr}")]
     Command { command: String, stderr: String },
-    #[error("cannot run `{command}`: {source}")]
+    #[error("cannot run `{command}`")]
     Spawn {
         command: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("cannot enter network namespace {path}: {source}")]
+    #[error("cannot enter network namespace {path}")]
     Enter {
         path: PathBuf,
         #[source]

@@ -23,11 +23,11 @@ const GRACE: Duration = Duration::from_millis(300);
 pub enum LabError {
     #[error(transparent)]
     Net(#[from] NetError),
-    #[error("inspecting the running kernel: {0}")]
+    #[error("inspecting the running kernel")]
     Kernel(#[from] KernelError),
-    #[error("loading the eBPF probe: {0}")]
+    #[error("loading the eBPF probe")]
     Capture(#[from] CaptureError),
-    #[error("the lab's traffic runner stopped unexpectedly: {0}")]
+    #[error("the lab's traffic runner stopped unexpectedly")]
     Join(#[from] tokio::task::JoinError),
     #[error("interrupted")]
     Interrupted,
@@ -46,6 +46,7 @@ pub struct LabReport {
 /// Builds the lab, records while its traffic plan runs, and tears it down.
 pub async fn run(resolved: Resolved, node: Option<String>) -> Result<LabReport, LabError> {
     netns::preflight()?;
+    crate::capture::check_privileges()?;
     let info = kernel::discover()?;
     let probe = Probe::load(&info)?;
     let mut session = Session::new(

@@ -18,7 +18,7 @@ pub const MAX_SCENARIO_BYTES: u64 = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("cannot read scenario {path}: {source}")]
+    #[error("cannot read scenario {path}")]
     Read {
         path: String,
         #[source]
@@ -26,7 +26,7 @@ pub enum ScenarioError {
     },
     #[error("scenario {path} is {size} bytes; the limit is {MAX_SCENARIO_BYTES}")]
     TooLarge { path: String, size: u64 },
-    #[error("scenario {path}: {source}")]
+    #[error("cannot parse scenario {path}")]
     Parse {
         path: String,
         #[source]

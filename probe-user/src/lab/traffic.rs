@@ -80,6 +80,12 @@ pub fn listen(
             match protocol {
                 Protocol::TCP => {
                     let l = TcpListener::bind(any).map_err(io)?;
+                    // std listens with a backlog of 128; bursts need the kernel's maximum
+                    // (listen() again on a listening socket only updates it).
+                    // SAFETY: a valid listening socket.
+                    if unsafe { libc::listen(l.as_raw_fd(), 4096) } != 0 {
+                        return Err(io(std::io::Error::last_os_error()));
+                    }
                     set_timeout(&l, TICK).map_err(io)?;
                     Ok(Box::new(move || match l.accept() {
                         Ok((mut conn, _)) => {

@@ -1,0 +1,102 @@
+//! The `flowpol` binary's behaviour at its edges: privileges and bad input.
+use std::process::Command;
+
+use flowpol_e2e::privileged;
+
+/// The binary under test: `cargo xtask test` builds it and names it in FLOWPOL_BIN.
+fn binary() -> String {
+    std::env::var("FLOWPOL_BIN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/flowpol").to_owned()
+    })
+}
+
+fn flowpol() -> Command {
+    Command::new(binary())
+}
+
+#[test]
+fn record_without_privileges_names_what_is_missing() {
+    if !privileged() {
+        return;
+    }
+    // Drop to an unprivileged user with no capabilities.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(binary())
+        .args(["record", "--duration", "1s"])
+        .output()
+        .expect("setpriv runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail without privileges");
+    assert!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn record_captures_and_exits_cleanly() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("flowpol-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out_file = dir.join("records.jsonl");
+    let mut child = flowpol()
+        .args(["record", "--duration", "3s", "--output"])
+        .arg(&out_file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // A connection to a closed loopback port: refused.
+    let _ = std::net::TcpStream::connect("127.0.0.1:9");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("events lost      0"),
+        "summary reports losses: {stderr}"
+    );
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    let refused = text.lines().find(|v: &&str| {
+        v.contains("\"dst\":{\"ip\":\"127.0.0.1\",\"port\":9}")
+            && v.contains("\"verdict\":\"refused\"")
+    });
+    assert!(
+        refused.is_some(),
+        "no refused record for 127.0.0.1:9 in\n{text}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_scenarios_fail_with_the_place_and_no_leftovers() {
+    let dir = std::env::temp_dir().join(format!("flowpol-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "name: x\npods:\n  - {name: a, namespace: nowhere}\n").unwrap();
+    let out = flowpol().arg("lab").arg(&bad).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("bad.yaml") && stderr.contains("pods[0].namespace"),
+        "{stderr}"
+    );
+    std::fs::write(&bad, "name: [unclosed\n").unwrap();
+    let out = flowpol().arg("lab").arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.yaml"));
+    let out = flowpol()
+        .args(["lab", "/nonexistent/scenario.yaml"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/scenario.yaml"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,193 @@
+//! The probe, for real, on the netns lab.
+use flowpol::{
+    lab::EXAMPLE_SCENARIO,
+    record::{FlowRecord, Protocol, Side, Verdict},
+};
+use flowpol_e2e::{privileged, run_lab};
+
+fn find<'a>(
+    r: &'a [FlowRecord],
+    host: &str,
+    report: &flowpol::lab::run::LabReport,
+    f: impl Fn(&FlowRecord) -> bool,
+) -> Vec<&'a FlowRecord> {
+    r.iter()
+        .filter(|x| {
+            x.observer
+                .as_ref()
+                .and_then(|o| report.hosts_by_inode.get(&o.netns))
+                .map(String::as_str)
+                == Some(host)
+        })
+        .filter(|x| f(x))
+        .collect()
+}
+
+#[test]
+fn shop_scenario_matches_capture_exactly() {
+    if !privileged() {
+        return;
+    }
+    let report = run_lab(EXAMPLE_SCENARIO);
+    assert!(
+        report.mismatches.is_empty(),
+        "capture disagrees with the clients: {:#?}",
+        report.mismatches
+    );
+    assert_eq!(report.summary.events_lost, 0);
+    let recs = &report.records;
+
+    // Dropped by nftables in the database's namespace, with the kernel's reason.
+    let drops = find(recs, "data/postgres-0", &report, |r| {
+        r.verdict == Some(Verdict::Dropped) && r.dst.port == Some(5432)
+    });
+    assert_eq!(drops.len(), 1, "{drops:#?}");
+    assert_eq!(drops[0].drop_reason.as_deref(), Some("NETFILTER_DROP"));
+    assert_eq!(
+        drops[0].src.ip.to_string(),
+        "10.244.0.11",
+        "the web pod's SYN was dropped"
+    );
+    // The client saw a timeout, not a refusal.
+    let timeout = find(recs, "shop/web-0", &report, |r| r.dst.port == Some(5432));
+    assert_eq!(timeout.len(), 1, "{timeout:#?}");
+    assert_eq!(timeout[0].verdict, Some(Verdict::Timeout));
+    // A closed port: refused with ECONNREFUSED, and the kernel's NO_SOCKET drop of the SYN.
+    let refused = find(recs, "shop/web-0", &report, |r| r.dst.port == Some(9091));
+    assert_eq!(
+        (refused[0].verdict, refused[0].error.as_deref()),
+        (Some(Verdict::Refused), Some("ECONNREFUSED"))
+    );
+    // IPv6 is captured like IPv4.
+    let v6 = find(recs, "shop/cart-0", &report, |r| {
+        r.src.ip.is_ipv6() && r.verdict == Some(Verdict::Established)
+    });
+    assert_eq!(v6.iter().map(|r| r.count).sum::<u64>(), 2, "{v6:#?}");
+    assert!(v6
+        .iter()
+        .all(|r| r.observer.as_ref().unwrap().side == Side::Server));
+    // DNS-like UDP: answered on both sides, replies counted.
+    let dns = find(recs, "shop/web-0", &report, |r| {
+        r.protocol == Protocol::UDP && r.dst.port == Some(53)
+    });
+    assert_eq!(dns.len(), 1, "{dns:#?}");
+    assert_eq!(
+        (dns[0].verdict, dns[0].count, dns[0].replies),
+        (Some(Verdict::Answered), 4, Some(4))
+    );
+    // A UDP service that never answers.
+    let silent = find(recs, "shop/cart-0", &report, |r| {
+        r.protocol == Protocol::UDP && r.dst.port == Some(514)
+    });
+    assert_eq!(
+        (silent[0].verdict, silent[0].replies),
+        (Some(Verdict::Sent), Some(0))
+    );
+    // Every record carries the node and RFC 3339 times.
+    assert!(recs
+        .iter()
+        .all(|r| r.node.as_deref() == Some("test-node") && r.first_seen <= r.last_seen));
+}
+
+#[test]
+fn timeouts_are_told_apart_from_refusals_and_drops_for_udp_and_egress() {
+    if !privileged() {
+        return;
+    }
+    let report = run_lab(
+        "
+name: edge
+settings: {timeout: 500ms}
+namespaces: [{name: a}]
+pods:
+  - {name: client, namespace: a}
+  - {name: server, namespace: a, ports: [{port: 80}, {port: 53, protocol: UDP}]}
+traffic:
+  - {from: a/client, to: a/server, port: 80, count: 2, expect: timeout}
+  - {from: a/client, to: a/server, port: 53, protocol: UDP, count: 3, expect: sent}
+  - {from: a/client, to: a/server, port: 80, count: 1, family: ipv6, expect: established}
+drops:
+  # Egress drop in the client: IPv4 only, so the IPv6 connection passes.
+  - {pod: a/client, direction: egress, peer: 10.244.0.11, port: 80, protocol: TCP}
+  - {pod: a/server, direction: egress, protocol: UDP}
+",
+    );
+    assert!(report.mismatches.is_empty(), "{:#?}", report.mismatches);
+    let recs = &report.records;
+    let egress_drops = find(recs, "a/client", &report, |r| {
+        r.verdict == Some(Verdict::Dropped) && r.protocol == Protocol::TCP
+    });
+    assert!(
+        !egress_drops.is_empty(),
+        "the SYNs dropped on egress are reported: {recs:#?}"
+    );
+    assert!(egress_drops
+        .iter()
+        .all(|r| r.drop_reason.as_deref() == Some("NETFILTER_DROP")));
+    // Each connect sends its SYN at least once; retransmissions add more.
+    assert!(egress_drops.iter().map(|r| r.count).sum::<u64>() >= 2);
+    // UDP answers dropped on the server's egress: the server saw the queries, never answered.
+    let server = find(recs, "a/server", &report, |r| {
+        r.protocol == Protocol::UDP && r.verdict == Some(Verdict::Received)
+    });
+    assert_eq!(server.iter().map(|r| r.count).sum::<u64>(), 3, "{recs:#?}");
+    let udp_drops = find(recs, "a/server", &report, |r| {
+        r.protocol == Protocol::UDP && r.verdict == Some(Verdict::Dropped)
+    });
+    assert_eq!(
+        udp_drops.iter().map(|r| r.count).sum::<u64>(),
+        3,
+        "{udp_drops:#?}"
+    );
+}
+
+#[test]
+fn a_burst_of_20000_connections_is_accounted_for() {
+    if !privileged() {
+        return;
+    }
+    const N: u64 = 20_000;
+    let report = run_lab(&format!(
+        "
+name: burst
+namespaces: [{{name: a}}]
+pods:
+  - {{name: client, namespace: a}}
+  - {{name: server, namespace: a, ports: [{{port: 8080}}]}}
+traffic:
+  - {{from: a/client, to: a/server, port: 8080, count: {N}, parallel: 4, close: reset}}
+"
+    ));
+    let client: u64 = find(&report.records, "a/client", &report, |r| {
+        r.verdict == Some(Verdict::Established)
+    })
+    .iter()
+    .map(|r| r.count)
+    .sum();
+    let server: u64 = find(&report.records, "a/server", &report, |r| {
+        r.verdict == Some(Verdict::Established)
+    })
+    .iter()
+    .map(|r| r.count)
+    .sum();
+    let seen_by_app = u64::from(
+        *report.outcomes[0]
+            .results
+            .get(&Verdict::Established)
+            .unwrap_or(&0),
+    );
+    assert_eq!(
+        seen_by_app, N,
+        "the clients themselves completed every connection: {:?}",
+        report.outcomes
+    );
+    // Every connection is in the records, on both sides, or the loss is reported exactly.
+    assert_eq!(
+        client + server + report.summary.events_lost,
+        2 * N,
+        "client {client} + server {server} + lost {} != {}",
+        report.summary.events_lost,
+        2 * N
+    );
+    assert_eq!(report.summary.decode_errors, 0);
+}
