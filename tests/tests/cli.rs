@@ -48,7 +48,7 @@ fn record_captures_and_exits_cleanly() {
     let dir = std::env::temp_dir().join(format!("flowpol-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out_file = dir.join("records.jsonl");
-    let mut child = flowpol()
+    let child = flowpol()
         .args(["record", "--duration", "3s", "--output"])
         .arg(&out_file)
         .stderr(std::process::Stdio::piped())

@@ -37,27 +37,27 @@ pub enum CaptureError {
     #[error("missing privileges: {missing}. Run as root, or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN")]
     Privileges { missing: String },
     #[error("the kernel refused to load the probe")]
-    Load(#[source] aya::EbpfError),
+    Load(#[source] Box<aya::EbpfError>),
     #[error("program {program} is missing from the probe object")]
     MissingProgram { program: String },
     #[error("cannot load program {program}")]
     Program {
         program: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("cannot attach {program} to {hook}")]
     Attach {
         program: String,
         hook: String,
         #[source]
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("map {map}")]
     Map {
         map: &'static str,
         #[source]
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
     #[error("map {map} is missing from the probe object")]
     MissingMap { map: &'static str },
@@ -141,7 +141,7 @@ where
     let map = ebpf
         .take_map(name)
         .ok_or(CaptureError::MissingMap { map: name })?;
-    T::try_from(map).map_err(|source| CaptureError::Map { map: name, source })
+    T::try_from(map).map_err(|source| CaptureError::Map { map: name, source: Box::new(source) })
 }
 
 impl Probe {
@@ -158,55 +158,33 @@ impl Probe {
         let mut ebpf = EbpfLoader::new()
             .set_global(GLOBAL_CONFIG, &info.config, true)
             .load(PROBE_OBJECT)
-            .map_err(CaptureError::Load)?;
+            .map_err(|e| CaptureError::Load(Box::new(e)))?;
         if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
             tracing::warn!("probe diagnostics (aya-log) unavailable: {e}");
         }
         for (program, group, name) in TRACEPOINTS {
             let prog: &mut TracePoint = program_mut(&mut ebpf, program)?;
-            prog.load().map_err(|source| CaptureError::Program {
-                program: program.into(),
-                source,
-            })?;
-            prog.attach(group, name)
-                .map_err(|source| CaptureError::Attach {
-                    program: program.into(),
-                    hook: format!("tracepoint {group}/{name}"),
-                    source,
-                })?;
+            prog.load().map_err(load_error(program))?;
+            prog.attach(group, name).map_err(attach_error(program, format!("tracepoint {group}/{name}")))?;
         }
-        let cgroup = std::fs::File::open(&info.cgroup2).map_err(|source| CaptureError::Cgroup {
-            path: info.cgroup2.display().to_string(),
-            source,
-        })?;
-        for (program, attach_type) in CGROUP_SKB {
-            let prog: &mut CgroupSkb = program_mut(&mut ebpf, program)?;
-            prog.load().map_err(|source| CaptureError::Program {
-                program: program.into(),
-                source,
-            })?;
-            // On kernels >= 5.7 aya attaches through a bpf_link, which always coexists with other
-            // programs on the cgroup (systemd, a CNI) and takes no flags: "Single" sends none.
-            prog.attach(&cgroup, attach_type, CgroupAttachMode::Single)
-                .map_err(|source| CaptureError::Attach {
-                    program: program.into(),
-                    hook: format!("cgroup_skb/{attach_type:?} on {}", info.cgroup2.display()),
-                    source,
-                })?;
-        }
+        let cgroup = std::fs::File::open(&info.cgroup2)
+            .map_err(|source| CaptureError::Cgroup { path: info.cgroup2.display().to_string(), source })?;
+        // On kernels >= 5.7 aya attaches to cgroups through bpf_links, which always coexist with
+        // other programs on the cgroup (systemd, a CNI) and take no flags: "Single" sends none.
         // Socket bookkeeping first, so sockets created from now on are known to the UDP hooks.
         for program in CGROUP_SOCK {
             let prog: &mut CgroupSock = program_mut(&mut ebpf, program)?;
-            prog.load().map_err(|source| CaptureError::Program {
-                program: program.into(),
-                source,
-            })?;
+            prog.load().map_err(load_error(program))?;
             prog.attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(|source| CaptureError::Attach {
-                    program: program.into(),
-                    hook: format!("cgroup/sock on {}", info.cgroup2.display()),
-                    source,
-                })?;
+                .map_err(attach_error(program, format!("cgroup/sock on {}", info.cgroup2.display())))?;
+        }
+        for (program, attach_type) in CGROUP_SKB {
+            let prog: &mut CgroupSkb = program_mut(&mut ebpf, program)?;
+            prog.load().map_err(load_error(program))?;
+            prog.attach(&cgroup, attach_type, CgroupAttachMode::Single).map_err(attach_error(
+                program,
+                format!("cgroup_skb/{attach_type:?} on {}", info.cgroup2.display()),
+            ))?;
         }
         let ring: RingBuf<MapData> = take(&mut ebpf, MAP_EVENTS)?;
         // SAFETY: the ring buffer owns its file descriptor and is neither closed nor replaced
@@ -299,10 +277,15 @@ where
         .ok_or_else(|| CaptureError::MissingProgram {
             program: program.into(),
         })?;
-    prog.try_into().map_err(|source| CaptureError::Program {
-        program: program.into(),
-        source,
-    })
+    prog.try_into().map_err(load_error(program))
+}
+
+fn load_error(program: &str) -> impl FnOnce(aya::programs::ProgramError) -> CaptureError + '_ {
+    move |source| CaptureError::Program { program: program.into(), source: Box::new(source) }
+}
+
+fn attach_error(program: &str, hook: String) -> impl FnOnce(aya::programs::ProgramError) -> CaptureError + '_ {
+    move |source| CaptureError::Attach { program: program.into(), hook, source: Box::new(source) }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use memcg. Raising it

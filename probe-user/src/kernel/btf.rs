@@ -254,7 +254,7 @@ impl Btf {
             bits += b;
             id = self.resolve(ty);
         }
-        if bits % 8 != 0 {
+        if !bits.is_multiple_of(8) {
             return Err(BtfError::NotByteAligned {
                 strukt: strukt.to_owned(),
                 path: path.to_owned(),

@@ -151,12 +151,12 @@ mod tests {
             record("10.244.0.11", 80, Verdict::Established, Side::Client, 1, 3),
             record("10.244.0.11", 80, Verdict::Established, Side::Server, 2, 3),
         ];
-        assert!(check(&r, &[outcome.clone()], &good, &hosts).is_empty());
+        assert!(check(&r, std::slice::from_ref(&outcome), &good, &hosts).is_empty());
         let short = [
             good[0].clone(),
             record("10.244.0.11", 80, Verdict::Established, Side::Server, 2, 2),
         ];
-        let problems = check(&r, &[outcome.clone()], &short, &hosts);
+        let problems = check(&r, std::slice::from_ref(&outcome), &short, &hosts);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].0.contains("captured 2"), "{}", problems[0]);
         let mut refused = outcome;
