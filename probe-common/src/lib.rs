@@ -6,12 +6,11 @@
 #![no_std]
 
 /// Bumped whenever a layout in this file changes.
-pub const ABI_VERSION: u16 = 1;
+pub const ABI_VERSION: u16 = 2;
 
 /// Map names, shared so userspace never spells them differently from the probe.
 pub const MAP_EVENTS: &str = "EVENTS";
 pub const MAP_FLOWS: &str = "FLOWS";
-pub const MAP_CONNECTS: &str = "CONNECTS";
 pub const MAP_STATS: &str = "STATS";
 pub const MAP_SOCK_NETNS: &str = "SOCK_NETNS";
 /// Name of the global that userspace fills in before load.
@@ -21,8 +20,6 @@ pub const GLOBAL_CONFIG: &str = "CONFIG";
 pub const EVENTS_RING_BYTES: u32 = 8 << 20;
 /// Entries of the LRU map that aggregates UDP flows and drops.
 pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
-/// Entries of the map that remembers connect() start time and cgroup per socket.
-pub const CONNECTS_MAX_ENTRIES: u32 = 65_536;
 /// Entries of the map from UDP socket cookie to the netns the socket was created in.
 pub const SOCK_NETNS_MAX_ENTRIES: u32 = 65_536;
 
@@ -143,15 +140,6 @@ impl FlowStats {
     };
 }
 
-/// What the probe remembers of a socket between connect() and its outcome.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ConnectStart {
-    pub start_ns: u64,
-    /// cgroup v2 id of the task that called connect() (0 if unknown).
-    pub cgroup_id: u64,
-}
-
 /// One ring buffer record.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,8 +152,7 @@ pub struct Event {
     pub errno: u32,
     /// When the event happened (CLOCK_MONOTONIC ns).
     pub ts_ns: u64,
-    /// When connect() started, for outgoing TCP (0 if not seen).
-    pub start_ns: u64,
+    /// cgroup v2 id of the socket's owner (0 if unknown).
     pub cgroup_id: u64,
     /// UDP flags at the time of the event.
     pub flags: u32,
@@ -182,32 +169,34 @@ pub struct Event {
 /// Offsets the probe needs, resolved by userspace from the running kernel before load.
 ///
 /// Tracepoint field offsets come from tracefs `format` files; struct member offsets from
-/// `/sys/kernel/btf/vmlinux`. Nothing kernel-specific is compiled into the probe.
+/// `/sys/kernel/btf/vmlinux`. Nothing kernel-specific is compiled into the probe. All `u16`,
+/// so the struct has no padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ProbeConfig {
-    // sock/inet_sock_set_state
-    pub tp_state_skaddr: u16,
-    pub tp_state_oldstate: u16,
-    pub tp_state_newstate: u16,
-    pub tp_state_sport: u16,
-    pub tp_state_dport: u16,
-    pub tp_state_family: u16,
-    pub tp_state_protocol: u16,
-    pub tp_state_saddr: u16,
-    pub tp_state_daddr: u16,
-    pub tp_state_saddr_v6: u16,
-    pub tp_state_daddr_v6: u16,
-    // skb/kfree_skb
+    // skb/kfree_skb (a classic tracepoint: fields located through tracefs `format`)
     pub tp_drop_skbaddr: u16,
     pub tp_drop_protocol: u16,
     pub tp_drop_reason: u16,
     /// 1 when the tracepoint has a `reason` field (kernel >= 5.17).
     pub tp_drop_has_reason: u16,
-    // struct sock
+    /// Bytes of the record the probe copies (up to its last field used).
+    pub tp_drop_len: u16,
+    // struct sock (the raw tracepoint sock/inet_sock_set_state hands us the socket)
     /// `sock.__sk_common.skc_net.net`
     pub sock_net: u16,
     pub sock_err: u16,
+    pub sock_protocol: u16,
+    /// `sock.__sk_common.skc_*`: read from one copy of the first `sock_common_len` bytes.
+    pub skc_family: u16,
+    pub skc_dport: u16,
+    pub skc_daddr: u16,
+    pub skc_rcv_saddr: u16,
+    pub skc_v6_daddr: u16,
+    pub skc_v6_rcv_saddr: u16,
+    pub sock_common_len: u16,
+    /// `inet_sock.inet_sport`: still set when a failed connect() closes, unlike `skc_num`.
+    pub inet_sport: u16,
     // struct net
     /// `net.ns.inum`
     pub net_inum: u16,
@@ -224,8 +213,16 @@ pub struct ProbeConfig {
     pub task_nsproxy: u16,
     /// `nsproxy.net_ns`
     pub nsproxy_net_ns: u16,
+    // the socket's cgroup: `sock.sk_cgrp_data.cgroup->kn->id` (kernel >= 5.15; 0 = unknown)
+    pub sock_cgroup: u16,
+    pub cgroup_kn: u16,
+    pub kernfs_id: u16,
     pub _pad: u16,
 }
+
+/// Largest prefix of a kernel object (tracepoint record, `sock_common`) the probe copies to
+/// its stack in one read.
+pub const COPY_MAX: usize = 96;
 
 impl ProbeConfig {
     /// All offsets zero: the placeholder the probe is compiled with.
@@ -241,11 +238,10 @@ const _: () = {
     assert!(core::mem::offset_of!(FlowKey, netns) == 40);
     assert!(core::mem::offset_of!(FlowKey, reason) == 52);
     assert!(core::mem::size_of::<FlowStats>() == 48);
-    assert!(core::mem::size_of::<ConnectStart>() == 16);
-    assert!(core::mem::size_of::<Event>() == 104);
-    assert!(core::mem::offset_of!(Event, netns) == 40);
-    assert!(core::mem::offset_of!(Event, key) == 48);
-    assert!(core::mem::size_of::<ProbeConfig>() == 52);
+    assert!(core::mem::size_of::<Event>() == 96);
+    assert!(core::mem::offset_of!(Event, netns) == 32);
+    assert!(core::mem::offset_of!(Event, key) == 40);
+    assert!(core::mem::size_of::<ProbeConfig>() == 56);
 };
 
 #[cfg(feature = "user")]
@@ -254,7 +250,6 @@ mod pod {
     // padding byte spelled out as a field, so any bit pattern is a valid value.
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowStats {}
-    unsafe impl aya::Pod for super::ConnectStart {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::ProbeConfig {}
 }

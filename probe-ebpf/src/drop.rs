@@ -6,16 +6,16 @@
 //! the first one is sent as an event, the rest are counted in the flow map.
 use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::tracepoint,
-    programs::TracePointContext,
+    programs::TracePointContext, EbpfContext,
 };
 use probe_common::{
     EventKind, FlowKey, FlowStats, Stat, FLOW_KIND_DROP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 use crate::{
-    config::off,
+    config::{off, Copied},
     emit::{emit, Extra},
-    maps::{bump, FLOWS},
+    maps::{bump, FLOWS, SCRATCH_DROP},
     net::{skb_netns, skb_tuple},
 };
 
@@ -30,19 +30,15 @@ pub fn kfree_skb(ctx: TracePointContext) -> u32 {
 }
 
 fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i64> {
-    // SAFETY: offsets from this kernel's tracefs format for the tracepoint.
-    let (skb, protocol) = unsafe {
-        (
-            ctx.read_at::<u64>(off!(tp_drop_skbaddr))?,
-            ctx.read_at::<u16>(off!(tp_drop_protocol))?,
-        )
-    };
+    // Offsets from this kernel's tracefs format for the tracepoint.
+    let rec = Copied::read(SCRATCH_DROP, ctx.as_ptr() as *const u8, off!(tp_drop_len))?;
+    let protocol: u16 = rec.get(off!(tp_drop_protocol));
     if protocol != ETH_P_IP && protocol != ETH_P_IPV6 {
         return Ok(());
     }
-    let reason = if off!(tp_drop_has_reason) != 0 {
-        // SAFETY: as above.
-        unsafe { ctx.read_at::<u32>(off!(tp_drop_reason))? }
+    let skb: u64 = rec.get(off!(tp_drop_skbaddr));
+    let reason: u32 = if off!(tp_drop_has_reason) != 0 {
+        rec.get(off!(tp_drop_reason))
     } else {
         0
     };

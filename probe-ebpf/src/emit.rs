@@ -4,9 +4,16 @@ use probe_common::{Event, EventKind, FlowKey, Stat, ABI_VERSION};
 
 use crate::maps::{bump, EVENTS};
 
+// uapi `bpf_ringbuf_*` flags.
+const BPF_RB_AVAIL_DATA: u64 = 0;
+const BPF_RB_NO_WAKEUP: u64 = 1;
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+/// Wake userspace only once this much is waiting; it also drains on a short timer. A wakeup
+/// per event would cost more than the event itself, in the kernel and in userspace.
+const WAKEUP_BYTES: u64 = (probe_common::EVENTS_RING_BYTES / 4) as u64;
+
 pub struct Extra {
     pub errno: u32,
-    pub start_ns: u64,
     pub cgroup_id: u64,
     pub flags: u32,
     pub sport: u16,
@@ -17,7 +24,6 @@ pub struct Extra {
 impl Extra {
     pub const NONE: Self = Self {
         errno: 0,
-        start_ns: 0,
         cgroup_id: 0,
         flags: 0,
         sport: 0,
@@ -40,7 +46,6 @@ pub fn emit(kind: EventKind, key: &FlowKey, extra: Extra) {
                 (*ev)._pad0 = 0;
                 (*ev).errno = extra.errno;
                 (*ev).ts_ns = bpf_ktime_get_ns();
-                (*ev).start_ns = extra.start_ns;
                 (*ev).cgroup_id = extra.cgroup_id;
                 (*ev).flags = extra.flags;
                 (*ev).sport = extra.sport;
@@ -53,7 +58,12 @@ pub fn emit(kind: EventKind, key: &FlowKey, extra: Extra) {
                 (*ev)._pad2 = 0;
                 (*ev).key = *key;
             }
-            entry.submit(0);
+            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+                BPF_RB_FORCE_WAKEUP
+            } else {
+                BPF_RB_NO_WAKEUP
+            };
+            entry.submit(flags);
         }
         None => bump(Stat::RingFull),
     }

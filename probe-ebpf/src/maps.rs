@@ -4,8 +4,8 @@ use aya_ebpf::{
     maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use probe_common::{
-    ConnectStart, FlowKey, FlowStats, CONNECTS_MAX_ENTRIES, EVENTS_RING_BYTES, FLOWS_MAX_ENTRIES,
-    SOCK_NETNS_MAX_ENTRIES, STATS_LEN,
+    FlowKey, FlowStats, COPY_MAX, EVENTS_RING_BYTES, FLOWS_MAX_ENTRIES, SOCK_NETNS_MAX_ENTRIES,
+    STATS_LEN,
 };
 
 /// News for userspace: finished TCP handshakes, new UDP flows, first drops.
@@ -19,16 +19,18 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 pub static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
     LruPerCpuHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
 
-/// connect() start time and caller cgroup, keyed by socket address, until the handshake ends.
-#[map]
-pub static CONNECTS: LruHashMap<u64, ConnectStart> =
-    LruHashMap::with_max_entries(CONNECTS_MAX_ENTRIES, 0);
-
 /// UDP socket cookie -> netns inode, recorded when the socket is created (in its creator's
 /// context), because the ingress hook runs in softirq where the current task is unrelated.
 #[map]
 pub static SOCK_NETNS: LruHashMap<u64, u32> =
     LruHashMap::with_max_entries(SOCK_NETNS_MAX_ENTRIES, 0);
+
+/// Per-CPU scratch space for [`crate::config::Copied`], one slot per program that can nest
+/// on a CPU (a classic tracepoint may run inside the raw one), so copies stay off the stack.
+#[map]
+pub static SCRATCH: PerCpuArray<[u8; COPY_MAX]> = PerCpuArray::with_max_entries(2, 0);
+pub const SCRATCH_TCP: u32 = 0;
+pub const SCRATCH_DROP: u32 = 1;
 
 /// Per-CPU counters indexed by `probe_common::Stat`.
 #[map]

@@ -114,3 +114,26 @@ pub unsafe fn skb_tuple(skb: *const u8) -> Option<Tuple> {
         Some(t)
     }
 }
+
+/// cgroup v2 id of a socket's owner (`sk->sk_cgrp_data.cgroup->kn->id`), 0 when the kernel
+/// (< 5.15) has another layout.
+#[inline(always)]
+pub unsafe fn sock_cgroup_id(sk: *const u8) -> u64 {
+    if off!(sock_cgroup) == 0 {
+        return 0;
+    }
+    // SAFETY: probe reads fault safely; offsets from this kernel's BTF.
+    unsafe {
+        let cgroup: *const u8 =
+            match bpf_probe_read_kernel(sk.add(off!(sock_cgroup)) as *const *const u8) {
+                Ok(p) if !p.is_null() => p,
+                _ => return 0,
+            };
+        let kn: *const u8 =
+            match bpf_probe_read_kernel(cgroup.add(off!(cgroup_kn)) as *const *const u8) {
+                Ok(p) if !p.is_null() => p,
+                _ => return 0,
+            };
+        bpf_probe_read_kernel(kn.add(off!(kernfs_id)) as *const u64).unwrap_or(0)
+    }
+}

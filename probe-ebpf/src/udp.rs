@@ -75,7 +75,36 @@ pub fn udp_sock_release(ctx: SockContext) -> i32 {
     PASS
 }
 
+/// The packet's IP protocol by direct packet access, without a helper call: these hooks run
+/// for every packet of every local socket, and most are TCP and leave right here. `None` when
+/// the header is not in the linear part (the caller then parses with `load`).
+#[inline(always)]
+fn ip_protocol(ctx: &SkBuffContext) -> Option<u8> {
+    // SAFETY: data/data_end are the packet bounds; every read is checked against them.
+    unsafe {
+        let skb = ctx.skb.skb;
+        let data = (*skb).data as usize;
+        let end = (*skb).data_end as usize;
+        if data + 20 > end {
+            return None;
+        }
+        match *(data as *const u8) >> 4 {
+            4 => Some(*((data + 9) as *const u8)),
+            6 => {
+                if data + 40 > end {
+                    return None;
+                }
+                Some(*((data + 6) as *const u8))
+            }
+            _ => Some(0),
+        }
+    }
+}
+
 fn try_udp(ctx: &SkBuffContext, outgoing: bool) -> Result<(), i64> {
+    if ip_protocol(ctx).is_some_and(|p| p != IPPROTO_UDP) {
+        return Ok(());
+    }
     let first: u8 = ctx.load(0)?;
     let mut src = End {
         addr: [0; 16],

@@ -212,11 +212,7 @@ impl Aggregator {
                 obs.errno
             },
         };
-        let first = if obs.start_ns != 0 {
-            obs.start_ns.min(obs.ts_ns)
-        } else {
-            obs.ts_ns
-        };
+        let first = obs.ts_ns;
         let cgroup = (obs.cgroup_id != 0).then_some(obs.cgroup_id);
         match self.conns.get_mut(&key) {
             Some(agg) => {

@@ -24,7 +24,6 @@ pub enum DecodeError {
 pub struct Observation {
     pub kind: EventKind,
     pub ts_ns: u64,
-    pub start_ns: u64,
     pub cgroup_id: u64,
     pub errno: u32,
     pub flags: u32,
@@ -77,7 +76,6 @@ pub fn decode(bytes: &[u8]) -> Result<Observation, DecodeError> {
     Ok(Observation {
         kind,
         ts_ns: ev.ts_ns,
-        start_ns: ev.start_ns,
         cgroup_id: ev.cgroup_id,
         errno: ev.errno,
         flags: ev.flags,
@@ -119,7 +117,6 @@ pub(crate) mod tests {
             _pad0: 0,
             errno: 0,
             ts_ns: 2_000,
-            start_ns: 1_000,
             cgroup_id: 7,
             flags: 0,
             sport: 40000,
@@ -174,7 +171,7 @@ pub(crate) mod tests {
         let good = bytes(&ev);
         assert_eq!(
             decode(&good[..10]),
-            Err(DecodeError::Length { got: 10, want: 104 })
+            Err(DecodeError::Length { got: 10, want: 96 })
         );
         let mut v = ev;
         v.version = 99;

@@ -7,23 +7,21 @@ use aya::{
     include_bytes_aligned,
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        cgroup_skb::CgroupSkbAttachType, links::CgroupAttachMode, CgroupSkb, CgroupSock, TracePoint,
+        cgroup_skb::CgroupSkbAttachType, links::CgroupAttachMode, CgroupSkb, CgroupSock,
+        RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
 use probe_common::{FlowKey, FlowStats, Stat, GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_STATS};
 use tokio::io::unix::AsyncFd;
 
-use crate::kernel::KernelInfo;
+use crate::kernel::{KernelInfo, STATE_TRACEPOINT};
 
 /// The probe object, built by `build.rs` from the probe-ebpf crate.
 static PROBE_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowpol-probe"));
 
 /// (program, tracepoint group, tracepoint name)
-const TRACEPOINTS: [(&str, &str, &str); 2] = [
-    ("inet_sock_set_state", "sock", "inet_sock_set_state"),
-    ("kfree_skb", "skb", "kfree_skb"),
-];
+const TRACEPOINTS: [(&str, &str, &str); 1] = [("kfree_skb", "skb", "kfree_skb")];
 /// cgroup/sock_create and sock_release programs (attach type is in their section names).
 const CGROUP_SOCK: [&str; 2] = ["udp_sock_create", "udp_sock_release"];
 /// (program, attach type) of the cgroup_skb programs, attached to the cgroup v2 root.
@@ -141,7 +139,10 @@ where
     let map = ebpf
         .take_map(name)
         .ok_or(CaptureError::MissingMap { map: name })?;
-    T::try_from(map).map_err(|source| CaptureError::Map { map: name, source: Box::new(source) })
+    T::try_from(map).map_err(|source| CaptureError::Map {
+        map: name,
+        source: Box::new(source),
+    })
 }
 
 impl Probe {
@@ -162,13 +163,21 @@ impl Probe {
         if let Err(e) = aya_log::EbpfLogger::init(&mut ebpf) {
             tracing::warn!("probe diagnostics (aya-log) unavailable: {e}");
         }
+        let program = STATE_TRACEPOINT;
+        let prog: &mut RawTracePoint = program_mut(&mut ebpf, program)?;
+        prog.load().map_err(load_error(program))?;
+        prog.attach(program)
+            .map_err(attach_error(program, format!("raw tracepoint {program}")))?;
         for (program, group, name) in TRACEPOINTS {
             let prog: &mut TracePoint = program_mut(&mut ebpf, program)?;
             prog.load().map_err(load_error(program))?;
-            prog.attach(group, name).map_err(attach_error(program, format!("tracepoint {group}/{name}")))?;
+            prog.attach(group, name)
+                .map_err(attach_error(program, format!("tracepoint {group}/{name}")))?;
         }
-        let cgroup = std::fs::File::open(&info.cgroup2)
-            .map_err(|source| CaptureError::Cgroup { path: info.cgroup2.display().to_string(), source })?;
+        let cgroup = std::fs::File::open(&info.cgroup2).map_err(|source| CaptureError::Cgroup {
+            path: info.cgroup2.display().to_string(),
+            source,
+        })?;
         // On kernels >= 5.7 aya attaches to cgroups through bpf_links, which always coexist with
         // other programs on the cgroup (systemd, a CNI) and take no flags: "Single" sends none.
         // Socket bookkeeping first, so sockets created from now on are known to the UDP hooks.
@@ -176,15 +185,19 @@ impl Probe {
             let prog: &mut CgroupSock = program_mut(&mut ebpf, program)?;
             prog.load().map_err(load_error(program))?;
             prog.attach(&cgroup, CgroupAttachMode::Single)
-                .map_err(attach_error(program, format!("cgroup/sock on {}", info.cgroup2.display())))?;
+                .map_err(attach_error(
+                    program,
+                    format!("cgroup/sock on {}", info.cgroup2.display()),
+                ))?;
         }
         for (program, attach_type) in CGROUP_SKB {
             let prog: &mut CgroupSkb = program_mut(&mut ebpf, program)?;
             prog.load().map_err(load_error(program))?;
-            prog.attach(&cgroup, attach_type, CgroupAttachMode::Single).map_err(attach_error(
-                program,
-                format!("cgroup_skb/{attach_type:?} on {}", info.cgroup2.display()),
-            ))?;
+            prog.attach(&cgroup, attach_type, CgroupAttachMode::Single)
+                .map_err(attach_error(
+                    program,
+                    format!("cgroup_skb/{attach_type:?} on {}", info.cgroup2.display()),
+                ))?;
         }
         let ring: RingBuf<MapData> = take(&mut ebpf, MAP_EVENTS)?;
         // SAFETY: the ring buffer owns its file descriptor and is neither closed nor replaced
@@ -201,22 +214,24 @@ impl Probe {
         })
     }
 
-    /// Waits until the ring buffer has data (or `timeout` passes), then hands every pending
-    /// event to `f`.
+    /// Waits until the probe wakes us (a quarter of the ring is filled) or `timeout` passes,
+    /// then hands every pending event to `f`. The probe submits without wakeups otherwise, so
+    /// the timeout is what bounds the delay of a quiet event stream.
     pub async fn next_batch(
         &mut self,
         timeout: std::time::Duration,
-        mut f: impl FnMut(&[u8]),
+        f: impl FnMut(&[u8]),
     ) -> Result<(), CaptureError> {
         match tokio::time::timeout(timeout, self.ring.readable_mut()).await {
-            Err(_elapsed) => Ok(()),
+            Err(_elapsed) => {
+                self.drain(f);
+                Ok(())
+            }
             Ok(Err(e)) => Err(CaptureError::Poll(e)),
             Ok(Ok(mut guard)) => {
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    f(&item);
-                }
                 guard.clear_ready();
+                drop(guard);
+                self.drain(f);
                 Ok(())
             }
         }
@@ -281,11 +296,21 @@ where
 }
 
 fn load_error(program: &str) -> impl FnOnce(aya::programs::ProgramError) -> CaptureError + '_ {
-    move |source| CaptureError::Program { program: program.into(), source: Box::new(source) }
+    move |source| CaptureError::Program {
+        program: program.into(),
+        source: Box::new(source),
+    }
 }
 
-fn attach_error(program: &str, hook: String) -> impl FnOnce(aya::programs::ProgramError) -> CaptureError + '_ {
-    move |source| CaptureError::Attach { program: program.into(), hook, source: Box::new(source) }
+fn attach_error(
+    program: &str,
+    hook: String,
+) -> impl FnOnce(aya::programs::ProgramError) -> CaptureError + '_ {
+    move |source| CaptureError::Attach {
+        program: program.into(),
+        hook,
+        source: Box::new(source),
+    }
 }
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; later ones use memcg. Raising it
@@ -321,4 +346,29 @@ mod tests {
         let sysadmin = format!("CapEff:\t{:016x}\n", (1u64 << 21) | (1u64 << 12));
         assert!(missing_capabilities(&sysadmin).is_empty());
     }
+}
+
+/// Run statistics of one loaded BPF program (any loader's), from `BPF_OBJ_GET_INFO_BY_FD`.
+/// `run_time_ns`/`run_count` stay 0 unless `kernel.bpf_stats_enabled` is 1.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProgramStat {
+    pub id: u32,
+    pub name: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+/// Every BPF program loaded on this machine, with its run statistics.
+pub fn program_stats() -> Result<Vec<ProgramStat>, CaptureError> {
+    aya::programs::loaded_programs()
+        .map(|p| {
+            let p = p.map_err(load_error("(listing loaded programs)"))?;
+            Ok(ProgramStat {
+                id: p.id(),
+                name: p.name_as_str().unwrap_or_default().to_owned(),
+                run_count: p.run_count(),
+                run_time_ns: p.run_time().as_nanos() as u64,
+            })
+        })
+        .collect()
 }

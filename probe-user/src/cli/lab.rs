@@ -20,6 +20,10 @@ pub struct Args {
     /// Print the built-in scenario and exit.
     #[arg(long)]
     print_example: bool,
+    /// Only generate the traffic, without loading the probe (a load generator for measuring
+    /// a separately running `flowpol record`). Prints the clients' results as JSON.
+    #[arg(long, conflicts_with_all = ["check", "output"])]
+    no_record: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -37,10 +41,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         resolved.hosts.len(),
         resolved.scenario.traffic.len()
     );
+    if args.no_record {
+        let (elapsed, outcomes) = run::run_traffic_only(resolved)?;
+        let attempts: u32 = outcomes.iter().flat_map(|o| o.results.values()).sum();
+        println!(
+            "{}",
+            serde_json::json!({"seconds": elapsed.as_secs_f64(), "attempts": attempts, "per_second": f64::from(attempts) / elapsed.as_secs_f64(), "outcomes": outcomes})
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = rt.block_on(run::run(resolved, super::record::hostname()))?;
     output::emit_records(args.output.as_deref(), &report.records)?;
     eprintln!("{}\n\n{}", report.table(), report.summary);
+    eprintln!(
+        "  traffic plan took {:.3} s",
+        report.traffic_time.as_secs_f64()
+    );
     if report.mismatches.is_empty() {
         if args.check {
             eprintln!("flowpol lab: check passed: every expectation matched the capture exactly");

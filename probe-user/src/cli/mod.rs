@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod bpf_stats;
 mod lab;
 mod record;
 
@@ -23,6 +24,8 @@ enum Command {
     Record(record::Args),
     /// Build a cluster stand-in from network namespaces and record its traffic plan.
     Lab(lab::Args),
+    /// Run counts and time of every loaded BPF program (needs kernel.bpf_stats_enabled=1).
+    BpfStats(bpf_stats::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -37,6 +40,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Record(args) => record::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::BpfStats(args) => bpf_stats::run(args),
     };
     match result {
         Ok(code) => code,

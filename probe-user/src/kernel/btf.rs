@@ -41,6 +41,8 @@ pub enum BtfError {
     NoMember { strukt: String, member: String },
     #[error("member `{path}` of struct `{strukt}` is a bitfield or not byte aligned")]
     NotByteAligned { strukt: String, path: String },
+    #[error("no function pointer typedef `{name}` in the kernel's BTF")]
+    NoTypedef { name: String },
     #[error("no enum named `{name}` in the kernel's BTF")]
     NoEnum { name: String },
 }
@@ -143,8 +145,10 @@ impl Btf {
         };
         let mut by_name = HashMap::new();
         for (id, t) in btf.types.iter().enumerate().skip(1) {
-            if matches!(t.kind(), KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64)
-                && t.name_off != 0
+            if matches!(
+                t.kind(),
+                KIND_STRUCT | KIND_UNION | KIND_ENUM | KIND_ENUM64 | KIND_TYPEDEF
+            ) && t.name_off != 0
             {
                 by_name
                     .entry((t.kind(), btf.name(t.name_off).to_owned()))
@@ -263,6 +267,48 @@ impl Btf {
         Ok((bits / 8) as usize)
     }
 
+    /// A type as C would spell it (`struct sock *`, `int`), qualifiers and typedefs dropped.
+    fn describe(&self, id: u32) -> String {
+        let id = self.resolve(id);
+        let Some(t) = self.entry(id) else {
+            return "?".into();
+        };
+        let name = self.name(t.name_off);
+        match t.kind() {
+            _ if id == 0 => "void".into(),
+            KIND_PTR => format!("{} *", self.describe(t.size_or_type)),
+            KIND_STRUCT => format!("struct {name}"),
+            KIND_UNION => format!("union {name}"),
+            KIND_ENUM | KIND_ENUM64 => format!("enum {name}"),
+            _ => name.into(),
+        }
+    }
+
+    /// Parameter types of the function that `typedef R (*typedef)(...)` points to. The
+    /// kernel declares one such typedef per tracepoint (`btf_trace_<name>`), which is how a
+    /// raw tracepoint's arguments are known.
+    pub fn fn_pointer_params(&self, typedef: &str) -> Result<Vec<String>, BtfError> {
+        let not_found = || BtfError::NoTypedef {
+            name: typedef.to_owned(),
+        };
+        let id = self
+            .by_name
+            .get(&(KIND_TYPEDEF, typedef.to_owned()))
+            .copied()
+            .ok_or_else(not_found)?;
+        let ptr = self
+            .entry(self.types[id as usize].size_or_type)
+            .filter(|t| t.kind() == KIND_PTR)
+            .ok_or_else(not_found)?;
+        let proto = self
+            .entry(ptr.size_or_type)
+            .filter(|t| t.kind() == KIND_FUNC_PROTO)
+            .ok_or_else(not_found)?;
+        (0..proto.vlen())
+            .map(|i| Ok(self.describe(u32_at(&self.data, proto.extra + i * 8 + 4)?)))
+            .collect()
+    }
+
     /// Value -> name of every enumerator of `enum name`.
     pub fn enum_values(&self, name: &str) -> Result<HashMap<u64, String>, BtfError> {
         let (kind, id) = [KIND_ENUM, KIND_ENUM64]
@@ -370,7 +416,11 @@ pub(crate) mod tests {
         ); // 4
         let (red, blue) = (b.str("RED"), b.str("BLUE"));
         b.ty("color", KIND_ENUM, 2, false, 4, &[red, 1, blue, 7]); // 5
-        b.ty("f_proto", KIND_FUNC_PROTO, 0, false, 1, &[]); // 6: skipped over, not indexed
+        b.ty("", KIND_FUNC_PROTO, 2, false, 0, &[0, 8, 0, 1]); // 6: void (*)(void *, int)
+        b.ty("", KIND_PTR, 0, false, 0, &[]); // 7: void *
+        b.ty("", KIND_PTR, 0, false, 6, &[]); // 8: pointer to the proto... reused as a param below
+        b.ty("btf_trace_thing", KIND_TYPEDEF, 0, false, 10, &[]); // 9
+        b.ty("", KIND_PTR, 0, false, 6, &[]); // 10
         Btf::parse(b.build()).expect("sample BTF parses")
     }
 
@@ -400,6 +450,20 @@ pub(crate) mod tests {
         assert!(matches!(
             btf.member_offset("outer", "bf"),
             Err(BtfError::NotByteAligned { .. })
+        ));
+    }
+
+    #[test]
+    fn reads_function_pointer_typedefs() {
+        let btf = sample();
+        let params = btf
+            .fn_pointer_params("btf_trace_thing")
+            .expect("typedef exists");
+        assert_eq!(params.len(), 2);
+        assert_eq!(params[1], "int");
+        assert!(matches!(
+            btf.fn_pointer_params("btf_trace_nope"),
+            Err(BtfError::NoTypedef { .. })
         ));
     }
 

@@ -30,6 +30,8 @@ pub enum KernelError {
     Tracefs(#[from] TracefsError),
     #[error("offset of {what} is {offset}, beyond what the probe can address")]
     OffsetTooLarge { what: String, offset: usize },
+    #[error("raw tracepoint {name} does not have the prototype the probe reads (void *, struct sock *, int, int); found: {found}")]
+    NoRawTracepoint { name: String, found: String },
     #[error("no cgroup v2 hierarchy is mounted (none in /proc/self/mountinfo); UDP capture attaches to its root. Mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup`")]
     NoCgroup2,
 }
@@ -51,11 +53,10 @@ pub fn discover() -> Result<KernelInfo, KernelError> {
         Err(source) => return Err(KernelError::ReadBtf { source }),
     };
     let root = tracefs::tracefs_root()?;
-    let state = Tracepoint::load(&root, "sock", "inet_sock_set_state")?;
     let drop = Tracepoint::load(&root, "skb", "kfree_skb")?;
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let cgroup2 = cgroup2_root(&mountinfo).ok_or(KernelError::NoCgroup2)?;
-    resolve(&btf, &state, &drop, cgroup2)
+    resolve(&btf, &drop, cgroup2)
 }
 
 /// The first cgroup2 mount point in a mountinfo listing (field 5 is the mount point; the
@@ -74,13 +75,32 @@ pub fn cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
+/// The raw tracepoint the TCP program attaches to, and the arguments it reads.
+pub const STATE_TRACEPOINT: &str = "inet_sock_set_state";
+const STATE_PROTOTYPE: [&str; 4] = ["void *", "struct sock *", "int", "int"];
+
+/// The TCP program reads the raw tracepoint's arguments by position: check the kernel
+/// declares them as the probe expects (`btf_trace_<name>`: the hidden `void *` comes first).
+fn check_raw_tracepoint(btf: &Btf) -> Result<(), KernelError> {
+    let typedef = format!("btf_trace_{STATE_TRACEPOINT}");
+    let found = btf
+        .fn_pointer_params(&typedef)
+        .map_err(|_| KernelError::NoRawTracepoint {
+            name: STATE_TRACEPOINT.into(),
+            found: "no such tracepoint in BTF".into(),
+        })?;
+    if found != STATE_PROTOTYPE {
+        return Err(KernelError::NoRawTracepoint {
+            name: STATE_TRACEPOINT.into(),
+            found: found.join(", "),
+        });
+    }
+    Ok(())
+}
+
 /// Builds the probe's configuration from parsed BTF and tracepoint layouts.
-pub fn resolve(
-    btf: &Btf,
-    state: &Tracepoint,
-    drop: &Tracepoint,
-    cgroup2: PathBuf,
-) -> Result<KernelInfo, KernelError> {
+pub fn resolve(btf: &Btf, drop: &Tracepoint, cgroup2: PathBuf) -> Result<KernelInfo, KernelError> {
+    check_raw_tracepoint(btf)?;
     let member = |strukt: &str, path: &str| -> Result<u16, KernelError> {
         let offset = btf.member_offset(strukt, path)?;
         u16::try_from(offset).map_err(|_| KernelError::OffsetTooLarge {
@@ -89,18 +109,32 @@ pub fn resolve(
         })
     };
     let has_reason = drop.has("reason");
+    let drop_fields: &[&str] = if has_reason {
+        &["skbaddr", "protocol", "reason"]
+    } else {
+        &["skbaddr", "protocol"]
+    };
+    let common = [
+        ("skc_family", 2),
+        ("skc_dport", 2),
+        ("skc_daddr", 4),
+        ("skc_rcv_saddr", 4),
+        ("skc_v6_daddr", 16),
+        ("skc_v6_rcv_saddr", 16),
+    ];
+    let mut skc = [0u16; 6];
+    let mut common_len = 0usize;
+    for (slot, (field, size)) in skc.iter_mut().zip(common) {
+        *slot = member("sock_common", field)?;
+        common_len = common_len.max(usize::from(*slot) + size);
+    }
+    if common_len > probe_common::COPY_MAX {
+        return Err(KernelError::OffsetTooLarge {
+            what: "the sock_common fields the probe reads".into(),
+            offset: common_len,
+        });
+    }
     let config = ProbeConfig {
-        tp_state_skaddr: state.offset("skaddr", 8)?,
-        tp_state_oldstate: state.offset("oldstate", 4)?,
-        tp_state_newstate: state.offset("newstate", 4)?,
-        tp_state_sport: state.offset("sport", 2)?,
-        tp_state_dport: state.offset("dport", 2)?,
-        tp_state_family: state.offset("family", 2)?,
-        tp_state_protocol: state.offset("protocol", 2)?,
-        tp_state_saddr: state.offset("saddr", 4)?,
-        tp_state_daddr: state.offset("daddr", 4)?,
-        tp_state_saddr_v6: state.offset("saddr_v6", 16)?,
-        tp_state_daddr_v6: state.offset("daddr_v6", 16)?,
         tp_drop_skbaddr: drop.offset("skbaddr", 8)?,
         tp_drop_protocol: drop.offset("protocol", 2)?,
         tp_drop_reason: if has_reason {
@@ -109,8 +143,18 @@ pub fn resolve(
             0
         },
         tp_drop_has_reason: u16::from(has_reason),
+        tp_drop_len: drop.extent(drop_fields)?,
         sock_net: member("sock", "__sk_common.skc_net.net")?,
         sock_err: member("sock", "sk_err")?,
+        sock_protocol: member("sock", "sk_protocol")?,
+        skc_family: skc[0],
+        skc_dport: skc[1],
+        skc_daddr: skc[2],
+        skc_rcv_saddr: skc[3],
+        skc_v6_daddr: skc[4],
+        skc_v6_rcv_saddr: skc[5],
+        sock_common_len: common_len as u16,
+        inet_sport: member("inet_sock", "inet_sport")?,
         net_inum: member("net", "ns.inum")?,
         skb_head: member("sk_buff", "head")?,
         skb_network_header: member("sk_buff", "network_header")?,
@@ -119,6 +163,10 @@ pub fn resolve(
         dev_net: member("net_device", "nd_net.net")?,
         task_nsproxy: member("task_struct", "nsproxy")?,
         nsproxy_net_ns: member("nsproxy", "net_ns")?,
+        // Before 5.15 the socket's cgroup was encoded differently: report no cgroup there.
+        sock_cgroup: member("sock", "sk_cgrp_data.cgroup").unwrap_or(0),
+        cgroup_kn: member("cgroup", "kn").unwrap_or(0),
+        kernfs_id: member("kernfs_node", "id").unwrap_or(0),
         _pad: 0,
     };
     let drop_reasons = if has_reason {

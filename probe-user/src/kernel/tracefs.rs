@@ -66,6 +66,12 @@ pub enum TracefsError {
         size: usize,
         path: PathBuf,
     },
+    #[error("the fields flowpol reads from tracepoint {group}/{name} end at byte {bytes}, beyond the {} the probe copies", probe_common::COPY_MAX)]
+    RecordTooLarge {
+        group: String,
+        name: String,
+        bytes: usize,
+    },
     #[error("cannot read {path}")]
     Read {
         path: PathBuf,
@@ -134,6 +140,32 @@ impl Tracepoint {
         }
     }
 
+    /// Bytes from the record's start to the end of the last of `fields` (all must exist).
+    pub fn extent(&self, fields: &[&str]) -> Result<u16, TracefsError> {
+        let mut end = 0;
+        for name in fields {
+            let f = self
+                .fields
+                .get(*name)
+                .ok_or_else(|| TracefsError::BadField {
+                    group: self.group.clone(),
+                    name: self.name.clone(),
+                    field: (*name).into(),
+                    size: 0,
+                    path: self.path.clone(),
+                })?;
+            end = end.max(f.offset + f.size);
+        }
+        if end > probe_common::COPY_MAX {
+            return Err(TracefsError::RecordTooLarge {
+                group: self.group.clone(),
+                name: self.name.clone(),
+                bytes: end,
+            });
+        }
+        Ok(end as u16)
+    }
+
     pub fn has(&self, field: &str) -> bool {
         self.fields.contains_key(field)
     }
@@ -173,6 +205,8 @@ mod tests {
         assert_eq!(tp.offset("saddr", 4).unwrap(), 32);
         assert_eq!(tp.offset("daddr_v6", 16).unwrap(), 56);
         assert_eq!(tp.offset("common_pid", 4).unwrap(), 4);
+        assert_eq!(tp.extent(&["skaddr", "daddr_v6"]).unwrap(), 72);
+        assert!(tp.extent(&["skaddr", "nope"]).is_err());
     }
 
     #[test]

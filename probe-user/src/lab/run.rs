@@ -34,6 +34,8 @@ pub enum LabError {
 }
 
 pub struct LabReport {
+    /// How long the traffic plan took.
+    pub traffic_time: Duration,
     /// Records observed in the lab's namespaces only.
     pub records: Vec<FlowRecord>,
     pub summary: Summary,
@@ -54,16 +56,21 @@ pub async fn run(resolved: Resolved, node: Option<String>) -> Result<LabReport, 
         Aggregator::new(node, Clock::system(), info.drop_reasons),
     );
     let lab = Arc::new(tokio::task::spawn_blocking(move || Lab::up(resolved)).await??);
+    let started = std::time::Instant::now();
     let stop_flag = lab.stop_flag();
     let traffic = tokio::task::spawn_blocking({
         let lab = lab.clone();
         move || lab.run_traffic()
     });
     let mut finished = None;
+    let mut traffic_time = Duration::ZERO;
     let stop = async {
         tokio::pin!(traffic);
         let result = tokio::select! {
-            r = &mut traffic => r,
+            r = &mut traffic => {
+                traffic_time = started.elapsed();
+                r
+            },
             _ = tokio::signal::ctrl_c() => {
                 stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
                 let _ = (&mut traffic).await;
@@ -95,6 +102,7 @@ pub async fn run(resolved: Resolved, node: Option<String>) -> Result<LabReport, 
     // Tear down now (listeners joined, namespaces deleted) rather than at some later drop.
     drop(lab);
     Ok(LabReport {
+        traffic_time,
         records,
         summary,
         outcomes,
@@ -102,6 +110,16 @@ pub async fn run(resolved: Resolved, node: Option<String>) -> Result<LabReport, 
         hosts_by_inode,
         resolved,
     })
+}
+
+/// Builds the lab and runs its traffic plan without recording: the load generator for
+/// benchmarks, which measure a separately running `flowpol record`.
+pub fn run_traffic_only(resolved: Resolved) -> Result<(Duration, Vec<Outcome>), LabError> {
+    netns::preflight()?;
+    let lab = Lab::up(resolved)?;
+    let started = std::time::Instant::now();
+    let outcomes = lab.run_traffic()?;
+    Ok((started.elapsed(), outcomes))
 }
 
 impl LabReport {

@@ -467,10 +467,16 @@ drops:
   - {pod: a/web, direction: ingress, peer: a/dns, port: 80, protocol: TCP}
 ";
 
+    /// The error with its causes, as the CLI prints it.
     fn err(text: &str) -> String {
-        parse("s.yaml", text)
-            .expect_err("scenario must be rejected")
-            .to_string()
+        let e = parse("s.yaml", text).expect_err("scenario must be rejected");
+        let mut out = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            out.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        out
     }
 
     #[test]
