@@ -8,6 +8,7 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::tracepoint,
     programs::TracePointContext, EbpfContext,
 };
+use aya_log_ebpf::debug;
 use probe_common::{
     EventKind, FlowKey, FlowStats, Stat, FLOW_KIND_DROP, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -24,9 +25,10 @@ const ETH_P_IPV6: u16 = 0x86DD;
 
 #[tracepoint]
 pub fn kfree_skb(ctx: TracePointContext) -> u32 {
-    match try_kfree_skb(&ctx) {
-        Ok(()) | Err(_) => 0,
+    if let Err(e) = try_kfree_skb(&ctx) {
+        debug!(&ctx, "kfree_skb: cannot read the record (error {})", e);
     }
+    0
 }
 
 fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i64> {

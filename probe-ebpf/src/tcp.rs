@@ -17,6 +17,7 @@ use aya_ebpf::{
     helpers::bpf_probe_read_kernel, macros::raw_tracepoint, programs::RawTracePointContext,
     EbpfContext,
 };
+use aya_log_ebpf::debug;
 use probe_common::{EventKind, FlowKey, AF_INET, IPPROTO_TCP};
 
 use crate::{
@@ -33,9 +34,13 @@ const TCP_CLOSE: i32 = 7;
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn inet_sock_set_state(ctx: RawTracePointContext) -> i32 {
-    match try_inet_sock_set_state(&ctx) {
-        Ok(()) | Err(_) => 0,
+    if let Err(e) = try_inet_sock_set_state(&ctx) {
+        debug!(
+            &ctx,
+            "inet_sock_set_state: cannot read the socket (error {})", e
+        );
     }
+    0
 }
 
 /// Argument `i` of the raw tracepoint (`struct bpf_raw_tracepoint_args { u64 args[]; }`).

@@ -21,6 +21,7 @@ use aya_ebpf::{
     macros::{cgroup_skb, cgroup_sock},
     programs::{SkBuffContext, SockContext},
 };
+use aya_log_ebpf::warn;
 use probe_common::{
     EventKind, FlowKey, FlowStats, Stat, AF_INET, AF_INET6, FLOW_KIND_UDP, IPPROTO_UDP,
     UDP_ANSWERED, UDP_LOCAL_INITIATOR, UDP_LOCAL_RESPONDER,
@@ -158,10 +159,16 @@ fn try_udp(ctx: &SkBuffContext, outgoing: bool) -> Result<(), i64> {
         netns,
         cgroup_id,
     };
-    if outgoing {
-        seen.account(&src, &dst, true);
+    let counted = if outgoing {
+        seen.account(&src, &dst, true)
     } else {
-        seen.account(&dst, &src, false);
+        seen.account(&dst, &src, false)
+    };
+    if !counted {
+        warn!(
+            ctx,
+            "udp: flow map update failed; this flow's counts are incomplete"
+        );
     }
     Ok(())
 }
@@ -208,8 +215,9 @@ impl Seen {
     }
 
     /// Accounts one datagram between `local` and `remote`; `outgoing` is its direction.
-    /// One key is built and then turned around, to keep the stack small.
-    fn account(&self, local: &End, remote: &End, outgoing: bool) {
+    /// One key is built and then turned around, to keep the stack small. False when the
+    /// flow map could not be updated (counted in `Stat::FlowUpdateFailed`).
+    fn account(&self, local: &End, remote: &End, outgoing: bool) -> bool {
         // SAFETY: plain helper call.
         let now = unsafe { bpf_ktime_get_ns() };
         // The flow this datagram would answer: the other side initiated it.
@@ -237,7 +245,7 @@ impl Seen {
                     );
                 }
             }
-            return;
+            return true;
         }
         let (role, initiator_port) = if outgoing {
             (UDP_LOCAL_INITIATOR, local.port)
@@ -253,7 +261,7 @@ impl Seen {
                 (*st).packets += 1;
                 (*st).last_ns = now;
             }
-            return;
+            return true;
         }
         let stats = FlowStats {
             first_ns: now,
@@ -274,9 +282,13 @@ impl Seen {
             Err(_) => match FLOWS.get_ptr_mut(initiated) {
                 // SAFETY: as above.
                 Some(st) => unsafe { (*st).packets += 1 },
-                None => bump(Stat::FlowUpdateFailed),
+                None => {
+                    bump(Stat::FlowUpdateFailed);
+                    return false;
+                }
             },
         }
+        true
     }
 
     fn extra(&self, flags: u32, netns: u32, sport: u16) -> Extra {

@@ -1,4 +1,8 @@
 //! Ring buffer bytes -> typed observations. Pure: the bytes are untrusted and checked.
+#![expect(
+    unsafe_code,
+    reason = "ring buffer bytes are read as the probe's #[repr(C)] event"
+)]
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use probe_common::{Event, EventKind, FlowKey, ABI_VERSION, AF_INET, AF_INET6};

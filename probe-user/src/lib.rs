@@ -6,6 +6,9 @@
 //! -> [`decode`] (ring buffer bytes to observations) -> [`aggregate`] (observations to
 //! [`record`]s) -> output. [`session`] ties capture to aggregation; [`lab`] builds a cluster
 //! stand-in out of network namespaces.
+//!
+//! `unsafe` is denied except where the kernel is talked to directly (aya, setns, sockets).
+#![deny(unsafe_code)]
 pub mod aggregate;
 pub mod capture;
 pub mod decode;
@@ -14,3 +17,4 @@ pub mod lab;
 pub mod output;
 pub mod record;
 pub mod session;
+pub mod shutdown;

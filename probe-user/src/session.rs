@@ -20,7 +20,8 @@ pub struct Summary {
     pub totals: Totals,
     /// Events delivered by the ring buffer.
     pub events: u64,
-    /// Events lost in the kernel (ring buffer full), summed over CPUs.
+    /// Events lost in the kernel: ring buffer full (summed over CPUs) or probe runs the
+    /// kernel skipped on recursion.
     pub events_lost: u64,
     #[serde(flatten)]
     pub probe: ProbeStats,
@@ -49,9 +50,10 @@ impl std::fmt::Display for Summary {
         }
         write!(
             f,
-            "  events lost      {} (per CPU: {:?}), decode errors {}, counters evicted {}",
+            "  events lost      {} (ring full per CPU: {:?}, skipped on recursion: {}), decode errors {}, counters evicted {}",
             self.events_lost,
             self.probe.ring_full_per_cpu,
+            self.probe.recursion_misses,
             self.decode_errors,
             self.counters_evicted
         )

@@ -29,10 +29,24 @@ pub fn run_lab(yaml: &str) -> LabReport {
     let report = rt
         .block_on(run::run(resolved, Some("test-node".into())))
         .unwrap_or_else(|e| panic!("lab run failed: {e}"));
+    assert_no_leftovers();
+    report
+}
+
+/// No lab namespace (with its links and nft tables) and no lab nft table in this namespace.
+pub fn assert_no_leftovers() {
     assert_eq!(
         netns::leftovers(),
         Vec::<String>::new(),
         "the lab left namespaces behind"
     );
-    report
+    let tables = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft runs");
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(
+        !tables.contains(flowpol::lab::nft::TABLE),
+        "a lab nft table leaked into the root namespace: {tables}"
+    );
 }

@@ -1,7 +1,7 @@
 //! The `flowpol` binary's behaviour at its edges: privileges and bad input.
 use std::process::Command;
 
-use flowpol_e2e::privileged;
+use flowpol_e2e::{assert_no_leftovers, privileged};
 
 /// The binary under test: `cargo xtask test` builds it and names it in FLOWPOL_BIN.
 fn binary() -> String {
@@ -98,5 +98,44 @@ fn bad_scenarios_fail_with_the_place_and_no_leftovers() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/scenario.yaml"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn ctrl_c_during_a_lab_run_cleans_up() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("flowpol-int-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let scenario = dir.join("slow.yaml");
+    // Ten connections into a dropping port, two seconds each: twenty seconds unless stopped.
+    std::fs::write(
+        &scenario,
+        "name: slow\nsettings: {timeout: 2s}\nnamespaces: [{name: a}]\npods:\n  - {name: c, namespace: a}\n  - {name: s, namespace: a, ports: [{port: 80}]}\ntraffic:\n  - {from: a/c, to: a/s, port: 80, count: 10}\ndrops:\n  - {pod: a/s, direction: ingress, protocol: TCP}\n",
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let child = flowpol()
+        .arg("lab")
+        .arg(&scenario)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "an interrupted run is not a success: {stderr}"
+    );
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(12),
+        "stopped promptly, not after the whole plan"
+    );
+    assert_no_leftovers();
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -101,15 +101,18 @@ settings: {timeout: 500ms}
 namespaces: [{name: a}]
 pods:
   - {name: client, namespace: a}
-  - {name: server, namespace: a, ports: [{port: 80}, {port: 53, protocol: UDP}]}
+  - {name: server, namespace: a, ports: [{port: 80}, {port: 81}, {port: 53, protocol: UDP}]}
 traffic:
   - {from: a/client, to: a/server, port: 80, count: 2, expect: timeout}
   - {from: a/client, to: a/server, port: 53, protocol: UDP, count: 3, expect: sent}
   - {from: a/client, to: a/server, port: 80, count: 1, family: ipv6, expect: established}
+  - {from: a/client, to: a/server, port: 81, count: 1, family: ipv6, expect: timeout}
 drops:
   # Egress drop in the client: IPv4 only, so the IPv6 connection passes.
   - {pod: a/client, direction: egress, peer: 10.244.0.11, port: 80, protocol: TCP}
   - {pod: a/server, direction: egress, protocol: UDP}
+  # Ingress drop in the server for IPv6 on port 81.
+  - {pod: a/server, direction: ingress, peer: 'fd00:10:244::a', port: 81, protocol: TCP}
 ",
     );
     assert!(report.mismatches.is_empty(), "{:#?}", report.mismatches);

@@ -3,6 +3,10 @@
 //! [`Probe::load`] hands the kernel-specific offsets to the probe, loads and attaches every
 //! program, and gives access to the ring buffer, the flow map and the loss counters. Dropping
 //! the [`Probe`] detaches everything.
+#![expect(
+    unsafe_code,
+    reason = "the probe is loaded and read through aya; ring buffer fd registration"
+)]
 use aya::{
     include_bytes_aligned,
     maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -13,6 +17,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use probe_common::{FlowKey, FlowStats, Stat, GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_STATS};
+use std::os::fd::AsFd;
+
 use tokio::io::unix::AsyncFd;
 
 use crate::kernel::{KernelInfo, STATE_TRACEPOINT};
@@ -69,18 +75,22 @@ pub enum CaptureError {
     Poll(#[source] std::io::Error),
 }
 
-/// Per-CPU counters of the probe's own troubles.
+/// Counters of the probe's own troubles.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ProbeStats {
     /// Events lost because the ring buffer was full, per CPU.
     pub ring_full_per_cpu: Vec<u64>,
+    /// Runs of the probe's programs the kernel skipped because one was already running on
+    /// that CPU (a nested tracepoint hit, e.g. from softirq): events that were never seen.
+    pub recursion_misses: u64,
     pub flow_update_failed: u64,
     pub drop_unparsed: u64,
 }
 
 impl ProbeStats {
+    /// Every event the kernel produced that did not reach userspace.
     pub fn events_lost(&self) -> u64 {
-        self.ring_full_per_cpu.iter().sum()
+        self.ring_full_per_cpu.iter().sum::<u64>() + self.recursion_misses
     }
 }
 
@@ -277,6 +287,11 @@ impl Probe {
         };
         ProbeStats {
             ring_full_per_cpu: read(Stat::RingFull),
+            recursion_misses: self
+                ._ebpf
+                .programs()
+                .filter_map(|(_, p)| p.fd().ok().map(|fd| recursion_misses(fd.as_fd())))
+                .sum(),
             flow_update_failed: read(Stat::FlowUpdateFailed).iter().sum(),
             drop_unparsed: read(Stat::DropUnparsed).iter().sum(),
         }
@@ -310,6 +325,50 @@ fn attach_error(
         program: program.into(),
         hook,
         source: Box::new(source),
+    }
+}
+
+/// `bpf_prog_info.recursion_misses` (kernel >= 5.12; 0 before), which aya 0.13 does not
+/// expose: `BPF_OBJ_GET_INFO_BY_FD` with the prefix of `struct bpf_prog_info` up to it.
+fn recursion_misses(fd: std::os::fd::BorrowedFd<'_>) -> u64 {
+    use std::os::fd::AsRawFd;
+    /// `struct bpf_prog_info` up to `recursion_misses` (offset 208 in the uapi header).
+    #[repr(C)]
+    struct InfoPrefix {
+        head: [u8; 208],
+        recursion_misses: u64,
+    }
+    /// The `info` member of `union bpf_attr` for `BPF_OBJ_GET_INFO_BY_FD`.
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let mut info = InfoPrefix {
+        head: [0; 208],
+        recursion_misses: 0,
+    };
+    let attr = InfoAttr {
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<InfoPrefix>() as u32,
+        info: &mut info as *mut InfoPrefix as u64,
+    };
+    // SAFETY: `attr` and `info` are valid for the call; the kernel writes at most `info_len`
+    // bytes into `info` and reads `size_of::<InfoAttr>()` bytes of `attr`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &attr as *const InfoAttr,
+            std::mem::size_of::<InfoAttr>(),
+        )
+    };
+    if rc == 0 {
+        info.recursion_misses
+    } else {
+        0
     }
 }
 

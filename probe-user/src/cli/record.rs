@@ -7,6 +7,7 @@ use flowpol::{
     capture::{self, Probe},
     kernel, output,
     session::Session,
+    shutdown::Shutdown,
 };
 
 #[derive(clap::Args)]
@@ -40,15 +41,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 None => String::new(),
             }
         );
+        let mut shutdown = Shutdown::install().context("installing signal handlers")?;
         let stop = async {
             match args.duration {
                 Some(d) => tokio::select! {
                     _ = tokio::time::sleep(d) => {},
-                    _ = tokio::signal::ctrl_c() => {},
+                    _ = shutdown.requested() => {},
                 },
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
-                }
+                None => shutdown.requested().await,
             }
         };
         session.run(stop).await.context("capturing")?;

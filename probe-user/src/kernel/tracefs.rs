@@ -81,6 +81,7 @@ pub enum TracefsError {
 }
 
 /// The tracefs mount point, mounting it when it is missing (as root we may).
+#[expect(unsafe_code, reason = "mount(2) has no safe wrapper in std")]
 pub fn tracefs_root() -> Result<PathBuf, TracefsError> {
     for dir in ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"] {
         if Path::new(dir).join("events").is_dir() {
@@ -207,6 +208,21 @@ mod tests {
         assert_eq!(tp.offset("common_pid", 4).unwrap(), 4);
         assert_eq!(tp.extent(&["skaddr", "daddr_v6"]).unwrap(), 72);
         assert!(tp.extent(&["skaddr", "nope"]).is_err());
+    }
+
+    #[test]
+    fn a_kernel_without_the_tracepoint_is_named_in_the_error() {
+        let root = std::env::temp_dir().join(format!("flowpol-tracefs-{}", std::process::id()));
+        std::fs::create_dir_all(root.join("events/skb")).unwrap();
+        let err = Tracepoint::load(&root, "skb", "kfree_skb")
+            .err()
+            .expect("missing tracepoint is an error");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("skb/kfree_skb") && msg.contains("cannot run the probe"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -1,6 +1,10 @@
 //! Network namespaces on a bridge: the lab's hosts. Everything is created under one unique
 //! prefix and deleted when [`LabNet`] is dropped (also after errors and Ctrl-C), so runs
 //! cannot collide and nothing is left behind.
+#![expect(
+    unsafe_code,
+    reason = "setns() and geteuid() have no safe wrappers in std"
+)]
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,

@@ -14,6 +14,7 @@ use crate::{
     kernel::{self, KernelError},
     record::FlowRecord,
     session::{Session, Summary},
+    shutdown::Shutdown,
 };
 
 /// Time left after the traffic for the last events to arrive.
@@ -29,6 +30,8 @@ pub enum LabError {
     Capture(#[from] CaptureError),
     #[error("the lab's traffic runner stopped unexpectedly")]
     Join(#[from] tokio::task::JoinError),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
     #[error("interrupted")]
     Interrupted,
 }
@@ -49,6 +52,7 @@ pub struct LabReport {
 pub async fn run(resolved: Resolved, node: Option<String>) -> Result<LabReport, LabError> {
     netns::preflight()?;
     crate::capture::check_privileges()?;
+    let mut shutdown = Shutdown::install().map_err(LabError::Signals)?;
     let info = kernel::discover()?;
     let probe = Probe::load(&info)?;
     let mut session = Session::new(
@@ -71,7 +75,7 @@ pub async fn run(resolved: Resolved, node: Option<String>) -> Result<LabReport, 
                 traffic_time = started.elapsed();
                 r
             },
-            _ = tokio::signal::ctrl_c() => {
+            _ = shutdown.requested() => {
                 stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
                 let _ = (&mut traffic).await;
                 finished = Some(Err(LabError::Interrupted));

@@ -1,4 +1,8 @@
 //! Listeners and clients, each a thread inside a host's network namespace.
+#![expect(
+    unsafe_code,
+    reason = "socket options (SO_RCVTIMEO, SO_LINGER, listen backlog) through libc"
+)]
 use std::{
     collections::BTreeMap,
     io::{ErrorKind, Write},
