@@ -25,19 +25,16 @@ use crate::record::{Protocol, Verdict};
 /// How often blocked listeners look at the stop flag.
 const TICK: Duration = Duration::from_millis(100);
 
-fn set_timeout(fd: &impl AsRawFd, timeout: Duration) -> std::io::Result<()> {
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as _,
-        tv_usec: timeout.subsec_micros() as _,
-    };
-    // SAFETY: valid socket fd and a correctly sized timeval.
+/// `setsockopt(SOL_SOCKET, option, value)`.
+fn set_socket_option<T>(fd: &impl AsRawFd, option: libc::c_int, value: &T) -> std::io::Result<()> {
+    // SAFETY: a valid socket fd and a value of the size we pass.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            option,
+            (value as *const T).cast(),
+            std::mem::size_of::<T>() as libc::socklen_t,
         )
     };
     if rc != 0 {
@@ -46,21 +43,25 @@ fn set_timeout(fd: &impl AsRawFd, timeout: Duration) -> std::io::Result<()> {
     Ok(())
 }
 
-fn linger_zero(stream: &TcpStream) {
-    let l = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
+/// A receive timeout, which `accept()` honours too (std offers none for listeners).
+fn set_timeout(fd: &impl AsRawFd, timeout: Duration) -> std::io::Result<()> {
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as _,
+        tv_usec: timeout.subsec_micros() as _,
     };
-    // SAFETY: valid socket fd and a correctly sized linger struct.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&l as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    set_socket_option(fd, libc::SO_RCVTIMEO, &tv)
+}
+
+/// Close with RST: no TIME_WAIT, so bursts can exceed the ephemeral port range.
+fn linger_zero(stream: &TcpStream) {
+    let _ = set_socket_option(
+        stream,
+        libc::SO_LINGER,
+        &libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        },
+    );
 }
 
 /// Starts a listener thread in `ns` serving `port`; returns once the socket is bound.
