@@ -11,10 +11,12 @@
 #![deny(unsafe_code)]
 pub mod aggregate;
 pub mod capture;
+pub mod cluster;
 pub mod decode;
 pub mod kernel;
 pub mod lab;
 pub mod output;
+pub mod policy;
 pub mod record;
 pub mod session;
 pub mod shutdown;

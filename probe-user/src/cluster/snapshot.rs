@@ -1,0 +1,268 @@
+//! Offline cluster snapshots: what `kubectl get namespaces,pods,services,endpointslices,
+//! networkpolicies,nodes -A -o yaml` (or `-o json`) prints, a `kind: List`, or multi-document
+//! YAML of the same objects.
+//!
+//! Objects are read with the k8s-openapi types, so field names and value types follow the API
+//! reference; a malformed object fails the whole read with its kind, namespace, name and the
+//! offending field. Kinds flowpol does not use (ConfigMaps, ...) are skipped and counted.
+use std::{collections::BTreeMap, net::IpAddr, path::Path};
+
+use k8s_openapi::{
+    api::{
+        core::v1 as core,
+        discovery::v1::EndpointSlice,
+        networking::v1::NetworkPolicy,
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+use serde::de::DeserializeOwned;
+
+use super::{Cluster, ClusterBuilder, ContainerPort, Labels, ModelError, PodPhase, PortRef, Service, ServicePort};
+use crate::record::Protocol;
+
+/// Largest snapshot read (a multi-thousand-node cluster's objects stay well below it).
+pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("cannot read cluster snapshot {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cluster snapshot {path} is {size} bytes; the limit is {MAX_SNAPSHOT_BYTES}")]
+    TooLarge { path: String, size: u64 },
+    #[error("cluster snapshot {path}: document {document} is not valid YAML or JSON")]
+    Syntax {
+        path: String,
+        document: usize,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("cluster snapshot {path}: {what}: {problem}")]
+    Object { path: String, what: String, problem: String },
+    #[error("cluster snapshot {path}: {what}")]
+    Decode {
+        path: String,
+        what: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("cluster snapshot {path}")]
+    Model {
+        path: String,
+        #[source]
+        source: ModelError,
+    },
+}
+
+/// Everything read from a snapshot.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub cluster: Cluster,
+    /// NetworkPolicies as written; the policy module checks and compiles them.
+    pub policies: Vec<NetworkPolicy>,
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// Objects of kinds flowpol does not use, by kind.
+    pub skipped: BTreeMap<String, usize>,
+}
+
+pub fn load(path: &Path) -> Result<Snapshot, SnapshotError> {
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|source| SnapshotError::Read { path: shown.clone(), source })?;
+    if meta.len() > MAX_SNAPSHOT_BYTES {
+        return Err(SnapshotError::TooLarge { path: shown, size: meta.len() });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| SnapshotError::Read { path: shown.clone(), source })?;
+    parse(&shown, &text)
+}
+
+/// One object's identity for messages: `Pod shop/web-0 (document 1, item 3)`.
+fn describe(v: &serde_yaml::Value, document: usize, item: Option<usize>) -> String {
+    let s = |key: &str| v.get("metadata").and_then(|m| m.get(key)).and_then(|x| x.as_str());
+    let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("object without kind");
+    let name = match (s("namespace"), s("name")) {
+        (Some(ns), Some(n)) => format!(" {ns}/{n}"),
+        (None, Some(n)) => format!(" {n}"),
+        _ => String::new(),
+    };
+    let at = match item {
+        Some(i) => format!("document {document}, item {i}"),
+        None => format!("document {document}"),
+    };
+    format!("{kind}{name} ({at})")
+}
+
+pub fn parse(path: &str, text: &str) -> Result<Snapshot, SnapshotError> {
+    let mut objects = Vec::new();
+    for (document, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = serde::Deserialize::deserialize(de)
+            .map_err(|source| SnapshotError::Syntax { path: path.into(), document, source })?;
+        match value {
+            serde_yaml::Value::Null => {}
+            v if v.get("kind").and_then(|k| k.as_str()).is_some_and(|k| k.ends_with("List")) => {
+                let items = v.get("items").and_then(|i| i.as_sequence()).cloned().unwrap_or_default();
+                objects.extend(items.into_iter().enumerate().map(|(i, item)| (describe(&item, document, Some(i)), item)));
+            }
+            v => objects.push((describe(&v, document, None), v)),
+        }
+    }
+    let mut snap = Snapshot::default();
+    let mut b = ClusterBuilder::new();
+    let model = |source| SnapshotError::Model { path: path.into(), source };
+    // Namespaces and nodes first: pods refer to them.
+    objects.sort_by_key(|(_, v)| match v.get("kind").and_then(|k| k.as_str()) {
+        Some("Namespace") => 0,
+        Some("Node") => 1,
+        _ => 2,
+    });
+    for (what, v) in objects {
+        let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or_default().to_owned();
+        let ctx = Ctx { path, what: &what };
+        match kind.as_str() {
+            "Namespace" => {
+                let ns: core::Namespace = ctx.decode(v)?;
+                b.namespace(&ctx.name(&ns.metadata)?, labels(&ns.metadata)).map_err(model)?;
+            }
+            "Node" => {
+                let node: core::Node = ctx.decode(v)?;
+                let mut ips = Vec::new();
+                for (i, a) in node.status.iter().flat_map(|s| s.addresses.iter().flatten()).enumerate() {
+                    if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
+                        ips.push(ctx.ip(&a.address, &format!("status.addresses[{i}].address"))?);
+                    }
+                }
+                b.node(&ctx.name(&node.metadata)?, ips, labels(&node.metadata)).map_err(model)?;
+            }
+            "Pod" => {
+                let pod: core::Pod = ctx.decode(v)?;
+                add_pod(&ctx, &mut b, pod)?;
+            }
+            "Service" => {
+                let svc: core::Service = ctx.decode(v)?;
+                let service = convert_service(&ctx, svc)?;
+                let ns = service.0.clone();
+                b.service(&ns, move |id| Service { namespace: id, ..service.1 });
+            }
+            "EndpointSlice" => snap.endpoint_slices.push(ctx.decode(v)?),
+            "NetworkPolicy" => {
+                let np: NetworkPolicy = ctx.decode(v)?;
+                ctx.name(&np.metadata)?;
+                snap.policies.push(np);
+            }
+            other => *snap.skipped.entry(if other.is_empty() { "(no kind)".into() } else { other.into() }).or_default() += 1,
+        }
+    }
+    snap.cluster = b.build();
+    Ok(snap)
+}
+
+struct Ctx<'a> {
+    path: &'a str,
+    what: &'a str,
+}
+
+impl Ctx<'_> {
+    fn decode<T: DeserializeOwned>(&self, v: serde_yaml::Value) -> Result<T, SnapshotError> {
+        serde_yaml::from_value(v).map_err(|source| SnapshotError::Decode { path: self.path.into(), what: self.what.into(), source })
+    }
+    fn invalid(&self, problem: String) -> SnapshotError {
+        SnapshotError::Object { path: self.path.into(), what: self.what.into(), problem }
+    }
+    fn name(&self, meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Result<String, SnapshotError> {
+        meta.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| self.invalid("metadata.name is missing".into()))
+    }
+    fn ip(&self, text: &str, field: &str) -> Result<IpAddr, SnapshotError> {
+        text.parse().map_err(|_| self.invalid(format!("{field}: `{text}` is not an IP address")))
+    }
+    fn protocol(&self, p: Option<&str>, field: &str) -> Result<Protocol, SnapshotError> {
+        match p.unwrap_or("TCP") {
+            "TCP" => Ok(Protocol::TCP),
+            "UDP" => Ok(Protocol::UDP),
+            "SCTP" => Ok(Protocol::SCTP),
+            other => Err(self.invalid(format!("{field}: unknown protocol `{other}` (TCP, UDP or SCTP)"))),
+        }
+    }
+    fn port(&self, n: i32, field: &str) -> Result<u16, SnapshotError> {
+        u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| self.invalid(format!("{field}: {n} is not a port (1-65535)")))
+    }
+}
+
+fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Labels {
+    meta.labels.clone().unwrap_or_default()
+}
+
+fn add_pod(ctx: &Ctx, b: &mut ClusterBuilder, pod: core::Pod) -> Result<(), SnapshotError> {
+    let name = ctx.name(&pod.metadata)?;
+    let namespace = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let spec = pod.spec.unwrap_or_default();
+    let status = pod.status.unwrap_or_default();
+    let mut ips = Vec::new();
+    match &status.pod_ips {
+        Some(list) if !list.is_empty() => {
+            for (i, p) in list.iter().enumerate() {
+                ips.push(ctx.ip(&p.ip, &format!("status.podIPs[{i}].ip"))?);
+            }
+        }
+        _ => {
+            if let Some(ip) = status.pod_ip.as_deref().filter(|s| !s.is_empty()) {
+                ips.push(ctx.ip(ip, "status.podIP")?);
+            }
+        }
+    }
+    let phase = match status.phase.as_deref() {
+        Some("Pending") => PodPhase::Pending,
+        Some("Running") | None => PodPhase::Running,
+        Some("Succeeded") => PodPhase::Succeeded,
+        Some("Failed") => PodPhase::Failed,
+        Some(_) => PodPhase::Unknown,
+    };
+    let mut ports = Vec::new();
+    let containers = spec.containers.iter().map(|c| ("containers", c)).chain(spec.init_containers.iter().flatten().map(|c| ("initContainers", c)));
+    for (list, c) in containers {
+        for (j, p) in c.ports.iter().flatten().enumerate() {
+            let field = format!("spec.{list}[{}].ports[{j}]", c.name);
+            ports.push(ContainerPort {
+                name: p.name.clone(),
+                port: ctx.port(p.container_port, &format!("{field}.containerPort"))?,
+                protocol: ctx.protocol(p.protocol.as_deref(), &format!("{field}.protocol"))?,
+            });
+        }
+    }
+    let host_network = spec.host_network.unwrap_or(false);
+    b.pod(&namespace, &name, labels(&pod.metadata), ips, spec.node_name.as_deref(), host_network, phase, ports)
+        .map_err(|source| SnapshotError::Model { path: ctx.path.into(), source })?;
+    Ok(())
+}
+
+/// (namespace, service without its namespace id yet)
+fn convert_service(ctx: &Ctx, svc: core::Service) -> Result<(String, Service), SnapshotError> {
+    let name = ctx.name(&svc.metadata)?;
+    let namespace = svc.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let spec = svc.spec.unwrap_or_default();
+    let mut cluster_ips = Vec::new();
+    let listed = spec.cluster_ips.clone().unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect());
+    for (i, ip) in listed.iter().enumerate() {
+        // Headless services have clusterIP "None".
+        if ip != "None" && !ip.is_empty() {
+            cluster_ips.push(ctx.ip(ip, &format!("spec.clusterIPs[{i}]"))?);
+        }
+    }
+    let mut ports = Vec::new();
+    for (i, p) in spec.ports.iter().flatten().enumerate() {
+        let target = match &p.target_port {
+            None => None,
+            Some(IntOrString::Int(n)) => Some(PortRef::Number(ctx.port(*n, &format!("spec.ports[{i}].targetPort"))?)),
+            Some(IntOrString::String(s)) => Some(PortRef::Name(s.clone())),
+        };
+        ports.push(ServicePort {
+            name: p.name.clone(),
+            port: ctx.port(p.port, &format!("spec.ports[{i}].port"))?,
+            protocol: ctx.protocol(p.protocol.as_deref(), &format!("spec.ports[{i}].protocol"))?,
+            target,
+        });
+    }
+    let selector = spec.selector.map(|s| s.into_iter().collect());
+    Ok((namespace, Service { namespace: super::NsId(0), name, cluster_ips, selector, ports }))
+}

@@ -1,0 +1,248 @@
+//! Decides whether declared policy allows a connection, and why. Pure.
+//!
+//! A connection from S to D on port/protocol is allowed when S's egress allows it and D's
+//! ingress allows it. A side that is not a pod of the cluster (a node, an outside address)
+//! has no policy. A pod selected by no policy of a direction is not isolated for it. Traffic
+//! between a pod and its own node is always allowed. Which policies select which pod is
+//! computed once, when the engine is built, so a verdict costs only the rules of the
+//! policies that select its two ends.
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::{Direction, Peer, Policy, PortMatch, PortSpec, Rule};
+use crate::{
+    cluster::{Cluster, Endpoint, NsId, PodId},
+    record::Protocol,
+};
+
+/// A connection attempt, by address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// The rule that allowed a connection: rule `rule` of `spec.ingress`/`spec.egress` of `policy`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RuleRef {
+    pub policy: String,
+    pub rule: usize,
+}
+
+/// One direction's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// This end is not a pod of the cluster: no policy applies to it.
+    NotAPod { endpoint: String },
+    /// No policy selects the pod for this direction.
+    NotIsolated,
+    /// The other end is the pod's own node, which is always allowed.
+    OwnNode,
+    /// Allowed by these rules.
+    Allowed { rules: Vec<RuleRef> },
+    /// The pod is isolated by these policies and none of their rules matched.
+    Denied { isolated_by: Vec<String> },
+}
+
+impl Side {
+    pub fn allows(&self) -> bool {
+        !matches!(self, Side::Denied { .. })
+    }
+}
+
+impl Serialize for Side {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Json<'a> {
+            verdict: &'static str,
+            reason: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            endpoint: Option<&'a str>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            rules: Option<&'a [RuleRef]>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            isolated_by: Option<&'a [String]>,
+        }
+        let (reason, endpoint, rules, isolated_by) = match self {
+            Side::NotAPod { endpoint } => ("not_a_pod", Some(endpoint.as_str()), None, None),
+            Side::NotIsolated => ("not_isolated", None, None, None),
+            Side::OwnNode => ("own_node", None, None, None),
+            Side::Allowed { rules } => ("rule", None, Some(rules.as_slice()), None),
+            Side::Denied { isolated_by } => ("no_rule_matched", None, None, Some(isolated_by.as_slice())),
+        };
+        Json { verdict: if self.allows() { "allow" } else { "deny" }, reason, endpoint, rules, isolated_by }.serialize(s)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Decision {
+    pub allowed: bool,
+    /// What each end is: `pod ns/name`, `node name`, `external`.
+    pub src: String,
+    pub dst: String,
+    pub egress: Side,
+    pub ingress: Side,
+}
+
+pub struct Engine<'c> {
+    cluster: &'c Cluster,
+    policies: Vec<Policy>,
+    /// The namespace of each policy in the model (None: no such namespace, selects nothing).
+    policy_ns: Vec<Option<NsId>>,
+    /// Per pod: indexes of the policies that select it for ingress, and for egress.
+    selected: Vec<[Vec<u32>; 2]>,
+}
+
+impl<'c> Engine<'c> {
+    pub fn new(cluster: &'c Cluster, policies: Vec<Policy>) -> Self {
+        let policy_ns: Vec<Option<NsId>> = policies.iter().map(|p| cluster.namespace_id(&p.namespace)).collect();
+        let mut selected = vec![[Vec::new(), Vec::new()]; cluster.pods().len()];
+        for (i, (p, ns)) in policies.iter().zip(&policy_ns).enumerate() {
+            let Some(ns) = ns else { continue };
+            for &pod_id in cluster.pods_in(*ns) {
+                let pod = cluster.pod(pod_id);
+                // hostNetwork pods are never selected: policies do not apply to the host's network.
+                if pod.host_network || !p.pod_selector.matches(&pod.labels) {
+                    continue;
+                }
+                if p.ingress.is_some() {
+                    selected[pod_id.0 as usize][0].push(i as u32);
+                }
+                if p.egress.is_some() {
+                    selected[pod_id.0 as usize][1].push(i as u32);
+                }
+            }
+        }
+        Self { cluster, policies, policy_ns, selected }
+    }
+
+    pub fn cluster(&self) -> &'c Cluster {
+        self.cluster
+    }
+
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    /// Policies selecting `pod` for `direction`.
+    pub fn selecting(&self, pod: PodId, direction: Direction) -> impl Iterator<Item = &Policy> {
+        self.selected[pod.0 as usize][direction as usize].iter().map(|&i| &self.policies[i as usize])
+    }
+
+    pub fn describe(&self, e: Endpoint) -> String {
+        match e {
+            Endpoint::Pod(p) => format!("pod {}", self.cluster.pod_name(p)),
+            Endpoint::Node(n) => format!("node {}", self.cluster.node(n).name),
+            Endpoint::External(_) => "external".into(),
+        }
+    }
+
+    pub fn evaluate(&self, c: &Connection) -> Decision {
+        let src = self.cluster.endpoint(c.src);
+        let dst = self.cluster.endpoint(c.dst);
+        let egress = match src {
+            Endpoint::Pod(p) => self.side(p, Direction::Egress, dst, c.dst, dst, c),
+            other => Side::NotAPod { endpoint: self.describe(other) },
+        };
+        let ingress = match dst {
+            Endpoint::Pod(p) => self.side(p, Direction::Ingress, src, c.src, dst, c),
+            other => Side::NotAPod { endpoint: self.describe(other) },
+        };
+        Decision { allowed: egress.allows() && ingress.allows(), src: self.describe(src), dst: self.describe(dst), egress, ingress }
+    }
+
+    /// Whether connection `c` is allowed without building an explanation (the fast path).
+    pub fn allows(&self, c: &Connection) -> bool {
+        let src = self.cluster.endpoint(c.src);
+        let dst = self.cluster.endpoint(c.dst);
+        let side_allows = |pod: PodId, dir: Direction, remote: Endpoint, remote_ip: IpAddr| {
+            let sel = &self.selected[pod.0 as usize][dir as usize];
+            sel.is_empty()
+                || self.own_node(pod, remote)
+                || sel.iter().any(|&pi| {
+                    let p = &self.policies[pi as usize];
+                    p.rules(dir).unwrap_or_default().iter().any(|r| self.rule_matches(pi as usize, r, remote, remote_ip, dst, c))
+                })
+        };
+        (match src {
+            Endpoint::Pod(p) => side_allows(p, Direction::Egress, dst, c.dst),
+            _ => true,
+        }) && (match dst {
+            Endpoint::Pod(p) => side_allows(p, Direction::Ingress, src, c.src),
+            _ => true,
+        })
+    }
+
+    fn own_node(&self, pod: PodId, remote: Endpoint) -> bool {
+        matches!(remote, Endpoint::Node(n) if self.cluster.pod(pod).node == Some(n))
+    }
+
+    /// The decision for `pod`'s `direction`, where the other end is `remote` at `remote_ip`
+    /// and the connection's destination is `dst` (named ports resolve against it).
+    fn side(&self, pod: PodId, direction: Direction, remote: Endpoint, remote_ip: IpAddr, dst: Endpoint, c: &Connection) -> Side {
+        let sel = &self.selected[pod.0 as usize][direction as usize];
+        if sel.is_empty() {
+            return Side::NotIsolated;
+        }
+        if self.own_node(pod, remote) {
+            return Side::OwnNode;
+        }
+        let mut rules = Vec::new();
+        for &pi in sel {
+            let p = &self.policies[pi as usize];
+            for (ri, rule) in p.rules(direction).unwrap_or_default().iter().enumerate() {
+                if self.rule_matches(pi as usize, rule, remote, remote_ip, dst, c) {
+                    rules.push(RuleRef { policy: p.id(), rule: ri });
+                }
+            }
+        }
+        if rules.is_empty() {
+            Side::Denied { isolated_by: sel.iter().map(|&i| self.policies[i as usize].id()).collect() }
+        } else {
+            Side::Allowed { rules }
+        }
+    }
+
+    fn rule_matches(&self, policy: usize, rule: &Rule, remote: Endpoint, remote_ip: IpAddr, dst: Endpoint, c: &Connection) -> bool {
+        (rule.ports.is_empty() || rule.ports.iter().any(|m| self.port_matches(m, dst, c)))
+            && (rule.peers.is_empty() || rule.peers.iter().any(|peer| self.peer_matches(policy, peer, remote, remote_ip)))
+    }
+
+    fn port_matches(&self, m: &PortMatch, dst: Endpoint, c: &Connection) -> bool {
+        if m.protocol != c.protocol {
+            return false;
+        }
+        match &m.port {
+            None => true,
+            Some(PortSpec::Range(a, b)) => (*a..=*b).contains(&c.port),
+            // A named port means the destination pod's container port of that name and protocol.
+            Some(PortSpec::Named(name)) => match dst {
+                Endpoint::Pod(p) => self
+                    .cluster
+                    .pod(p)
+                    .ports
+                    .iter()
+                    .any(|cp| cp.name.as_deref() == Some(name) && cp.protocol == c.protocol && cp.port == c.port),
+                _ => false,
+            },
+        }
+    }
+
+    fn peer_matches(&self, policy: usize, peer: &Peer, remote: Endpoint, remote_ip: IpAddr) -> bool {
+        match peer {
+            Peer::IpBlock { cidr, except } => cidr.contains(&remote_ip) && !except.iter().any(|e| e.contains(&remote_ip)),
+            Peer::Pods { pods, namespaces } => {
+                let Endpoint::Pod(r) = remote else { return false };
+                let pod = self.cluster.pod(r);
+                let ns_ok = match namespaces {
+                    None => self.policy_ns[policy] == Some(pod.namespace),
+                    Some(s) => s.matches(&self.cluster.namespace(pod.namespace).labels),
+                };
+                ns_ok && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
+            }
+        }
+    }
+}

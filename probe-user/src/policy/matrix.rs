@@ -1,0 +1,107 @@
+//! The reachability truth table between all pods, the way conformance tools print one.
+use std::net::IpAddr;
+
+use serde::Serialize;
+
+use super::engine::{Connection, Engine};
+use crate::{
+    cluster::{PodId, PortRef},
+    record::Protocol,
+};
+
+/// Which address family the matrix connects over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Case {
+    /// A number, or a container port name resolved per destination pod.
+    pub port: String,
+    pub protocol: Protocol,
+    /// `allowed[src][dst]`; `None` when the destination has no such named port.
+    pub allowed: Vec<Vec<Option<bool>>>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Matrix {
+    /// `namespace/name` of every pod in the table (active, not hostNetwork, with an address
+    /// of the family), sorted.
+    pub pods: Vec<String>,
+    pub cases: Vec<Case>,
+}
+
+pub fn compute(engine: &Engine, ports: &[PortRef], protocols: &[Protocol], family: Family) -> Matrix {
+    let cluster = engine.cluster();
+    let mut pods: Vec<(String, PodId, IpAddr)> = cluster
+        .pod_ids()
+        .filter_map(|id| {
+            let p = cluster.pod(id);
+            let ip = p.ips.iter().copied().find(|ip| ip.is_ipv4() == (family == Family::Ipv4))?;
+            (p.is_active() && !p.host_network).then(|| (cluster.pod_name(id), id, ip))
+        })
+        .collect();
+    pods.sort();
+    let mut cases = Vec::new();
+    for port in ports {
+        for &protocol in protocols {
+            let allowed = pods
+                .iter()
+                .map(|(_, _, src)| {
+                    pods.iter()
+                        .map(|(_, dst_id, dst)| {
+                            let number = match port {
+                                PortRef::Number(n) => Some(*n),
+                                PortRef::Name(name) => cluster
+                                    .pod(*dst_id)
+                                    .ports
+                                    .iter()
+                                    .find(|cp| cp.name.as_deref() == Some(name) && cp.protocol == protocol)
+                                    .map(|cp| cp.port),
+                            }?;
+                            Some(engine.allows(&Connection { src: *src, dst: *dst, port: number, protocol }))
+                        })
+                        .collect()
+                })
+                .collect();
+            let port = match port {
+                PortRef::Number(n) => n.to_string(),
+                PortRef::Name(s) => s.clone(),
+            };
+            cases.push(Case { port, protocol, allowed });
+        }
+    }
+    Matrix { pods: pods.into_iter().map(|(n, _, _)| n).collect(), cases }
+}
+
+impl Matrix {
+    /// One grid per case: rows are sources, columns destinations; `.` allowed, `X` denied,
+    /// `-` the destination has no such port.
+    pub fn render(&self) -> String {
+        let width = self.pods.iter().map(String::len).max().unwrap_or(0);
+        let mut out = String::new();
+        for case in &self.cases {
+            out.push_str(&format!("{}/{}\n", case.protocol, case.port));
+            out.push_str(&format!("{:width$}", ""));
+            for i in 0..self.pods.len() {
+                out.push_str(&format!(" {:>3}", i));
+            }
+            out.push('\n');
+            for (i, (name, row)) in self.pods.iter().zip(&case.allowed).enumerate() {
+                out.push_str(&format!("{name:width$}"));
+                for cell in row {
+                    out.push_str(match cell {
+                        Some(true) => "   .",
+                        Some(false) => "   X",
+                        None => "   -",
+                    });
+                }
+                out.push_str(&format!("   ({i})\n"));
+            }
+            out.push('\n');
+        }
+        out
+    }
+}

@@ -1,0 +1,337 @@
+//! Table-driven cases written from the NetworkPolicy API reference, and properties.
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+use super::{
+    compile,
+    engine::{Connection, Engine, Side},
+    Policy,
+};
+use crate::{
+    cluster::{Cluster, ClusterBuilder, ContainerPort, Labels, PodPhase},
+    record::Protocol,
+};
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Namespaces `x` (team=a) and `y` (team=b); pods a, b, c in each; a node with a hostNetwork
+/// pod; container ports: `serve-80-tcp` 80/TCP, `serve-81-udp` 81/UDP, `dns` 53/UDP.
+///
+/// | pod   | ip          | labels          |
+/// |-------|-------------|-----------------|
+/// | x/a   | 10.0.1.1    | pod=a, tier=web |
+/// | x/b   | 10.0.1.2    | pod=b, tier=db  |
+/// | x/c   | 10.0.1.3    | pod=c           |
+/// | y/a   | 10.0.2.1    | pod=a, tier=web |
+/// | y/b   | 10.0.2.2, fd00::22 | pod=b, tier=db |
+/// | y/c   | 10.0.2.3    | pod=c           |
+/// | y/host| node n1 (192.168.0.1), hostNetwork, pod=host |
+/// x/* and y/a run on n1, y/b and y/c on n2 (192.168.0.2).
+pub(crate) fn cluster() -> Cluster {
+    let mut b = ClusterBuilder::new();
+    b.namespace("x", labels(&[("team", "a")])).unwrap();
+    b.namespace("y", labels(&[("team", "b")])).unwrap();
+    b.node("n1", vec!["192.168.0.1".parse().unwrap()], Labels::new()).unwrap();
+    b.node("n2", vec!["192.168.0.2".parse().unwrap()], Labels::new()).unwrap();
+    let ports = || {
+        vec![
+            ContainerPort { name: Some("serve-80-tcp".into()), port: 80, protocol: Protocol::TCP },
+            ContainerPort { name: Some("serve-81-udp".into()), port: 81, protocol: Protocol::UDP },
+            ContainerPort { name: Some("dns".into()), port: 53, protocol: Protocol::UDP },
+        ]
+    };
+    let pods: [(&str, &str, &[&str], &[(&str, &str)], &str); 6] = [
+        ("x", "a", &["10.0.1.1"], &[("pod", "a"), ("tier", "web")], "n1"),
+        ("x", "b", &["10.0.1.2"], &[("pod", "b"), ("tier", "db")], "n1"),
+        ("x", "c", &["10.0.1.3"], &[("pod", "c")], "n1"),
+        ("y", "a", &["10.0.2.1"], &[("pod", "a"), ("tier", "web")], "n1"),
+        ("y", "b", &["10.0.2.2", "fd00::22"], &[("pod", "b"), ("tier", "db")], "n2"),
+        ("y", "c", &["10.0.2.3"], &[("pod", "c")], "n2"),
+    ];
+    for (ns, name, ips, l, node) in pods {
+        let ips = ips.iter().map(|i| i.parse().unwrap()).collect();
+        b.pod(ns, name, labels(l), ips, Some(node), false, PodPhase::Running, ports()).unwrap();
+    }
+    b.pod("y", "host", labels(&[("pod", "host")]), vec!["192.168.0.1".parse().unwrap()], Some("n1"), true, PodPhase::Running, vec![])
+        .unwrap();
+    b.build()
+}
+
+pub(crate) fn policy(yaml: &str) -> Policy {
+    let np: NetworkPolicy = serde_yaml::from_str(yaml).expect("test policy is valid YAML");
+    compile(&np).expect("test policy is valid")
+}
+
+fn tcp(src: &str, dst: &str, port: u16) -> Connection {
+    Connection { src: src.parse().unwrap(), dst: dst.parse().unwrap(), port, protocol: Protocol::TCP }
+}
+
+fn udp(src: &str, dst: &str, port: u16) -> Connection {
+    Connection { protocol: Protocol::UDP, ..tcp(src, dst, port) }
+}
+
+const XA: &str = "10.0.1.1";
+const XB: &str = "10.0.1.2";
+const XC: &str = "10.0.1.3";
+const YA: &str = "10.0.2.1";
+const YB: &str = "10.0.2.2";
+const YC: &str = "10.0.2.3";
+const N1: &str = "192.168.0.1";
+const N2: &str = "192.168.0.2";
+const OUT: &str = "203.0.113.7";
+
+/// Each case: policies, then (connection, allowed) pairs.
+fn check(policies: &[&str], cases: &[(Connection, bool)]) {
+    let c = cluster();
+    let engine = Engine::new(&c, policies.iter().map(|p| policy(p)).collect());
+    for (conn, want) in cases {
+        let d = engine.evaluate(conn);
+        assert_eq!(d.allowed, *want, "{conn:?}: {d:#?}");
+        assert_eq!(engine.allows(conn), *want, "fast path disagrees for {conn:?}");
+    }
+}
+
+#[test]
+fn no_policy_allows_everything() {
+    check(&[], &[(tcp(XA, YB, 80), true), (udp(OUT, XA, 53), true), (tcp(XA, OUT, 443), true)]);
+}
+
+#[test]
+fn default_deny_ingress_isolates_only_ingress() {
+    let deny = "metadata: {name: deny, namespace: x}\nspec: {podSelector: {}}";
+    check(&[deny], &[(tcp(YA, XB, 80), false), (tcp(XA, XB, 80), false), (tcp(XB, YA, 80), true), (tcp(YA, YB, 80), true)]);
+    let c = cluster();
+    let e = Engine::new(&c, vec![policy(deny)]);
+    let d = e.evaluate(&tcp(YA, XB, 80));
+    assert_eq!(d.egress, Side::NotIsolated);
+    assert_eq!(d.ingress, Side::Denied { isolated_by: vec!["x/deny".into()] });
+}
+
+#[test]
+fn policy_types_are_inferred_from_the_rules() {
+    // No policyTypes and an egress section: Ingress AND Egress. Ingress has no rules: deny all.
+    let egress_only = "metadata: {name: e, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  egress: [{to: [{podSelector: {matchLabels: {pod: b}}}]}]";
+    check(&[egress_only], &[(tcp(XA, XB, 80), true), (tcp(XA, XC, 80), false), (tcp(XC, XA, 80), false)]);
+    // An empty egress list does not add Egress.
+    let empty_egress = "metadata: {name: e, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, egress: []}";
+    check(&[empty_egress], &[(tcp(XA, XC, 80), true), (tcp(XC, XA, 80), false)]);
+    // Explicit Egress only: ingress rules present are ignored and ingress is not isolated.
+    let explicit = "metadata: {name: e, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]";
+    check(&[explicit], &[(tcp(XC, XA, 80), true), (tcp(XA, XC, 80), false)]);
+}
+
+#[test]
+fn empty_and_missing_lists() {
+    // A rule with neither from nor ports allows everything.
+    let all = "metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{}]}";
+    check(&[all], &[(tcp(OUT, XA, 1), true), (udp(YC, XB, 9), true)]);
+    // from: [] and ports: [] are the same as missing.
+    let empty = "metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [], ports: []}]}";
+    check(&[empty], &[(tcp(OUT, XA, 1), true)]);
+    // ingress: [] with Ingress in policyTypes denies all ingress.
+    let none = "metadata: {name: p, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress], ingress: []}";
+    check(&[none], &[(tcp(XB, XA, 80), false)]);
+}
+
+#[test]
+fn pod_and_namespace_selectors_and_vs_or() {
+    let and = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: b}}, podSelector: {matchLabels: {pod: b}}}]";
+    check(&[and], &[(tcp(YB, XA, 80), true), (tcp(YC, XA, 80), false), (tcp(XB, XA, 80), false)]);
+    let or = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: b}}}, {podSelector: {matchLabels: {pod: b}}}]";
+    check(&[or], &[(tcp(YB, XA, 80), true), (tcp(YC, XA, 80), true), (tcp(XB, XA, 80), true), (tcp(XC, XA, 80), false)]);
+    // podSelector alone: the policy's own namespace only.
+    let own = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {}}]}]";
+    check(&[own], &[(tcp(XC, XA, 80), true), (tcp(YC, XA, 80), false)]);
+    // An empty namespaceSelector: every namespace.
+    let any_ns = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {}}]}]";
+    check(&[any_ns], &[(tcp(YC, XA, 80), true), (tcp(OUT, XA, 80), false), (tcp(N2, XA, 80), false)]);
+    // The automatic namespace name label.
+    let by_name = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}]}]";
+    check(&[by_name], &[(tcp(YC, XA, 80), true), (tcp(XC, XA, 80), false)]);
+}
+
+#[test]
+fn match_expressions_in_policies() {
+    let p = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchExpressions: [{key: tier, operator: Exists}]}\n  ingress:\n  - from: [{podSelector: {matchExpressions: [{key: pod, operator: NotIn, values: [c]}]}, namespaceSelector: {matchExpressions: [{key: team, operator: In, values: [a, b]}]}}]";
+    // x/c has no tier label: not selected, not isolated.
+    check(&[p], &[(tcp(YC, XC, 80), true), (tcp(YC, XA, 80), false), (tcp(YB, XA, 80), true), (tcp(XB, XA, 80), true)]);
+}
+
+#[test]
+fn ip_blocks_with_except_apply_to_any_address() {
+    let p = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Ingress, Egress]\n  ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.2.0/24]}}]}]\n  egress: [{to: [{ipBlock: {cidr: 0.0.0.0/0, except: [10.0.0.0/8]}}, {ipBlock: {cidr: 'fd00::/64'}}]}]";
+    check(
+        &[p],
+        &[
+            (tcp(XB, XA, 80), true),
+            (tcp(YB, XA, 80), false),
+            (tcp(OUT, XA, 80), false),
+            (tcp(XA, OUT, 443), true),
+            (tcp(XA, XB, 80), false),
+            (tcp(XA, "fd00::22", 80), true),
+            (tcp(XA, "fd01::1", 80), false),
+        ],
+    );
+}
+
+#[test]
+fn ports_numbers_ranges_names_and_protocols() {
+    let p = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress:\n  - ports: [{port: 80}, {port: 8000, endPort: 8010}, {protocol: UDP, port: serve-81-udp}, {protocol: SCTP}]";
+    check(
+        &[p],
+        &[
+            (tcp(YA, XA, 80), true),
+            (udp(YA, XA, 80), false),
+            (tcp(YA, XA, 8000), true),
+            (tcp(YA, XA, 8010), true),
+            (tcp(YA, XA, 8011), false),
+            (udp(YA, XA, 81), true),
+            (tcp(YA, XA, 81), false),
+            (Connection { protocol: Protocol::SCTP, ..tcp(YA, XA, 5000) }, true),
+        ],
+    );
+    // A named port resolves against the destination: for egress, the peer pod.
+    let egress = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{ports: [{protocol: UDP, port: dns}]}]";
+    check(&[egress], &[(udp(XA, YB, 53), true), (udp(XA, YB, 54), false), (udp(XA, OUT, 53), false)]);
+    // TCP by default: the named port exists only as UDP.
+    let wrong_proto = "metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: dns}]}]}";
+    check(&[wrong_proto], &[(tcp(YA, XA, 53), false), (udp(YA, XA, 53), false)]);
+}
+
+#[test]
+fn own_node_always_allowed_and_host_network_is_the_node() {
+    let deny_both = "metadata: {name: d, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}";
+    check(&[deny_both], &[(tcp(N1, XA, 80), true), (tcp(XA, N1, 10250), true), (tcp(N2, XA, 80), false), (tcp(XA, N2, 80), false)]);
+    // A policy selecting all pods in y does not select the hostNetwork pod: its node address
+    // is not isolated, and pod selectors do not match it.
+    let deny_y = "metadata: {name: d, namespace: y}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}";
+    let from_pods = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {}, podSelector: {matchLabels: {pod: host}}}]}]";
+    check(&[deny_y], &[(tcp(N1, N2, 22), true)]);
+    check(&[from_pods], &[(tcp(N2, XA, 80), false)]);
+    let from_node_block = "metadata: {name: p, namespace: y}\nspec:\n  podSelector: {matchLabels: {pod: c}}\n  ingress: [{from: [{ipBlock: {cidr: 192.168.0.1/32}}]}]";
+    check(&[from_node_block], &[(tcp(N1, YC, 80), true), (tcp(XA, YC, 80), false)]);
+}
+
+#[test]
+fn policies_are_additive_and_namespaced() {
+    let a = "metadata: {name: a, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}";
+    let b = "metadata: {name: b, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: c}}}]}]}";
+    check(&[a, b], &[(tcp(XB, XA, 80), true), (tcp(XC, XA, 80), true), (tcp(YB, XA, 80), false), (tcp(XB, YA, 80), true)]);
+    let c = cluster();
+    let e = Engine::new(&c, vec![policy(a), policy(b)]);
+    let d = e.evaluate(&tcp(XC, XA, 80));
+    assert_eq!(serde_json::to_string(&d.ingress).unwrap(), r#"{"verdict":"allow","reason":"rule","rules":[{"policy":"x/b","rule":0}]}"#);
+    let d = e.evaluate(&tcp(YC, XA, 80));
+    assert_eq!(serde_json::to_string(&d.ingress).unwrap(), r#"{"verdict":"deny","reason":"no_rule_matched","isolated_by":["x/a","x/b"]}"#);
+}
+
+#[test]
+fn invalid_policies_name_the_field() {
+    let bad = |yaml: &str| {
+        let np: NetworkPolicy = serde_yaml::from_str(yaml).unwrap();
+        compile(&np).expect_err("policy must be rejected")
+    };
+    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}");
+    assert_eq!((e.policy.as_str(), e.field.as_str()), ("x/p", "spec.ingress[0].from[0].ipBlock.cidr"));
+    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}]}");
+    assert_eq!(e.field, "spec.ingress[0].from[0].ipBlock.except[0]");
+    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/16]}}]}]}");
+    assert!(e.problem.contains("strict subset"), "{e}");
+    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, egress: [{ports: [{port: http, endPort: 90}]}]}");
+    assert_eq!(e.field, "spec.egress[0].ports[0].endPort");
+    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, egress: [{ports: [{port: 90, endPort: 80}]}]}");
+    assert!(e.problem.contains("below"), "{e}");
+    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {matchExpressions: [{key: a, operator: Has}]}}");
+    assert_eq!(e.field, "spec.podSelector.matchExpressions[0].operator");
+    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}");
+    assert_eq!(e.field, "spec.ingress[0].from[0]");
+    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{}]}]}");
+    assert_eq!(e.field, "spec.ingress[0].from[0]");
+    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{protocol: ICMP}]}]}");
+    assert_eq!(e.field, "spec.ingress[0].ports[0].protocol");
+    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: Web_Port}]}]}");
+    assert_eq!(e.field, "spec.ingress[0].ports[0].port");
+    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, policyTypes: [Both]}");
+    assert_eq!(e.field, "spec.policyTypes[0]");
+}
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const ADDRS: [&str; 9] = [XA, XB, XC, YA, YB, YC, N1, N2, OUT];
+
+    fn arb_peer() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "(a|b|c)".prop_map(|p| format!("{{podSelector: {{matchLabels: {{pod: {p}}}}}}}")),
+            "(a|b)".prop_map(|t| format!("{{namespaceSelector: {{matchLabels: {{team: {t}}}}}}}")),
+            ("(a|b|c)", "(a|b)").prop_map(|(p, t)| format!("{{podSelector: {{matchLabels: {{pod: {p}}}}}, namespaceSelector: {{matchLabels: {{team: {t}}}}}}}")),
+            prop::sample::select(vec!["10.0.0.0/16", "10.0.1.0/24", "0.0.0.0/0", "192.168.0.0/24"]).prop_map(|c| format!("{{ipBlock: {{cidr: {c}}}}}")),
+        ]
+    }
+
+    fn arb_rule() -> impl Strategy<Value = String> {
+        (prop::collection::vec(arb_peer(), 0..3), prop::option::of(prop::sample::select(vec![53u16, 80, 81]))).prop_map(|(peers, port)| {
+            let ports = port.map(|p| format!(", ports: [{{port: {p}}}]")).unwrap_or_default();
+            format!("{{from: [{}]{ports}}}", peers.join(", "))
+        })
+    }
+
+    fn arb_policy(i: usize) -> impl Strategy<Value = String> {
+        (prop::sample::select(vec!["x", "y"]), prop::sample::select(vec!["{}", "{matchLabels: {pod: a}}", "{matchLabels: {tier: db}}"]), prop::collection::vec(arb_rule(), 0..3), any::<bool>())
+            .prop_map(move |(ns, sel, rules, egress)| {
+                let rules = rules.join(", ").replace("from:", if egress { "to:" } else { "from:" });
+                let (types, key) = if egress { ("[Egress]", "egress") } else { ("[Ingress]", "ingress") };
+                format!("metadata: {{name: p{i}, namespace: {ns}}}\nspec: {{podSelector: {sel}, policyTypes: {types}, {key}: [{rules}]}}")
+            })
+    }
+
+    fn arb_conn() -> impl Strategy<Value = Connection> {
+        (prop::sample::select(ADDRS.to_vec()), prop::sample::select(ADDRS.to_vec()), prop::sample::select(vec![53u16, 80, 81]), any::<bool>())
+            .prop_map(|(s, d, port, is_udp)| if is_udp { udp(s, d, port) } else { tcp(s, d, port) })
+    }
+
+    proptest! {
+        #[test]
+        fn adding_an_allow_rule_never_denies_an_allowed_flow(
+            policies in prop::collection::vec((0..4usize).prop_flat_map(arb_policy), 1..4),
+            extra in arb_rule(),
+            conns in prop::collection::vec(arb_conn(), 1..20),
+        ) {
+            let c = cluster();
+            let before: Vec<Policy> = policies.iter().map(|p| policy(p)).collect();
+            let mut after = before.clone();
+            // Add the rule to the first policy, in the direction it already governs.
+            let first = &mut after[0];
+            let rule = super::super::compile(&serde_yaml::from_str(&format!(
+                "metadata: {{name: t, namespace: x}}\nspec: {{podSelector: {{}}, policyTypes: [Ingress, Egress], ingress: [{extra}], egress: [{}]}}",
+                extra.replace("from:", "to:")
+            )).unwrap()).unwrap();
+            if let Some(r) = first.ingress.as_mut() { r.extend(rule.ingress.unwrap()); }
+            if let Some(r) = first.egress.as_mut() { r.extend(rule.egress.unwrap()); }
+            let (e1, e2) = (Engine::new(&c, before), Engine::new(&c, after));
+            for conn in &conns {
+                prop_assert!(!e1.allows(conn) || e2.allows(conn), "{conn:?} was allowed, then denied");
+                prop_assert_eq!(e1.evaluate(conn).allowed, e1.allows(conn));
+            }
+        }
+
+        #[test]
+        fn a_policy_that_selects_no_pod_changes_nothing(
+            policies in prop::collection::vec((0..4usize).prop_flat_map(arb_policy), 0..4),
+            conns in prop::collection::vec(arb_conn(), 1..20),
+        ) {
+            let c = cluster();
+            let base: Vec<Policy> = policies.iter().map(|p| policy(p)).collect();
+            let mut more = base.clone();
+            more.push(policy("metadata: {name: nobody, namespace: x}\nspec: {podSelector: {matchLabels: {pod: nobody}}, policyTypes: [Ingress, Egress]}"));
+            more.push(policy("metadata: {name: elsewhere, namespace: absent}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}"));
+            let (e1, e2) = (Engine::new(&c, base), Engine::new(&c, more));
+            for conn in &conns {
+                prop_assert_eq!(e1.allows(conn), e2.allows(conn), "{:?}", conn);
+            }
+        }
+    }
+}
