@@ -13,6 +13,7 @@ pub mod aggregate;
 pub mod capture;
 pub mod cluster;
 pub mod decode;
+pub mod eval;
 pub mod kernel;
 pub mod lab;
 pub mod output;

@@ -185,3 +185,62 @@ mod tests {
         assert!(err.to_string().contains("ICMP"), "{err}");
     }
 }
+
+/// Largest flow file read.
+pub const MAX_FLOWS_BYTES: u64 = 4 << 30;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read flow records from {path}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("flow file {path} is {size} bytes; the limit is {MAX_FLOWS_BYTES}")]
+    TooLarge { path: String, size: u64 },
+    #[error("{path}:{line}: not a flow record")]
+    Parse {
+        path: String,
+        line: usize,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}:{line}: the record has no dst.port; analysis needs src.ip, dst.ip, dst.port and protocol")]
+    NoPort { path: String, line: usize },
+}
+
+/// Reads JSON lines of flow records (blank lines are skipped), naming file and line on error.
+pub fn read_json_lines(path: &std::path::Path) -> Result<Vec<FlowRecord>, ReadError> {
+    use std::io::BufRead;
+    let shown = path.display().to_string();
+    let io = |source| ReadError::Io {
+        path: shown.clone(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(io)?.len();
+    if size > MAX_FLOWS_BYTES {
+        return Err(ReadError::TooLarge { path: shown, size });
+    }
+    let file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
+    let mut out = Vec::new();
+    for (i, line) in file.lines().enumerate() {
+        let line = line.map_err(io)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let r: FlowRecord = serde_json::from_str(&line).map_err(|source| ReadError::Parse {
+            path: shown.clone(),
+            line: i + 1,
+            source,
+        })?;
+        if r.dst.port.is_none() {
+            return Err(ReadError::NoPort {
+                path: shown.clone(),
+                line: i + 1,
+            });
+        }
+        out.push(r);
+    }
+    Ok(out)
+}

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bpf_stats;
+mod eval;
 mod lab;
 mod record;
 
@@ -24,6 +25,8 @@ enum Command {
     Record(record::Args),
     /// Build a cluster stand-in from network namespaces and record its traffic plan.
     Lab(lab::Args),
+    /// Evaluate flow records against the declared NetworkPolicies, or print the reachability matrix.
+    Eval(eval::Args),
     /// Run counts and time of every loaded BPF program (needs kernel.bpf_stats_enabled=1).
     BpfStats(bpf_stats::Args),
 }
@@ -41,6 +44,7 @@ pub fn main() -> ExitCode {
         Command::Record(args) => record::run(args),
         Command::Lab(args) => lab::run(args),
         Command::BpfStats(args) => bpf_stats::run(args),
+        Command::Eval(args) => eval::run(args),
     };
     match result {
         Ok(code) => code,

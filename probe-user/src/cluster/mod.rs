@@ -118,7 +118,12 @@ pub enum Endpoint {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
     #[error("{kind} {name}: address {ip} is already held by {other}")]
-    AddressClash { kind: &'static str, name: String, ip: IpAddr, other: String },
+    AddressClash {
+        kind: &'static str,
+        name: String,
+        ip: IpAddr,
+        other: String,
+    },
     #[error("{kind} {name} is declared twice")]
     Duplicate { kind: &'static str, name: String },
 }
@@ -174,12 +179,18 @@ impl Cluster {
     }
     pub fn pod_by_name(&self, namespace: &str, name: &str) -> Option<PodId> {
         let ns = self.namespace_id(namespace)?;
-        self.pods_in(ns).iter().copied().find(|id| self.pod(*id).name == name)
+        self.pods_in(ns)
+            .iter()
+            .copied()
+            .find(|id| self.pod(*id).name == name)
     }
 
     /// What `ip` stands for: an active pod, a node (or hostNetwork pod), or an outside address.
     pub fn endpoint(&self, ip: IpAddr) -> Endpoint {
-        self.by_ip.get(&canonical(ip)).copied().unwrap_or(Endpoint::External(ip))
+        self.by_ip
+            .get(&canonical(ip))
+            .copied()
+            .unwrap_or(Endpoint::External(ip))
     }
 }
 
@@ -206,10 +217,15 @@ impl ClusterBuilder {
     }
 
     pub fn namespace(&mut self, name: &str, mut labels: Labels) -> Result<NsId, ModelError> {
-        labels.entry(NAMESPACE_NAME_LABEL.into()).or_insert_with(|| name.into());
+        labels
+            .entry(NAMESPACE_NAME_LABEL.into())
+            .or_insert_with(|| name.into());
         let id = self.ns_or_implicit(name);
         if !self.declared.insert(id) {
-            return Err(ModelError::Duplicate { kind: "Namespace", name: name.into() });
+            return Err(ModelError::Duplicate {
+                kind: "Namespace",
+                name: name.into(),
+            });
         }
         // An earlier pod may have created it implicitly: the real labels win.
         self.cluster.namespaces[id.0 as usize].labels = labels;
@@ -222,7 +238,10 @@ impl ClusterBuilder {
             None => {
                 let id = NsId(self.cluster.namespaces.len() as u32);
                 let labels = Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned())]);
-                self.cluster.namespaces.push(Namespace { name: name.into(), labels });
+                self.cluster.namespaces.push(Namespace {
+                    name: name.into(),
+                    labels,
+                });
                 self.cluster.ns_by_name.insert(name.into(), id);
                 self.cluster.pods_by_ns.push(Vec::new());
                 id
@@ -230,15 +249,27 @@ impl ClusterBuilder {
         }
     }
 
-    pub fn node(&mut self, name: &str, ips: Vec<IpAddr>, labels: Labels) -> Result<NodeId, ModelError> {
+    pub fn node(
+        &mut self,
+        name: &str,
+        ips: Vec<IpAddr>,
+        labels: Labels,
+    ) -> Result<NodeId, ModelError> {
         if self.cluster.node_by_name.contains_key(name) {
-            return Err(ModelError::Duplicate { kind: "Node", name: name.into() });
+            return Err(ModelError::Duplicate {
+                kind: "Node",
+                name: name.into(),
+            });
         }
         let id = NodeId(self.cluster.nodes.len() as u32);
         for ip in &ips {
             self.claim(*ip, Endpoint::Node(id), "Node", name)?;
         }
-        self.cluster.nodes.push(Node { name: name.into(), ips, labels });
+        self.cluster.nodes.push(Node {
+            name: name.into(),
+            ips,
+            labels,
+        });
         self.cluster.node_by_name.insert(name.into(), id);
         Ok(id)
     }
@@ -258,8 +289,14 @@ impl ClusterBuilder {
     ) -> Result<PodId, ModelError> {
         let ns = self.ns_or_implicit(namespace);
         let full = format!("{namespace}/{name}");
-        if self.cluster.pods_by_ns[ns.0 as usize].iter().any(|p| self.cluster.pods[p.0 as usize].name == name) {
-            return Err(ModelError::Duplicate { kind: "Pod", name: full });
+        if self.cluster.pods_by_ns[ns.0 as usize]
+            .iter()
+            .any(|p| self.cluster.pods[p.0 as usize].name == name)
+        {
+            return Err(ModelError::Duplicate {
+                kind: "Pod",
+                name: full,
+            });
         }
         let node = match node {
             Some(n) => Some(match self.cluster.node_by_name.get(n) {
@@ -269,7 +306,16 @@ impl ClusterBuilder {
             None => None,
         };
         let id = PodId(self.cluster.pods.len() as u32);
-        let pod = Pod { namespace: ns, name: name.into(), labels, ips, node, host_network, phase, ports };
+        let pod = Pod {
+            namespace: ns,
+            name: name.into(),
+            labels,
+            ips,
+            node,
+            host_network,
+            phase,
+            ports,
+        };
         // hostNetwork pods use their node's addresses; finished pods hold none.
         if pod.is_active() && !host_network {
             for ip in &pod.ips {
@@ -287,7 +333,13 @@ impl ClusterBuilder {
         ns
     }
 
-    fn claim(&mut self, ip: IpAddr, who: Endpoint, kind: &'static str, name: &str) -> Result<(), ModelError> {
+    fn claim(
+        &mut self,
+        ip: IpAddr,
+        who: Endpoint,
+        kind: &'static str,
+        name: &str,
+    ) -> Result<(), ModelError> {
         let ip = canonical(ip);
         if let Some(other) = self.cluster.by_ip.get(&ip) {
             let other = match *other {
@@ -295,7 +347,12 @@ impl ClusterBuilder {
                 Endpoint::Node(n) => format!("Node {}", self.cluster.node(n).name),
                 Endpoint::External(_) => String::new(),
             };
-            return Err(ModelError::AddressClash { kind, name: name.into(), ip, other });
+            return Err(ModelError::AddressClash {
+                kind,
+                name: name.into(),
+                ip,
+                other,
+            });
         }
         self.cluster.by_ip.insert(ip, who);
         Ok(())
@@ -313,23 +370,95 @@ mod tests {
     #[test]
     fn addresses_resolve_to_active_pods_nodes_or_outside() {
         let mut b = ClusterBuilder::new();
-        b.node("n1", vec!["192.168.1.10".parse().unwrap()], Labels::new()).unwrap();
-        let web = b.pod("a", "web", Labels::new(), vec!["10.0.0.5".parse().unwrap()], Some("n1"), false, PodPhase::Running, vec![]).unwrap();
-        b.pod("a", "agent", Labels::new(), vec!["192.168.1.10".parse().unwrap()], Some("n1"), true, PodPhase::Running, vec![]).unwrap();
-        b.pod("a", "done", Labels::new(), vec!["10.0.0.6".parse().unwrap()], Some("n1"), false, PodPhase::Succeeded, vec![]).unwrap();
+        b.node("n1", vec!["192.168.1.10".parse().unwrap()], Labels::new())
+            .unwrap();
+        let web = b
+            .pod(
+                "a",
+                "web",
+                Labels::new(),
+                vec!["10.0.0.5".parse().unwrap()],
+                Some("n1"),
+                false,
+                PodPhase::Running,
+                vec![],
+            )
+            .unwrap();
+        b.pod(
+            "a",
+            "agent",
+            Labels::new(),
+            vec!["192.168.1.10".parse().unwrap()],
+            Some("n1"),
+            true,
+            PodPhase::Running,
+            vec![],
+        )
+        .unwrap();
+        b.pod(
+            "a",
+            "done",
+            Labels::new(),
+            vec!["10.0.0.6".parse().unwrap()],
+            Some("n1"),
+            false,
+            PodPhase::Succeeded,
+            vec![],
+        )
+        .unwrap();
         let c = b.build();
         assert_eq!(c.endpoint("10.0.0.5".parse().unwrap()), Endpoint::Pod(web));
-        assert_eq!(c.endpoint("::ffff:10.0.0.5".parse().unwrap()), Endpoint::Pod(web));
-        assert_eq!(c.endpoint("192.168.1.10".parse().unwrap()), Endpoint::Node(NodeId(0)), "hostNetwork pod is its node");
-        assert!(matches!(c.endpoint("10.0.0.6".parse().unwrap()), Endpoint::External(_)), "finished pods hold no address");
-        assert_eq!(c.namespace(c.namespace_id("a").unwrap()).labels.get(NAMESPACE_NAME_LABEL).map(String::as_str), Some("a"));
+        assert_eq!(
+            c.endpoint("::ffff:10.0.0.5".parse().unwrap()),
+            Endpoint::Pod(web)
+        );
+        assert_eq!(
+            c.endpoint("192.168.1.10".parse().unwrap()),
+            Endpoint::Node(NodeId(0)),
+            "hostNetwork pod is its node"
+        );
+        assert!(
+            matches!(
+                c.endpoint("10.0.0.6".parse().unwrap()),
+                Endpoint::External(_)
+            ),
+            "finished pods hold no address"
+        );
+        assert_eq!(
+            c.namespace(c.namespace_id("a").unwrap())
+                .labels
+                .get(NAMESPACE_NAME_LABEL)
+                .map(String::as_str),
+            Some("a")
+        );
     }
 
     #[test]
     fn clashing_addresses_are_errors() {
         let mut b = ClusterBuilder::new();
-        b.pod("a", "x", Labels::new(), vec!["10.0.0.5".parse().unwrap()], None, false, PodPhase::Running, vec![]).unwrap();
-        let err = b.pod("b", "y", Labels::new(), vec!["10.0.0.5".parse().unwrap()], None, false, PodPhase::Running, vec![]).unwrap_err();
+        b.pod(
+            "a",
+            "x",
+            Labels::new(),
+            vec!["10.0.0.5".parse().unwrap()],
+            None,
+            false,
+            PodPhase::Running,
+            vec![],
+        )
+        .unwrap();
+        let err = b
+            .pod(
+                "b",
+                "y",
+                Labels::new(),
+                vec!["10.0.0.5".parse().unwrap()],
+                None,
+                false,
+                PodPhase::Running,
+                vec![],
+            )
+            .unwrap_err();
         assert!(err.to_string().contains("a/x"), "{err}");
     }
 }

@@ -71,14 +71,24 @@ impl Serialize for Side {
             Side::NotIsolated => ("not_isolated", None, None, None),
             Side::OwnNode => ("own_node", None, None, None),
             Side::Allowed { rules } => ("rule", None, Some(rules.as_slice()), None),
-            Side::Denied { isolated_by } => ("no_rule_matched", None, None, Some(isolated_by.as_slice())),
+            Side::Denied { isolated_by } => {
+                ("no_rule_matched", None, None, Some(isolated_by.as_slice()))
+            }
         };
-        Json { verdict: if self.allows() { "allow" } else { "deny" }, reason, endpoint, rules, isolated_by }.serialize(s)
+        Json {
+            verdict: if self.allows() { "allow" } else { "deny" },
+            reason,
+            endpoint,
+            rules,
+            isolated_by,
+        }
+        .serialize(s)
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Decision {
+    #[serde(skip)]
     pub allowed: bool,
     /// What each end is: `pod ns/name`, `node name`, `external`.
     pub src: String,
@@ -98,7 +108,10 @@ pub struct Engine<'c> {
 
 impl<'c> Engine<'c> {
     pub fn new(cluster: &'c Cluster, policies: Vec<Policy>) -> Self {
-        let policy_ns: Vec<Option<NsId>> = policies.iter().map(|p| cluster.namespace_id(&p.namespace)).collect();
+        let policy_ns: Vec<Option<NsId>> = policies
+            .iter()
+            .map(|p| cluster.namespace_id(&p.namespace))
+            .collect();
         let mut selected = vec![[Vec::new(), Vec::new()]; cluster.pods().len()];
         for (i, (p, ns)) in policies.iter().zip(&policy_ns).enumerate() {
             let Some(ns) = ns else { continue };
@@ -116,7 +129,12 @@ impl<'c> Engine<'c> {
                 }
             }
         }
-        Self { cluster, policies, policy_ns, selected }
+        Self {
+            cluster,
+            policies,
+            policy_ns,
+            selected,
+        }
     }
 
     pub fn cluster(&self) -> &'c Cluster {
@@ -129,7 +147,9 @@ impl<'c> Engine<'c> {
 
     /// Policies selecting `pod` for `direction`.
     pub fn selecting(&self, pod: PodId, direction: Direction) -> impl Iterator<Item = &Policy> {
-        self.selected[pod.0 as usize][direction as usize].iter().map(|&i| &self.policies[i as usize])
+        self.selected[pod.0 as usize][direction as usize]
+            .iter()
+            .map(|&i| &self.policies[i as usize])
     }
 
     pub fn describe(&self, e: Endpoint) -> String {
@@ -145,13 +165,23 @@ impl<'c> Engine<'c> {
         let dst = self.cluster.endpoint(c.dst);
         let egress = match src {
             Endpoint::Pod(p) => self.side(p, Direction::Egress, dst, c.dst, dst, c),
-            other => Side::NotAPod { endpoint: self.describe(other) },
+            other => Side::NotAPod {
+                endpoint: self.describe(other),
+            },
         };
         let ingress = match dst {
             Endpoint::Pod(p) => self.side(p, Direction::Ingress, src, c.src, dst, c),
-            other => Side::NotAPod { endpoint: self.describe(other) },
+            other => Side::NotAPod {
+                endpoint: self.describe(other),
+            },
         };
-        Decision { allowed: egress.allows() && ingress.allows(), src: self.describe(src), dst: self.describe(dst), egress, ingress }
+        Decision {
+            allowed: egress.allows() && ingress.allows(),
+            src: self.describe(src),
+            dst: self.describe(dst),
+            egress,
+            ingress,
+        }
     }
 
     /// Whether connection `c` is allowed without building an explanation (the fast path).
@@ -164,7 +194,10 @@ impl<'c> Engine<'c> {
                 || self.own_node(pod, remote)
                 || sel.iter().any(|&pi| {
                     let p = &self.policies[pi as usize];
-                    p.rules(dir).unwrap_or_default().iter().any(|r| self.rule_matches(pi as usize, r, remote, remote_ip, dst, c))
+                    p.rules(dir)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|r| self.rule_matches(pi as usize, r, remote, remote_ip, dst, c))
                 })
         };
         (match src {
@@ -182,7 +215,15 @@ impl<'c> Engine<'c> {
 
     /// The decision for `pod`'s `direction`, where the other end is `remote` at `remote_ip`
     /// and the connection's destination is `dst` (named ports resolve against it).
-    fn side(&self, pod: PodId, direction: Direction, remote: Endpoint, remote_ip: IpAddr, dst: Endpoint, c: &Connection) -> Side {
+    fn side(
+        &self,
+        pod: PodId,
+        direction: Direction,
+        remote: Endpoint,
+        remote_ip: IpAddr,
+        dst: Endpoint,
+        c: &Connection,
+    ) -> Side {
         let sel = &self.selected[pod.0 as usize][direction as usize];
         if sel.is_empty() {
             return Side::NotIsolated;
@@ -195,20 +236,40 @@ impl<'c> Engine<'c> {
             let p = &self.policies[pi as usize];
             for (ri, rule) in p.rules(direction).unwrap_or_default().iter().enumerate() {
                 if self.rule_matches(pi as usize, rule, remote, remote_ip, dst, c) {
-                    rules.push(RuleRef { policy: p.id(), rule: ri });
+                    rules.push(RuleRef {
+                        policy: p.id(),
+                        rule: ri,
+                    });
                 }
             }
         }
         if rules.is_empty() {
-            Side::Denied { isolated_by: sel.iter().map(|&i| self.policies[i as usize].id()).collect() }
+            Side::Denied {
+                isolated_by: sel
+                    .iter()
+                    .map(|&i| self.policies[i as usize].id())
+                    .collect(),
+            }
         } else {
             Side::Allowed { rules }
         }
     }
 
-    fn rule_matches(&self, policy: usize, rule: &Rule, remote: Endpoint, remote_ip: IpAddr, dst: Endpoint, c: &Connection) -> bool {
+    fn rule_matches(
+        &self,
+        policy: usize,
+        rule: &Rule,
+        remote: Endpoint,
+        remote_ip: IpAddr,
+        dst: Endpoint,
+        c: &Connection,
+    ) -> bool {
         (rule.ports.is_empty() || rule.ports.iter().any(|m| self.port_matches(m, dst, c)))
-            && (rule.peers.is_empty() || rule.peers.iter().any(|peer| self.peer_matches(policy, peer, remote, remote_ip)))
+            && (rule.peers.is_empty()
+                || rule
+                    .peers
+                    .iter()
+                    .any(|peer| self.peer_matches(policy, peer, remote, remote_ip)))
     }
 
     fn port_matches(&self, m: &PortMatch, dst: Endpoint, c: &Connection) -> bool {
@@ -220,22 +281,31 @@ impl<'c> Engine<'c> {
             Some(PortSpec::Range(a, b)) => (*a..=*b).contains(&c.port),
             // A named port means the destination pod's container port of that name and protocol.
             Some(PortSpec::Named(name)) => match dst {
-                Endpoint::Pod(p) => self
-                    .cluster
-                    .pod(p)
-                    .ports
-                    .iter()
-                    .any(|cp| cp.name.as_deref() == Some(name) && cp.protocol == c.protocol && cp.port == c.port),
+                Endpoint::Pod(p) => self.cluster.pod(p).ports.iter().any(|cp| {
+                    cp.name.as_deref() == Some(name)
+                        && cp.protocol == c.protocol
+                        && cp.port == c.port
+                }),
                 _ => false,
             },
         }
     }
 
-    fn peer_matches(&self, policy: usize, peer: &Peer, remote: Endpoint, remote_ip: IpAddr) -> bool {
+    fn peer_matches(
+        &self,
+        policy: usize,
+        peer: &Peer,
+        remote: Endpoint,
+        remote_ip: IpAddr,
+    ) -> bool {
         match peer {
-            Peer::IpBlock { cidr, except } => cidr.contains(&remote_ip) && !except.iter().any(|e| e.contains(&remote_ip)),
+            Peer::IpBlock { cidr, except } => {
+                cidr.contains(&remote_ip) && !except.iter().any(|e| e.contains(&remote_ip))
+            }
             Peer::Pods { pods, namespaces } => {
-                let Endpoint::Pod(r) = remote else { return false };
+                let Endpoint::Pod(r) = remote else {
+                    return false;
+                };
                 let pod = self.cluster.pod(r);
                 let ns_ok = match namespaces {
                     None => self.policy_ns[policy] == Some(pod.namespace),

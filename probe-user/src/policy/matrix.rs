@@ -33,13 +33,22 @@ pub struct Matrix {
     pub cases: Vec<Case>,
 }
 
-pub fn compute(engine: &Engine, ports: &[PortRef], protocols: &[Protocol], family: Family) -> Matrix {
+pub fn compute(
+    engine: &Engine,
+    ports: &[PortRef],
+    protocols: &[Protocol],
+    family: Family,
+) -> Matrix {
     let cluster = engine.cluster();
     let mut pods: Vec<(String, PodId, IpAddr)> = cluster
         .pod_ids()
         .filter_map(|id| {
             let p = cluster.pod(id);
-            let ip = p.ips.iter().copied().find(|ip| ip.is_ipv4() == (family == Family::Ipv4))?;
+            let ip = p
+                .ips
+                .iter()
+                .copied()
+                .find(|ip| ip.is_ipv4() == (family == Family::Ipv4))?;
             (p.is_active() && !p.host_network).then(|| (cluster.pod_name(id), id, ip))
         })
         .collect();
@@ -58,10 +67,17 @@ pub fn compute(engine: &Engine, ports: &[PortRef], protocols: &[Protocol], famil
                                     .pod(*dst_id)
                                     .ports
                                     .iter()
-                                    .find(|cp| cp.name.as_deref() == Some(name) && cp.protocol == protocol)
+                                    .find(|cp| {
+                                        cp.name.as_deref() == Some(name) && cp.protocol == protocol
+                                    })
                                     .map(|cp| cp.port),
                             }?;
-                            Some(engine.allows(&Connection { src: *src, dst: *dst, port: number, protocol }))
+                            Some(engine.allows(&Connection {
+                                src: *src,
+                                dst: *dst,
+                                port: number,
+                                protocol,
+                            }))
                         })
                         .collect()
                 })
@@ -70,10 +86,17 @@ pub fn compute(engine: &Engine, ports: &[PortRef], protocols: &[Protocol], famil
                 PortRef::Number(n) => n.to_string(),
                 PortRef::Name(s) => s.clone(),
             };
-            cases.push(Case { port, protocol, allowed });
+            cases.push(Case {
+                port,
+                protocol,
+                allowed,
+            });
         }
     }
-    Matrix { pods: pods.into_iter().map(|(n, _, _)| n).collect(), cases }
+    Matrix {
+        pods: pods.into_iter().map(|(n, _, _)| n).collect(),
+        cases,
+    }
 }
 
 impl Matrix {

@@ -73,7 +73,10 @@ pub struct Rule {
 pub enum Peer {
     /// Pods: `pods` (None = any pod) in namespaces matching `namespaces` (None = the policy's
     /// own namespace).
-    Pods { pods: Option<Selector>, namespaces: Option<Selector> },
+    Pods {
+        pods: Option<Selector>,
+        namespaces: Option<Selector>,
+    },
     /// Addresses in `cidr` but in none of `except`.
     IpBlock { cidr: IpNet, except: Vec<IpNet> },
 }
@@ -95,9 +98,17 @@ pub enum PortSpec {
 
 /// Checks and compiles a NetworkPolicy.
 pub fn compile(np: &NetworkPolicy) -> Result<Policy, PolicyError> {
-    let namespace = np.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = np
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let name = np.metadata.name.clone().unwrap_or_default();
-    let err = |field: String, problem: String| PolicyError { policy: format!("{namespace}/{name}"), field, problem };
+    let err = |field: String, problem: String| PolicyError {
+        policy: format!("{namespace}/{name}"),
+        field,
+        problem,
+    };
     let spec = np.spec.clone().unwrap_or_default();
     let pod_selector = Selector::compile(&spec.pod_selector.unwrap_or_default())
         .map_err(|(f, p)| err(format!("spec.podSelector.{f}"), p))?;
@@ -116,7 +127,10 @@ pub fn compile(np: &NetworkPolicy) -> Result<Policy, PolicyError> {
     };
     for (i, t) in types.iter().enumerate() {
         if t != "Ingress" && t != "Egress" {
-            return Err(err(format!("spec.policyTypes[{i}]"), format!("unknown policy type `{t}` (Ingress or Egress)")));
+            return Err(err(
+                format!("spec.policyTypes[{i}]"),
+                format!("unknown policy type `{t}` (Ingress or Egress)"),
+            ));
         }
     }
     let mut ingress = None;
@@ -143,7 +157,13 @@ pub fn compile(np: &NetworkPolicy) -> Result<Policy, PolicyError> {
         }
         egress = Some(rules);
     }
-    Ok(Policy { namespace, name, pod_selector, ingress, egress })
+    Ok(Policy {
+        namespace,
+        name,
+        pod_selector,
+        ingress,
+        egress,
+    })
 }
 
 fn peers(
@@ -154,31 +174,46 @@ fn peers(
     let mut out = Vec::new();
     for (i, p) in list.unwrap_or_default().iter().enumerate() {
         let field = format!("{field}[{i}]");
-        let selector = |s: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>, name: &str| {
-            s.as_ref().map(Selector::compile).transpose().map_err(|(f, problem)| err(format!("{field}.{name}.{f}"), problem))
-        };
+        let selector =
+            |s: &Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector>,
+             name: &str| {
+                s.as_ref()
+                    .map(Selector::compile)
+                    .transpose()
+                    .map_err(|(f, problem)| err(format!("{field}.{name}.{f}"), problem))
+            };
         let pods = selector(&p.pod_selector, "podSelector")?;
         let namespaces = selector(&p.namespace_selector, "namespaceSelector")?;
         match &p.ip_block {
             Some(block) => {
                 if pods.is_some() || namespaces.is_some() {
-                    return Err(err(field, "ipBlock cannot be combined with podSelector or namespaceSelector".into()));
+                    return Err(err(
+                        field,
+                        "ipBlock cannot be combined with podSelector or namespaceSelector".into(),
+                    ));
                 }
-                let cidr = parse_cidr(&block.cidr).map_err(|problem| err(format!("{field}.ipBlock.cidr"), problem))?;
+                let cidr = parse_cidr(&block.cidr)
+                    .map_err(|problem| err(format!("{field}.ipBlock.cidr"), problem))?;
                 let mut except = Vec::new();
                 for (j, e) in block.except.iter().flatten().enumerate() {
                     let ef = format!("{field}.ipBlock.except[{j}]");
                     let net = parse_cidr(e).map_err(|problem| err(ef.clone(), problem))?;
                     // API validation: each except must be a strict subset of cidr.
                     if !cidr.contains(&net) || net.prefix_len() <= cidr.prefix_len() {
-                        return Err(err(ef, format!("`{e}` is not a strict subset of cidr `{}`", block.cidr)));
+                        return Err(err(
+                            ef,
+                            format!("`{e}` is not a strict subset of cidr `{}`", block.cidr),
+                        ));
                     }
                     except.push(net);
                 }
                 out.push(Peer::IpBlock { cidr, except });
             }
             None if pods.is_none() && namespaces.is_none() => {
-                return Err(err(field, "a peer needs podSelector, namespaceSelector or ipBlock".into()));
+                return Err(err(
+                    field,
+                    "a peer needs podSelector, namespaceSelector or ipBlock".into(),
+                ));
             }
             None => out.push(Peer::Pods { pods, namespaces }),
         }
@@ -188,7 +223,10 @@ fn peers(
 
 /// Parses a CIDR as the API server does (host bits are cleared, as `ParseCIDRSloppy` does).
 fn parse_cidr(text: &str) -> Result<IpNet, String> {
-    text.trim().parse::<IpNet>().map(|n| n.trunc()).map_err(|_| format!("`{text}` is not a CIDR (e.g. 10.0.0.0/8 or fd00::/8)"))
+    text.trim()
+        .parse::<IpNet>()
+        .map(|n| n.trunc())
+        .map_err(|_| format!("`{text}` is not a CIDR (e.g. 10.0.0.0/8 or fd00::/8)"))
 }
 
 fn ports(
@@ -203,15 +241,35 @@ fn ports(
             "TCP" => Protocol::TCP,
             "UDP" => Protocol::UDP,
             "SCTP" => Protocol::SCTP,
-            other => return Err(err(format!("{field}.protocol"), format!("unknown protocol `{other}` (TCP, UDP or SCTP)"))),
+            other => {
+                return Err(err(
+                    format!("{field}.protocol"),
+                    format!("unknown protocol `{other}` (TCP, UDP or SCTP)"),
+                ))
+            }
         };
-        let number = |n: i32, f: &str| u16::try_from(n).ok().filter(|n| *n != 0).ok_or_else(|| err(format!("{field}.{f}"), format!("{n} is not a port (1-65535)")));
+        let number = |n: i32, f: &str| {
+            u16::try_from(n).ok().filter(|n| *n != 0).ok_or_else(|| {
+                err(
+                    format!("{field}.{f}"),
+                    format!("{n} is not a port (1-65535)"),
+                )
+            })
+        };
         let port = match (&p.port, p.end_port) {
             (None, None) => None,
-            (None, Some(_)) => return Err(err(format!("{field}.endPort"), "endPort needs a numeric port".into())),
+            (None, Some(_)) => {
+                return Err(err(
+                    format!("{field}.endPort"),
+                    "endPort needs a numeric port".into(),
+                ))
+            }
             (Some(IntOrString::String(name)), end) => {
                 if end.is_some() {
-                    return Err(err(format!("{field}.endPort"), "endPort cannot be used with a named port".into()));
+                    return Err(err(
+                        format!("{field}.endPort"),
+                        "endPort cannot be used with a named port".into(),
+                    ));
                 }
                 if !valid_port_name(name) {
                     return Err(err(format!("{field}.port"), format!("`{name}` is not a valid port name (1-15 lowercase letters, digits and '-', with a letter)")));
@@ -224,7 +282,10 @@ fn ports(
                     Some(e) => {
                         let e = number(e, "endPort")?;
                         if e < start {
-                            return Err(err(format!("{field}.endPort"), format!("endPort {e} is below port {start}")));
+                            return Err(err(
+                                format!("{field}.endPort"),
+                                format!("endPort {e} is below port {start}"),
+                            ));
                         }
                         e
                     }
@@ -241,7 +302,9 @@ fn ports(
 /// IANA_SVC_NAME: 1-15 of [a-z0-9-], at least one letter, no leading, trailing or double '-'.
 fn valid_port_name(name: &str) -> bool {
     (1..=15).contains(&name.len())
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && name.bytes().any(|b| b.is_ascii_lowercase())
         && !name.starts_with('-')
         && !name.ends_with('-')

@@ -24,7 +24,12 @@ pub struct Selector {
 impl Selector {
     /// Compiles `sel`; `Err((field, problem))` names the offending field relative to it.
     pub fn compile(sel: &LabelSelector) -> Result<Self, (String, String)> {
-        let labels = sel.match_labels.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let labels = sel
+            .match_labels
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let mut requirements = Vec::new();
         for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
             let field = format!("matchExpressions[{i}]");
@@ -40,10 +45,16 @@ impl Selector {
                 }
             };
             if needs_values && values.is_empty() {
-                return Err((format!("{field}.values"), format!("operator {} needs at least one value", e.operator)));
+                return Err((
+                    format!("{field}.values"),
+                    format!("operator {} needs at least one value", e.operator),
+                ));
             }
             if !needs_values && !values.is_empty() {
-                return Err((format!("{field}.values"), format!("operator {} takes no values", e.operator)));
+                return Err((
+                    format!("{field}.values"),
+                    format!("operator {} takes no values", e.operator),
+                ));
             }
             let key = e.key.clone();
             requirements.push(match e.operator.as_str() {
@@ -53,7 +64,10 @@ impl Selector {
                 _ => Requirement::DoesNotExist(key),
             });
         }
-        Ok(Self { labels, requirements })
+        Ok(Self {
+            labels,
+            requirements,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -77,20 +91,35 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn expr(key: &str, op: &str, values: &[&str]) -> LabelSelectorRequirement {
         LabelSelectorRequirement {
             key: key.into(),
             operator: op.into(),
-            values: if values.is_empty() { None } else { Some(values.iter().map(|s| s.to_string()).collect()) },
+            values: if values.is_empty() {
+                None
+            } else {
+                Some(values.iter().map(|s| s.to_string()).collect())
+            },
         }
     }
 
     fn sel(ml: &[(&str, &str)], exprs: Vec<LabelSelectorRequirement>) -> Selector {
         Selector::compile(&LabelSelector {
-            match_labels: if ml.is_empty() { None } else { Some(ml.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()) },
+            match_labels: if ml.is_empty() {
+                None
+            } else {
+                Some(
+                    ml.iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                )
+            },
             match_expressions: if exprs.is_empty() { None } else { Some(exprs) },
         })
         .expect("valid selector")
@@ -100,14 +129,23 @@ mod tests {
     fn operators_follow_the_api_reference() {
         let web = labels(&[("app", "web"), ("tier", "front")]);
         let bare = labels(&[]);
-        assert!(sel(&[], vec![]).matches(&bare), "empty selector matches everything");
+        assert!(
+            sel(&[], vec![]).matches(&bare),
+            "empty selector matches everything"
+        );
         assert!(sel(&[("app", "web")], vec![]).matches(&web));
-        assert!(!sel(&[("app", "web"), ("tier", "back")], vec![]).matches(&web), "matchLabels are ANDed");
+        assert!(
+            !sel(&[("app", "web"), ("tier", "back")], vec![]).matches(&web),
+            "matchLabels are ANDed"
+        );
         assert!(sel(&[], vec![expr("app", "In", &["web", "api"])]).matches(&web));
         assert!(!sel(&[], vec![expr("app", "In", &["api"])]).matches(&web));
         assert!(!sel(&[], vec![expr("app", "In", &["web"])]).matches(&bare));
         assert!(sel(&[], vec![expr("app", "NotIn", &["api"])]).matches(&web));
-        assert!(sel(&[], vec![expr("app", "NotIn", &["api"])]).matches(&bare), "NotIn matches an absent label");
+        assert!(
+            sel(&[], vec![expr("app", "NotIn", &["api"])]).matches(&bare),
+            "NotIn matches an absent label"
+        );
         assert!(!sel(&[], vec![expr("app", "NotIn", &["web"])]).matches(&web));
         assert!(sel(&[], vec![expr("tier", "Exists", &[])]).matches(&web));
         assert!(!sel(&[], vec![expr("tier", "Exists", &[])]).matches(&bare));
@@ -121,9 +159,21 @@ mod tests {
 
     #[test]
     fn invalid_expressions_are_rejected_with_the_field() {
-        let bad = |e| Selector::compile(&LabelSelector { match_labels: None, match_expressions: Some(vec![e]) }).unwrap_err();
-        assert_eq!(bad(expr("a", "Like", &["x"])).0, "matchExpressions[0].operator");
+        let bad = |e| {
+            Selector::compile(&LabelSelector {
+                match_labels: None,
+                match_expressions: Some(vec![e]),
+            })
+            .unwrap_err()
+        };
+        assert_eq!(
+            bad(expr("a", "Like", &["x"])).0,
+            "matchExpressions[0].operator"
+        );
         assert_eq!(bad(expr("a", "In", &[])).0, "matchExpressions[0].values");
-        assert_eq!(bad(expr("a", "Exists", &["x"])).0, "matchExpressions[0].values");
+        assert_eq!(
+            bad(expr("a", "Exists", &["x"])).0,
+            "matchExpressions[0].values"
+        );
     }
 }

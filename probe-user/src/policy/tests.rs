@@ -12,7 +12,10 @@ use crate::{
 };
 
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Namespaces `x` (team=a) and `y` (team=b); pods a, b, c in each; a node with a hostNetwork
@@ -32,29 +35,94 @@ pub(crate) fn cluster() -> Cluster {
     let mut b = ClusterBuilder::new();
     b.namespace("x", labels(&[("team", "a")])).unwrap();
     b.namespace("y", labels(&[("team", "b")])).unwrap();
-    b.node("n1", vec!["192.168.0.1".parse().unwrap()], Labels::new()).unwrap();
-    b.node("n2", vec!["192.168.0.2".parse().unwrap()], Labels::new()).unwrap();
+    b.node("n1", vec!["192.168.0.1".parse().unwrap()], Labels::new())
+        .unwrap();
+    b.node("n2", vec!["192.168.0.2".parse().unwrap()], Labels::new())
+        .unwrap();
     let ports = || {
         vec![
-            ContainerPort { name: Some("serve-80-tcp".into()), port: 80, protocol: Protocol::TCP },
-            ContainerPort { name: Some("serve-81-udp".into()), port: 81, protocol: Protocol::UDP },
-            ContainerPort { name: Some("dns".into()), port: 53, protocol: Protocol::UDP },
+            ContainerPort {
+                name: Some("serve-80-tcp".into()),
+                port: 80,
+                protocol: Protocol::TCP,
+            },
+            ContainerPort {
+                name: Some("serve-81-udp".into()),
+                port: 81,
+                protocol: Protocol::UDP,
+            },
+            ContainerPort {
+                name: Some("dns".into()),
+                port: 53,
+                protocol: Protocol::UDP,
+            },
         ]
     };
-    let pods: [(&str, &str, &[&str], &[(&str, &str)], &str); 6] = [
-        ("x", "a", &["10.0.1.1"], &[("pod", "a"), ("tier", "web")], "n1"),
-        ("x", "b", &["10.0.1.2"], &[("pod", "b"), ("tier", "db")], "n1"),
+    /// (namespace, name, addresses, labels, node)
+    type PodRow<'a> = (
+        &'a str,
+        &'a str,
+        &'a [&'a str],
+        &'a [(&'a str, &'a str)],
+        &'a str,
+    );
+    let pods: [PodRow; 6] = [
+        (
+            "x",
+            "a",
+            &["10.0.1.1"],
+            &[("pod", "a"), ("tier", "web")],
+            "n1",
+        ),
+        (
+            "x",
+            "b",
+            &["10.0.1.2"],
+            &[("pod", "b"), ("tier", "db")],
+            "n1",
+        ),
         ("x", "c", &["10.0.1.3"], &[("pod", "c")], "n1"),
-        ("y", "a", &["10.0.2.1"], &[("pod", "a"), ("tier", "web")], "n1"),
-        ("y", "b", &["10.0.2.2", "fd00::22"], &[("pod", "b"), ("tier", "db")], "n2"),
+        (
+            "y",
+            "a",
+            &["10.0.2.1"],
+            &[("pod", "a"), ("tier", "web")],
+            "n1",
+        ),
+        (
+            "y",
+            "b",
+            &["10.0.2.2", "fd00::22"],
+            &[("pod", "b"), ("tier", "db")],
+            "n2",
+        ),
         ("y", "c", &["10.0.2.3"], &[("pod", "c")], "n2"),
     ];
     for (ns, name, ips, l, node) in pods {
         let ips = ips.iter().map(|i| i.parse().unwrap()).collect();
-        b.pod(ns, name, labels(l), ips, Some(node), false, PodPhase::Running, ports()).unwrap();
-    }
-    b.pod("y", "host", labels(&[("pod", "host")]), vec!["192.168.0.1".parse().unwrap()], Some("n1"), true, PodPhase::Running, vec![])
+        b.pod(
+            ns,
+            name,
+            labels(l),
+            ips,
+            Some(node),
+            false,
+            PodPhase::Running,
+            ports(),
+        )
         .unwrap();
+    }
+    b.pod(
+        "y",
+        "host",
+        labels(&[("pod", "host")]),
+        vec!["192.168.0.1".parse().unwrap()],
+        Some("n1"),
+        true,
+        PodPhase::Running,
+        vec![],
+    )
+    .unwrap();
     b.build()
 }
 
@@ -64,11 +132,19 @@ pub(crate) fn policy(yaml: &str) -> Policy {
 }
 
 fn tcp(src: &str, dst: &str, port: u16) -> Connection {
-    Connection { src: src.parse().unwrap(), dst: dst.parse().unwrap(), port, protocol: Protocol::TCP }
+    Connection {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        port,
+        protocol: Protocol::TCP,
+    }
 }
 
 fn udp(src: &str, dst: &str, port: u16) -> Connection {
-    Connection { protocol: Protocol::UDP, ..tcp(src, dst, port) }
+    Connection {
+        protocol: Protocol::UDP,
+        ..tcp(src, dst, port)
+    }
 }
 
 const XA: &str = "10.0.1.1";
@@ -88,37 +164,74 @@ fn check(policies: &[&str], cases: &[(Connection, bool)]) {
     for (conn, want) in cases {
         let d = engine.evaluate(conn);
         assert_eq!(d.allowed, *want, "{conn:?}: {d:#?}");
-        assert_eq!(engine.allows(conn), *want, "fast path disagrees for {conn:?}");
+        assert_eq!(
+            engine.allows(conn),
+            *want,
+            "fast path disagrees for {conn:?}"
+        );
     }
 }
 
 #[test]
 fn no_policy_allows_everything() {
-    check(&[], &[(tcp(XA, YB, 80), true), (udp(OUT, XA, 53), true), (tcp(XA, OUT, 443), true)]);
+    check(
+        &[],
+        &[
+            (tcp(XA, YB, 80), true),
+            (udp(OUT, XA, 53), true),
+            (tcp(XA, OUT, 443), true),
+        ],
+    );
 }
 
 #[test]
 fn default_deny_ingress_isolates_only_ingress() {
     let deny = "metadata: {name: deny, namespace: x}\nspec: {podSelector: {}}";
-    check(&[deny], &[(tcp(YA, XB, 80), false), (tcp(XA, XB, 80), false), (tcp(XB, YA, 80), true), (tcp(YA, YB, 80), true)]);
+    check(
+        &[deny],
+        &[
+            (tcp(YA, XB, 80), false),
+            (tcp(XA, XB, 80), false),
+            (tcp(XB, YA, 80), true),
+            (tcp(YA, YB, 80), true),
+        ],
+    );
     let c = cluster();
     let e = Engine::new(&c, vec![policy(deny)]);
     let d = e.evaluate(&tcp(YA, XB, 80));
     assert_eq!(d.egress, Side::NotIsolated);
-    assert_eq!(d.ingress, Side::Denied { isolated_by: vec!["x/deny".into()] });
+    assert_eq!(
+        d.ingress,
+        Side::Denied {
+            isolated_by: vec!["x/deny".into()]
+        }
+    );
 }
 
 #[test]
 fn policy_types_are_inferred_from_the_rules() {
     // No policyTypes and an egress section: Ingress AND Egress. Ingress has no rules: deny all.
     let egress_only = "metadata: {name: e, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  egress: [{to: [{podSelector: {matchLabels: {pod: b}}}]}]";
-    check(&[egress_only], &[(tcp(XA, XB, 80), true), (tcp(XA, XC, 80), false), (tcp(XC, XA, 80), false)]);
+    check(
+        &[egress_only],
+        &[
+            (tcp(XA, XB, 80), true),
+            (tcp(XA, XC, 80), false),
+            (tcp(XC, XA, 80), false),
+        ],
+    );
     // An empty egress list does not add Egress.
     let empty_egress = "metadata: {name: e, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, egress: []}";
-    check(&[empty_egress], &[(tcp(XA, XC, 80), true), (tcp(XC, XA, 80), false)]);
+    check(
+        &[empty_egress],
+        &[(tcp(XA, XC, 80), true), (tcp(XC, XA, 80), false)],
+    );
     // Explicit Egress only: ingress rules present are ignored and ingress is not isolated.
     let explicit = "metadata: {name: e, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]";
-    check(&[explicit], &[(tcp(XC, XA, 80), true), (tcp(XA, XC, 80), false)]);
+    check(
+        &[explicit],
+        &[(tcp(XC, XA, 80), true), (tcp(XA, XC, 80), false)],
+    );
 }
 
 #[test]
@@ -137,25 +250,58 @@ fn empty_and_missing_lists() {
 #[test]
 fn pod_and_namespace_selectors_and_vs_or() {
     let and = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: b}}, podSelector: {matchLabels: {pod: b}}}]";
-    check(&[and], &[(tcp(YB, XA, 80), true), (tcp(YC, XA, 80), false), (tcp(XB, XA, 80), false)]);
+    check(
+        &[and],
+        &[
+            (tcp(YB, XA, 80), true),
+            (tcp(YC, XA, 80), false),
+            (tcp(XB, XA, 80), false),
+        ],
+    );
     let or = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress:\n  - from: [{namespaceSelector: {matchLabels: {team: b}}}, {podSelector: {matchLabels: {pod: b}}}]";
-    check(&[or], &[(tcp(YB, XA, 80), true), (tcp(YC, XA, 80), true), (tcp(XB, XA, 80), true), (tcp(XC, XA, 80), false)]);
+    check(
+        &[or],
+        &[
+            (tcp(YB, XA, 80), true),
+            (tcp(YC, XA, 80), true),
+            (tcp(XB, XA, 80), true),
+            (tcp(XC, XA, 80), false),
+        ],
+    );
     // podSelector alone: the policy's own namespace only.
     let own = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{podSelector: {}}]}]";
     check(&[own], &[(tcp(XC, XA, 80), true), (tcp(YC, XA, 80), false)]);
     // An empty namespaceSelector: every namespace.
     let any_ns = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  ingress: [{from: [{namespaceSelector: {}}]}]";
-    check(&[any_ns], &[(tcp(YC, XA, 80), true), (tcp(OUT, XA, 80), false), (tcp(N2, XA, 80), false)]);
+    check(
+        &[any_ns],
+        &[
+            (tcp(YC, XA, 80), true),
+            (tcp(OUT, XA, 80), false),
+            (tcp(N2, XA, 80), false),
+        ],
+    );
     // The automatic namespace name label.
     let by_name = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {kubernetes.io/metadata.name: y}}}]}]";
-    check(&[by_name], &[(tcp(YC, XA, 80), true), (tcp(XC, XA, 80), false)]);
+    check(
+        &[by_name],
+        &[(tcp(YC, XA, 80), true), (tcp(XC, XA, 80), false)],
+    );
 }
 
 #[test]
 fn match_expressions_in_policies() {
     let p = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchExpressions: [{key: tier, operator: Exists}]}\n  ingress:\n  - from: [{podSelector: {matchExpressions: [{key: pod, operator: NotIn, values: [c]}]}, namespaceSelector: {matchExpressions: [{key: team, operator: In, values: [a, b]}]}}]";
     // x/c has no tier label: not selected, not isolated.
-    check(&[p], &[(tcp(YC, XC, 80), true), (tcp(YC, XA, 80), false), (tcp(YB, XA, 80), true), (tcp(XB, XA, 80), true)]);
+    check(
+        &[p],
+        &[
+            (tcp(YC, XC, 80), true),
+            (tcp(YC, XA, 80), false),
+            (tcp(YB, XA, 80), true),
+            (tcp(XB, XA, 80), true),
+        ],
+    );
 }
 
 #[test]
@@ -188,21 +334,45 @@ fn ports_numbers_ranges_names_and_protocols() {
             (tcp(YA, XA, 8011), false),
             (udp(YA, XA, 81), true),
             (tcp(YA, XA, 81), false),
-            (Connection { protocol: Protocol::SCTP, ..tcp(YA, XA, 5000) }, true),
+            (
+                Connection {
+                    protocol: Protocol::SCTP,
+                    ..tcp(YA, XA, 5000)
+                },
+                true,
+            ),
         ],
     );
     // A named port resolves against the destination: for egress, the peer pod.
     let egress = "metadata: {name: p, namespace: x}\nspec:\n  podSelector: {matchLabels: {pod: a}}\n  policyTypes: [Egress]\n  egress: [{ports: [{protocol: UDP, port: dns}]}]";
-    check(&[egress], &[(udp(XA, YB, 53), true), (udp(XA, YB, 54), false), (udp(XA, OUT, 53), false)]);
+    check(
+        &[egress],
+        &[
+            (udp(XA, YB, 53), true),
+            (udp(XA, YB, 54), false),
+            (udp(XA, OUT, 53), false),
+        ],
+    );
     // TCP by default: the named port exists only as UDP.
     let wrong_proto = "metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: dns}]}]}";
-    check(&[wrong_proto], &[(tcp(YA, XA, 53), false), (udp(YA, XA, 53), false)]);
+    check(
+        &[wrong_proto],
+        &[(tcp(YA, XA, 53), false), (udp(YA, XA, 53), false)],
+    );
 }
 
 #[test]
 fn own_node_always_allowed_and_host_network_is_the_node() {
     let deny_both = "metadata: {name: d, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}";
-    check(&[deny_both], &[(tcp(N1, XA, 80), true), (tcp(XA, N1, 10250), true), (tcp(N2, XA, 80), false), (tcp(XA, N2, 80), false)]);
+    check(
+        &[deny_both],
+        &[
+            (tcp(N1, XA, 80), true),
+            (tcp(XA, N1, 10250), true),
+            (tcp(N2, XA, 80), false),
+            (tcp(XA, N2, 80), false),
+        ],
+    );
     // A policy selecting all pods in y does not select the hostNetwork pod: its node address
     // is not isolated, and pod selectors do not match it.
     let deny_y = "metadata: {name: d, namespace: y}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}";
@@ -210,20 +380,37 @@ fn own_node_always_allowed_and_host_network_is_the_node() {
     check(&[deny_y], &[(tcp(N1, N2, 22), true)]);
     check(&[from_pods], &[(tcp(N2, XA, 80), false)]);
     let from_node_block = "metadata: {name: p, namespace: y}\nspec:\n  podSelector: {matchLabels: {pod: c}}\n  ingress: [{from: [{ipBlock: {cidr: 192.168.0.1/32}}]}]";
-    check(&[from_node_block], &[(tcp(N1, YC, 80), true), (tcp(XA, YC, 80), false)]);
+    check(
+        &[from_node_block],
+        &[(tcp(N1, YC, 80), true), (tcp(XA, YC, 80), false)],
+    );
 }
 
 #[test]
 fn policies_are_additive_and_namespaced() {
     let a = "metadata: {name: a, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: b}}}]}]}";
     let b = "metadata: {name: b, namespace: x}\nspec: {podSelector: {matchLabels: {pod: a}}, ingress: [{from: [{podSelector: {matchLabels: {pod: c}}}]}]}";
-    check(&[a, b], &[(tcp(XB, XA, 80), true), (tcp(XC, XA, 80), true), (tcp(YB, XA, 80), false), (tcp(XB, YA, 80), true)]);
+    check(
+        &[a, b],
+        &[
+            (tcp(XB, XA, 80), true),
+            (tcp(XC, XA, 80), true),
+            (tcp(YB, XA, 80), false),
+            (tcp(XB, YA, 80), true),
+        ],
+    );
     let c = cluster();
     let e = Engine::new(&c, vec![policy(a), policy(b)]);
     let d = e.evaluate(&tcp(XC, XA, 80));
-    assert_eq!(serde_json::to_string(&d.ingress).unwrap(), r#"{"verdict":"allow","reason":"rule","rules":[{"policy":"x/b","rule":0}]}"#);
+    assert_eq!(
+        serde_json::to_string(&d.ingress).unwrap(),
+        r#"{"verdict":"allow","reason":"rule","rules":[{"policy":"x/b","rule":0}]}"#
+    );
     let d = e.evaluate(&tcp(YC, XA, 80));
-    assert_eq!(serde_json::to_string(&d.ingress).unwrap(), r#"{"verdict":"deny","reason":"no_rule_matched","isolated_by":["x/a","x/b"]}"#);
+    assert_eq!(
+        serde_json::to_string(&d.ingress).unwrap(),
+        r#"{"verdict":"deny","reason":"no_rule_matched","isolated_by":["x/a","x/b"]}"#
+    );
 }
 
 #[test]
@@ -233,7 +420,10 @@ fn invalid_policies_name_the_field() {
         compile(&np).expect_err("policy must be rejected")
     };
     let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}");
-    assert_eq!((e.policy.as_str(), e.field.as_str()), ("x/p", "spec.ingress[0].from[0].ipBlock.cidr"));
+    assert_eq!(
+        (e.policy.as_str(), e.field.as_str()),
+        ("x/p", "spec.ingress[0].from[0].ipBlock.cidr")
+    );
     let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}]}");
     assert_eq!(e.field, "spec.ingress[0].from[0].ipBlock.except[0]");
     let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/16]}}]}]}");
@@ -246,7 +436,8 @@ fn invalid_policies_name_the_field() {
     assert_eq!(e.field, "spec.podSelector.matchExpressions[0].operator");
     let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}");
     assert_eq!(e.field, "spec.ingress[0].from[0]");
-    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{}]}]}");
+    let e =
+        bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{}]}]}");
     assert_eq!(e.field, "spec.ingress[0].from[0]");
     let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{protocol: ICMP}]}]}");
     assert_eq!(e.field, "spec.ingress[0].ports[0].protocol");
@@ -273,10 +464,16 @@ mod properties {
     }
 
     fn arb_rule() -> impl Strategy<Value = String> {
-        (prop::collection::vec(arb_peer(), 0..3), prop::option::of(prop::sample::select(vec![53u16, 80, 81]))).prop_map(|(peers, port)| {
-            let ports = port.map(|p| format!(", ports: [{{port: {p}}}]")).unwrap_or_default();
-            format!("{{from: [{}]{ports}}}", peers.join(", "))
-        })
+        (
+            prop::collection::vec(arb_peer(), 0..3),
+            prop::option::of(prop::sample::select(vec![53u16, 80, 81])),
+        )
+            .prop_map(|(peers, port)| {
+                let ports = port
+                    .map(|p| format!(", ports: [{{port: {p}}}]"))
+                    .unwrap_or_default();
+                format!("{{from: [{}]{ports}}}", peers.join(", "))
+            })
     }
 
     fn arb_policy(i: usize) -> impl Strategy<Value = String> {
@@ -289,8 +486,19 @@ mod properties {
     }
 
     fn arb_conn() -> impl Strategy<Value = Connection> {
-        (prop::sample::select(ADDRS.to_vec()), prop::sample::select(ADDRS.to_vec()), prop::sample::select(vec![53u16, 80, 81]), any::<bool>())
-            .prop_map(|(s, d, port, is_udp)| if is_udp { udp(s, d, port) } else { tcp(s, d, port) })
+        (
+            prop::sample::select(ADDRS.to_vec()),
+            prop::sample::select(ADDRS.to_vec()),
+            prop::sample::select(vec![53u16, 80, 81]),
+            any::<bool>(),
+        )
+            .prop_map(|(s, d, port, is_udp)| {
+                if is_udp {
+                    udp(s, d, port)
+                } else {
+                    tcp(s, d, port)
+                }
+            })
     }
 
     proptest! {

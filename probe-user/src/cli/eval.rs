@@ -1,0 +1,121 @@
+//! `flowpol eval`: hold flow records against the declared NetworkPolicies, or print the
+//! reachability matrix between all pods.
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::{bail, Context as _};
+use flowpol::{
+    cluster::{snapshot, PortRef},
+    eval,
+    policy::{self, engine::Engine, matrix},
+    record::{self, Protocol},
+};
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Json,
+    Table,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Cluster snapshot: `kubectl get namespaces,pods,services,endpointslices,networkpolicies,nodes -A -o yaml` (or -o json).
+    #[arg(long)]
+    cluster: PathBuf,
+    /// Flow records (JSON lines) to evaluate.
+    #[arg(long, required_unless_present = "matrix", conflicts_with = "matrix")]
+    flows: Option<PathBuf>,
+    /// Print the reachability matrix between all pods instead.
+    #[arg(long)]
+    matrix: bool,
+    /// Matrix ports: numbers or container port names.
+    #[arg(long, value_delimiter = ',', default_value = "80", requires = "matrix")]
+    ports: Vec<String>,
+    /// Matrix protocols.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "TCP",
+        requires = "matrix"
+    )]
+    protocols: Vec<String>,
+    /// Matrix address family.
+    #[arg(long, value_enum, default_value = "ipv4", requires = "matrix")]
+    family: Family,
+    #[arg(long, value_enum, default_value = "json")]
+    output: Format,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let snap = snapshot::load(&args.cluster)?;
+    for (kind, n) in &snap.skipped {
+        eprintln!("flowpol eval: skipped {n} {kind} object(s) (not used)");
+    }
+    let mut policies = Vec::new();
+    let mut errors = Vec::new();
+    for np in &snap.policies {
+        match policy::compile(np) {
+            Ok(p) => policies.push(p),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        for e in &errors {
+            eprintln!("flowpol eval: {}: invalid {e}", args.cluster.display());
+        }
+        bail!(
+            "{} invalid NetworkPolicy object(s) in {}; the API server would reject them",
+            errors.len(),
+            args.cluster.display()
+        );
+    }
+    let engine = Engine::new(&snap.cluster, policies);
+    if args.matrix {
+        let ports: Vec<PortRef> = args
+            .ports
+            .iter()
+            .map(|p| {
+                p.parse()
+                    .map(PortRef::Number)
+                    .unwrap_or_else(|_| PortRef::Name(p.clone()))
+            })
+            .collect();
+        let protocols = args
+            .protocols
+            .iter()
+            .map(|p| {
+                serde_json::from_value::<Protocol>(serde_json::Value::String(p.clone()))
+                    .with_context(|| format!("--protocols: unknown protocol `{p}`"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let family = match args.family {
+            Family::Ipv4 => matrix::Family::Ipv4,
+            Family::Ipv6 => matrix::Family::Ipv6,
+        };
+        let m = matrix::compute(&engine, &ports, &protocols, family);
+        match args.output {
+            Format::Json => println!("{}", serde_json::to_string(&m)?),
+            Format::Table => print!("{}", m.render()),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = args.flows.context("--flows is required without --matrix")?;
+    let records = record::read_json_lines(&path)?;
+    let rows = eval::evaluate(&engine, records);
+    match args.output {
+        Format::Json => {
+            let mut out = std::io::stdout().lock();
+            for r in &rows {
+                serde_json::to_writer(&mut out, r)?;
+                std::io::Write::write_all(&mut out, b"\n")?;
+            }
+        }
+        Format::Table => print!("{}", eval::table(&rows)),
+    }
+    Ok(ExitCode::SUCCESS)
+}
