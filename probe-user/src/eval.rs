@@ -57,6 +57,7 @@ pub fn table(rows: &[Evaluated]) -> String {
                 NotAPod { .. } => String::new(),
                 NotIsolated => format!("{dir}: not isolated"),
                 OwnNode => format!("{dir}: own node"),
+                Loopback => format!("{dir}: loopback"),
                 Allowed { rules } => format!(
                     "{dir}: allowed by {}",
                     rules

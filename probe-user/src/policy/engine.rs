@@ -3,7 +3,8 @@
 //! A connection from S to D on port/protocol is allowed when S's egress allows it and D's
 //! ingress allows it. A side that is not a pod of the cluster (a node, an outside address)
 //! has no policy. A pod selected by no policy of a direction is not isolated for it. Traffic
-//! between a pod and its own node is always allowed. Which policies select which pod is
+//! between a pod and its own node is always allowed, and so is a pod's traffic to itself
+//! (upstream conformance: "loopback logic follows no policy"). Which policies select which pod is
 //! computed once, when the engine is built, so a verdict costs only the rules of the
 //! policies that select its two ends.
 use std::net::IpAddr;
@@ -25,6 +26,21 @@ pub struct Connection {
     pub protocol: Protocol,
 }
 
+impl Connection {
+    /// IPv4-mapped IPv6 addresses as IPv4, so IPv4 `ipBlock`s match them.
+    fn canonical(&self) -> Self {
+        let c = |ip: IpAddr| match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        Self {
+            src: c(self.src),
+            dst: c(self.dst),
+            ..*self
+        }
+    }
+}
+
 /// The rule that allowed a connection: rule `rule` of `spec.ingress`/`spec.egress` of `policy`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RuleRef {
@@ -41,6 +57,8 @@ pub enum Side {
     NotIsolated,
     /// The other end is the pod's own node, which is always allowed.
     OwnNode,
+    /// The pod talks to itself, which no policy restricts.
+    Loopback,
     /// Allowed by these rules.
     Allowed { rules: Vec<RuleRef> },
     /// The pod is isolated by these policies and none of their rules matched.
@@ -70,6 +88,7 @@ impl Serialize for Side {
             Side::NotAPod { endpoint } => ("not_a_pod", Some(endpoint.as_str()), None, None),
             Side::NotIsolated => ("not_isolated", None, None, None),
             Side::OwnNode => ("own_node", None, None, None),
+            Side::Loopback => ("loopback", None, None, None),
             Side::Allowed { rules } => ("rule", None, Some(rules.as_slice()), None),
             Side::Denied { isolated_by } => {
                 ("no_rule_matched", None, None, Some(isolated_by.as_slice()))
@@ -161,8 +180,21 @@ impl<'c> Engine<'c> {
     }
 
     pub fn evaluate(&self, c: &Connection) -> Decision {
+        let c = &c.canonical();
         let src = self.cluster.endpoint(c.src);
         let dst = self.cluster.endpoint(c.dst);
+        if let (Endpoint::Pod(a), Endpoint::Pod(b)) = (src, dst) {
+            if a == b {
+                let d = self.describe(src);
+                return Decision {
+                    allowed: true,
+                    src: d.clone(),
+                    dst: d,
+                    egress: Side::Loopback,
+                    ingress: Side::Loopback,
+                };
+            }
+        }
         let egress = match src {
             Endpoint::Pod(p) => self.side(p, Direction::Egress, dst, c.dst, dst, c),
             other => Side::NotAPod {
@@ -186,8 +218,12 @@ impl<'c> Engine<'c> {
 
     /// Whether connection `c` is allowed without building an explanation (the fast path).
     pub fn allows(&self, c: &Connection) -> bool {
+        let c = &c.canonical();
         let src = self.cluster.endpoint(c.src);
         let dst = self.cluster.endpoint(c.dst);
+        if matches!((src, dst), (Endpoint::Pod(a), Endpoint::Pod(b)) if a == b) {
+            return true;
+        }
         let side_allows = |pod: PodId, dir: Direction, remote: Endpoint, remote_ip: IpAddr| {
             let sel = &self.selected[pod.0 as usize][dir as usize];
             sel.is_empty()

@@ -317,6 +317,7 @@ fn ip_blocks_with_except_apply_to_any_address() {
             (tcp(XA, XB, 80), false),
             (tcp(XA, "fd00::22", 80), true),
             (tcp(XA, "fd01::1", 80), false),
+            (tcp("::ffff:10.0.1.2", XA, 80), true),
         ],
     );
 }
@@ -384,6 +385,22 @@ fn own_node_always_allowed_and_host_network_is_the_node() {
         &[from_node_block],
         &[(tcp(N1, YC, 80), true), (tcp(XA, YC, 80), false)],
     );
+}
+
+#[test]
+fn a_pod_may_always_reach_itself() {
+    let deny_both = "metadata: {name: d, namespace: x}\nspec: {podSelector: {}, policyTypes: [Ingress, Egress]}";
+    check(
+        &[deny_both],
+        &[
+            (tcp(XA, XA, 80), true),
+            (udp(XB, XB, 53), true),
+            (tcp(XA, XB, 80), false),
+        ],
+    );
+    let c = cluster();
+    let e = Engine::new(&c, vec![policy(deny_both)]);
+    assert_eq!(e.evaluate(&tcp(XA, XA, 80)).ingress, Side::Loopback);
 }
 
 #[test]
