@@ -15,9 +15,12 @@ use std::{
     net::IpAddr,
 };
 
+use chrono::{DateTime, Utc};
+
 use crate::record::Protocol;
 
 pub type Labels = BTreeMap<String, String>;
+pub type Timestamp = DateTime<Utc>;
 
 /// The label every namespace carries (added by the API server since 1.21); added here when a
 /// snapshot lacks it, so `namespaceSelector`s on it work as they do in a cluster.
@@ -53,11 +56,31 @@ pub struct ContainerPort {
     pub protocol: Protocol,
 }
 
+/// A controller reference (`metadata.ownerReferences` with `controller: true`).
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct OwnerRef {
+    pub kind: String,
+    pub name: String,
+}
+
+/// What runs a pod: the top of its owner chain (Deployment, StatefulSet, DaemonSet, CronJob,
+/// a Job or ReplicaSet of its own, ...), or the pod itself when nothing owns it.
+pub type Workload = OwnerRef;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
     pub namespace: NsId,
     pub name: String,
+    pub uid: String,
     pub labels: Labels,
+    pub owner: Option<OwnerRef>,
+    /// `metadata.creationTimestamp`: from when the pod may hold its addresses.
+    pub created: Option<Timestamp>,
+    /// When the pod was seen gone (watchers keep deleted pods for a while, for flows seen
+    /// while it still existed); `None` while it exists.
+    pub gone: Option<Timestamp>,
     /// `status.podIPs` (one per family).
     pub ips: Vec<IpAddr>,
     pub node: Option<NodeId>,
@@ -68,10 +91,29 @@ pub struct Pod {
 }
 
 impl Pod {
-    /// Whether the pod holds its addresses: it has them and has not finished.
+    /// Whether the pod holds its addresses now: it has them, exists and has not finished.
     pub fn is_active(&self) -> bool {
-        !self.ips.is_empty() && !matches!(self.phase, PodPhase::Succeeded | PodPhase::Failed)
+        !self.ips.is_empty()
+            && self.gone.is_none()
+            && !matches!(self.phase, PodPhase::Succeeded | PodPhase::Failed)
     }
+}
+
+/// Everything the builder needs to add a pod; `..NewPod::default()` for the rest.
+#[derive(Clone, Debug, Default)]
+pub struct NewPod<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+    pub labels: Labels,
+    pub ips: Vec<IpAddr>,
+    pub node: Option<&'a str>,
+    pub host_network: bool,
+    pub phase: PodPhase,
+    pub ports: Vec<ContainerPort>,
+    pub owner: Option<OwnerRef>,
+    pub created: Option<Timestamp>,
+    pub gone: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -98,6 +140,48 @@ pub struct Service {
     /// `spec.selector`; `None` for services without one (endpoints managed by hand).
     pub selector: Option<Labels>,
     pub ports: Vec<ServicePort>,
+    /// From the service's EndpointSlices: addresses and the ports they serve.
+    pub endpoints: Vec<EndpointGroup>,
+}
+
+/// One EndpointSlice's worth of backends: every address serves every port of the group.
+/// (Named target ports can resolve to different numbers on different pods; the EndpointSlice
+/// controller then writes one slice per resolution.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointGroup {
+    pub addresses: Vec<IpAddr>,
+    /// (port name, number, protocol): the name is the service port's name.
+    pub ports: Vec<(Option<String>, u16, Protocol)>,
+}
+
+impl Service {
+    /// `namespace/name`
+    pub fn id(&self, cluster: &Cluster) -> String {
+        format!("{}/{}", cluster.namespace(self.namespace).name, self.name)
+    }
+
+    /// The backends (address, target port) behind service port `port`/`protocol`.
+    pub fn backends(&self, port: u16, protocol: Protocol) -> Vec<(IpAddr, u16)> {
+        let Some(sp) = self
+            .ports
+            .iter()
+            .find(|p| p.port == port && p.protocol == protocol)
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for g in &self.endpoints {
+            // Slices name their ports after the service ports.
+            let target = g
+                .ports
+                .iter()
+                .find(|(name, _, proto)| *proto == protocol && *name == sp.name);
+            if let Some((_, number, _)) = target {
+                out.extend(g.addresses.iter().map(|a| (*a, *number)));
+            }
+        }
+        out
+    }
 }
 
 /// A port as policies and services name it: a number or a container port's name.
@@ -113,6 +197,24 @@ pub enum Endpoint {
     Pod(PodId),
     Node(NodeId),
     External(IpAddr),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(pub u32);
+
+/// An address held by `who` from `from` (None: since before anything we know) until `until`
+/// (None: still).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tenure {
+    from: Option<Timestamp>,
+    until: Option<Timestamp>,
+    who: Endpoint,
+}
+
+impl Tenure {
+    fn covers(&self, t: Timestamp) -> bool {
+        self.from.is_none_or(|f| f <= t) && self.until.is_none_or(|u| t < u)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -137,8 +239,12 @@ pub struct Cluster {
     services: Vec<Service>,
     ns_by_name: HashMap<String, NsId>,
     node_by_name: HashMap<String, NodeId>,
-    by_ip: HashMap<IpAddr, Endpoint>,
+    /// Who held each address, and when; sorted by start.
+    by_ip: HashMap<IpAddr, Vec<Tenure>>,
     pods_by_ns: Vec<Vec<PodId>>,
+    service_by_ip: HashMap<IpAddr, ServiceId>,
+    /// Controller of each ReplicaSet and Job: (namespace, kind, name) -> owner.
+    owners: HashMap<(NsId, String, String), OwnerRef>,
 }
 
 impl Cluster {
@@ -185,12 +291,65 @@ impl Cluster {
             .find(|id| self.pod(*id).name == name)
     }
 
-    /// What `ip` stands for: an active pod, a node (or hostNetwork pod), or an outside address.
+    pub fn service(&self, id: ServiceId) -> &Service {
+        &self.services[id.0 as usize]
+    }
+
+    /// What `ip` stands for now: an active pod, a node (or hostNetwork pod), or an outside
+    /// address.
     pub fn endpoint(&self, ip: IpAddr) -> Endpoint {
         self.by_ip
             .get(&canonical(ip))
-            .copied()
+            .and_then(|ts| ts.iter().rev().find(|t| t.until.is_none()))
+            .map(|t| t.who)
             .unwrap_or(Endpoint::External(ip))
+    }
+
+    /// What `ip` stood for at `t`: the pod that held it then, also one deleted since, so a
+    /// reused address is not blamed on its new holder. Of overlapping tenures the one that
+    /// started last wins.
+    pub fn endpoint_at(&self, ip: IpAddr, t: Timestamp) -> Endpoint {
+        self.by_ip
+            .get(&canonical(ip))
+            .and_then(|ts| ts.iter().filter(|x| x.covers(t)).max_by_key(|x| x.from))
+            .map(|x| x.who)
+            .unwrap_or(Endpoint::External(ip))
+    }
+
+    /// The service whose cluster IP is `ip`.
+    pub fn service_at(&self, ip: IpAddr) -> Option<ServiceId> {
+        self.service_by_ip.get(&canonical(ip)).copied()
+    }
+
+    /// The pod's workload: its controller, followed from a ReplicaSet to its Deployment and
+    /// from a Job to its CronJob; the pod itself when nothing owns it. Without the
+    /// ReplicaSet object (a snapshot of pods only), a ReplicaSet named `<name>-<hash>` of a
+    /// pod labelled `pod-template-hash: <hash>` is taken to belong to Deployment `<name>`.
+    pub fn workload(&self, id: PodId) -> Workload {
+        let pod = self.pod(id);
+        let Some(owner) = &pod.owner else {
+            return Workload {
+                kind: "Pod".into(),
+                name: pod.name.clone(),
+            };
+        };
+        if let Some(up) = self
+            .owners
+            .get(&(pod.namespace, owner.kind.clone(), owner.name.clone()))
+        {
+            return up.clone();
+        }
+        if owner.kind == "ReplicaSet" {
+            if let Some(hash) = pod.labels.get("pod-template-hash") {
+                if let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}")) {
+                    return Workload {
+                        kind: "Deployment".into(),
+                        name: deployment.into(),
+                    };
+                }
+            }
+        }
+        owner.clone()
     }
 }
 
@@ -263,7 +422,16 @@ impl ClusterBuilder {
         }
         let id = NodeId(self.cluster.nodes.len() as u32);
         for ip in &ips {
-            self.claim(*ip, Endpoint::Node(id), "Node", name)?;
+            self.claim(
+                *ip,
+                Tenure {
+                    from: None,
+                    until: None,
+                    who: Endpoint::Node(id),
+                },
+                "Node",
+                name,
+            )?;
         }
         self.cluster.nodes.push(Node {
             name: name.into(),
@@ -274,52 +442,59 @@ impl ClusterBuilder {
         Ok(id)
     }
 
-    /// Adds a pod. `node` names its node (created without addresses if unknown).
-    #[allow(clippy::too_many_arguments)]
-    pub fn pod(
-        &mut self,
-        namespace: &str,
-        name: &str,
-        labels: Labels,
-        ips: Vec<IpAddr>,
-        node: Option<&str>,
-        host_network: bool,
-        phase: PodPhase,
-        ports: Vec<ContainerPort>,
-    ) -> Result<PodId, ModelError> {
-        let ns = self.ns_or_implicit(namespace);
-        let full = format!("{namespace}/{name}");
-        if self.cluster.pods_by_ns[ns.0 as usize]
-            .iter()
-            .any(|p| self.cluster.pods[p.0 as usize].name == name)
-        {
-            return Err(ModelError::Duplicate {
-                kind: "Pod",
-                name: full,
-            });
-        }
-        let node = match node {
+    /// Adds a pod. Its node is created (without addresses) if unknown.
+    pub fn pod(&mut self, p: NewPod) -> Result<PodId, ModelError> {
+        let ns = self.ns_or_implicit(p.namespace);
+        let full = format!("{}/{}", p.namespace, p.name);
+        let node = match p.node {
             Some(n) => Some(match self.cluster.node_by_name.get(n) {
                 Some(id) => *id,
                 None => self.node(n, Vec::new(), Labels::new())?,
             }),
             None => None,
         };
+        // A deleted pod may share its name with the one that replaced it (StatefulSets).
+        let clash = self.cluster.pods_by_ns[ns.0 as usize].iter().any(|id| {
+            let q = &self.cluster.pods[id.0 as usize];
+            q.name == p.name && q.gone.is_none() && p.gone.is_none()
+        });
+        if clash {
+            return Err(ModelError::Duplicate {
+                kind: "Pod",
+                name: full,
+            });
+        }
         let id = PodId(self.cluster.pods.len() as u32);
         let pod = Pod {
             namespace: ns,
-            name: name.into(),
-            labels,
-            ips,
+            name: p.name.into(),
+            uid: p.uid.into(),
+            labels: p.labels,
+            owner: p.owner,
+            created: p.created,
+            gone: p.gone,
+            ips: p.ips,
             node,
-            host_network,
-            phase,
-            ports,
+            host_network: p.host_network,
+            phase: p.phase,
+            ports: p.ports,
         };
         // hostNetwork pods use their node's addresses; finished pods hold none.
-        if pod.is_active() && !host_network {
+        let holds = !pod.ips.is_empty()
+            && !pod.host_network
+            && !matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed);
+        if holds {
             for ip in &pod.ips {
-                self.claim(*ip, Endpoint::Pod(id), "Pod", &full)?;
+                self.claim(
+                    *ip,
+                    Tenure {
+                        from: pod.created,
+                        until: pod.gone,
+                        who: Endpoint::Pod(id),
+                    },
+                    "Pod",
+                    &full,
+                )?;
             }
         }
         self.cluster.pods.push(pod);
@@ -327,34 +502,72 @@ impl ClusterBuilder {
         Ok(id)
     }
 
-    pub fn service(&mut self, namespace: &str, service: impl FnOnce(NsId) -> Service) -> NsId {
+    /// Records the controller of a ReplicaSet or Job, for workload resolution.
+    pub fn owner(&mut self, namespace: &str, kind: &str, name: &str, owner: OwnerRef) {
         let ns = self.ns_or_implicit(namespace);
-        self.cluster.services.push(service(ns));
-        ns
+        self.cluster
+            .owners
+            .insert((ns, kind.into(), name.into()), owner);
     }
 
+    pub fn service(&mut self, namespace: &str, service: impl FnOnce(NsId) -> Service) -> ServiceId {
+        let ns = self.ns_or_implicit(namespace);
+        let id = ServiceId(self.cluster.services.len() as u32);
+        let service = service(ns);
+        for ip in &service.cluster_ips {
+            self.cluster.service_by_ip.insert(canonical(*ip), id);
+        }
+        self.cluster.services.push(service);
+        id
+    }
+
+    /// Adds an EndpointSlice's backends to service `namespace/name` (ignored if unknown).
+    pub fn endpoints(&mut self, namespace: &str, service: &str, group: EndpointGroup) {
+        let Some(ns) = self.cluster.namespace_id(namespace) else {
+            return;
+        };
+        if let Some(s) = self
+            .cluster
+            .services
+            .iter_mut()
+            .find(|s| s.namespace == ns && s.name == service)
+        {
+            s.endpoints.push(group);
+        }
+    }
+
+    /// Records a tenure; two open-ended tenures of one address are a contradiction.
     fn claim(
         &mut self,
         ip: IpAddr,
-        who: Endpoint,
+        tenure: Tenure,
         kind: &'static str,
         name: &str,
     ) -> Result<(), ModelError> {
         let ip = canonical(ip);
-        if let Some(other) = self.cluster.by_ip.get(&ip) {
-            let other = match *other {
-                Endpoint::Pod(p) => format!("Pod {}", self.cluster.pod_name(p)),
-                Endpoint::Node(n) => format!("Node {}", self.cluster.node(n).name),
-                Endpoint::External(_) => String::new(),
-            };
-            return Err(ModelError::AddressClash {
-                kind,
-                name: name.into(),
-                ip,
-                other,
-            });
+        if tenure.until.is_none() {
+            let open = self
+                .cluster
+                .by_ip
+                .get(&ip)
+                .and_then(|ts| ts.iter().find(|t| t.until.is_none()).copied());
+            if let Some(other) = open {
+                let other = match other.who {
+                    Endpoint::Pod(p) => format!("Pod {}", self.cluster.pod_name(p)),
+                    Endpoint::Node(n) => format!("Node {}", self.cluster.node(n).name),
+                    Endpoint::External(_) => String::new(),
+                };
+                return Err(ModelError::AddressClash {
+                    kind,
+                    name: name.into(),
+                    ip,
+                    other,
+                });
+            }
         }
-        self.cluster.by_ip.insert(ip, who);
+        let tenures = self.cluster.by_ip.entry(ip).or_default();
+        tenures.push(tenure);
+        tenures.sort_by_key(|t| t.from);
         Ok(())
     }
 
@@ -367,44 +580,43 @@ impl ClusterBuilder {
 mod tests {
     use super::*;
 
+    fn ip(s: &str) -> Vec<IpAddr> {
+        vec![s.parse().unwrap()]
+    }
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn addresses_resolve_to_active_pods_nodes_or_outside() {
         let mut b = ClusterBuilder::new();
-        b.node("n1", vec!["192.168.1.10".parse().unwrap()], Labels::new())
-            .unwrap();
+        b.node("n1", ip("192.168.1.10"), Labels::new()).unwrap();
         let web = b
-            .pod(
-                "a",
-                "web",
-                Labels::new(),
-                vec!["10.0.0.5".parse().unwrap()],
-                Some("n1"),
-                false,
-                PodPhase::Running,
-                vec![],
-            )
+            .pod(NewPod {
+                namespace: "a",
+                name: "web",
+                ips: ip("10.0.0.5"),
+                node: Some("n1"),
+                ..NewPod::default()
+            })
             .unwrap();
-        b.pod(
-            "a",
-            "agent",
-            Labels::new(),
-            vec!["192.168.1.10".parse().unwrap()],
-            Some("n1"),
-            true,
-            PodPhase::Running,
-            vec![],
-        )
+        b.pod(NewPod {
+            namespace: "a",
+            name: "agent",
+            ips: ip("192.168.1.10"),
+            node: Some("n1"),
+            host_network: true,
+            ..NewPod::default()
+        })
         .unwrap();
-        b.pod(
-            "a",
-            "done",
-            Labels::new(),
-            vec!["10.0.0.6".parse().unwrap()],
-            Some("n1"),
-            false,
-            PodPhase::Succeeded,
-            vec![],
-        )
+        b.pod(NewPod {
+            namespace: "a",
+            name: "done",
+            ips: ip("10.0.0.6"),
+            phase: PodPhase::Succeeded,
+            ..NewPod::default()
+        })
         .unwrap();
         let c = b.build();
         assert_eq!(c.endpoint("10.0.0.5".parse().unwrap()), Endpoint::Pod(web));
@@ -424,11 +636,9 @@ mod tests {
             ),
             "finished pods hold no address"
         );
+        let ns = c.namespace(c.namespace_id("a").unwrap());
         assert_eq!(
-            c.namespace(c.namespace_id("a").unwrap())
-                .labels
-                .get(NAMESPACE_NAME_LABEL)
-                .map(String::as_str),
+            ns.labels.get(NAMESPACE_NAME_LABEL).map(String::as_str),
             Some("a")
         );
     }
@@ -436,29 +646,156 @@ mod tests {
     #[test]
     fn clashing_addresses_are_errors() {
         let mut b = ClusterBuilder::new();
-        b.pod(
-            "a",
-            "x",
-            Labels::new(),
-            vec!["10.0.0.5".parse().unwrap()],
-            None,
-            false,
-            PodPhase::Running,
-            vec![],
-        )
+        b.pod(NewPod {
+            namespace: "a",
+            name: "x",
+            ips: ip("10.0.0.5"),
+            ..NewPod::default()
+        })
         .unwrap();
         let err = b
-            .pod(
-                "b",
-                "y",
-                Labels::new(),
-                vec!["10.0.0.5".parse().unwrap()],
-                None,
-                false,
-                PodPhase::Running,
-                vec![],
-            )
+            .pod(NewPod {
+                namespace: "b",
+                name: "y",
+                ips: ip("10.0.0.5"),
+                ..NewPod::default()
+            })
             .unwrap_err();
         assert!(err.to_string().contains("a/x"), "{err}");
+    }
+
+    #[test]
+    fn a_reused_address_is_attributed_by_time_at_exact_boundaries() {
+        let mut b = ClusterBuilder::new();
+        let old = b
+            .pod(NewPod {
+                namespace: "a",
+                name: "old",
+                ips: ip("10.0.0.9"),
+                created: Some(at("2026-01-01T10:00:00Z")),
+                gone: Some(at("2026-01-01T11:00:00Z")),
+                ..NewPod::default()
+            })
+            .unwrap();
+        let new = b
+            .pod(NewPod {
+                namespace: "b",
+                name: "new",
+                ips: ip("10.0.0.9"),
+                created: Some(at("2026-01-01T11:00:00Z")),
+                ..NewPod::default()
+            })
+            .unwrap();
+        let c = b.build();
+        let addr = "10.0.0.9".parse().unwrap();
+        assert_eq!(
+            c.endpoint_at(addr, at("2026-01-01T09:59:59Z")),
+            Endpoint::External(addr),
+            "before anyone held it"
+        );
+        assert_eq!(
+            c.endpoint_at(addr, at("2026-01-01T10:00:00Z")),
+            Endpoint::Pod(old),
+            "from is inclusive"
+        );
+        assert_eq!(
+            c.endpoint_at(addr, at("2026-01-01T10:59:59.999999999Z")),
+            Endpoint::Pod(old)
+        );
+        assert_eq!(
+            c.endpoint_at(addr, at("2026-01-01T11:00:00Z")),
+            Endpoint::Pod(new),
+            "until is exclusive: the new holder from then"
+        );
+        assert_eq!(
+            c.endpoint(addr),
+            Endpoint::Pod(new),
+            "now: the current holder"
+        );
+        assert!(!c.pod(old).is_active());
+    }
+
+    #[test]
+    fn workloads_follow_owner_chains() {
+        let mut b = ClusterBuilder::new();
+        let owner = |kind: &str, name: &str| {
+            Some(OwnerRef {
+                kind: kind.into(),
+                name: name.into(),
+            })
+        };
+        b.owner(
+            "a",
+            "ReplicaSet",
+            "web-5c7b9",
+            OwnerRef {
+                kind: "Deployment".into(),
+                name: "web".into(),
+            },
+        );
+        b.owner(
+            "a",
+            "Job",
+            "report-2891",
+            OwnerRef {
+                kind: "CronJob".into(),
+                name: "report".into(),
+            },
+        );
+        let web = b
+            .pod(NewPod {
+                namespace: "a",
+                name: "web-5c7b9-x",
+                owner: owner("ReplicaSet", "web-5c7b9"),
+                ..NewPod::default()
+            })
+            .unwrap();
+        let labels = Labels::from([("pod-template-hash".to_owned(), "77aa".to_owned())]);
+        let api = b
+            .pod(NewPod {
+                namespace: "a",
+                name: "api-77aa-y",
+                labels,
+                owner: owner("ReplicaSet", "api-77aa"),
+                ..NewPod::default()
+            })
+            .unwrap();
+        let job = b
+            .pod(NewPod {
+                namespace: "a",
+                name: "report-2891-z",
+                owner: owner("Job", "report-2891"),
+                ..NewPod::default()
+            })
+            .unwrap();
+        let db = b
+            .pod(NewPod {
+                namespace: "a",
+                name: "db-0",
+                owner: owner("StatefulSet", "db"),
+                ..NewPod::default()
+            })
+            .unwrap();
+        let bare = b
+            .pod(NewPod {
+                namespace: "a",
+                name: "debug",
+                ..NewPod::default()
+            })
+            .unwrap();
+        let c = b.build();
+        let w = |id| {
+            let w = c.workload(id);
+            format!("{}/{}", w.kind, w.name)
+        };
+        assert_eq!(w(web), "Deployment/web");
+        assert_eq!(
+            w(api),
+            "Deployment/api",
+            "inferred from pod-template-hash without the ReplicaSet"
+        );
+        assert_eq!(w(job), "CronJob/report");
+        assert_eq!(w(db), "StatefulSet/db");
+        assert_eq!(w(bare), "Pod/debug", "bare pods are their own workload");
     }
 }

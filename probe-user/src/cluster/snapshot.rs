@@ -9,13 +9,13 @@ use std::{collections::BTreeMap, net::IpAddr, path::Path};
 
 use k8s_openapi::{
     api::{core::v1 as core, discovery::v1::EndpointSlice, networking::v1::NetworkPolicy},
-    apimachinery::pkg::util::intstr::IntOrString,
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
 };
 use serde::de::DeserializeOwned;
 
 use super::{
-    Cluster, ClusterBuilder, ContainerPort, Labels, ModelError, PodPhase, PortRef, Service,
-    ServicePort,
+    Cluster, ClusterBuilder, ContainerPort, EndpointGroup, Labels, ModelError, NewPod, OwnerRef,
+    PodPhase, PortRef, Service, ServicePort,
 };
 use crate::record::Protocol;
 
@@ -66,7 +66,6 @@ pub struct Snapshot {
     pub cluster: Cluster,
     /// NetworkPolicies as written; the policy module checks and compiles them.
     pub policies: Vec<NetworkPolicy>,
-    pub endpoint_slices: Vec<EndpointSlice>,
     /// Objects of kinds flowpol does not use, by kind.
     pub skipped: BTreeMap<String, usize>,
 }
@@ -150,10 +149,11 @@ pub fn parse(path: &str, text: &str) -> Result<Snapshot, SnapshotError> {
         path: path.into(),
         source,
     };
-    // Namespaces and nodes first: pods refer to them.
+    // Namespaces and nodes first (pods refer to them), EndpointSlices after their services.
     objects.sort_by_key(|(_, v)| match v.get("kind").and_then(|k| k.as_str()) {
         Some("Namespace") => 0,
         Some("Node") => 1,
+        Some("EndpointSlice") => 3,
         _ => 2,
     });
     for (what, v) in objects {
@@ -198,7 +198,23 @@ pub fn parse(path: &str, text: &str) -> Result<Snapshot, SnapshotError> {
                     ..service.1
                 });
             }
-            "EndpointSlice" => snap.endpoint_slices.push(ctx.decode(v)?),
+            "EndpointSlice" => {
+                let slice: EndpointSlice = ctx.decode(v)?;
+                add_endpoint_slice(&ctx, &mut b, slice)?;
+            }
+            "ReplicaSet" | "Job" => {
+                // Only the controller matters: Pod -> ReplicaSet -> Deployment, Pod -> Job -> CronJob.
+                let o: MetaOnly = ctx.decode(v)?;
+                let name = ctx.name(&o.metadata)?;
+                if let Some(owner) = controller(&o.metadata) {
+                    b.owner(
+                        o.metadata.namespace.as_deref().unwrap_or("default"),
+                        &kind,
+                        &name,
+                        owner,
+                    );
+                }
+            }
             "NetworkPolicy" => {
                 let np: NetworkPolicy = ctx.decode(v)?;
                 ctx.name(&np.metadata)?;
@@ -240,10 +256,7 @@ impl Ctx<'_> {
             problem,
         }
     }
-    fn name(
-        &self,
-        meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    ) -> Result<String, SnapshotError> {
+    fn name(&self, meta: &ObjectMeta) -> Result<String, SnapshotError> {
         meta.name
             .clone()
             .filter(|n| !n.is_empty())
@@ -271,8 +284,75 @@ impl Ctx<'_> {
     }
 }
 
-fn labels(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Labels {
+fn labels(meta: &ObjectMeta) -> Labels {
     meta.labels.clone().unwrap_or_default()
+}
+
+/// Objects read for their metadata alone.
+#[derive(serde::Deserialize)]
+struct MetaOnly {
+    metadata: ObjectMeta,
+}
+
+/// The controller among the owner references.
+fn controller(meta: &ObjectMeta) -> Option<OwnerRef> {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| OwnerRef {
+            kind: o.kind.clone(),
+            name: o.name.clone(),
+        })
+}
+
+fn time(t: &k8s_openapi::jiff::Timestamp) -> super::Timestamp {
+    chrono::DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
+        .unwrap_or_default()
+}
+
+/// An EndpointSlice's ready (or not known to be unready) addresses and resolved ports, added
+/// to its service (named by the `kubernetes.io/service-name` label).
+fn add_endpoint_slice(
+    ctx: &Ctx,
+    b: &mut ClusterBuilder,
+    slice: EndpointSlice,
+) -> Result<(), SnapshotError> {
+    ctx.name(&slice.metadata)?;
+    let Some(service) = slice
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("kubernetes.io/service-name"))
+        .cloned()
+    else {
+        return Ok(());
+    };
+    let namespace = slice
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let mut addresses = Vec::new();
+    for (i, e) in slice.endpoints.iter().enumerate() {
+        if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+            continue;
+        }
+        for (j, a) in e.addresses.iter().enumerate() {
+            addresses.push(ctx.ip(a, &format!("endpoints[{i}].addresses[{j}]"))?);
+        }
+    }
+    let mut ports = Vec::new();
+    for (i, p) in slice.ports.iter().flatten().enumerate() {
+        let Some(number) = p.port else { continue };
+        ports.push((
+            p.name.clone().filter(|n| !n.is_empty()),
+            ctx.port(number, &format!("ports[{i}].port"))?,
+            ctx.protocol(p.protocol.as_deref(), &format!("ports[{i}].protocol"))?,
+        ));
+    }
+    b.endpoints(&namespace, &service, EndpointGroup { addresses, ports });
+    Ok(())
 }
 
 fn add_pod(ctx: &Ctx, b: &mut ClusterBuilder, pod: core::Pod) -> Result<(), SnapshotError> {
@@ -321,16 +401,21 @@ fn add_pod(ctx: &Ctx, b: &mut ClusterBuilder, pod: core::Pod) -> Result<(), Snap
         }
     }
     let host_network = spec.host_network.unwrap_or(false);
-    b.pod(
-        &namespace,
-        &name,
-        labels(&pod.metadata),
+    let uid = pod.metadata.uid.clone().unwrap_or_default();
+    b.pod(NewPod {
+        namespace: &namespace,
+        name: &name,
+        uid: &uid,
+        labels: labels(&pod.metadata),
         ips,
-        spec.node_name.as_deref(),
+        node: spec.node_name.as_deref(),
         host_network,
         phase,
         ports,
-    )
+        owner: controller(&pod.metadata),
+        created: pod.metadata.creation_timestamp.as_ref().map(|t| time(&t.0)),
+        gone: None,
+    })
     .map_err(|source| SnapshotError::Model {
         path: ctx.path.into(),
         source,
@@ -383,6 +468,7 @@ fn convert_service(ctx: &Ctx, svc: core::Service) -> Result<(String, Service), S
             cluster_ips,
             selector,
             ports,
+            endpoints: Vec::new(),
         },
     ))
 }

@@ -7,7 +7,7 @@ use super::{
     Policy,
 };
 use crate::{
-    cluster::{Cluster, ClusterBuilder, ContainerPort, Labels, PodPhase},
+    cluster::{Cluster, ClusterBuilder, ContainerPort, Labels, NewPod},
     record::Protocol,
 };
 
@@ -100,28 +100,26 @@ pub(crate) fn cluster() -> Cluster {
     ];
     for (ns, name, ips, l, node) in pods {
         let ips = ips.iter().map(|i| i.parse().unwrap()).collect();
-        b.pod(
-            ns,
+        b.pod(NewPod {
+            namespace: ns,
             name,
-            labels(l),
+            labels: labels(l),
             ips,
-            Some(node),
-            false,
-            PodPhase::Running,
-            ports(),
-        )
+            node: Some(node),
+            ports: ports(),
+            ..NewPod::default()
+        })
         .unwrap();
     }
-    b.pod(
-        "y",
-        "host",
-        labels(&[("pod", "host")]),
-        vec!["192.168.0.1".parse().unwrap()],
-        Some("n1"),
-        true,
-        PodPhase::Running,
-        vec![],
-    )
+    b.pod(NewPod {
+        namespace: "y",
+        name: "host",
+        labels: labels(&[("pod", "host")]),
+        ips: vec!["192.168.0.1".parse().unwrap()],
+        node: Some("n1"),
+        host_network: true,
+        ..NewPod::default()
+    })
     .unwrap();
     b.build()
 }
