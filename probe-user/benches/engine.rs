@@ -162,6 +162,7 @@ fn main() {
                 dst,
                 port,
                 protocol,
+                at: None,
             }
         })
         .collect();

@@ -295,14 +295,8 @@ impl Aggregator {
                 first_seen: Some(self.clock.wall(a.first_ns)),
                 last_seen: Some(self.clock.wall(a.last_ns)),
                 protocol: k.protocol,
-                src: Endpoint {
-                    ip: k.src,
-                    port: if a.count == 1 { a.src_port } else { None },
-                },
-                dst: Endpoint {
-                    ip: k.dst,
-                    port: Some(k.dst_port),
-                },
+                src: Endpoint::new(k.src, if a.count == 1 { a.src_port } else { None }),
+                dst: Endpoint::new(k.dst, Some(k.dst_port)),
                 verdict: Some(k.verdict),
                 drop_reason: None,
                 count: a.count,
@@ -345,14 +339,8 @@ impl Aggregator {
                 first_seen: Some(self.clock.wall(s.first_ns)),
                 last_seen: Some(self.clock.wall(s.last_ns)),
                 protocol: o.protocol,
-                src: Endpoint {
-                    ip: o.src,
-                    port: None,
-                },
-                dst: Endpoint {
-                    ip: o.dst,
-                    port: Some(o.dst_port),
-                },
+                src: Endpoint::new(o.src, None),
+                dst: Endpoint::new(o.dst, Some(o.dst_port)),
                 verdict: Some(verdict),
                 drop_reason,
                 count: s.packets.max(1),

@@ -18,20 +18,45 @@ pub struct Evaluated {
 }
 
 /// Evaluates every record (their `dst.port` must be set; [`crate::record::read_json_lines`]
-/// checks it).
+/// checks it), at the time it was first seen. Records must be attributed first
+/// ([`crate::attribute::enrich`]): a flow to a service address is judged by its backends and
+/// their target ports, as policies apply after the service address is translated. With
+/// several possible backends it is allowed only if every one allows it; the explanation is
+/// that of the first that does not (or of the first).
 pub fn evaluate(engine: &Engine, records: Vec<FlowRecord>) -> Vec<Evaluated> {
     records
         .into_iter()
         .map(|record| {
-            let conn = Connection {
-                src: record.src.ip,
-                dst: record.dst.ip,
-                port: record.dst.port.unwrap_or(0),
-                protocol: record.protocol,
+            let targets: Vec<(std::net::IpAddr, u16)> = if record.dst.identity.backends.is_empty() {
+                vec![(record.dst.ip, record.dst.port.unwrap_or(0))]
+            } else {
+                record
+                    .dst
+                    .identity
+                    .backends
+                    .iter()
+                    .map(|b| (b.ip, b.port.unwrap_or(0)))
+                    .collect()
             };
-            let explanation = engine.evaluate(&conn);
+            let decisions: Vec<Decision> = targets
+                .iter()
+                .map(|(ip, port)| {
+                    engine.evaluate(&Connection {
+                        src: record.src.ip,
+                        dst: *ip,
+                        port: *port,
+                        protocol: record.protocol,
+                        at: record.first_seen,
+                    })
+                })
+                .collect();
+            let allowed = decisions.iter().all(|d| d.allowed);
+            let explanation = match decisions.iter().position(|d| !d.allowed) {
+                Some(i) => decisions[i].clone(),
+                None => decisions[0].clone(),
+            };
             Evaluated {
-                policy_verdict: if explanation.allowed { "allow" } else { "deny" },
+                policy_verdict: if allowed { "allow" } else { "deny" },
                 explanation,
                 record,
             }
@@ -78,7 +103,10 @@ pub fn table(rows: &[Evaluated]) -> String {
             .collect();
         lines.push([
             format!("{} ({})", e.record.src.ip, d.src),
-            format!("{} ({})", e.record.dst.ip, d.dst),
+            match &e.record.dst.identity.service {
+                Some(svc) => format!("{} (service {svc} -> {})", e.record.dst.ip, d.dst),
+                None => format!("{} ({})", e.record.dst.ip, d.dst),
+            },
             format!("{}/{}", e.record.protocol, e.record.dst.port.unwrap_or(0)),
             e.record
                 .verdict

@@ -98,6 +98,53 @@ pub struct Endpoint {
     /// Absent for a client whose port varied across the aggregated connections.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Who the address belonged to when the flow was seen (added by attribution).
+    #[serde(flatten)]
+    pub identity: Identity,
+}
+
+impl Endpoint {
+    pub fn new(ip: IpAddr, port: Option<u16>) -> Self {
+        Self {
+            ip,
+            port,
+            identity: Identity::default(),
+        }
+    }
+}
+
+/// What an address was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndpointKind {
+    Pod,
+    Node,
+    Service,
+    External,
+}
+
+/// Attribution of an address: empty until a cluster model names it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<EndpointKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<crate::cluster::Workload>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// `namespace/name` of the service whose address this is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// For a service address: the backends (address, target port, pod) that may have served
+    /// the flow; exactly one when the server side was observed too.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<Endpoint>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

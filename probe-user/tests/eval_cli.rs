@@ -194,3 +194,10 @@ fn bad_input_names_object_and_field() {
     ]);
     assert!(!ok && err.contains("cluster-shop.yaml:1"), "{err}");
 }
+
+#[test]
+fn enrich_names_both_ends() {
+    let (ok, out, err) = flowpol(&["enrich", "--cluster", "cluster-shop.yaml", "--flows", "flows-shop.jsonl"]);
+    assert!(ok, "{err}");
+    golden("enrich-shop.jsonl", &out);
+}

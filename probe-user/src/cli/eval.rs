@@ -4,6 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{bail, Context as _};
 use flowpol::{
+    attribute,
     cluster::{snapshot, PortRef},
     eval,
     policy::{self, engine::Engine, matrix},
@@ -105,7 +106,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let path = args.flows.context("--flows is required without --matrix")?;
-    let records = record::read_json_lines(&path)?;
+    let mut records = record::read_json_lines(&path)?;
+    attribute::enrich(&snap.cluster, &mut records);
     let rows = eval::evaluate(&engine, records);
     match args.output {
         Format::Json => {

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bpf_stats;
+mod enrich;
 mod eval;
 mod lab;
 mod record;
@@ -25,6 +26,8 @@ enum Command {
     Record(record::Args),
     /// Build a cluster stand-in from network namespaces and record its traffic plan.
     Lab(lab::Args),
+    /// Name both ends of recorded flows (pod, workload, namespace, labels, service) from a cluster snapshot.
+    Enrich(enrich::Args),
     /// Evaluate flow records against the declared NetworkPolicies, or print the reachability matrix.
     Eval(eval::Args),
     /// Run counts and time of every loaded BPF program (needs kernel.bpf_stats_enabled=1).
@@ -45,6 +48,7 @@ pub fn main() -> ExitCode {
         Command::Lab(args) => lab::run(args),
         Command::BpfStats(args) => bpf_stats::run(args),
         Command::Eval(args) => eval::run(args),
+        Command::Enrich(args) => enrich::run(args),
     };
     match result {
         Ok(code) => code,

@@ -4,7 +4,9 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Context as _;
 use flowpol::{
     aggregate::{Aggregator, Clock},
+    attribute,
     capture::{self, Probe},
+    cluster::snapshot,
     kernel, output,
     session::Session,
     shutdown::Shutdown,
@@ -21,12 +23,17 @@ pub struct Args {
     /// Node name put in every record (default: this host's name).
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
+    /// Cluster snapshot (`kubectl get ... -o yaml`): name both ends of every record.
+    #[arg(long)]
+    cluster: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     rt.block_on(async move {
         capture::check_privileges()?;
+        // Read the snapshot first: a bad file fails before anything is loaded.
+        let cluster = args.cluster.as_deref().map(snapshot::load).transpose()?;
         let info = kernel::discover().context("inspecting the running kernel")?;
         let probe = Probe::load(&info).context("loading the eBPF probe")?;
         let node = args.node.or_else(hostname);
@@ -52,7 +59,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         session.run(stop).await.context("capturing")?;
-        let (records, summary) = session.finish();
+        let (mut records, summary) = session.finish();
+        if let Some(snap) = &cluster {
+            attribute::enrich(&snap.cluster, &mut records);
+        }
         output::emit_records(args.output.as_deref(), &records)?;
         eprintln!("{summary}");
         Ok(ExitCode::SUCCESS)

@@ -112,14 +112,8 @@ mod tests {
             first_seen: None,
             last_seen: None,
             protocol: Protocol::TCP,
-            src: Endpoint {
-                ip: "10.244.0.10".parse().unwrap(),
-                port: None,
-            },
-            dst: Endpoint {
-                ip: ip.parse().unwrap(),
-                port: Some(port),
-            },
+            src: Endpoint::new("10.244.0.10".parse().unwrap(), None),
+            dst: Endpoint::new(ip.parse().unwrap(), Some(port)),
             verdict: Some(verdict),
             drop_reason: None,
             count,

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{Direction, Peer, Policy, PortMatch, PortSpec, Rule};
 use crate::{
-    cluster::{Cluster, Endpoint, NsId, PodId},
+    cluster::{Cluster, Endpoint, NsId, PodId, Timestamp},
     record::Protocol,
 };
 
@@ -24,6 +24,8 @@ pub struct Connection {
     pub dst: IpAddr,
     pub port: u16,
     pub protocol: Protocol,
+    /// When it happened: addresses are resolved to who held them then (now if `None`).
+    pub at: Option<Timestamp>,
 }
 
 impl Connection {
@@ -181,8 +183,7 @@ impl<'c> Engine<'c> {
 
     pub fn evaluate(&self, c: &Connection) -> Decision {
         let c = &c.canonical();
-        let src = self.cluster.endpoint(c.src);
-        let dst = self.cluster.endpoint(c.dst);
+        let (src, dst) = (self.resolve(c.src, c.at), self.resolve(c.dst, c.at));
         if let (Endpoint::Pod(a), Endpoint::Pod(b)) = (src, dst) {
             if a == b {
                 let d = self.describe(src);
@@ -219,8 +220,7 @@ impl<'c> Engine<'c> {
     /// Whether connection `c` is allowed without building an explanation (the fast path).
     pub fn allows(&self, c: &Connection) -> bool {
         let c = &c.canonical();
-        let src = self.cluster.endpoint(c.src);
-        let dst = self.cluster.endpoint(c.dst);
+        let (src, dst) = (self.resolve(c.src, c.at), self.resolve(c.dst, c.at));
         if matches!((src, dst), (Endpoint::Pod(a), Endpoint::Pod(b)) if a == b) {
             return true;
         }
@@ -243,6 +243,13 @@ impl<'c> Engine<'c> {
             Endpoint::Pod(p) => side_allows(p, Direction::Ingress, src, c.src),
             _ => true,
         })
+    }
+
+    fn resolve(&self, ip: IpAddr, at: Option<Timestamp>) -> Endpoint {
+        match at {
+            Some(t) => self.cluster.endpoint_at(ip, t),
+            None => self.cluster.endpoint(ip),
+        }
     }
 
     fn own_node(&self, pod: PodId, remote: Endpoint) -> bool {

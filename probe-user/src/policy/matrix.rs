@@ -77,6 +77,7 @@ pub fn compute(
                                 dst: *dst,
                                 port: number,
                                 protocol,
+                                at: None,
                             }))
                         })
                         .collect()

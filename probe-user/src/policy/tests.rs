@@ -135,6 +135,7 @@ fn tcp(src: &str, dst: &str, port: u16) -> Connection {
         dst: dst.parse().unwrap(),
         port,
         protocol: Protocol::TCP,
+        at: None,
     }
 }
 
