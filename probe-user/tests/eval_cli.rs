@@ -197,7 +197,13 @@ fn bad_input_names_object_and_field() {
 
 #[test]
 fn enrich_names_both_ends() {
-    let (ok, out, err) = flowpol(&["enrich", "--cluster", "cluster-shop.yaml", "--flows", "flows-shop.jsonl"]);
+    let (ok, out, err) = flowpol(&[
+        "enrich",
+        "--cluster",
+        "cluster-shop.yaml",
+        "--flows",
+        "flows-shop.jsonl",
+    ]);
     assert!(ok, "{err}");
     golden("enrich-shop.jsonl", &out);
 }

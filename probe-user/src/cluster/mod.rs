@@ -8,6 +8,7 @@
 //! model (policies may still select them) but are left out of address lookups and of the
 //! reachability matrix. hostNetwork pods are reached at their node's address, so an address
 //! they share with their node resolves to the node.
+pub mod objects;
 pub mod snapshot;
 
 use std::{

@@ -5,19 +5,16 @@
 //! Objects are read with the k8s-openapi types, so field names and value types follow the API
 //! reference; a malformed object fails the whole read with its kind, namespace, name and the
 //! offending field. Kinds flowpol does not use (ConfigMaps, ...) are skipped and counted.
-use std::{collections::BTreeMap, net::IpAddr, path::Path};
+use std::{collections::BTreeMap, path::Path};
 
-use k8s_openapi::{
-    api::{core::v1 as core, discovery::v1::EndpointSlice, networking::v1::NetworkPolicy},
-    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
-};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
 use serde::de::DeserializeOwned;
 
 use super::{
-    Cluster, ClusterBuilder, ContainerPort, EndpointGroup, Labels, ModelError, NewPod, OwnerRef,
-    PodPhase, PortRef, Service, ServicePort,
+    objects::{self, Object, Objects},
+    Cluster, ModelError,
 };
-use crate::record::Protocol;
 
 /// Largest snapshot read (a multi-thousand-node cluster's objects stay well below it).
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
@@ -113,7 +110,7 @@ fn describe(v: &serde_yaml::Value, document: usize, item: Option<usize>) -> Stri
 }
 
 pub fn parse(path: &str, text: &str) -> Result<Snapshot, SnapshotError> {
-    let mut objects = Vec::new();
+    let mut found = Vec::new();
     for (document, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let value =
             serde::Deserialize::deserialize(de).map_err(|source| SnapshotError::Syntax {
@@ -133,350 +130,119 @@ pub fn parse(path: &str, text: &str) -> Result<Snapshot, SnapshotError> {
                     .and_then(|i| i.as_sequence())
                     .cloned()
                     .unwrap_or_default();
-                objects.extend(
+                found.extend(
                     items
                         .into_iter()
                         .enumerate()
                         .map(|(i, item)| (describe(&item, document, Some(i)), item)),
                 );
             }
-            v => objects.push((describe(&v, document, None), v)),
+            v => found.push((describe(&v, document, None), v)),
         }
     }
-    let mut snap = Snapshot::default();
-    let mut b = ClusterBuilder::new();
-    let model = |source| SnapshotError::Model {
-        path: path.into(),
-        source,
-    };
-    // Namespaces and nodes first (pods refer to them), EndpointSlices after their services.
-    objects.sort_by_key(|(_, v)| match v.get("kind").and_then(|k| k.as_str()) {
-        Some("Namespace") => 0,
-        Some("Node") => 1,
-        Some("EndpointSlice") => 3,
-        _ => 2,
-    });
-    for (what, v) in objects {
+    let mut store = Objects::default();
+    let mut skipped: BTreeMap<String, usize> = BTreeMap::new();
+    for (what, v) in found {
         let kind = v
             .get("kind")
             .and_then(|k| k.as_str())
             .unwrap_or_default()
             .to_owned();
-        let ctx = Ctx { path, what: &what };
-        match kind.as_str() {
-            "Namespace" => {
-                let ns: core::Namespace = ctx.decode(v)?;
-                b.namespace(&ctx.name(&ns.metadata)?, labels(&ns.metadata))
-                    .map_err(model)?;
-            }
-            "Node" => {
-                let node: core::Node = ctx.decode(v)?;
-                let mut ips = Vec::new();
-                for (i, a) in node
-                    .status
-                    .iter()
-                    .flat_map(|s| s.addresses.iter().flatten())
-                    .enumerate()
-                {
-                    if a.type_ == "InternalIP" || a.type_ == "ExternalIP" {
-                        ips.push(ctx.ip(&a.address, &format!("status.addresses[{i}].address"))?);
-                    }
-                }
-                b.node(&ctx.name(&node.metadata)?, ips, labels(&node.metadata))
-                    .map_err(model)?;
-            }
-            "Pod" => {
-                let pod: core::Pod = ctx.decode(v)?;
-                add_pod(&ctx, &mut b, pod)?;
-            }
-            "Service" => {
-                let svc: core::Service = ctx.decode(v)?;
-                let service = convert_service(&ctx, svc)?;
-                let ns = service.0.clone();
-                b.service(&ns, move |id| Service {
-                    namespace: id,
-                    ..service.1
-                });
-            }
-            "EndpointSlice" => {
-                let slice: EndpointSlice = ctx.decode(v)?;
-                add_endpoint_slice(&ctx, &mut b, slice)?;
-            }
+        let ctx = (path, what.as_str());
+        let converted = match kind.as_str() {
+            "Namespace" => objects::namespace_obj(decode(ctx, v)?),
+            "Node" => objects::node_obj(decode(ctx, v)?),
+            "Pod" => objects::pod_obj(decode(ctx, v)?),
+            "Service" => objects::service_obj(decode(ctx, v)?),
+            "EndpointSlice" => objects::slice_obj(decode(ctx, v)?),
             "ReplicaSet" | "Job" => {
-                // Only the controller matters: Pod -> ReplicaSet -> Deployment, Pod -> Job -> CronJob.
-                let o: MetaOnly = ctx.decode(v)?;
-                let name = ctx.name(&o.metadata)?;
-                if let Some(owner) = controller(&o.metadata) {
-                    b.owner(
-                        o.metadata.namespace.as_deref().unwrap_or("default"),
-                        &kind,
-                        &name,
-                        owner,
-                    );
-                }
+                let o: MetaOnly = decode(ctx, v)?;
+                objects::owned_obj(&kind, &o.metadata)
             }
-            "NetworkPolicy" => {
-                let np: NetworkPolicy = ctx.decode(v)?;
-                ctx.name(&np.metadata)?;
-                snap.policies.push(np);
-            }
+            "NetworkPolicy" => objects::policy_obj(decode(ctx, v)?),
             other => {
-                *snap
-                    .skipped
+                *skipped
                     .entry(if other.is_empty() {
                         "(no kind)".into()
                     } else {
                         other.into()
                     })
-                    .or_default() += 1
+                    .or_default() += 1;
+                continue;
             }
+        };
+        let o = converted.map_err(|e| SnapshotError::Object {
+            path: path.into(),
+            what: what.clone(),
+            problem: e.to_string(),
+        })?;
+        if is_duplicate(&store, &o) {
+            return Err(SnapshotError::Object {
+                path: path.into(),
+                what,
+                problem: "declared twice".into(),
+            });
         }
+        store.apply(o);
     }
-    snap.cluster = b.build();
-    Ok(snap)
+    let cluster = store.build().map_err(|source| SnapshotError::Model {
+        path: path.into(),
+        source,
+    })?;
+    Ok(Snapshot {
+        cluster,
+        policies: store.policies.into_values().collect(),
+        skipped,
+    })
 }
 
-struct Ctx<'a> {
-    path: &'a str,
-    what: &'a str,
+fn decode<T: DeserializeOwned>(
+    (path, what): (&str, &str),
+    v: serde_yaml::Value,
+) -> Result<T, SnapshotError> {
+    serde_yaml::from_value(v).map_err(|source| SnapshotError::Decode {
+        path: path.into(),
+        what: what.into(),
+        source,
+    })
 }
 
-impl Ctx<'_> {
-    fn decode<T: DeserializeOwned>(&self, v: serde_yaml::Value) -> Result<T, SnapshotError> {
-        serde_yaml::from_value(v).map_err(|source| SnapshotError::Decode {
-            path: self.path.into(),
-            what: self.what.into(),
-            source,
-        })
+/// Whether the store already holds an object of this kind and key.
+fn is_duplicate(store: &Objects, o: &Object) -> bool {
+    match o {
+        Object::Namespace { name, .. } => store.namespaces.contains_key(name),
+        Object::Node { name, .. } => store.nodes.contains_key(name),
+        Object::Pod(p) => store
+            .pods
+            .contains_key(&(p.namespace.clone(), p.name.clone())),
+        Object::Service {
+            namespace, name, ..
+        } => store
+            .services
+            .contains_key(&(namespace.clone(), name.clone())),
+        Object::EndpointSlice {
+            namespace, name, ..
+        } => store
+            .slices
+            .contains_key(&(namespace.clone(), name.clone())),
+        Object::Owned { .. } => false,
+        Object::NetworkPolicy(np) => store.policies.contains_key(&(
+            np.metadata.namespace.clone().unwrap_or_default(),
+            np.metadata.name.clone().unwrap_or_default(),
+        )),
     }
-    fn invalid(&self, problem: String) -> SnapshotError {
-        SnapshotError::Object {
-            path: self.path.into(),
-            what: self.what.into(),
-            problem,
-        }
-    }
-    fn name(&self, meta: &ObjectMeta) -> Result<String, SnapshotError> {
-        meta.name
-            .clone()
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| self.invalid("metadata.name is missing".into()))
-    }
-    fn ip(&self, text: &str, field: &str) -> Result<IpAddr, SnapshotError> {
-        text.parse()
-            .map_err(|_| self.invalid(format!("{field}: `{text}` is not an IP address")))
-    }
-    fn protocol(&self, p: Option<&str>, field: &str) -> Result<Protocol, SnapshotError> {
-        match p.unwrap_or("TCP") {
-            "TCP" => Ok(Protocol::TCP),
-            "UDP" => Ok(Protocol::UDP),
-            "SCTP" => Ok(Protocol::SCTP),
-            other => Err(self.invalid(format!(
-                "{field}: unknown protocol `{other}` (TCP, UDP or SCTP)"
-            ))),
-        }
-    }
-    fn port(&self, n: i32, field: &str) -> Result<u16, SnapshotError> {
-        u16::try_from(n)
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| self.invalid(format!("{field}: {n} is not a port (1-65535)")))
-    }
-}
-
-fn labels(meta: &ObjectMeta) -> Labels {
-    meta.labels.clone().unwrap_or_default()
 }
 
 /// Objects read for their metadata alone.
 #[derive(serde::Deserialize)]
 struct MetaOnly {
-    metadata: ObjectMeta,
-}
-
-/// The controller among the owner references.
-fn controller(meta: &ObjectMeta) -> Option<OwnerRef> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| OwnerRef {
-            kind: o.kind.clone(),
-            name: o.name.clone(),
-        })
-}
-
-fn time(t: &k8s_openapi::jiff::Timestamp) -> super::Timestamp {
-    chrono::DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().max(0) as u32)
-        .unwrap_or_default()
-}
-
-/// An EndpointSlice's ready (or not known to be unready) addresses and resolved ports, added
-/// to its service (named by the `kubernetes.io/service-name` label).
-fn add_endpoint_slice(
-    ctx: &Ctx,
-    b: &mut ClusterBuilder,
-    slice: EndpointSlice,
-) -> Result<(), SnapshotError> {
-    ctx.name(&slice.metadata)?;
-    let Some(service) = slice
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get("kubernetes.io/service-name"))
-        .cloned()
-    else {
-        return Ok(());
-    };
-    let namespace = slice
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let mut addresses = Vec::new();
-    for (i, e) in slice.endpoints.iter().enumerate() {
-        if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-            continue;
-        }
-        for (j, a) in e.addresses.iter().enumerate() {
-            addresses.push(ctx.ip(a, &format!("endpoints[{i}].addresses[{j}]"))?);
-        }
-    }
-    let mut ports = Vec::new();
-    for (i, p) in slice.ports.iter().flatten().enumerate() {
-        let Some(number) = p.port else { continue };
-        ports.push((
-            p.name.clone().filter(|n| !n.is_empty()),
-            ctx.port(number, &format!("ports[{i}].port"))?,
-            ctx.protocol(p.protocol.as_deref(), &format!("ports[{i}].protocol"))?,
-        ));
-    }
-    b.endpoints(&namespace, &service, EndpointGroup { addresses, ports });
-    Ok(())
-}
-
-fn add_pod(ctx: &Ctx, b: &mut ClusterBuilder, pod: core::Pod) -> Result<(), SnapshotError> {
-    let name = ctx.name(&pod.metadata)?;
-    let namespace = pod
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let spec = pod.spec.unwrap_or_default();
-    let status = pod.status.unwrap_or_default();
-    // `podIP` is the first of `podIPs`; both are checked, the list is used when present.
-    let single = match status.pod_ip.as_deref().filter(|s| !s.is_empty()) {
-        Some(ip) => Some(ctx.ip(ip, "status.podIP")?),
-        None => None,
-    };
-    let mut ips = Vec::new();
-    for (i, p) in status.pod_ips.iter().flatten().enumerate() {
-        ips.push(ctx.ip(&p.ip, &format!("status.podIPs[{i}].ip"))?);
-    }
-    if ips.is_empty() {
-        ips.extend(single);
-    }
-    let phase = match status.phase.as_deref() {
-        Some("Pending") => PodPhase::Pending,
-        Some("Running") | None => PodPhase::Running,
-        Some("Succeeded") => PodPhase::Succeeded,
-        Some("Failed") => PodPhase::Failed,
-        Some(_) => PodPhase::Unknown,
-    };
-    let mut ports = Vec::new();
-    let containers = spec.containers.iter().map(|c| ("containers", c)).chain(
-        spec.init_containers
-            .iter()
-            .flatten()
-            .map(|c| ("initContainers", c)),
-    );
-    for (list, c) in containers {
-        for (j, p) in c.ports.iter().flatten().enumerate() {
-            let field = format!("spec.{list}[{}].ports[{j}]", c.name);
-            ports.push(ContainerPort {
-                name: p.name.clone(),
-                port: ctx.port(p.container_port, &format!("{field}.containerPort"))?,
-                protocol: ctx.protocol(p.protocol.as_deref(), &format!("{field}.protocol"))?,
-            });
-        }
-    }
-    let host_network = spec.host_network.unwrap_or(false);
-    let uid = pod.metadata.uid.clone().unwrap_or_default();
-    b.pod(NewPod {
-        namespace: &namespace,
-        name: &name,
-        uid: &uid,
-        labels: labels(&pod.metadata),
-        ips,
-        node: spec.node_name.as_deref(),
-        host_network,
-        phase,
-        ports,
-        owner: controller(&pod.metadata),
-        created: pod.metadata.creation_timestamp.as_ref().map(|t| time(&t.0)),
-        gone: None,
-    })
-    .map_err(|source| SnapshotError::Model {
-        path: ctx.path.into(),
-        source,
-    })?;
-    Ok(())
-}
-
-/// (namespace, service without its namespace id yet)
-fn convert_service(ctx: &Ctx, svc: core::Service) -> Result<(String, Service), SnapshotError> {
-    let name = ctx.name(&svc.metadata)?;
-    let namespace = svc
-        .metadata
-        .namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let spec = svc.spec.unwrap_or_default();
-    let mut cluster_ips = Vec::new();
-    let listed = spec
-        .cluster_ips
-        .clone()
-        .unwrap_or_else(|| spec.cluster_ip.clone().into_iter().collect());
-    for (i, ip) in listed.iter().enumerate() {
-        // Headless services have clusterIP "None".
-        if ip != "None" && !ip.is_empty() {
-            cluster_ips.push(ctx.ip(ip, &format!("spec.clusterIPs[{i}]"))?);
-        }
-    }
-    let mut ports = Vec::new();
-    for (i, p) in spec.ports.iter().flatten().enumerate() {
-        let target = match &p.target_port {
-            None => None,
-            Some(IntOrString::Int(n)) => Some(PortRef::Number(
-                ctx.port(*n, &format!("spec.ports[{i}].targetPort"))?,
-            )),
-            Some(IntOrString::String(s)) => Some(PortRef::Name(s.clone())),
-        };
-        ports.push(ServicePort {
-            name: p.name.clone(),
-            port: ctx.port(p.port, &format!("spec.ports[{i}].port"))?,
-            protocol: ctx.protocol(p.protocol.as_deref(), &format!("spec.ports[{i}].protocol"))?,
-            target,
-        });
-    }
-    let selector = spec.selector.map(|s| s.into_iter().collect());
-    Ok((
-        namespace,
-        Service {
-            namespace: super::NsId(0),
-            name,
-            cluster_ips,
-            selector,
-            ports,
-            endpoints: Vec::new(),
-        },
-    ))
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::Endpoint;
+    use crate::{cluster::Endpoint, record::Protocol};
 
     const MULTI: &str = "
 apiVersion: v1
@@ -537,8 +303,11 @@ metadata: {name: s, namespace: prod}
         assert!(e.to_string().contains("metadata.name"), "{e}");
         let dup =
             "kind: Namespace\nmetadata: {name: a}\n---\nkind: Namespace\nmetadata: {name: a}\n";
-        let e = parse("x.yaml", dup).unwrap_err();
-        assert!(matches!(e, SnapshotError::Model { .. }), "{e}");
+        let e = parse("x.yaml", dup).unwrap_err().to_string();
+        assert!(
+            e.contains("Namespace a (document 1)") && e.contains("declared twice"),
+            "{e}"
+        );
     }
 
     #[test]
