@@ -1,13 +1,15 @@
-//! `flowpol enrich`: name both ends of recorded flows from a cluster snapshot, offline.
+//! `flowpol enrich`: name both ends of recorded flows from a cluster snapshot or the live
+//! cluster.
 use std::{path::PathBuf, process::ExitCode};
 
-use flowpol::{attribute, cluster::snapshot, output, record};
+use flowpol::{attribute, output, record};
+
+use super::source::Source;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Cluster snapshot: `kubectl get namespaces,pods,services,endpointslices,replicasets,jobs,nodes -A -o yaml`.
-    #[arg(long)]
-    cluster: PathBuf,
+    #[command(flatten)]
+    source: Source,
     /// Flow records (JSON lines).
     #[arg(long)]
     flows: PathBuf,
@@ -17,9 +19,10 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let snap = snapshot::load(&args.cluster)?;
+    // Read the flows first: a bad file fails before the API server is asked anything.
     let mut records = record::read_json_lines(&args.flows)?;
-    attribute::enrich(&snap.cluster, &mut records);
+    let loaded = args.source.load("enrich")?;
+    attribute::enrich(&loaded.cluster, &mut records);
     output::emit_records(args.output.as_deref(), &records)?;
     Ok(ExitCode::SUCCESS)
 }

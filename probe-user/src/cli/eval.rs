@@ -2,10 +2,12 @@
 //! reachability matrix between all pods.
 use std::{path::PathBuf, process::ExitCode};
 
+use super::source::Source;
+
 use anyhow::{bail, Context as _};
 use flowpol::{
     attribute,
-    cluster::{snapshot, PortRef},
+    cluster::PortRef,
     eval,
     policy::{self, engine::Engine, matrix},
     record::{self, Protocol},
@@ -25,9 +27,8 @@ enum Family {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Cluster snapshot: `kubectl get namespaces,pods,services,endpointslices,networkpolicies,nodes -A -o yaml` (or -o json).
-    #[arg(long)]
-    cluster: PathBuf,
+    #[command(flatten)]
+    source: Source,
     /// Flow records (JSON lines) to evaluate.
     #[arg(long, required_unless_present = "matrix", conflicts_with = "matrix")]
     flows: Option<PathBuf>,
@@ -53,10 +54,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let snap = snapshot::load(&args.cluster)?;
-    for (kind, n) in &snap.skipped {
-        eprintln!("flowpol eval: skipped {n} {kind} object(s) (not used)");
-    }
+    let snap = args.source.load("eval")?;
     let mut policies = Vec::new();
     let mut errors = Vec::new();
     for np in &snap.policies {
@@ -67,12 +65,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if !errors.is_empty() {
         for e in &errors {
-            eprintln!("flowpol eval: {}: invalid {e}", args.cluster.display());
+            eprintln!("flowpol eval: {}: invalid {e}", snap.origin);
         }
         bail!(
             "{} invalid NetworkPolicy object(s) in {}; the API server would reject them",
             errors.len(),
-            args.cluster.display()
+            snap.origin
         );
     }
     let engine = Engine::new(&snap.cluster, policies);

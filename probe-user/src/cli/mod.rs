@@ -8,6 +8,7 @@ mod enrich;
 mod eval;
 mod lab;
 mod record;
+mod source;
 
 #[derive(Parser)]
 #[command(
@@ -26,7 +27,7 @@ enum Command {
     Record(record::Args),
     /// Build a cluster stand-in from network namespaces and record its traffic plan.
     Lab(lab::Args),
-    /// Name both ends of recorded flows (pod, workload, namespace, labels, service) from a cluster snapshot.
+    /// Name both ends of recorded flows (pod, workload, namespace, labels, service) from a snapshot or the live cluster.
     Enrich(enrich::Args),
     /// Evaluate flow records against the declared NetworkPolicies, or print the reachability matrix.
     Eval(eval::Args),

@@ -1,12 +1,12 @@
 //! `flowpol record`: load the probe, capture until a duration passes or Ctrl-C, print records.
 use std::{path::PathBuf, process::ExitCode, time::Duration};
 
+use super::source::Source;
 use anyhow::Context as _;
 use flowpol::{
     aggregate::{Aggregator, Clock},
     attribute,
     capture::{self, Probe},
-    cluster::snapshot,
     kernel, output,
     session::Session,
     shutdown::Shutdown,
@@ -23,9 +23,14 @@ pub struct Args {
     /// Node name put in every record (default: this host's name).
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
-    /// Cluster snapshot (`kubectl get ... -o yaml`): name both ends of every record.
-    #[arg(long)]
-    cluster: Option<PathBuf>,
+    /// Name both ends of every record from this snapshot or the live cluster. Without
+    /// either, the API server is used when a kubeconfig or an in-cluster service account is
+    /// found (--no-kube: never).
+    #[command(flatten)]
+    source: Source,
+    /// Do not look for an API server.
+    #[arg(long, conflicts_with_all = ["kube", "kubeconfig", "context", "cluster"])]
+    no_kube: bool,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -33,7 +38,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         capture::check_privileges()?;
         // Read the snapshot first: a bad file fails before anything is loaded.
-        let cluster = args.cluster.as_deref().map(snapshot::load).transpose()?;
+        let snapshot = match &args.source.cluster {
+            Some(_) => Some(args.source.load("record")?),
+            None => None,
+        };
+        let live = if snapshot.is_some() || args.no_kube {
+            None
+        } else if args.source.live_requested() {
+            Some(args.source.start().await?)
+        } else {
+            // Found a cluster by looking: use it, or carry on without names if there is none.
+            match args.source.start().await {
+                Ok(live) => Some(live),
+                Err(e) => {
+                    tracing::info!("no cluster to name records from: {e:#}");
+                    None
+                }
+            }
+        };
         let info = kernel::discover().context("inspecting the running kernel")?;
         let probe = Probe::load(&info).context("loading the eBPF probe")?;
         let node = args.node.or_else(hostname);
@@ -60,12 +82,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         session.run(stop).await.context("capturing")?;
         let (mut records, summary) = session.finish();
-        if let Some(snap) = &cluster {
-            attribute::enrich(&snap.cluster, &mut records);
+        // Records are never lost for want of names: without a model they go out as seen.
+        let mut code = ExitCode::SUCCESS;
+        let loaded = match (snapshot, &live) {
+            (Some(s), _) => Some(s),
+            (None, Some(live)) => match args.source.take(live).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    eprintln!("flowpol record: records are not named: {e:#}");
+                    if args.source.live_requested() {
+                        code = ExitCode::FAILURE;
+                    }
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        if let Some(loaded) = &loaded {
+            attribute::enrich(&loaded.cluster, &mut records);
         }
         output::emit_records(args.output.as_deref(), &records)?;
         eprintln!("{summary}");
-        Ok(ExitCode::SUCCESS)
+        Ok(code)
     })
 }
 

@@ -1,6 +1,7 @@
 //! The cluster model: namespaces, pods, nodes and services, as the policy engine, verify and
-//! suggest need them. Built from an offline snapshot ([`snapshot`]) or, later, from watchers;
-//! pure data with indexes, no I/O.
+//! suggest need them. Built from an offline snapshot ([`snapshot`]) or live from kube watchers
+//! ([`watch`]); both fill one [`objects::Objects`] store. The model itself is pure data with
+//! indexes, no I/O.
 //!
 //! Which pods take part: a pod that has finished (phase `Succeeded` or `Failed`) no longer
 //! holds its IP, which may already belong to another pod, so it is not an endpoint. A pod
@@ -10,6 +11,7 @@
 //! they share with their node resolves to the node.
 pub mod objects;
 pub mod snapshot;
+pub mod watch;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -369,11 +371,20 @@ pub struct ClusterBuilder {
     cluster: Cluster,
     /// Namespaces declared by a Namespace object (not just named by a pod).
     declared: std::collections::HashSet<NsId>,
+    /// Let a newer pod take over an address another still holds (see [`Self::handover`]).
+    handover: bool,
 }
 
 impl ClusterBuilder {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// With `true`, an address claimed while another pod still holds it passes to the pod
+    /// that started last instead of failing: the old holder must have released it, only the
+    /// news of its deletion has not arrived yet. For live data; snapshots keep the check.
+    pub fn handover(&mut self, on: bool) {
+        self.handover = on;
     }
 
     pub fn namespace(&mut self, name: &str, mut labels: Labels) -> Result<NsId, ModelError> {
@@ -537,7 +548,8 @@ impl ClusterBuilder {
         }
     }
 
-    /// Records a tenure; two open-ended tenures of one address are a contradiction.
+    /// Records a tenure; two open-ended tenures of one address are a contradiction unless
+    /// handover is on.
     fn claim(
         &mut self,
         ip: IpAddr,
@@ -546,7 +558,7 @@ impl ClusterBuilder {
         name: &str,
     ) -> Result<(), ModelError> {
         let ip = canonical(ip);
-        if tenure.until.is_none() {
+        if tenure.until.is_none() && !self.handover {
             let open = self
                 .cluster
                 .by_ip

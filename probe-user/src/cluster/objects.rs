@@ -343,6 +343,51 @@ pub fn policy_obj(mut np: NetworkPolicy) -> Result<Object, FieldError> {
 
 type Key = (String, String);
 
+/// The kinds flowpol reads, one watcher each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub enum Kind {
+    Namespace,
+    Node,
+    Pod,
+    Service,
+    EndpointSlice,
+    ReplicaSet,
+    Job,
+    NetworkPolicy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 8] = [
+        Kind::Namespace,
+        Kind::Node,
+        Kind::Pod,
+        Kind::Service,
+        Kind::EndpointSlice,
+        Kind::ReplicaSet,
+        Kind::Job,
+        Kind::NetworkPolicy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Namespace => "Namespace",
+            Kind::Node => "Node",
+            Kind::Pod => "Pod",
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+            Kind::ReplicaSet => "ReplicaSet",
+            Kind::Job => "Job",
+            Kind::NetworkPolicy => "NetworkPolicy",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Every object of the cluster, by kind and key, plus recently deleted pods.
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
@@ -354,13 +399,20 @@ pub struct Objects {
     /// (namespace, kind, name) of ReplicaSets and Jobs -> their controller.
     pub owners: BTreeMap<(String, String, String), OwnerRef>,
     pub policies: BTreeMap<Key, NetworkPolicy>,
-    /// Deleted pods with the time they were seen gone, oldest first: flows seen while they
-    /// existed are still attributed to them.
+    /// Deleted pods (and finished pods' running past) with the time they were seen gone,
+    /// oldest first: flows seen while they held their addresses are still attributed to them.
     pub gone: VecDeque<(PodObj, Timestamp)>,
 }
 
+/// Whether a pod holds its addresses: finished pods have handed them back.
+fn holds_ips(p: &PodObj) -> bool {
+    !p.ips.is_empty() && !matches!(p.phase, PodPhase::Succeeded | PodPhase::Failed)
+}
+
 impl Objects {
-    pub fn apply(&mut self, o: Object) {
+    /// Adds or replaces an object. A pod that stops holding its addresses (it finished, or
+    /// they changed) leaves its previous self among the gone, as of `at`.
+    pub fn apply(&mut self, o: Object, at: Timestamp) {
         match o {
             Object::Namespace { name, labels } => {
                 self.namespaces.insert(name, labels);
@@ -369,7 +421,15 @@ impl Objects {
                 self.nodes.insert(name, node);
             }
             Object::Pod(p) => {
-                self.pods.insert((p.namespace.clone(), p.name.clone()), p);
+                let released = |old: &PodObj| {
+                    holds_ips(old) && (old.uid != p.uid || !holds_ips(&p) || old.ips != p.ips)
+                };
+                let key = (p.namespace.clone(), p.name.clone());
+                let old = self.pods.remove(&key).filter(released);
+                self.pods.insert(key, p);
+                if let Some(old) = old {
+                    self.gone.push_back((old, at));
+                }
             }
             Object::Service {
                 namespace,
@@ -408,58 +468,104 @@ impl Objects {
         }
     }
 
-    /// Removes the object `o` names; a pod moves to the deleted pods, gone at `at`.
-    pub fn delete(&mut self, o: &Object, at: Timestamp) {
-        match o {
-            Object::Namespace { name, .. } => {
+    /// Removes the object of `kind` named `namespace/name` (`name` for cluster-scoped kinds);
+    /// a pod moves to the gone, as of `at`.
+    pub fn delete(&mut self, kind: Kind, namespace: &str, name: &str, at: Timestamp) {
+        let key = (namespace.to_owned(), name.to_owned());
+        match kind {
+            Kind::Namespace => {
                 self.namespaces.remove(name);
             }
-            Object::Node { name, .. } => {
+            Kind::Node => {
                 self.nodes.remove(name);
             }
-            Object::Pod(p) => {
-                if let Some(p) = self.pods.remove(&(p.namespace.clone(), p.name.clone())) {
-                    self.gone.push_back((p, at));
+            Kind::Pod => {
+                if let Some(p) = self.pods.remove(&key) {
+                    if holds_ips(&p) {
+                        self.gone.push_back((p, at));
+                    }
                 }
             }
-            Object::Service {
-                namespace, name, ..
-            } => {
-                self.services.remove(&(namespace.clone(), name.clone()));
+            Kind::Service => {
+                self.services.remove(&key);
             }
-            Object::EndpointSlice {
-                namespace, name, ..
-            } => {
-                self.slices.remove(&(namespace.clone(), name.clone()));
+            Kind::EndpointSlice => {
+                self.slices.remove(&key);
             }
-            Object::Owned {
-                namespace,
-                kind,
-                name,
-                ..
-            } => {
+            Kind::ReplicaSet | Kind::Job => {
                 self.owners
-                    .remove(&(namespace.clone(), kind.clone(), name.clone()));
+                    .remove(&(key.0, kind.as_str().to_owned(), key.1));
             }
-            Object::NetworkPolicy(np) => {
-                self.policies.remove(&(
-                    np.metadata.namespace.clone().unwrap_or_default(),
-                    np.metadata.name.clone().unwrap_or_default(),
-                ));
+            Kind::NetworkPolicy => {
+                self.policies.remove(&key);
             }
         }
     }
 
-    /// Forgets pods deleted before `before`.
+    /// Replaces every object of `kind` with `items`, a fresh full list (after a relist):
+    /// pods missing from it were deleted while nobody watched, and go to the gone as of `at`.
+    pub fn replace(&mut self, kind: Kind, items: Vec<Object>, at: Timestamp) {
+        match kind {
+            Kind::Namespace => self.namespaces.clear(),
+            Kind::Node => self.nodes.clear(),
+            Kind::Pod => {
+                let listed: std::collections::HashSet<Key> = items
+                    .iter()
+                    .filter_map(|o| match o {
+                        Object::Pod(p) => Some((p.namespace.clone(), p.name.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                let vanished: Vec<Key> = self
+                    .pods
+                    .keys()
+                    .filter(|k| !listed.contains(*k))
+                    .cloned()
+                    .collect();
+                for (ns, name) in vanished {
+                    self.delete(Kind::Pod, &ns, &name, at);
+                }
+            }
+            Kind::Service => self.services.clear(),
+            Kind::EndpointSlice => self.slices.clear(),
+            Kind::ReplicaSet | Kind::Job => self.owners.retain(|(_, k, _), _| k != kind.as_str()),
+            Kind::NetworkPolicy => self.policies.clear(),
+        }
+        for o in items {
+            self.apply(o, at);
+        }
+    }
+
+    /// Forgets pods gone before `before`.
     pub fn expire(&mut self, before: Timestamp) {
         while self.gone.front().is_some_and(|(_, at)| *at < before) {
             self.gone.pop_front();
         }
     }
 
-    /// The indexed model of these objects.
-    pub fn build(&self) -> Result<Cluster, ModelError> {
+    /// How many objects of `kind` are held.
+    pub fn count(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Namespace => self.namespaces.len(),
+            Kind::Node => self.nodes.len(),
+            Kind::Pod => self.pods.len(),
+            Kind::Service => self.services.len(),
+            Kind::EndpointSlice => self.slices.len(),
+            Kind::ReplicaSet | Kind::Job => self
+                .owners
+                .keys()
+                .filter(|(_, k, _)| k == kind.as_str())
+                .count(),
+            Kind::NetworkPolicy => self.policies.len(),
+        }
+    }
+
+    /// The indexed model of these objects. A snapshot is one moment, so two running pods on
+    /// one address contradict it; a live store (`handover`) can briefly hold both while
+    /// events arrive, and the newer pod takes the address over.
+    pub fn build(&self, handover: bool) -> Result<Cluster, ModelError> {
         let mut b = ClusterBuilder::new();
+        b.handover(handover);
         for (name, labels) in &self.namespaces {
             b.namespace(name, labels.clone())?;
         }
@@ -503,5 +609,195 @@ impl Objects {
             }
         }
         Ok(b.build())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::Endpoint;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn pod(name: &str, uid: &str, ip: &str, phase: PodPhase, created: &str) -> Object {
+        Object::Pod(PodObj {
+            namespace: "a".into(),
+            name: name.into(),
+            uid: uid.into(),
+            labels: Labels::new(),
+            ips: vec![ip.parse().unwrap()],
+            node: None,
+            host_network: false,
+            phase,
+            ports: Vec::new(),
+            owner: None,
+            created: Some(at(created)),
+        })
+    }
+
+    fn who(c: &Cluster, ip: &str, t: &str) -> String {
+        match c.endpoint_at(ip.parse().unwrap(), at(t)) {
+            Endpoint::Pod(p) => c.pod_name(p),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_relist_retires_pods_deleted_unseen() {
+        let mut o = Objects::default();
+        o.apply(
+            pod(
+                "old",
+                "u1",
+                "10.0.0.1",
+                PodPhase::Running,
+                "2026-01-01T10:00:00Z",
+            ),
+            at("2026-01-01T10:00:00Z"),
+        );
+        o.apply(
+            pod(
+                "kept",
+                "u2",
+                "10.0.0.2",
+                PodPhase::Running,
+                "2026-01-01T10:00:00Z",
+            ),
+            at("2026-01-01T10:00:00Z"),
+        );
+        let relisted = vec![pod(
+            "kept",
+            "u2",
+            "10.0.0.2",
+            PodPhase::Running,
+            "2026-01-01T10:00:00Z",
+        )];
+        o.replace(Kind::Pod, relisted, at("2026-01-01T12:00:00Z"));
+        assert_eq!(o.count(Kind::Pod), 1);
+        let c = o.build(true).unwrap();
+        assert_eq!(who(&c, "10.0.0.1", "2026-01-01T11:59:59Z"), "a/old");
+        assert!(matches!(
+            c.endpoint("10.0.0.1".parse().unwrap()),
+            Endpoint::External(_)
+        ));
+        o.expire(at("2026-01-01T12:00:01Z"));
+        assert!(o.gone.is_empty(), "forgotten after the grace period");
+    }
+
+    #[test]
+    fn a_pod_that_finishes_or_is_replaced_leaves_its_past_tenure() {
+        let mut o = Objects::default();
+        o.apply(
+            pod(
+                "job",
+                "u1",
+                "10.0.0.1",
+                PodPhase::Running,
+                "2026-01-01T10:00:00Z",
+            ),
+            at("2026-01-01T10:00:00Z"),
+        );
+        o.apply(
+            pod(
+                "job",
+                "u1",
+                "10.0.0.1",
+                PodPhase::Succeeded,
+                "2026-01-01T10:00:00Z",
+            ),
+            at("2026-01-01T11:00:00Z"),
+        );
+        // A StatefulSet pod re-created under the same name, its deletion never seen.
+        o.apply(
+            pod(
+                "db-0",
+                "u2",
+                "10.0.0.2",
+                PodPhase::Running,
+                "2026-01-01T10:00:00Z",
+            ),
+            at("2026-01-01T10:00:00Z"),
+        );
+        o.apply(
+            pod(
+                "db-0",
+                "u3",
+                "10.0.0.3",
+                PodPhase::Running,
+                "2026-01-01T11:30:00Z",
+            ),
+            at("2026-01-01T11:30:00Z"),
+        );
+        let c = o.build(true).unwrap();
+        assert_eq!(who(&c, "10.0.0.1", "2026-01-01T10:59:59Z"), "a/job");
+        assert!(who(&c, "10.0.0.1", "2026-01-01T11:00:00Z").starts_with("External"));
+        assert_eq!(who(&c, "10.0.0.2", "2026-01-01T11:00:00Z"), "a/db-0");
+        assert!(who(&c, "10.0.0.2", "2026-01-01T11:30:00Z").starts_with("External"));
+    }
+
+    #[test]
+    fn live_data_hands_an_address_over_a_snapshot_refuses() {
+        let mut o = Objects::default();
+        o.apply(
+            pod(
+                "old",
+                "u1",
+                "10.0.0.1",
+                PodPhase::Running,
+                "2026-01-01T10:00:00Z",
+            ),
+            at("2026-01-01T10:00:00Z"),
+        );
+        // The new holder's creation arrived before the old one's deletion.
+        o.apply(
+            pod(
+                "new",
+                "u2",
+                "10.0.0.1",
+                PodPhase::Running,
+                "2026-01-01T11:00:00Z",
+            ),
+            at("2026-01-01T11:00:00Z"),
+        );
+        assert!(matches!(
+            o.build(false),
+            Err(ModelError::AddressClash { .. })
+        ));
+        let c = o.build(true).unwrap();
+        assert_eq!(who(&c, "10.0.0.1", "2026-01-01T10:30:00Z"), "a/old");
+        assert_eq!(who(&c, "10.0.0.1", "2026-01-01T11:00:00Z"), "a/new");
+        match c.endpoint("10.0.0.1".parse().unwrap()) {
+            Endpoint::Pod(p) => assert_eq!(c.pod_name(p), "a/new"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn deleting_owners_and_policies_by_key() {
+        let mut o = Objects::default();
+        let now = at("2026-01-01T10:00:00Z");
+        for kind in ["ReplicaSet", "Job"] {
+            let meta = ObjectMeta {
+                name: Some("x".into()),
+                namespace: Some("a".into()),
+                owner_references: Some(vec![
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                        kind: "Deployment".into(),
+                        name: "d".into(),
+                        controller: Some(true),
+                        ..Default::default()
+                    },
+                ]),
+                ..ObjectMeta::default()
+            };
+            o.apply(owned_obj(kind, &meta).unwrap(), now);
+        }
+        assert_eq!((o.count(Kind::ReplicaSet), o.count(Kind::Job)), (1, 1));
+        o.delete(Kind::Job, "a", "x", now);
+        assert_eq!((o.count(Kind::ReplicaSet), o.count(Kind::Job)), (1, 0));
+        o.replace(Kind::ReplicaSet, Vec::new(), now);
+        assert_eq!(o.count(Kind::ReplicaSet), 0);
     }
 }

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     objects::{self, Object, Objects},
-    Cluster, ModelError,
+    Cluster, ModelError, Timestamp,
 };
 
 /// Largest snapshot read (a multi-thousand-node cluster's objects stay well below it).
@@ -183,9 +183,9 @@ pub fn parse(path: &str, text: &str) -> Result<Snapshot, SnapshotError> {
                 problem: "declared twice".into(),
             });
         }
-        store.apply(o);
+        store.apply(o, Timestamp::default());
     }
-    let cluster = store.build().map_err(|source| SnapshotError::Model {
+    let cluster = store.build(false).map_err(|source| SnapshotError::Model {
         path: path.into(),
         source,
     })?;

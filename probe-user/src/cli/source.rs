@@ -1,0 +1,97 @@
+//! Where a command gets the cluster from: a snapshot file, or the API server (kubeconfig as
+//! kubectl reads it, or the in-cluster service account).
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use flowpol::cluster::{
+    snapshot,
+    watch::{self, Live},
+    Cluster,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+/// Deleted pods are kept this long for attribution.
+const GRACE_DEFAULT: &str = "10m";
+
+#[derive(clap::Args, Clone)]
+pub struct Source {
+    /// Cluster snapshot: `kubectl get namespaces,nodes,pods,services,endpointslices,replicasets,jobs,networkpolicies -A -o yaml` (or -o json).
+    #[arg(long, conflicts_with_all = ["kube", "kubeconfig", "context"])]
+    pub cluster: Option<PathBuf>,
+    /// Read the cluster live from the API server: kubeconfig ($KUBECONFIG, ~/.kube/config)
+    /// or, inside a pod, its service account.
+    #[arg(long)]
+    pub kube: bool,
+    /// Kubeconfig file to use (implies --kube).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use (implies --kube).
+    #[arg(long)]
+    pub context: Option<String>,
+    /// How long to wait for the API server's first full list of every kind.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub kube_timeout: Duration,
+    /// How long deleted pods are remembered, so flows they sent are still named after them.
+    #[arg(long, default_value = GRACE_DEFAULT, value_parser = humantime::parse_duration)]
+    pub deleted_pod_grace: Duration,
+}
+
+/// A cluster read once, for commands that work on a fixed picture.
+pub struct Loaded {
+    pub cluster: Arc<Cluster>,
+    pub policies: Vec<NetworkPolicy>,
+    /// Where it came from, for messages.
+    pub origin: String,
+}
+
+impl Source {
+    pub fn live_requested(&self) -> bool {
+        self.kube || self.kubeconfig.is_some() || self.context.is_some()
+    }
+
+    /// Connects and starts the watchers (needs a tokio runtime).
+    pub async fn start(&self) -> anyhow::Result<Live> {
+        let client = watch::client(self.kubeconfig.as_deref(), self.context.as_deref())
+            .await
+            .context("connecting to the Kubernetes API server")?;
+        Ok(Live::start(client, self.deleted_pod_grace))
+    }
+
+    /// Waits for the live model to be complete and takes it.
+    pub async fn take(&self, live: &Live) -> anyhow::Result<Loaded> {
+        live.ready(self.kube_timeout).await.map_err(|status| {
+            anyhow::anyhow!(
+                "the cluster model is not complete after {}: {status}",
+                humantime::format_duration(self.kube_timeout)
+            )
+        })?;
+        Ok(Loaded {
+            cluster: live.model().context("building the cluster model")?,
+            policies: live.policies(),
+            origin: "the API server".into(),
+        })
+    }
+
+    /// The cluster from the snapshot, or from the API server once fully listed.
+    pub fn load(&self, command: &str) -> anyhow::Result<Loaded> {
+        if let Some(path) = &self.cluster {
+            let snap = snapshot::load(path)?;
+            for (kind, n) in &snap.skipped {
+                eprintln!("flowpol {command}: skipped {n} {kind} object(s) (not used)");
+            }
+            return Ok(Loaded {
+                cluster: Arc::new(snap.cluster),
+                policies: snap.policies,
+                origin: path.display().to_string(),
+            });
+        }
+        if !self.live_requested() {
+            anyhow::bail!("name a cluster: --cluster FILE (a snapshot) or --kube (the API server)");
+        }
+        let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        rt.block_on(async {
+            let live = self.start().await?;
+            self.take(&live).await
+        })
+    }
+}

@@ -1,0 +1,461 @@
+//! A Kubernetes API server stand-in that speaks the list/watch protocol as the real one does,
+//! for the kinds flowpol reads: paginated lists carrying a resourceVersion, chunked watch
+//! streams of ADDED/MODIFIED/DELETED events from a given resourceVersion, BOOKMARK events,
+//! `410 Gone` (an ERROR event with code 410, reason Expired) for a resourceVersion older than
+//! the compacted history, metadata-only (`PartialObjectMetadata`) lists and watches, and
+//! watch timeouts. Tests drive it: change objects, cut every watch, compact the history, stop
+//! and restart it on the same port.
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::watch,
+    task::JoinHandle,
+};
+
+/// Collection path, apiVersion and kind of every resource served.
+const RESOURCES: [(&str, &str, &str); 8] = [
+    ("/api/v1/namespaces", "v1", "Namespace"),
+    ("/api/v1/nodes", "v1", "Node"),
+    ("/api/v1/pods", "v1", "Pod"),
+    ("/api/v1/services", "v1", "Service"),
+    (
+        "/apis/discovery.k8s.io/v1/endpointslices",
+        "discovery.k8s.io/v1",
+        "EndpointSlice",
+    ),
+    (
+        "/apis/networking.k8s.io/v1/networkpolicies",
+        "networking.k8s.io/v1",
+        "NetworkPolicy",
+    ),
+    ("/apis/apps/v1/replicasets", "apps/v1", "ReplicaSet"),
+    ("/apis/batch/v1/jobs", "batch/v1", "Job"),
+];
+
+fn resource_of_kind(kind: &str) -> &'static str {
+    RESOURCES
+        .iter()
+        .find(|r| r.2 == kind)
+        .unwrap_or_else(|| panic!("the stand-in does not serve {kind}"))
+        .0
+}
+
+#[derive(Default)]
+struct Collection {
+    objects: BTreeMap<(String, String), Value>,
+    /// (resourceVersion, type, object) of every change, oldest first.
+    events: Vec<(u64, &'static str, Value)>,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    /// Watches from a resourceVersion below this get 410 Gone.
+    compacted: u64,
+    collections: BTreeMap<&'static str, Collection>,
+    lists: BTreeMap<String, u64>,
+    watches: BTreeMap<String, u64>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// The newest resourceVersion, for watches waiting for news.
+    rv: watch::Sender<u64>,
+    /// Bumped to cut every open watch.
+    cut: watch::Sender<u64>,
+    bookmark_every: Duration,
+}
+
+pub struct ApiServer {
+    inner: Arc<Inner>,
+    pub addr: SocketAddr,
+    acceptor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl ApiServer {
+    /// Serves `objects` (each with apiVersion, kind and metadata) on a free local port.
+    pub async fn start(objects: Vec<Value>, bookmark_every: Duration) -> ApiServer {
+        let inner = Arc::new(Inner {
+            state: Mutex::new(State::default()),
+            rv: watch::channel(0).0,
+            cut: watch::channel(0).0,
+            bookmark_every,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = ApiServer {
+            inner,
+            addr,
+            acceptor: Mutex::new(None),
+        };
+        for o in objects {
+            server.apply(o);
+        }
+        server.serve(listener);
+        server
+    }
+
+    fn serve(&self, listener: TcpListener) {
+        let inner = self.inner.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((conn, _)) = listener.accept().await else {
+                    return;
+                };
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    let _ = handle(inner, conn).await;
+                });
+            }
+        });
+        *self.acceptor.lock().unwrap() = Some(task);
+    }
+
+    /// Creates or replaces an object; returns its new resourceVersion.
+    pub fn apply(&self, mut object: Value) -> u64 {
+        let kind = object["kind"]
+            .as_str()
+            .expect("object has a kind")
+            .to_owned();
+        let key = key(&object);
+        let mut st = self.inner.state.lock().unwrap();
+        st.rv += 1;
+        let rv = st.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        let c = st.collections.entry(resource_of_kind(&kind)).or_default();
+        let kind = if c.objects.insert(key, object.clone()).is_some() {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        c.events.push((rv, kind, object));
+        drop(st);
+        self.inner.rv.send_replace(rv);
+        rv
+    }
+
+    /// Deletes an object (`namespace` empty for cluster-scoped kinds).
+    pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
+        let mut st = self.inner.state.lock().unwrap();
+        st.rv += 1;
+        let rv = st.rv;
+        let c = st.collections.entry(resource_of_kind(kind)).or_default();
+        let mut object = c
+            .objects
+            .remove(&(namespace.to_owned(), name.to_owned()))
+            .unwrap_or_else(|| panic!("no {kind} {namespace}/{name} to delete"));
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        c.events.push((rv, "DELETED", object));
+        drop(st);
+        self.inner.rv.send_replace(rv);
+    }
+
+    /// Ends every open watch abruptly, as a load balancer or a crashing server would.
+    pub fn cut_watches(&self) {
+        self.inner.cut.send_modify(|g| *g += 1);
+    }
+
+    /// Forgets the event history (etcd compaction): watches resuming from an older
+    /// resourceVersion get 410 Gone and must relist.
+    pub fn compact(&self) {
+        let mut st = self.inner.state.lock().unwrap();
+        st.compacted = st.rv;
+        for c in st.collections.values_mut() {
+            c.events.clear();
+        }
+    }
+
+    /// Stops listening and cuts every watch: clients see refused connections.
+    pub fn stop(&self) {
+        if let Some(t) = self.acceptor.lock().unwrap().take() {
+            t.abort();
+        }
+        self.cut_watches();
+    }
+
+    /// Listens again on the same address.
+    pub async fn restart(&self) {
+        let listener = loop {
+            match TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        };
+        self.serve(listener);
+    }
+
+    /// Full lists served for a collection path (each relist is one more).
+    pub fn lists(&self, path: &str) -> u64 {
+        let st = self.inner.state.lock().unwrap();
+        st.lists.get(path).copied().unwrap_or(0)
+    }
+
+    /// Watches opened on a collection path.
+    pub fn watches(&self, path: &str) -> u64 {
+        let st = self.inner.state.lock().unwrap();
+        st.watches.get(path).copied().unwrap_or(0)
+    }
+
+    /// A kubeconfig whose context `stand-in` points here; its current context points at a
+    /// port nobody listens on, so using it proves `--context` was honoured.
+    pub fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        let text = format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: stand-in
+  cluster: {{server: 'http://{}'}}
+- name: nowhere
+  cluster: {{server: 'http://127.0.0.1:9'}}
+contexts:
+- name: stand-in
+  context: {{cluster: stand-in, user: tester}}
+- name: nowhere
+  context: {{cluster: nowhere, user: tester}}
+current-context: nowhere
+users:
+- name: tester
+  user: {{}}
+",
+            self.addr
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn key(o: &Value) -> (String, String) {
+    let m = &o["metadata"];
+    (
+        m["namespace"].as_str().unwrap_or_default().to_owned(),
+        m["name"].as_str().expect("object has a name").to_owned(),
+    )
+}
+
+/// The objects of a `kubectl get -o yaml` List file, of the kinds served.
+pub fn read_list(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let list: Value = serde_yaml::from_str(&text).unwrap();
+    let served = |o: &Value| RESOURCES.iter().any(|r| Some(r.2) == o["kind"].as_str());
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| served(o))
+        .cloned()
+        .collect()
+}
+
+struct Request {
+    path: String,
+    query: BTreeMap<String, String>,
+    metadata_only: bool,
+}
+
+async fn read_request(conn: &mut TcpStream) -> std::io::Result<Option<Request>> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = head.lines();
+    let target = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("/")
+        .to_owned();
+    let metadata_only = lines.any(|l| {
+        l.to_ascii_lowercase().starts_with("accept:") && l.contains("as=PartialObjectMetadata")
+    });
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let query = query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_owned(), v.replace("%3A", ":").replace("%2C", ","))
+        })
+        .collect();
+    Ok(Some(Request {
+        path: path.to_owned(),
+        query,
+        metadata_only,
+    }))
+}
+
+/// An object as a metadata-only request gets it.
+fn partial(o: &Value) -> Value {
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": o["metadata"]})
+}
+
+async fn respond(conn: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> {
+    let body = body.to_string();
+    let head = format!(
+        "HTTP/1.1 {code} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        if code == 200 { "OK" } else { "Error" },
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await?;
+    conn.write_all(body.as_bytes()).await?;
+    conn.shutdown().await
+}
+
+async fn chunk(conn: &mut TcpStream, event: &Value) -> std::io::Result<()> {
+    let line = format!("{event}\n");
+    conn.write_all(format!("{:x}\r\n{line}\r\n", line.len()).as_bytes())
+        .await
+}
+
+async fn handle(inner: Arc<Inner>, mut conn: TcpStream) -> std::io::Result<()> {
+    let Some(req) = read_request(&mut conn).await? else {
+        return Ok(());
+    };
+    let Some(&(path, api_version, kind)) = RESOURCES.iter().find(|r| r.0 == req.path) else {
+        let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "reason": "NotFound", "code": 404, "message": format!("{} not found", req.path)});
+        return respond(&mut conn, 404, &status).await;
+    };
+    let shape = |o: &Value| {
+        if req.metadata_only {
+            partial(o)
+        } else {
+            o.clone()
+        }
+    };
+    if !matches!(
+        req.query.get("watch").map(String::as_str),
+        Some("true" | "1")
+    ) {
+        // A list, in pages of `limit` when asked; the continue token is the next offset.
+        let (body, _) = {
+            let mut st = inner.state.lock().unwrap();
+            let rv = st.rv;
+            let items: Vec<Value> = st
+                .collections
+                .get(path)
+                .map(|c| c.objects.values().map(shape).collect())
+                .unwrap_or_default();
+            let from: usize = req
+                .query
+                .get("continue")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let limit: usize = req
+                .query
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(usize::MAX);
+            let page: Vec<Value> = items.iter().skip(from).take(limit).cloned().collect();
+            let mut metadata = json!({"resourceVersion": rv.to_string()});
+            if from + page.len() < items.len() {
+                metadata["continue"] = json!((from + page.len()).to_string());
+            } else {
+                *st.lists.entry(path.to_owned()).or_default() += 1;
+            }
+            let (list_version, list_kind) = if req.metadata_only {
+                (
+                    "meta.k8s.io/v1".to_owned(),
+                    "PartialObjectMetadataList".to_owned(),
+                )
+            } else {
+                (api_version.to_owned(), format!("{kind}List"))
+            };
+            (
+                json!({"apiVersion": list_version, "kind": list_kind, "metadata": metadata, "items": page}),
+                rv,
+            )
+        };
+        return respond(&mut conn, 200, &body).await;
+    }
+
+    let from: u64 = req
+        .query
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let bookmarks = req.query.get("allowWatchBookmarks").map(String::as_str) == Some("true");
+    let timeout = req
+        .query
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(1800));
+    let gone = {
+        let mut st = inner.state.lock().unwrap();
+        *st.watches.entry(path.to_owned()).or_default() += 1;
+        (from < st.compacted).then_some(st.compacted)
+    };
+    conn.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+    )
+    .await?;
+    if let Some(compacted) = gone {
+        let status = json!({"type": "ERROR", "object": {"kind": "Status", "apiVersion": "v1",
+            "metadata": {}, "status": "Failure", "reason": "Expired", "code": 410,
+            "message": format!("too old resource version: {from} ({compacted})")}});
+        chunk(&mut conn, &status).await?;
+        return conn.write_all(b"0\r\n\r\n").await;
+    }
+    let mut news = inner.rv.subscribe();
+    let mut cut = inner.cut.subscribe();
+    cut.borrow_and_update();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut cursor = from;
+    loop {
+        news.borrow_and_update();
+        let (events, rv) = {
+            let st = inner.state.lock().unwrap();
+            let events: Vec<Value> = st
+                .collections
+                .get(path)
+                .map(|c| {
+                    c.events
+                        .iter()
+                        .filter(|(v, _, _)| *v > cursor)
+                        .map(|(_, t, o)| json!({"type": t, "object": shape(o)}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            (events, st.rv)
+        };
+        for e in &events {
+            chunk(&mut conn, e).await?;
+        }
+        cursor = rv;
+        tokio::select! {
+            _ = news.changed() => {}
+            _ = cut.changed() => return Ok(()),
+            _ = tokio::time::sleep_until(deadline) => return conn.write_all(b"0\r\n\r\n").await,
+            _ = tokio::time::sleep(inner.bookmark_every), if bookmarks => {
+                // Everything up to the cursor has been sent.
+                let rv = cursor;
+                let kind = if req.metadata_only { "PartialObjectMetadata" } else { kind };
+                let version = if req.metadata_only { "meta.k8s.io/v1" } else { api_version };
+                let bookmark = json!({"type": "BOOKMARK", "object": {"kind": kind,
+                    "apiVersion": version, "metadata": {"resourceVersion": rv.to_string()}}});
+                chunk(&mut conn, &bookmark).await?;
+            }
+        }
+    }
+}
