@@ -1,6 +1,8 @@
 //! Policy engine benchmark (run by `cargo xtask bench engine`): a synthetic cluster written as
 //! a kubectl-style List, read back through the snapshot reader, compiled and indexed, then
-//! verdicts on random connections on one thread. Memory is measured with a counting allocator.
+//! verdicts on random connections on one thread. Memory is measured with a counting allocator,
+//! also for what the live watchers hold: the stripped objects store plus the model built
+//! from it.
 //!
 //! `cargo bench -p probe-user --bench engine -- [--pods N] [--namespaces N] [--policies N]
 //! [--flows N] [--write FILE]`: with `--write`, only writes the cluster YAML (the NCA
@@ -14,7 +16,10 @@ use std::{
 };
 
 use flowpol::{
-    cluster::snapshot,
+    cluster::{
+        objects::{self, Objects},
+        snapshot,
+    },
     policy::{
         self,
         engine::{Connection, Engine},
@@ -76,10 +81,12 @@ fn cluster_yaml(namespaces: usize, pods: usize, policies: usize) -> String {
         let tier = ["web", "api", "db"][j % 3];
         let _ = write!(
             y,
-            "- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: pod-{j}\n    namespace: ns-{i:03}\n    labels: {{app: app-{}, tier: {tier}, version: v{}}}\n  spec:\n    nodeName: node-{}\n    containers:\n    - name: main\n      image: registry.example/app:1\n      ports: [{{name: http, containerPort: 8080}}, {{name: grpc, containerPort: 9090}}, {{name: metrics, containerPort: 9100}}, {{name: dns, containerPort: 53, protocol: UDP}}]\n  status:\n    phase: Running\n    podIP: {ip}\n    podIPs: [{{ip: {ip}}}]\n",
-            j % 10,
+            "- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: pod-{j}\n    namespace: ns-{i:03}\n    uid: 00000000-0000-4000-8000-{k:012}\n    labels: {{app: app-{app}, tier: {tier}, version: v{}, pod-template-hash: {hash}}}\n    ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: app-{app}-{hash}, uid: 00000000-0000-4000-9000-{k:012}, controller: true}}]\n  spec:\n    nodeName: node-{}\n    containers:\n    - name: main\n      image: registry.example/app:1\n      ports: [{{name: http, containerPort: 8080}}, {{name: grpc, containerPort: 9090}}, {{name: metrics, containerPort: 9100}}, {{name: dns, containerPort: 53, protocol: UDP}}]\n  status:\n    phase: Running\n    podIP: {ip}\n    podIPs: [{{ip: {ip}}}]\n",
             j % 2,
             k % nodes,
+            app = j % 10,
+            // One ReplicaSet per app and namespace: pods share label sets only within it.
+            hash = format!("{:x}", 0x5c7b9 + i * 10 + j % 10),
             ip = pod_ip(k)
         );
     }
@@ -96,6 +103,26 @@ fn cluster_yaml(namespaces: usize, pods: usize, policies: usize) -> String {
         let _ = write!(y, "- apiVersion: networking.k8s.io/v1\n  kind: NetworkPolicy\n  metadata: {{name: policy-{kind}, namespace: {ns}}}\n  spec: {spec}\n");
     }
     y
+}
+
+/// The objects store the watchers would fill from these objects (as the API server sends
+/// them), each converted and stripped as it arrives.
+fn live_store(yaml: &str) -> Objects {
+    let list: serde_yaml::Value = serde_yaml::from_str(yaml).expect("synthetic YAML");
+    let mut store = Objects::default();
+    let at = chrono::Utc::now();
+    for item in list["items"].as_sequence().expect("a List").iter().cloned() {
+        let kind = item["kind"].as_str().unwrap_or_default().to_owned();
+        let o = match kind.as_str() {
+            "Namespace" => objects::namespace_obj(serde_yaml::from_value(item).unwrap()),
+            "Node" => objects::node_obj(serde_yaml::from_value(item).unwrap()),
+            "Pod" => objects::pod_obj(serde_yaml::from_value(item).unwrap()),
+            "NetworkPolicy" => objects::policy_obj(serde_yaml::from_value(item).unwrap()),
+            other => panic!("unexpected {other}"),
+        };
+        store.apply(o.expect("valid object"), at);
+    }
+    store
 }
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
@@ -123,7 +150,6 @@ fn main() {
     let t = Instant::now();
     let snap = snapshot::parse("synthetic", &yaml).expect("synthetic snapshot parses");
     let parse = t.elapsed();
-    drop(yaml);
     let t = Instant::now();
     let compiled: Vec<_> = snap
         .policies
@@ -138,6 +164,8 @@ fn main() {
     let engine = Engine::new(&cluster, compiled);
     let index = t.elapsed();
     let engine_bytes = HELD.load(Ordering::Relaxed) - held0;
+    // Only now: freeing it earlier would be subtracted from the figures above.
+    drop(yaml);
 
     let ips: Vec<IpAddr> = (0..pods).map(|k| pod_ip(k).parse().unwrap()).collect();
     let ports = [
@@ -177,7 +205,23 @@ fn main() {
         .count();
     let slow = t.elapsed();
     let per_sec = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64();
-    println!("policy engine benchmark: {pods} pods, {namespaces} namespaces, {policies} policies, {} nodes", cluster.nodes().len());
+    drop(engine);
+    drop(cluster);
+    let yaml = cluster_yaml(namespaces, pods, policies);
+    let held = HELD.load(Ordering::Relaxed);
+    let store = live_store(&yaml);
+    let store_bytes = HELD.load(Ordering::Relaxed) - held;
+    // What the policies take: the size of a copy of them.
+    let policy_bytes = {
+        let before = HELD.load(Ordering::Relaxed);
+        let copy = store.policies.clone();
+        let bytes = HELD.load(Ordering::Relaxed) - before;
+        drop(copy);
+        bytes
+    };
+    let live_model = store.build(true).expect("model builds");
+    let live_bytes = HELD.load(Ordering::Relaxed) - held;
+    println!("policy engine benchmark: {pods} pods, {namespaces} namespaces, {policies} policies, {} nodes", live_model.nodes().len());
     println!(
         "  parse snapshot YAML      {:>10.1} ms",
         parse.as_secs_f64() * 1e3
@@ -195,10 +239,17 @@ fn main() {
         (parse + compile + index).as_secs_f64() * 1e3
     );
     println!(
-        "  memory: model {:.1} MiB ({} B/pod), with engine index {:.1} MiB",
+        "  memory: model and compiled policies {:.1} MiB ({} B/pod), with engine index {:.1} MiB",
         model_bytes as f64 / 1048576.0,
         model_bytes / pods.max(1),
         engine_bytes as f64 / 1048576.0
+    );
+    println!(
+        "  memory, live: objects store {:.1} MiB (policies {:.1} MiB) + model = {:.1} MiB; {} B/pod without the policies",
+        store_bytes as f64 / 1048576.0,
+        policy_bytes as f64 / 1048576.0,
+        live_bytes as f64 / 1048576.0,
+        (live_bytes - policy_bytes) / pods.max(1)
     );
     println!(
         "  verdicts/s, one thread   {:>10.0}   ({flows} connections, {allowed} allowed)",
@@ -214,6 +265,7 @@ fn main() {
             "pods": pods, "namespaces": namespaces, "policies": policies,
             "parse_ms": parse.as_secs_f64() * 1e3, "compile_ms": compile.as_secs_f64() * 1e3, "index_ms": index.as_secs_f64() * 1e3,
             "model_bytes": model_bytes, "engine_bytes": engine_bytes,
+            "live_store_bytes": store_bytes, "live_bytes": live_bytes, "live_policy_bytes": policy_bytes,
             "verdicts_per_s": per_sec(flows, fast), "explained_verdicts_per_s": per_sec(explained_n, slow),
         })
     );

@@ -7,10 +7,11 @@
 //! was observed too (same client address, and client port when both records carry it), the
 //! exact backend is known. Addresses of services without a selector, such as
 //! `default/kubernetes` (the API server), are named after their service.
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr};
 
 use crate::{
-    cluster::{Cluster, Endpoint as ModelEndpoint, Timestamp},
+    cluster::{Cluster, Endpoint as ModelEndpoint, PodId, Timestamp},
+    podcgroup::CgroupPods,
     record::{Endpoint, EndpointKind, FlowRecord, Identity, Protocol, Side},
 };
 
@@ -21,18 +22,7 @@ pub fn identify(cluster: &Cluster, ip: IpAddr, t: Option<Timestamp>) -> Identity
         None => cluster.endpoint(ip),
     };
     match who {
-        ModelEndpoint::Pod(id) => {
-            let p = cluster.pod(id);
-            Identity {
-                kind: Some(EndpointKind::Pod),
-                namespace: Some(cluster.namespace(p.namespace).name.clone()),
-                pod: Some(p.name.clone()),
-                workload: Some(cluster.workload(id)),
-                labels: Some(p.labels.clone()),
-                node: p.node.map(|n| cluster.node(n).name.clone()),
-                ..Identity::default()
-            }
-        }
+        ModelEndpoint::Pod(id) => pod_identity(cluster, id),
         ModelEndpoint::Node(n) => Identity {
             kind: Some(EndpointKind::Node),
             node: Some(cluster.node(n).name.clone()),
@@ -42,6 +32,19 @@ pub fn identify(cluster: &Cluster, ip: IpAddr, t: Option<Timestamp>) -> Identity
             kind: Some(EndpointKind::External),
             ..Identity::default()
         },
+    }
+}
+
+fn pod_identity(cluster: &Cluster, id: PodId) -> Identity {
+    let p = cluster.pod(id);
+    Identity {
+        kind: Some(EndpointKind::Pod),
+        namespace: Some(cluster.namespace(p.namespace).name.clone()),
+        pod: Some(p.name.clone()),
+        workload: Some(cluster.workload(id)),
+        labels: Some(p.labels.to_map()),
+        node: p.node.map(|n| cluster.node(n).name.clone()),
+        ..Identity::default()
     }
 }
 
@@ -72,12 +75,29 @@ fn selectorless_service(
 
 /// Names both ends of every record, in place.
 pub fn enrich(cluster: &Cluster, records: &mut [FlowRecord]) {
+    enrich_on_node(cluster, records, &CgroupPods::new());
+}
+
+/// As [`enrich`], for records observed on this node: the observing socket's end is named
+/// after the pod its cgroup belongs to, whatever its address says (a hostNetwork pod's
+/// address is its node's).
+pub fn enrich_on_node(cluster: &Cluster, records: &mut [FlowRecord], cgroups: &CgroupPods) {
     // Responder-side observations: (client, server address, server port, protocol, client port).
     let served: Vec<(IpAddr, IpAddr, u16, Protocol, Option<u16>)> = records
         .iter()
         .filter(|r| r.observer.as_ref().is_some_and(|o| o.side == Side::Server))
         .filter_map(|r| Some((r.src.ip, r.dst.ip, r.dst.port?, r.protocol, r.src.port)))
         .collect();
+    // Pods by UID (a pod kept as it was and as it is: the latter, added last), when needed.
+    let by_uid: HashMap<&str, PodId> = if cgroups.is_empty() {
+        HashMap::new()
+    } else {
+        cluster
+            .pod_ids()
+            .map(|id| (cluster.pod(id).uid.as_str(), id))
+            .filter(|(uid, _)| !uid.is_empty())
+            .collect()
+    };
     for r in records.iter_mut() {
         let t = r.first_seen;
         r.src.identity = identify(cluster, r.src.ip, t);
@@ -127,6 +147,15 @@ pub fn enrich(cluster: &Cluster, records: &mut [FlowRecord]) {
                 id
             }
         };
+        let local = r.observer.as_ref().and_then(|o| {
+            let pod = *by_uid.get(cgroups.get(&o.cgroup_id?)?.as_str())?;
+            Some((o.side, pod))
+        });
+        match local {
+            Some((Side::Client, pod)) => r.src.identity = pod_identity(cluster, pod),
+            Some((Side::Server, pod)) => r.dst.identity = pod_identity(cluster, pod),
+            _ => {}
+        }
     }
 }
 
@@ -135,7 +164,8 @@ mod tests {
     use super::*;
     use crate::{
         cluster::{
-            ClusterBuilder, EndpointGroup, Labels, NewPod, OwnerRef, PortRef, Service, ServicePort,
+            ClusterBuilder, EndpointGroup, LabelSet, Labels, NewPod, OwnerRef, PortRef, Service,
+            ServicePort,
         },
         record::{Observer, Verdict},
     };
@@ -166,7 +196,7 @@ mod tests {
         b.pod(NewPod {
             namespace: "shop",
             name: "web-a",
-            labels: hash.clone(),
+            labels: LabelSet::shared(hash.clone()),
             ips: vec![ip("10.0.0.11")],
             owner: rs.clone(),
             node: Some("n1"),
@@ -176,7 +206,7 @@ mod tests {
         b.pod(NewPod {
             namespace: "shop",
             name: "web-b",
-            labels: hash,
+            labels: LabelSet::shared(hash),
             ips: vec![ip("10.0.0.12")],
             owner: rs,
             node: Some("n1"),
@@ -194,6 +224,7 @@ mod tests {
         b.pod(NewPod {
             namespace: "kube-system",
             name: "agent",
+            uid: "uid-agent",
             ips: vec![ip("192.168.0.1")],
             host_network: true,
             node: Some("n1"),
@@ -296,6 +327,47 @@ mod tests {
                 cgroup_id: None,
             }),
         }
+    }
+
+    #[test]
+    fn the_observing_sockets_cgroup_names_a_host_network_pod() {
+        let c = cluster();
+        let cgroups = CgroupPods::from([(77, "uid-agent".to_owned())]);
+        let mut client = record("192.168.0.1", None, "203.0.113.9", 443, Side::Client, None);
+        client.observer.as_mut().unwrap().cgroup_id = Some(77);
+        let mut server = record(
+            "10.0.0.20",
+            Some(40000),
+            "192.168.0.1",
+            9100,
+            Side::Server,
+            None,
+        );
+        server.observer.as_mut().unwrap().cgroup_id = Some(77);
+        let mut unknown = client.clone();
+        unknown.observer.as_mut().unwrap().cgroup_id = Some(78);
+        let mut rs = vec![client.clone(), server, unknown];
+        enrich_on_node(&c, &mut rs, &cgroups);
+        for (r, end) in [(&rs[0], &rs[0].src), (&rs[1], &rs[1].dst)] {
+            assert_eq!(
+                (end.identity.kind, end.identity.pod.as_deref()),
+                (Some(EndpointKind::Pod), Some("agent")),
+                "{r:?}"
+            );
+        }
+        assert_eq!(
+            rs[1].src.identity.pod.as_deref(),
+            Some("client"),
+            "the remote end by address"
+        );
+        assert_eq!(
+            rs[2].src.identity.kind,
+            Some(EndpointKind::Node),
+            "unknown cgroup: by address"
+        );
+        let mut plain = vec![client];
+        enrich(&c, &mut plain);
+        assert_eq!(plain[0].src.identity.kind, Some(EndpointKind::Node));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod eval;
 pub mod kernel;
 pub mod lab;
 pub mod output;
+pub mod podcgroup;
 pub mod policy;
 pub mod record;
 pub mod session;

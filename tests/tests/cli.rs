@@ -139,3 +139,88 @@ fn ctrl_c_during_a_lab_run_cleans_up() {
     assert_no_leftovers();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A hostNetwork pod's connection carries its node's address; its cgroup (named by the
+/// kubelet after the pod's UID) names the pod anyway.
+#[test]
+fn record_names_a_host_network_pod_by_its_cgroup() {
+    if !privileged() {
+        return;
+    }
+    const UID: &str = "5e1f0c2a-7b3d-4e8f-9a6b-c1d2e3f4a5b6";
+    let dir = std::env::temp_dir().join(format!("flowpol-cgroup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = flowpol::kernel::cgroup2_root(&mountinfo).expect("a cgroup v2 hierarchy");
+    let top = root.join("kubepods-flowpol-e2e.slice");
+    let pod_cgroup = top.join(format!("kubepods-pod{}.slice", UID.replace('-', "_")));
+    std::fs::create_dir_all(&pod_cgroup).unwrap();
+    let snapshot = dir.join("cluster.yaml");
+    std::fs::write(
+        &snapshot,
+        format!(
+            "apiVersion: v1\nkind: List\nitems:\n\
+- {{apiVersion: v1, kind: Node, metadata: {{name: lab-node}}, status: {{addresses: [{{type: InternalIP, address: 10.99.0.1}}]}}}}\n\
+- apiVersion: v1\n  kind: Pod\n  metadata: {{name: node-agent, namespace: kube-system, uid: {UID}}}\n  \
+spec: {{hostNetwork: true, nodeName: lab-node, containers: [{{name: agent, image: x}}]}}\n  \
+status: {{phase: Running, podIP: 10.99.0.1, podIPs: [{{ip: 10.99.0.1}}]}}\n"
+        ),
+    )
+    .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepter = std::thread::spawn(move || listener.accept().map(|_| ()));
+    let out_file = dir.join("records.jsonl");
+    let child = flowpol()
+        .args(["record", "--duration", "3s", "--cluster"])
+        .arg(&snapshot)
+        .arg("--output")
+        .arg(&out_file)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // A process of the pod: joins the pod's cgroup, then connects.
+    let procs = pod_cgroup.join("cgroup.procs");
+    let status = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec 3<>/dev/tcp/127.0.0.1/{port}",
+            procs.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    accepter.join().unwrap().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // An exited task leaves its cgroup a moment after it was reaped.
+    for _ in 0..100 {
+        if std::fs::remove_dir(&pod_cgroup).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::remove_dir(&top).unwrap();
+    assert!(out.status.success(), "{stderr}");
+    let text = std::fs::read_to_string(&out_file).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &serde_json::Value| r["dst"]["port"] == port)
+        .collect();
+    let client = records
+        .iter()
+        .find(|r| r["observer"]["side"] == "client")
+        .unwrap_or_else(|| panic!("no client-side record to port {port} in\n{text}"));
+    assert_eq!(client["src"]["kind"], "pod", "{client}");
+    assert_eq!(client["src"]["pod"], "node-agent", "{client}");
+    assert_eq!(client["src"]["namespace"], "kube-system", "{client}");
+    // The test's own listener is in no pod's cgroup: by address, 127.0.0.1 is nobody's.
+    let server = records
+        .iter()
+        .find(|r| r["observer"]["side"] == "server")
+        .unwrap_or_else(|| panic!("no server-side record to port {port} in\n{text}"));
+    assert_eq!(server["dst"]["kind"], "external", "{server}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

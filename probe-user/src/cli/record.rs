@@ -7,7 +7,7 @@ use flowpol::{
     aggregate::{Aggregator, Clock},
     attribute,
     capture::{self, Probe},
-    kernel, output,
+    kernel, output, podcgroup,
     session::Session,
     shutdown::Shutdown,
 };
@@ -57,6 +57,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         let info = kernel::discover().context("inspecting the running kernel")?;
+        // Pods' cgroups name the local end of each record; pods that end while recording
+        // take theirs along, so look before and after.
+        let mut cgroups = podcgroup::scan(&info.cgroup2);
         let probe = Probe::load(&info).context("loading the eBPF probe")?;
         let node = args.node.or_else(hostname);
         let mut session = Session::new(
@@ -99,7 +102,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             (None, None) => None,
         };
         if let Some(loaded) = &loaded {
-            attribute::enrich(&loaded.cluster, &mut records);
+            cgroups.extend(podcgroup::scan(&info.cgroup2));
+            attribute::enrich_on_node(&loaded.cluster, &mut records, &cgroups);
         }
         output::emit_records(args.output.as_deref(), &records)?;
         eprintln!("{summary}");

@@ -16,6 +16,7 @@ pub mod watch;
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
+    sync::Arc,
 };
 
 use chrono::{DateTime, Utc};
@@ -23,6 +24,61 @@ use chrono::{DateTime, Utc};
 use crate::record::Protocol;
 
 pub type Labels = BTreeMap<String, String>;
+
+/// Something labels can be looked up in: a [`Labels`] map or a pod's compact [`LabelSet`].
+pub trait LabelLookup {
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl LabelLookup for Labels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+/// A pod's labels, compact: sorted pairs in one allocation, where a map of four labels
+/// takes a tree node sized for eleven. Shared (`Arc`) by pods of one template.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
+
+impl LabelSet {
+    /// An interned-ready shared set.
+    pub fn shared(labels: Labels) -> Arc<LabelSet> {
+        Arc::new(LabelSet::from(labels))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+
+    pub fn to_map(&self) -> Labels {
+        self.0
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+impl From<Labels> for LabelSet {
+    fn from(labels: Labels) -> Self {
+        // BTreeMap iterates in key order: already sorted.
+        LabelSet(
+            labels
+                .into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+        )
+    }
+}
+
+impl LabelLookup for LabelSet {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
+}
 pub type Timestamp = DateTime<Utc>;
 
 /// The label every namespace carries (added by the API server since 1.21); added here when a
@@ -52,7 +108,7 @@ pub enum PodPhase {
     Unknown,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ContainerPort {
     pub name: Option<String>,
     pub port: u16,
@@ -77,7 +133,8 @@ pub struct Pod {
     pub namespace: NsId,
     pub name: String,
     pub uid: String,
-    pub labels: Labels,
+    /// Shared with the objects store and with pods of the same template.
+    pub labels: Arc<LabelSet>,
     pub owner: Option<OwnerRef>,
     /// `metadata.creationTimestamp`: from when the pod may hold its addresses.
     pub created: Option<Timestamp>,
@@ -89,8 +146,9 @@ pub struct Pod {
     pub node: Option<NodeId>,
     pub host_network: bool,
     pub phase: PodPhase,
-    /// Container ports of all containers (named ports resolve against these).
-    pub ports: Vec<ContainerPort>,
+    /// Container ports of all containers (named ports resolve against these); shared like
+    /// the labels.
+    pub ports: Arc<[ContainerPort]>,
 }
 
 impl Pod {
@@ -108,12 +166,12 @@ pub struct NewPod<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub uid: &'a str,
-    pub labels: Labels,
+    pub labels: Arc<LabelSet>,
     pub ips: Vec<IpAddr>,
     pub node: Option<&'a str>,
     pub host_network: bool,
     pub phase: PodPhase,
-    pub ports: Vec<ContainerPort>,
+    pub ports: Arc<[ContainerPort]>,
     pub owner: Option<OwnerRef>,
     pub created: Option<Timestamp>,
     pub gone: Option<Timestamp>,
@@ -511,6 +569,7 @@ impl ClusterBuilder {
         }
         self.cluster.pods.push(pod);
         self.cluster.pods_by_ns[ns.0 as usize].push(id);
+
         Ok(id)
     }
 
@@ -578,13 +637,22 @@ impl ClusterBuilder {
                 });
             }
         }
-        let tenures = self.cluster.by_ip.entry(ip).or_default();
+        // Most addresses have one holder: no room reserved for more.
+        let tenures = self
+            .cluster
+            .by_ip
+            .entry(ip)
+            .or_insert_with(|| Vec::with_capacity(1));
         tenures.push(tenure);
         tenures.sort_by_key(|t| t.from);
         Ok(())
     }
 
-    pub fn build(self) -> Cluster {
+    pub fn build(mut self) -> Cluster {
+        let c = &mut self.cluster;
+        c.pods.shrink_to_fit();
+        c.by_ip.shrink_to_fit();
+        c.pods_by_ns.iter_mut().for_each(Vec::shrink_to_fit);
         self.cluster
     }
 }
@@ -768,7 +836,7 @@ mod tests {
             .pod(NewPod {
                 namespace: "a",
                 name: "api-77aa-y",
-                labels,
+                labels: LabelSet::shared(labels),
                 owner: owner("ReplicaSet", "api-77aa"),
                 ..NewPod::default()
             })

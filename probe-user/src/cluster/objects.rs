@@ -3,8 +3,9 @@
 //! Snapshots and watchers both fill an [`Objects`] store; [`Objects::build`] turns it into the
 //! indexed [`Cluster`] the engine, attribution, verify and suggest read.
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashSet, VecDeque},
     net::IpAddr,
+    sync::Arc,
 };
 
 use k8s_openapi::{
@@ -13,8 +14,8 @@ use k8s_openapi::{
 };
 
 use super::{
-    Cluster, ClusterBuilder, ContainerPort, EndpointGroup, Labels, ModelError, NewPod, OwnerRef,
-    PodPhase, PortRef, Service, ServicePort, Timestamp,
+    Cluster, ClusterBuilder, ContainerPort, EndpointGroup, LabelSet, Labels, ModelError, NewPod,
+    OwnerRef, PodPhase, PortRef, Service, ServicePort, Timestamp,
 };
 use crate::record::Protocol;
 
@@ -94,12 +95,14 @@ pub struct PodObj {
     pub namespace: String,
     pub name: String,
     pub uid: String,
-    pub labels: Labels,
+    /// Interned by the store: pods of one template share one copy.
+    pub labels: Arc<LabelSet>,
     pub ips: Vec<IpAddr>,
     pub node: Option<String>,
     pub host_network: bool,
     pub phase: PodPhase,
-    pub ports: Vec<ContainerPort>,
+    /// Interned like the labels.
+    pub ports: Arc<[ContainerPort]>,
     pub owner: Option<OwnerRef>,
     pub created: Option<Timestamp>,
 }
@@ -227,7 +230,7 @@ pub fn pod_obj(pod: core::Pod) -> Result<Object, FieldError> {
     Ok(Object::Pod(PodObj {
         namespace: namespace(&pod.metadata),
         uid: pod.metadata.uid.clone().unwrap_or_default(),
-        labels: labels(&pod.metadata),
+        labels: LabelSet::shared(labels(&pod.metadata)),
         owner: controller(&pod.metadata),
         created: pod.metadata.creation_timestamp.as_ref().map(|t| time(&t.0)),
         name,
@@ -235,7 +238,7 @@ pub fn pod_obj(pod: core::Pod) -> Result<Object, FieldError> {
         node: spec.node_name,
         host_network: spec.host_network.unwrap_or(false),
         phase,
-        ports,
+        ports: ports.into(),
     }))
 }
 
@@ -393,7 +396,8 @@ impl std::fmt::Display for Kind {
 pub struct Objects {
     pub namespaces: BTreeMap<String, Labels>,
     pub nodes: BTreeMap<String, NodeObj>,
-    pub pods: BTreeMap<Key, PodObj>,
+    /// Boxed: the map's nodes then hold pointers, not half-empty room for whole pods.
+    pub pods: BTreeMap<Key, Box<PodObj>>,
     pub services: BTreeMap<Key, ServiceObj>,
     pub slices: BTreeMap<Key, SliceObj>,
     /// (namespace, kind, name) of ReplicaSets and Jobs -> their controller.
@@ -402,6 +406,20 @@ pub struct Objects {
     /// Deleted pods (and finished pods' running past) with the time they were seen gone,
     /// oldest first: flows seen while they held their addresses are still attributed to them.
     pub gone: VecDeque<(PodObj, Timestamp)>,
+    /// One copy of each distinct label set and port list (pods of a template share them).
+    label_sets: HashSet<Arc<LabelSet>>,
+    port_lists: HashSet<Arc<[ContainerPort]>>,
+}
+
+/// The pooled copy of `value`, added to the pool if new.
+fn intern<T: ?Sized + Eq + std::hash::Hash>(pool: &mut HashSet<Arc<T>>, value: Arc<T>) -> Arc<T> {
+    match pool.get(&value) {
+        Some(shared) => shared.clone(),
+        None => {
+            pool.insert(value.clone());
+            value
+        }
+    }
 }
 
 /// Whether a pod holds its addresses: finished pods have handed them back.
@@ -420,15 +438,17 @@ impl Objects {
             Object::Node { name, node } => {
                 self.nodes.insert(name, node);
             }
-            Object::Pod(p) => {
+            Object::Pod(mut p) => {
+                p.labels = intern(&mut self.label_sets, p.labels);
+                p.ports = intern(&mut self.port_lists, p.ports);
                 let released = |old: &PodObj| {
                     holds_ips(old) && (old.uid != p.uid || !holds_ips(&p) || old.ips != p.ips)
                 };
                 let key = (p.namespace.clone(), p.name.clone());
-                let old = self.pods.remove(&key).filter(released);
-                self.pods.insert(key, p);
+                let old = self.pods.remove(&key).filter(|o| released(o));
+                self.pods.insert(key, Box::new(p));
                 if let Some(old) = old {
-                    self.gone.push_back((old, at));
+                    self.gone.push_back((*old, at));
                 }
             }
             Object::Service {
@@ -482,7 +502,7 @@ impl Objects {
             Kind::Pod => {
                 if let Some(p) = self.pods.remove(&key) {
                     if holds_ips(&p) {
-                        self.gone.push_back((p, at));
+                        self.gone.push_back((*p, at));
                     }
                 }
             }
@@ -536,11 +556,14 @@ impl Objects {
         }
     }
 
-    /// Forgets pods gone before `before`.
+    /// Forgets pods gone before `before`, and label sets and port lists no pod uses.
     pub fn expire(&mut self, before: Timestamp) {
         while self.gone.front().is_some_and(|(_, at)| *at < before) {
             self.gone.pop_front();
         }
+        // Held by the pool alone (models built earlier may hold more references: kept then).
+        self.label_sets.retain(|l| Arc::strong_count(l) > 1);
+        self.port_lists.retain(|p| Arc::strong_count(p) > 1);
     }
 
     /// How many objects of `kind` are held.
@@ -576,7 +599,7 @@ impl Objects {
             b.owner(ns, kind, name, owner.clone());
         }
         let gone = self.gone.iter().map(|(p, at)| (p, Some(*at)));
-        for (p, gone) in gone.chain(self.pods.values().map(|p| (p, None))) {
+        for (p, gone) in gone.chain(self.pods.values().map(|p| (&**p, None))) {
             b.pod(NewPod {
                 namespace: &p.namespace,
                 name: &p.name,
@@ -626,12 +649,12 @@ mod tests {
             namespace: "a".into(),
             name: name.into(),
             uid: uid.into(),
-            labels: Labels::new(),
+            labels: Arc::default(),
             ips: vec![ip.parse().unwrap()],
             node: None,
             host_network: false,
             phase,
-            ports: Vec::new(),
+            ports: Arc::new([]),
             owner: None,
             created: Some(at(created)),
         })

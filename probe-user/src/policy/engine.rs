@@ -139,7 +139,7 @@ impl<'c> Engine<'c> {
             for &pod_id in cluster.pods_in(*ns) {
                 let pod = cluster.pod(pod_id);
                 // hostNetwork pods are never selected: policies do not apply to the host's network.
-                if pod.host_network || !p.pod_selector.matches(&pod.labels) {
+                if pod.host_network || !p.pod_selector.matches(&*pod.labels) {
                     continue;
                 }
                 if p.ingress.is_some() {
@@ -354,7 +354,7 @@ impl<'c> Engine<'c> {
                     None => self.policy_ns[policy] == Some(pod.namespace),
                     Some(s) => s.matches(&self.cluster.namespace(pod.namespace).labels),
                 };
-                ns_ok && pods.as_ref().is_none_or(|s| s.matches(&pod.labels))
+                ns_ok && pods.as_ref().is_none_or(|s| s.matches(&*pod.labels))
             }
         }
     }

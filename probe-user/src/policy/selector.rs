@@ -3,7 +3,7 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::cluster::Labels;
+use crate::cluster::LabelLookup;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Requirement {
@@ -74,13 +74,15 @@ impl Selector {
         self.labels.is_empty() && self.requirements.is_empty()
     }
 
-    pub fn matches(&self, labels: &Labels) -> bool {
-        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+    pub fn matches(&self, labels: &impl LabelLookup) -> bool {
+        self.labels
+            .iter()
+            .all(|(k, v)| labels.label(k) == Some(v.as_str()))
             && self.requirements.iter().all(|r| match r {
-                Requirement::In(k, vs) => labels.get(k).is_some_and(|v| vs.contains(v)),
-                Requirement::NotIn(k, vs) => labels.get(k).is_none_or(|v| !vs.contains(v)),
-                Requirement::Exists(k) => labels.contains_key(k),
-                Requirement::DoesNotExist(k) => !labels.contains_key(k),
+                Requirement::In(k, vs) => labels.label(k).is_some_and(|v| vs.contains(v)),
+                Requirement::NotIn(k, vs) => labels.label(k).is_none_or(|v| !vs.contains(v)),
+                Requirement::Exists(k) => labels.label(k).is_some(),
+                Requirement::DoesNotExist(k) => labels.label(k).is_none(),
             })
     }
 }
@@ -88,6 +90,7 @@ impl Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::Labels;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
 
     fn labels(pairs: &[(&str, &str)]) -> Labels {

@@ -7,7 +7,7 @@ use super::{
     Policy,
 };
 use crate::{
-    cluster::{Cluster, ClusterBuilder, ContainerPort, Labels, NewPod},
+    cluster::{Cluster, ClusterBuilder, ContainerPort, LabelSet, Labels, NewPod},
     record::Protocol,
 };
 
@@ -103,10 +103,10 @@ pub(crate) fn cluster() -> Cluster {
         b.pod(NewPod {
             namespace: ns,
             name,
-            labels: labels(l),
+            labels: LabelSet::shared(labels(l)),
             ips,
             node: Some(node),
-            ports: ports(),
+            ports: ports().into(),
             ..NewPod::default()
         })
         .unwrap();
@@ -114,7 +114,7 @@ pub(crate) fn cluster() -> Cluster {
     b.pod(NewPod {
         namespace: "y",
         name: "host",
-        labels: labels(&[("pod", "host")]),
+        labels: LabelSet::shared(labels(&[("pod", "host")])),
         ips: vec!["192.168.0.1".parse().unwrap()],
         node: Some("n1"),
         host_network: true,

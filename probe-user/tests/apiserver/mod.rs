@@ -443,9 +443,11 @@ async fn handle(inner: Arc<Inner>, mut conn: TcpStream) -> std::io::Result<()> {
             chunk(&mut conn, e).await?;
         }
         cursor = rv;
+        // A cut asked for before a change is made wins over delivering that change.
         tokio::select! {
-            _ = news.changed() => {}
+            biased;
             _ = cut.changed() => return Ok(()),
+            _ = news.changed() => {}
             _ = tokio::time::sleep_until(deadline) => return conn.write_all(b"0\r\n\r\n").await,
             _ = tokio::time::sleep(inner.bookmark_every), if bookmarks => {
                 // Everything up to the cursor has been sent.
