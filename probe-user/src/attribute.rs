@@ -40,7 +40,7 @@ fn pod_identity(cluster: &Cluster, id: PodId) -> Identity {
     Identity {
         kind: Some(EndpointKind::Pod),
         namespace: Some(cluster.namespace(p.namespace).name.clone()),
-        pod: Some(p.name.clone()),
+        pod: Some(p.name.to_string()),
         workload: Some(cluster.workload(id)),
         labels: Some(p.labels.to_map()),
         node: p.node.map(|n| cluster.node(n).name.clone()),
@@ -94,7 +94,7 @@ pub fn enrich_on_node(cluster: &Cluster, records: &mut [FlowRecord], cgroups: &C
     } else {
         cluster
             .pod_ids()
-            .map(|id| (cluster.pod(id).uid.as_str(), id))
+            .map(|id| (&*cluster.pod(id).uid, id))
             .filter(|(uid, _)| !uid.is_empty())
             .collect()
     };
@@ -185,10 +185,10 @@ mod tests {
         let mut b = ClusterBuilder::new();
         b.node("n1", vec![ip("192.168.0.1")], Labels::new())
             .unwrap();
-        let rs = Some(OwnerRef {
+        let rs = Some(std::sync::Arc::new(OwnerRef {
             kind: "ReplicaSet".into(),
             name: "web-5c7b9".into(),
-        });
+        }));
         let hash = Labels::from([
             ("pod-template-hash".into(), "5c7b9".into()),
             ("app".into(), "web".into()),

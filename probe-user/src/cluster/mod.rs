@@ -131,11 +131,13 @@ pub type Workload = OwnerRef;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
     pub namespace: NsId,
-    pub name: String,
-    pub uid: String,
+    /// Shared with the objects store.
+    pub name: Arc<str>,
+    pub uid: Arc<str>,
     /// Shared with the objects store and with pods of the same template.
     pub labels: Arc<LabelSet>,
-    pub owner: Option<OwnerRef>,
+    /// Shared by the pods of one controller.
+    pub owner: Option<Arc<OwnerRef>>,
     /// `metadata.creationTimestamp`: from when the pod may hold its addresses.
     pub created: Option<Timestamp>,
     /// When the pod was seen gone (watchers keep deleted pods for a while, for flows seen
@@ -172,7 +174,8 @@ pub struct NewPod<'a> {
     pub host_network: bool,
     pub phase: PodPhase,
     pub ports: Arc<[ContainerPort]>,
-    pub owner: Option<OwnerRef>,
+    /// Shared by the pods of one controller.
+    pub owner: Option<Arc<OwnerRef>>,
     pub created: Option<Timestamp>,
     pub gone: Option<Timestamp>,
 }
@@ -349,7 +352,7 @@ impl Cluster {
         self.pods_in(ns)
             .iter()
             .copied()
-            .find(|id| self.pod(*id).name == name)
+            .find(|id| &*self.pod(*id).name == name)
     }
 
     pub fn service(&self, id: ServiceId) -> &Service {
@@ -391,7 +394,7 @@ impl Cluster {
         let Some(owner) = &pod.owner else {
             return Workload {
                 kind: "Pod".into(),
-                name: pod.name.clone(),
+                name: pod.name.to_string(),
             };
         };
         if let Some(up) = self
@@ -410,7 +413,7 @@ impl Cluster {
                 }
             }
         }
-        owner.clone()
+        OwnerRef::clone(owner)
     }
 }
 
@@ -514,6 +517,17 @@ impl ClusterBuilder {
 
     /// Adds a pod. Its node is created (without addresses) if unknown.
     pub fn pod(&mut self, p: NewPod) -> Result<PodId, ModelError> {
+        let (name, uid) = (p.name.into(), p.uid.into());
+        self.shared_pod(p, name, uid)
+    }
+
+    /// [`Self::pod`], with its name and UID as already held elsewhere (the objects store).
+    pub fn shared_pod(
+        &mut self,
+        p: NewPod,
+        name: Arc<str>,
+        uid: Arc<str>,
+    ) -> Result<PodId, ModelError> {
         let ns = self.ns_or_implicit(p.namespace);
         let full = format!("{}/{}", p.namespace, p.name);
         let node = match p.node {
@@ -526,7 +540,7 @@ impl ClusterBuilder {
         // A deleted pod may share its name with the one that replaced it (StatefulSets).
         let clash = self.cluster.pods_by_ns[ns.0 as usize].iter().any(|id| {
             let q = &self.cluster.pods[id.0 as usize];
-            q.name == p.name && q.gone.is_none() && p.gone.is_none()
+            *q.name == *p.name && q.gone.is_none() && p.gone.is_none()
         });
         if clash {
             return Err(ModelError::Duplicate {
@@ -537,8 +551,8 @@ impl ClusterBuilder {
         let id = PodId(self.cluster.pods.len() as u32);
         let pod = Pod {
             namespace: ns,
-            name: p.name.into(),
-            uid: p.uid.into(),
+            name,
+            uid,
             labels: p.labels,
             owner: p.owner,
             created: p.created,
@@ -800,10 +814,10 @@ mod tests {
     fn workloads_follow_owner_chains() {
         let mut b = ClusterBuilder::new();
         let owner = |kind: &str, name: &str| {
-            Some(OwnerRef {
+            Some(Arc::new(OwnerRef {
                 kind: kind.into(),
                 name: name.into(),
-            })
+            }))
         };
         b.owner(
             "a",

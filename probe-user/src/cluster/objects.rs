@@ -93,8 +93,9 @@ fn time(t: &k8s_openapi::jiff::Timestamp) -> Timestamp {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodObj {
     pub namespace: String,
-    pub name: String,
-    pub uid: String,
+    /// Shared with the model.
+    pub name: Arc<str>,
+    pub uid: Arc<str>,
     /// Interned by the store: pods of one template share one copy.
     pub labels: Arc<LabelSet>,
     pub ips: Vec<IpAddr>,
@@ -103,7 +104,8 @@ pub struct PodObj {
     pub phase: PodPhase,
     /// Interned like the labels.
     pub ports: Arc<[ContainerPort]>,
-    pub owner: Option<OwnerRef>,
+    /// Interned like the labels.
+    pub owner: Option<Arc<OwnerRef>>,
     pub created: Option<Timestamp>,
 }
 
@@ -229,11 +231,11 @@ pub fn pod_obj(pod: core::Pod) -> Result<Object, FieldError> {
     }
     Ok(Object::Pod(PodObj {
         namespace: namespace(&pod.metadata),
-        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        uid: pod.metadata.uid.as_deref().unwrap_or_default().into(),
         labels: LabelSet::shared(labels(&pod.metadata)),
-        owner: controller(&pod.metadata),
+        owner: controller(&pod.metadata).map(Arc::new),
         created: pod.metadata.creation_timestamp.as_ref().map(|t| time(&t.0)),
-        name,
+        name: name.into(),
         ips,
         node: spec.node_name,
         host_network: spec.host_network.unwrap_or(false),
@@ -409,6 +411,7 @@ pub struct Objects {
     /// One copy of each distinct label set and port list (pods of a template share them).
     label_sets: HashSet<Arc<LabelSet>>,
     port_lists: HashSet<Arc<[ContainerPort]>>,
+    pod_owners: HashSet<Arc<OwnerRef>>,
 }
 
 /// The pooled copy of `value`, added to the pool if new.
@@ -441,10 +444,11 @@ impl Objects {
             Object::Pod(mut p) => {
                 p.labels = intern(&mut self.label_sets, p.labels);
                 p.ports = intern(&mut self.port_lists, p.ports);
+                p.owner = p.owner.map(|o| intern(&mut self.pod_owners, o));
                 let released = |old: &PodObj| {
                     holds_ips(old) && (old.uid != p.uid || !holds_ips(&p) || old.ips != p.ips)
                 };
-                let key = (p.namespace.clone(), p.name.clone());
+                let key = (p.namespace.clone(), p.name.to_string());
                 let old = self.pods.remove(&key).filter(|o| released(o));
                 self.pods.insert(key, Box::new(p));
                 if let Some(old) = old {
@@ -532,7 +536,7 @@ impl Objects {
                 let listed: std::collections::HashSet<Key> = items
                     .iter()
                     .filter_map(|o| match o {
-                        Object::Pod(p) => Some((p.namespace.clone(), p.name.clone())),
+                        Object::Pod(p) => Some((p.namespace.clone(), p.name.to_string())),
                         _ => None,
                     })
                     .collect();
@@ -564,6 +568,7 @@ impl Objects {
         // Held by the pool alone (models built earlier may hold more references: kept then).
         self.label_sets.retain(|l| Arc::strong_count(l) > 1);
         self.port_lists.retain(|p| Arc::strong_count(p) > 1);
+        self.pod_owners.retain(|o| Arc::strong_count(o) > 1);
     }
 
     /// How many objects of `kind` are held.
@@ -600,20 +605,24 @@ impl Objects {
         }
         let gone = self.gone.iter().map(|(p, at)| (p, Some(*at)));
         for (p, gone) in gone.chain(self.pods.values().map(|p| (&**p, None))) {
-            b.pod(NewPod {
-                namespace: &p.namespace,
-                name: &p.name,
-                uid: &p.uid,
-                labels: p.labels.clone(),
-                ips: p.ips.clone(),
-                node: p.node.as_deref(),
-                host_network: p.host_network,
-                phase: p.phase,
-                ports: p.ports.clone(),
-                owner: p.owner.clone(),
-                created: p.created,
-                gone,
-            })?;
+            b.shared_pod(
+                NewPod {
+                    namespace: &p.namespace,
+                    name: &p.name,
+                    uid: &p.uid,
+                    labels: p.labels.clone(),
+                    ips: p.ips.clone(),
+                    node: p.node.as_deref(),
+                    host_network: p.host_network,
+                    phase: p.phase,
+                    ports: p.ports.clone(),
+                    owner: p.owner.clone(),
+                    created: p.created,
+                    gone,
+                },
+                p.name.clone(),
+                p.uid.clone(),
+            )?;
         }
         for ((ns, name), s) in &self.services {
             let s = s.clone();
