@@ -14,6 +14,20 @@ fn flowpol() -> Command {
     Command::new(binary())
 }
 
+/// `flowpol record` for three seconds into `output`, given time to attach its probe.
+fn record_briefly(extra: &[&std::ffi::OsStr], output: &std::path::Path) -> std::process::Child {
+    let child = flowpol()
+        .args(["record", "--duration", "3s"])
+        .args(extra)
+        .arg("--output")
+        .arg(output)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child
+}
+
 #[test]
 fn record_without_privileges_names_what_is_missing() {
     if !privileged() {
@@ -48,13 +62,7 @@ fn record_captures_and_exits_cleanly() {
     let dir = std::env::temp_dir().join(format!("flowpol-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out_file = dir.join("records.jsonl");
-    let child = flowpol()
-        .args(["record", "--duration", "3s", "--output"])
-        .arg(&out_file)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let child = record_briefly(&[], &out_file);
     // A connection to a closed loopback port: refused.
     let _ = std::net::TcpStream::connect("127.0.0.1:9");
     let out = child.wait_with_output().unwrap();
@@ -171,15 +179,7 @@ status: {{phase: Running, podIP: 10.99.0.1, podIPs: [{{ip: 10.99.0.1}}]}}\n"
     let port = listener.local_addr().unwrap().port();
     let accepter = std::thread::spawn(move || listener.accept().map(|_| ()));
     let out_file = dir.join("records.jsonl");
-    let child = flowpol()
-        .args(["record", "--duration", "3s", "--cluster"])
-        .arg(&snapshot)
-        .arg("--output")
-        .arg(&out_file)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let child = record_briefly(&["--cluster".as_ref(), snapshot.as_os_str()], &out_file);
     // A process of the pod: joins the pod's cgroup, then connects.
     let procs = pod_cgroup.join("cgroup.procs");
     let status = Command::new("bash")

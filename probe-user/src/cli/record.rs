@@ -58,8 +58,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         let info = kernel::discover().context("inspecting the running kernel")?;
         // Pods' cgroups name the local end of each record; pods that end while recording
-        // take theirs along, so look before and after.
-        let mut cgroups = podcgroup::scan(&info.cgroup2);
+        // take theirs along, so look before and after (when there is a model to name from).
+        let mut cgroups = match (&snapshot, &live) {
+            (None, None) => podcgroup::CgroupPods::new(),
+            _ => podcgroup::scan(&info.cgroup2),
+        };
         let probe = Probe::load(&info).context("loading the eBPF probe")?;
         let node = args.node.or_else(hostname);
         let mut session = Session::new(

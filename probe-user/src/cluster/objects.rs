@@ -649,6 +649,11 @@ mod tests {
     use super::*;
     use crate::cluster::Endpoint;
 
+    const T10: &str = "2026-01-01T10:00:00Z";
+    const T11: &str = "2026-01-01T11:00:00Z";
+    const T1130: &str = "2026-01-01T11:30:00Z";
+    const T12: &str = "2026-01-01T12:00:00Z";
+
     fn at(s: &str) -> Timestamp {
         s.parse().unwrap()
     }
@@ -680,33 +685,15 @@ mod tests {
     fn a_relist_retires_pods_deleted_unseen() {
         let mut o = Objects::default();
         o.apply(
-            pod(
-                "old",
-                "u1",
-                "10.0.0.1",
-                PodPhase::Running,
-                "2026-01-01T10:00:00Z",
-            ),
-            at("2026-01-01T10:00:00Z"),
+            pod("old", "u1", "10.0.0.1", PodPhase::Running, T10),
+            at(T10),
         );
         o.apply(
-            pod(
-                "kept",
-                "u2",
-                "10.0.0.2",
-                PodPhase::Running,
-                "2026-01-01T10:00:00Z",
-            ),
-            at("2026-01-01T10:00:00Z"),
+            pod("kept", "u2", "10.0.0.2", PodPhase::Running, T10),
+            at(T10),
         );
-        let relisted = vec![pod(
-            "kept",
-            "u2",
-            "10.0.0.2",
-            PodPhase::Running,
-            "2026-01-01T10:00:00Z",
-        )];
-        o.replace(Kind::Pod, relisted, at("2026-01-01T12:00:00Z"));
+        let relisted = vec![pod("kept", "u2", "10.0.0.2", PodPhase::Running, T10)];
+        o.replace(Kind::Pod, relisted, at(T12));
         assert_eq!(o.count(Kind::Pod), 1);
         let c = o.build(true).unwrap();
         assert_eq!(who(&c, "10.0.0.1", "2026-01-01T11:59:59Z"), "a/old");
@@ -722,76 +709,40 @@ mod tests {
     fn a_pod_that_finishes_or_is_replaced_leaves_its_past_tenure() {
         let mut o = Objects::default();
         o.apply(
-            pod(
-                "job",
-                "u1",
-                "10.0.0.1",
-                PodPhase::Running,
-                "2026-01-01T10:00:00Z",
-            ),
-            at("2026-01-01T10:00:00Z"),
+            pod("job", "u1", "10.0.0.1", PodPhase::Running, T10),
+            at(T10),
         );
         o.apply(
-            pod(
-                "job",
-                "u1",
-                "10.0.0.1",
-                PodPhase::Succeeded,
-                "2026-01-01T10:00:00Z",
-            ),
-            at("2026-01-01T11:00:00Z"),
+            pod("job", "u1", "10.0.0.1", PodPhase::Succeeded, T10),
+            at(T11),
         );
         // A StatefulSet pod re-created under the same name, its deletion never seen.
         o.apply(
-            pod(
-                "db-0",
-                "u2",
-                "10.0.0.2",
-                PodPhase::Running,
-                "2026-01-01T10:00:00Z",
-            ),
-            at("2026-01-01T10:00:00Z"),
+            pod("db-0", "u2", "10.0.0.2", PodPhase::Running, T10),
+            at(T10),
         );
         o.apply(
-            pod(
-                "db-0",
-                "u3",
-                "10.0.0.3",
-                PodPhase::Running,
-                "2026-01-01T11:30:00Z",
-            ),
-            at("2026-01-01T11:30:00Z"),
+            pod("db-0", "u3", "10.0.0.3", PodPhase::Running, T1130),
+            at(T1130),
         );
         let c = o.build(true).unwrap();
         assert_eq!(who(&c, "10.0.0.1", "2026-01-01T10:59:59Z"), "a/job");
-        assert!(who(&c, "10.0.0.1", "2026-01-01T11:00:00Z").starts_with("External"));
-        assert_eq!(who(&c, "10.0.0.2", "2026-01-01T11:00:00Z"), "a/db-0");
-        assert!(who(&c, "10.0.0.2", "2026-01-01T11:30:00Z").starts_with("External"));
+        assert!(who(&c, "10.0.0.1", T11).starts_with("External"));
+        assert_eq!(who(&c, "10.0.0.2", T11), "a/db-0");
+        assert!(who(&c, "10.0.0.2", T1130).starts_with("External"));
     }
 
     #[test]
     fn live_data_hands_an_address_over_a_snapshot_refuses() {
         let mut o = Objects::default();
         o.apply(
-            pod(
-                "old",
-                "u1",
-                "10.0.0.1",
-                PodPhase::Running,
-                "2026-01-01T10:00:00Z",
-            ),
-            at("2026-01-01T10:00:00Z"),
+            pod("old", "u1", "10.0.0.1", PodPhase::Running, T10),
+            at(T10),
         );
         // The new holder's creation arrived before the old one's deletion.
         o.apply(
-            pod(
-                "new",
-                "u2",
-                "10.0.0.1",
-                PodPhase::Running,
-                "2026-01-01T11:00:00Z",
-            ),
-            at("2026-01-01T11:00:00Z"),
+            pod("new", "u2", "10.0.0.1", PodPhase::Running, T11),
+            at(T11),
         );
         assert!(matches!(
             o.build(false),
@@ -799,7 +750,7 @@ mod tests {
         ));
         let c = o.build(true).unwrap();
         assert_eq!(who(&c, "10.0.0.1", "2026-01-01T10:30:00Z"), "a/old");
-        assert_eq!(who(&c, "10.0.0.1", "2026-01-01T11:00:00Z"), "a/new");
+        assert_eq!(who(&c, "10.0.0.1", T11), "a/new");
         match c.endpoint("10.0.0.1".parse().unwrap()) {
             Endpoint::Pod(p) => assert_eq!(c.pod_name(p), "a/new"),
             other => panic!("{other:?}"),
@@ -809,7 +760,7 @@ mod tests {
     #[test]
     fn deleting_owners_and_policies_by_key() {
         let mut o = Objects::default();
-        let now = at("2026-01-01T10:00:00Z");
+        let now = at(T10);
         for kind in ["ReplicaSet", "Job"] {
             let meta = ObjectMeta {
                 name: Some("x".into()),

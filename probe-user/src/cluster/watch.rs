@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::ReplicaSet,
     batch::v1::Job,
@@ -249,55 +249,49 @@ impl Live {
             grace,
         });
         let c = || client.clone();
-        let cfg = watcher::Config::default;
         let tasks = vec![
             spawn(
                 &shared,
                 Kind::Namespace,
-                watcher::watcher(Api::<Namespace>::all(c()), cfg()),
+                Api::<Namespace>::all(c()),
                 objects::namespace_obj,
             ),
             spawn(
                 &shared,
                 Kind::Node,
-                watcher::watcher(Api::<Node>::all(c()), cfg()),
+                Api::<Node>::all(c()),
                 objects::node_obj,
             ),
-            spawn(
-                &shared,
-                Kind::Pod,
-                watcher::watcher(Api::<Pod>::all(c()), cfg()),
-                objects::pod_obj,
-            ),
+            spawn(&shared, Kind::Pod, Api::<Pod>::all(c()), objects::pod_obj),
             spawn(
                 &shared,
                 Kind::Service,
-                watcher::watcher(Api::<Service>::all(c()), cfg()),
+                Api::<Service>::all(c()),
                 objects::service_obj,
             ),
             spawn(
                 &shared,
                 Kind::EndpointSlice,
-                watcher::watcher(Api::<EndpointSlice>::all(c()), cfg()),
+                Api::<EndpointSlice>::all(c()),
                 objects::slice_obj,
             ),
             spawn(
                 &shared,
                 Kind::NetworkPolicy,
-                watcher::watcher(Api::<NetworkPolicy>::all(c()), cfg()),
+                Api::<NetworkPolicy>::all(c()),
                 objects::policy_obj,
             ),
             // Only owners matter for these: metadata is enough, and far smaller.
             spawn(
                 &shared,
                 Kind::ReplicaSet,
-                watcher::watcher(Api::<PartialObjectMeta<ReplicaSet>>::all(c()), cfg()),
+                Api::<PartialObjectMeta<ReplicaSet>>::all(c()),
                 |m| objects::owned_obj("ReplicaSet", &m.metadata),
             ),
             spawn(
                 &shared,
                 Kind::Job,
-                watcher::watcher(Api::<PartialObjectMeta<Job>>::all(c()), cfg()),
+                Api::<PartialObjectMeta<Job>>::all(c()),
                 |m| objects::owned_obj("Job", &m.metadata),
             ),
         ];
@@ -349,11 +343,14 @@ impl Live {
         }
     }
 
-    /// Waits for the next change reported by any watcher (an update or a failure).
-    pub async fn changed(&self) {
+    /// Resolves at the next change reported by any watcher (an update or a failure) after
+    /// this call: it subscribes now, so a change between a check and the await is not missed.
+    pub fn changed(&self) -> impl std::future::Future<Output = ()> + use<> {
         let mut changes = self.shared.changed.subscribe();
-        // The sender lives as long as `self`.
-        let _ = changes.changed().await;
+        async move {
+            // The sender lives as long as `self`.
+            let _ = changes.changed().await;
+        }
     }
 
     /// The model as of now: rebuilt if anything changed since it was last built. Deleted pods
@@ -391,19 +388,18 @@ impl Live {
 
 /// Runs one kind's watcher into the store until the stream ends (it does not: errors are
 /// retried with backoff) or the task is aborted.
-fn spawn<K, S>(
+fn spawn<K>(
     shared: &Arc<Shared>,
     kind: Kind,
-    stream: S,
+    api: Api<K>,
     convert: fn(K) -> Result<Object, FieldError>,
 ) -> JoinHandle<()>
 where
-    K: Resource + Send + 'static,
-    S: Stream<Item = watcher::Result<Event<K>>> + Send + 'static,
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let shared = shared.clone();
     tokio::spawn(async move {
-        let stream = stream.default_backoff();
+        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
         let mut stream = std::pin::pin!(stream);
         // A relist's objects, applied at once when it completes.
         let mut listing: Vec<Object> = Vec::new();

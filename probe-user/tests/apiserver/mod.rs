@@ -348,7 +348,7 @@ async fn handle(inner: Arc<Inner>, mut conn: TcpStream) -> std::io::Result<()> {
         Some("true" | "1")
     ) {
         // A list, in pages of `limit` when asked; the continue token is the next offset.
-        let (body, _) = {
+        let body = {
             let mut st = inner.state.lock().unwrap();
             let rv = st.rv;
             let items: Vec<Value> = st
@@ -381,10 +381,7 @@ async fn handle(inner: Arc<Inner>, mut conn: TcpStream) -> std::io::Result<()> {
             } else {
                 (api_version.to_owned(), format!("{kind}List"))
             };
-            (
-                json!({"apiVersion": list_version, "kind": list_kind, "metadata": metadata, "items": page}),
-                rv,
-            )
+            json!({"apiVersion": list_version, "kind": list_kind, "metadata": metadata, "items": page})
         };
         return respond(&mut conn, 200, &body).await;
     }
