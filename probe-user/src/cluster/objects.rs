@@ -92,14 +92,15 @@ fn time(t: &k8s_openapi::jiff::Timestamp) -> Timestamp {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodObj {
-    pub namespace: String,
+    /// Interned by the store, like the node name.
+    pub namespace: Arc<str>,
     /// Shared with the model.
     pub name: Arc<str>,
     pub uid: Arc<str>,
     /// Interned by the store: pods of one template share one copy.
     pub labels: Arc<LabelSet>,
     pub ips: Vec<IpAddr>,
-    pub node: Option<String>,
+    pub node: Option<Arc<str>>,
     pub host_network: bool,
     pub phase: PodPhase,
     /// Interned like the labels.
@@ -230,14 +231,14 @@ pub fn pod_obj(pod: core::Pod) -> Result<Object, FieldError> {
         }
     }
     Ok(Object::Pod(PodObj {
-        namespace: namespace(&pod.metadata),
+        namespace: namespace(&pod.metadata).into(),
         uid: pod.metadata.uid.as_deref().unwrap_or_default().into(),
         labels: LabelSet::shared(labels(&pod.metadata)),
         owner: controller(&pod.metadata).map(Arc::new),
         created: pod.metadata.creation_timestamp.as_ref().map(|t| time(&t.0)),
         name: name.into(),
         ips,
-        node: spec.node_name,
+        node: spec.node_name.map(Into::into),
         host_network: spec.host_network.unwrap_or(false),
         phase,
         ports: ports.into(),
@@ -347,6 +348,8 @@ pub fn policy_obj(mut np: NetworkPolicy) -> Result<Object, FieldError> {
 }
 
 type Key = (String, String);
+/// A pod's (namespace, name), sharing the stored pod's strings.
+pub type PodKey = (Arc<str>, Arc<str>);
 
 /// The kinds flowpol reads, one watcher each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -399,7 +402,7 @@ pub struct Objects {
     pub namespaces: BTreeMap<String, Labels>,
     pub nodes: BTreeMap<String, NodeObj>,
     /// Boxed: the map's nodes then hold pointers, not half-empty room for whole pods.
-    pub pods: BTreeMap<Key, Box<PodObj>>,
+    pub pods: BTreeMap<PodKey, Box<PodObj>>,
     pub services: BTreeMap<Key, ServiceObj>,
     pub slices: BTreeMap<Key, SliceObj>,
     /// (namespace, kind, name) of ReplicaSets and Jobs -> their controller.
@@ -412,6 +415,8 @@ pub struct Objects {
     label_sets: HashSet<Arc<LabelSet>>,
     port_lists: HashSet<Arc<[ContainerPort]>>,
     pod_owners: HashSet<Arc<OwnerRef>>,
+    /// Namespace and node names pods refer to.
+    names: HashSet<Arc<str>>,
 }
 
 /// The pooled copy of `value`, added to the pool if new.
@@ -445,10 +450,12 @@ impl Objects {
                 p.labels = intern(&mut self.label_sets, p.labels);
                 p.ports = intern(&mut self.port_lists, p.ports);
                 p.owner = p.owner.map(|o| intern(&mut self.pod_owners, o));
+                p.namespace = intern(&mut self.names, p.namespace);
+                p.node = p.node.map(|n| intern(&mut self.names, n));
                 let released = |old: &PodObj| {
                     holds_ips(old) && (old.uid != p.uid || !holds_ips(&p) || old.ips != p.ips)
                 };
-                let key = (p.namespace.clone(), p.name.to_string());
+                let key = (p.namespace.clone(), p.name.clone());
                 let old = self.pods.remove(&key).filter(|o| released(o));
                 self.pods.insert(key, Box::new(p));
                 if let Some(old) = old {
@@ -504,7 +511,7 @@ impl Objects {
                 self.nodes.remove(name);
             }
             Kind::Pod => {
-                if let Some(p) = self.pods.remove(&key) {
+                if let Some(p) = self.pods.remove(&(namespace.into(), name.into())) {
                     if holds_ips(&p) {
                         self.gone.push_back((*p, at));
                     }
@@ -533,14 +540,14 @@ impl Objects {
             Kind::Namespace => self.namespaces.clear(),
             Kind::Node => self.nodes.clear(),
             Kind::Pod => {
-                let listed: std::collections::HashSet<Key> = items
+                let listed: std::collections::HashSet<PodKey> = items
                     .iter()
                     .filter_map(|o| match o {
-                        Object::Pod(p) => Some((p.namespace.clone(), p.name.to_string())),
+                        Object::Pod(p) => Some((p.namespace.clone(), p.name.clone())),
                         _ => None,
                     })
                     .collect();
-                let vanished: Vec<Key> = self
+                let vanished: Vec<PodKey> = self
                     .pods
                     .keys()
                     .filter(|k| !listed.contains(*k))
@@ -569,6 +576,7 @@ impl Objects {
         self.label_sets.retain(|l| Arc::strong_count(l) > 1);
         self.port_lists.retain(|p| Arc::strong_count(p) > 1);
         self.pod_owners.retain(|o| Arc::strong_count(o) > 1);
+        self.names.retain(|n| Arc::strong_count(n) > 1);
     }
 
     /// How many objects of `kind` are held.

@@ -214,7 +214,7 @@ fn is_duplicate(store: &Objects, o: &Object) -> bool {
         Object::Node { name, .. } => store.nodes.contains_key(name),
         Object::Pod(p) => store
             .pods
-            .contains_key(&(p.namespace.clone(), p.name.to_string())),
+            .contains_key(&(p.namespace.clone(), p.name.clone())),
         Object::Service {
             namespace, name, ..
         } => store
