@@ -23,3 +23,4 @@ pub mod policy;
 pub mod record;
 pub mod session;
 pub mod shutdown;
+pub mod verify;

@@ -1,42 +1,8 @@
 //! `flowpol eval` through the binary: golden outputs for what people read, and bad input.
 //! Set FLOWPOL_BLESS=1 to rewrite the golden files after an intended change (and review them).
-use std::{path::PathBuf, process::Command};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
-}
-
-fn flowpol(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_flowpol"))
-        .args(args)
-        .current_dir(fixtures())
-        .output()
-        .expect("flowpol runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn golden(name: &str, actual: &str) {
-    let path = fixtures().join("golden").join(name);
-    if std::env::var_os("FLOWPOL_BLESS").is_some() {
-        std::fs::write(&path, actual).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!(
-            "missing golden file {}; run with FLOWPOL_BLESS=1",
-            path.display()
-        )
-    });
-    assert_eq!(
-        actual,
-        want,
-        "output differs from {} (FLOWPOL_BLESS=1 rewrites it)",
-        path.display()
-    );
-}
+mod common;
+use common::{fixtures, flowpol, golden};
+use std::path::PathBuf;
 
 #[test]
 fn eval_explains_every_flow() {

@@ -4,12 +4,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use super::source::Source;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use flowpol::{
     attribute,
     cluster::PortRef,
     eval,
-    policy::{self, engine::Engine, matrix},
+    policy::{engine::Engine, matrix},
     record::{self, Protocol},
 };
 
@@ -55,24 +55,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let snap = args.source.load("eval")?;
-    let mut policies = Vec::new();
-    let mut errors = Vec::new();
-    for np in &snap.policies {
-        match policy::compile(np) {
-            Ok(p) => policies.push(p),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        for e in &errors {
-            eprintln!("flowpol eval: {}: invalid {e}", snap.origin);
-        }
-        bail!(
-            "{} invalid NetworkPolicy object(s) in {}; the API server would reject them",
-            errors.len(),
-            snap.origin
-        );
-    }
+    let policies = snap.compile("eval")?;
     let engine = Engine::new(&snap.cluster, policies);
     if args.matrix {
         let ports: Vec<PortRef> = args

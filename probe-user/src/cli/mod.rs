@@ -9,6 +9,7 @@ mod eval;
 mod lab;
 mod record;
 mod source;
+mod verify;
 
 #[derive(Parser)]
 #[command(
@@ -31,6 +32,8 @@ enum Command {
     Enrich(enrich::Args),
     /// Evaluate flow records against the declared NetworkPolicies, or print the reachability matrix.
     Eval(eval::Args),
+    /// Hold observed traffic against the declared policies: enforcement gaps, over-blocks, exposures.
+    Verify(verify::Args),
     /// Run counts and time of every loaded BPF program (needs kernel.bpf_stats_enabled=1).
     BpfStats(bpf_stats::Args),
 }
@@ -50,6 +53,7 @@ pub fn main() -> ExitCode {
         Command::BpfStats(args) => bpf_stats::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Enrich(args) => enrich::run(args),
+        Command::Verify(args) => verify::run(args),
     };
     match result {
         Ok(code) => code,

@@ -3,10 +3,13 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use flowpol::cluster::{
-    snapshot,
-    watch::{self, Live},
-    Cluster,
+use flowpol::{
+    cluster::{
+        snapshot,
+        watch::{self, Live},
+        Cluster,
+    },
+    policy::{self, Policy},
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
@@ -42,6 +45,32 @@ pub struct Loaded {
     pub policies: Vec<NetworkPolicy>,
     /// Where it came from, for messages.
     pub origin: String,
+}
+
+impl Loaded {
+    /// The policies compiled for the engine; every invalid one is reported, then refused
+    /// together (the API server would not have accepted them).
+    pub fn compile(&self, command: &str) -> anyhow::Result<Vec<Policy>> {
+        let mut policies = Vec::new();
+        let mut errors = Vec::new();
+        for np in &self.policies {
+            match policy::compile(np) {
+                Ok(p) => policies.push(p),
+                Err(e) => errors.push(e),
+            }
+        }
+        if !errors.is_empty() {
+            for e in &errors {
+                eprintln!("flowpol {command}: {}: invalid {e}", self.origin);
+            }
+            anyhow::bail!(
+                "{} invalid NetworkPolicy object(s) in {}; the API server would reject them",
+                errors.len(),
+                self.origin
+            );
+        }
+        Ok(policies)
+    }
 }
 
 impl Source {

@@ -1,0 +1,59 @@
+//! `flowpol verify`: where the cluster disagrees with its declared policies.
+use std::{path::PathBuf, process::ExitCode};
+
+use super::source::Source;
+
+use flowpol::{
+    attribute,
+    policy::engine::Engine,
+    record,
+    verify::{self, Kind},
+};
+
+/// Exit status when a finding of a `--fail-on` kind is present (1 is for errors).
+pub const FINDINGS_EXIT: u8 = 3;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Json,
+    Table,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    source: Source,
+    /// Flow records (JSON lines), as `flowpol record` or `flowpol probe` write them.
+    #[arg(long)]
+    flows: PathBuf,
+    #[arg(long, value_enum, default_value = "table")]
+    output: Format,
+    /// Exit with status 3 when findings of these kinds exist (comma-separated:
+    /// enforcement_gap, over_block, refused, unprotected, unattributed).
+    #[arg(long, value_delimiter = ',')]
+    fail_on: Vec<Kind>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let snap = args.source.load("verify")?;
+    let policies = snap.compile("verify")?;
+    let engine = Engine::new(&snap.cluster, policies);
+    let mut records = record::read_json_lines(&args.flows)?;
+    attribute::enrich(&snap.cluster, &mut records);
+    let report = verify::verify(&engine, records);
+    match args.output {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Format::Table => print!("{}", verify::render(&report)),
+    }
+    let failing: Vec<&str> = args
+        .fail_on
+        .iter()
+        .filter(|k| report.count(**k) > 0)
+        .map(|k| k.as_str())
+        .collect();
+    if failing.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("flowpol verify: findings of kind {}", failing.join(", "));
+    Ok(ExitCode::from(FINDINGS_EXIT))
+}

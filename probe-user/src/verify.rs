@@ -1,0 +1,704 @@
+//! Verify: what the kernel did, held against what the declared policies say. Pure.
+//!
+//! Each attributed record is judged by the policy engine ([`crate::eval`]) and by what was
+//! observed, and the two must agree:
+//! - passed (`established`, `answered`, `received`) but denied: an **enforcement gap**;
+//! - blocked (`timeout`, or dropped by a filter: netfilter, tc, cgroup BPF) but allowed: an
+//!   **over-block**;
+//! - `refused` (an RST: the packet reached a host with nothing listening) while allowed is
+//!   not a policy drop and is reported apart; `sent` (a datagram nobody answered) proves
+//!   nothing either way.
+//!
+//! The declared policies alone also tell which pods are left open (**unprotected**), and
+//! records whose ends the model could not name are **unattributed**. Findings are grouped by
+//! (ends, port, protocol) so one broken rule is one finding with its evidence, not one line
+//! per packet.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+};
+
+use serde::Serialize;
+
+use crate::{
+    cluster::{Cluster, PodId, Timestamp},
+    eval::{self, Evaluated},
+    policy::{
+        engine::{Connection, Decision, Engine},
+        Direction, Peer,
+    },
+    record::{Endpoint, EndpointKind, FlowRecord, Protocol, Verdict},
+};
+
+/// Kernel drop reasons that mean a packet filter decided: what a CNI's policy looks like in
+/// `kfree_skb`. Other reasons (no socket, checksum, queue full, ...) say nothing about policy.
+pub const FILTER_DROP_REASONS: &[&str] = &[
+    "NETFILTER_DROP",
+    "TC_INGRESS",
+    "TC_EGRESS",
+    "TC_DROP",
+    "BPF_CGROUP_EGRESS",
+    "BPF_CGROUP_INGRESS",
+    "XDP",
+];
+
+/// The kinds of finding, in the order people should read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    EnforcementGap,
+    OverBlock,
+    Refused,
+    Unprotected,
+    Unattributed,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 5] = [
+        Kind::EnforcementGap,
+        Kind::OverBlock,
+        Kind::Refused,
+        Kind::Unprotected,
+        Kind::Unattributed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::EnforcementGap => "enforcement_gap",
+            Kind::OverBlock => "over_block",
+            Kind::Refused => "refused",
+            Kind::Unprotected => "unprotected",
+            Kind::Unattributed => "unattributed",
+        }
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Kind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+                format!("unknown finding kind `{s}` (one of: {})", all.join(", "))
+            })
+    }
+}
+
+/// One end of a flow finding, named.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct End {
+    /// `pod`, `node`, `service` or `external`; absent when unattributed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<EndpointKind>,
+    /// `namespace/pod`, the node's name, or the address.
+    pub name: String,
+    /// `Kind/name` of the pod's workload.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload: Option<String>,
+    /// For flows to a service address: `namespace/name` of the service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    pub ips: BTreeSet<IpAddr>,
+}
+
+/// Traffic where the cluster and its policies disagree, with the evidence.
+#[derive(Clone, Debug, Serialize)]
+pub struct FlowFinding {
+    pub src: End,
+    pub dst: End,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// What the policies say: `allow` or `deny`.
+    pub policy_verdict: &'static str,
+    /// What was observed, by verdict: counts of connections, datagrams or packets.
+    pub observed: BTreeMap<Verdict, u64>,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub drop_reasons: BTreeMap<String, u64>,
+    /// Records behind this finding.
+    pub records: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Timestamp>,
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub nodes: BTreeSet<String>,
+    /// The engine's reasoning for the first record.
+    pub explanation: Decision,
+}
+
+impl FlowFinding {
+    /// The observed total, for ranking.
+    pub fn count(&self) -> u64 {
+        self.observed.values().sum()
+    }
+}
+
+/// What is open according to the declared policies alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Exposure {
+    /// No policy selects these pods for ingress: anyone may connect.
+    IngressNotIsolated,
+    /// No policy selects these pods for egress: they may connect anywhere.
+    EgressNotIsolated,
+    /// The namespace has no policy selecting all its pods with no ingress rules.
+    NoDefaultDenyIngress,
+    /// Likewise for egress.
+    NoDefaultDenyEgress,
+    /// These pods may open connections to the API server's endpoints.
+    ReachesApiServer,
+    /// These pods may reach any address outside the cluster.
+    ReachesInternet,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Unprotected {
+    pub exposure: Exposure,
+    pub namespace: String,
+    /// The pods concerned (empty for namespace-wide exposures).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pods: Vec<String>,
+    /// Why, in words (the policy and rule that opens it, when one does).
+    pub detail: String,
+}
+
+/// An address the model could not name although it looks like the cluster's own.
+#[derive(Clone, Debug, Serialize)]
+pub struct Unattributed {
+    pub ip: IpAddr,
+    /// Records where it appears.
+    pub records: u64,
+    /// Other ends it talked to (a few, for context).
+    pub peers: BTreeSet<IpAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_seen: Option<Timestamp>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Finding {
+    EnforcementGap(FlowFinding),
+    OverBlock(FlowFinding),
+    Refused(FlowFinding),
+    Unprotected(Unprotected),
+    Unattributed(Unattributed),
+}
+
+impl Finding {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Finding::EnforcementGap(_) => Kind::EnforcementGap,
+            Finding::OverBlock(_) => Kind::OverBlock,
+            Finding::Refused(_) => Kind::Refused,
+            Finding::Unprotected(_) => Kind::Unprotected,
+            Finding::Unattributed(_) => Kind::Unattributed,
+        }
+    }
+}
+
+/// How the records were judged.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub records: u64,
+    /// Observed outcome and policy agree.
+    pub consistent: u64,
+    /// Records in a flow finding.
+    pub disagreeing: u64,
+    /// Outcomes that prove nothing about policy (`sent`, drops for other reasons).
+    pub inconclusive: u64,
+    pub findings: BTreeMap<Kind, u64>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub summary: Summary,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn count(&self, kind: Kind) -> u64 {
+        self.summary.findings.get(&kind).copied().unwrap_or(0)
+    }
+}
+
+/// What an observed outcome says about the packets' fate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fate {
+    Passed,
+    Blocked,
+    Refused,
+    Unknown,
+}
+
+fn fate(r: &FlowRecord) -> Fate {
+    match r.verdict {
+        Some(Verdict::Established | Verdict::Answered | Verdict::Received) => Fate::Passed,
+        Some(Verdict::Timeout) => Fate::Blocked,
+        Some(Verdict::Refused) => Fate::Refused,
+        Some(Verdict::Dropped) => match r.drop_reason.as_deref() {
+            Some(reason) if FILTER_DROP_REASONS.contains(&reason) => Fate::Blocked,
+            Some("NO_SOCKET") => Fate::Refused,
+            _ => Fate::Unknown,
+        },
+        Some(Verdict::Sent) | None => Fate::Unknown,
+    }
+}
+
+/// Verifies attributed `records` ([`crate::attribute::enrich`]) against the engine's
+/// policies, and lists what the policies leave open.
+pub fn verify(engine: &Engine, records: Vec<FlowRecord>) -> Report {
+    let mut summary = Summary {
+        records: records.len() as u64,
+        ..Summary::default()
+    };
+    let mut flows: BTreeMap<(Kind, End, End, u16, Protocol), FlowFinding> = BTreeMap::new();
+    let mut unnamed: BTreeMap<IpAddr, Unattributed> = BTreeMap::new();
+    for e in eval::evaluate(engine, records) {
+        for (end, peer) in [
+            (&e.record.src, &e.record.dst),
+            (&e.record.dst, &e.record.src),
+        ] {
+            if is_unattributed(end) {
+                let u = unnamed.entry(end.ip).or_insert_with(|| Unattributed {
+                    ip: end.ip,
+                    records: 0,
+                    peers: BTreeSet::new(),
+                    first_seen: None,
+                    last_seen: None,
+                });
+                u.records += 1;
+                if u.peers.len() < 5 {
+                    u.peers.insert(peer.ip);
+                }
+                widen(&mut u.first_seen, &mut u.last_seen, &e.record);
+            }
+        }
+        let allowed = e.policy_verdict == "allow";
+        let kind = match (fate(&e.record), allowed) {
+            (Fate::Passed, false) => Kind::EnforcementGap,
+            (Fate::Blocked, true) => Kind::OverBlock,
+            (Fate::Refused, true) => Kind::Refused,
+            (Fate::Unknown, _) => {
+                summary.inconclusive += 1;
+                continue;
+            }
+            _ => {
+                summary.consistent += 1;
+                continue;
+            }
+        };
+        summary.disagreeing += 1;
+        add(&mut flows, kind, e);
+    }
+    let mut findings: Vec<Finding> = Vec::new();
+    let mut ranked: Vec<(Kind, FlowFinding)> =
+        flows.into_iter().map(|((kind, ..), f)| (kind, f)).collect();
+    // Kinds in reading order; within a kind, the most traffic first (stable for ties).
+    ranked.sort_by(|(ka, a), (kb, b)| ka.cmp(kb).then(b.count().cmp(&a.count())));
+    findings.extend(ranked.into_iter().map(|(kind, f)| match kind {
+        Kind::EnforcementGap => Finding::EnforcementGap(f),
+        Kind::OverBlock => Finding::OverBlock(f),
+        _ => Finding::Refused(f),
+    }));
+    findings.extend(unprotected(engine).into_iter().map(Finding::Unprotected));
+    let mut unnamed: Vec<Unattributed> = unnamed.into_values().collect();
+    unnamed.sort_by(|a, b| b.records.cmp(&a.records).then(a.ip.cmp(&b.ip)));
+    findings.extend(unnamed.into_iter().map(Finding::Unattributed));
+    for f in &findings {
+        *summary.findings.entry(f.kind()).or_default() += 1;
+    }
+    Report { summary, findings }
+}
+
+/// An end the model should have named: no attribution at all, or an "external" address in
+/// the private ranges a cluster uses (a pod forgotten, or a model too stale).
+fn is_unattributed(end: &Endpoint) -> bool {
+    if end.identity.service.is_some() {
+        return false;
+    }
+    match end.identity.kind {
+        None => true,
+        Some(EndpointKind::External) => is_private(end.ip),
+        Some(_) => false,
+    }
+}
+
+fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            v4.is_private() || (v4.octets()[0] == 100 && (v4.octets()[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_private(IpAddr::V4(v4)),
+            None => (v6.segments()[0] & 0xfe00) == 0xfc00,
+        },
+    }
+}
+
+fn widen(first: &mut Option<Timestamp>, last: &mut Option<Timestamp>, r: &FlowRecord) {
+    if let Some(t) = r.first_seen {
+        *first = Some(first.map_or(t, |f| f.min(t)));
+    }
+    if let Some(t) = r.last_seen.or(r.first_seen) {
+        *last = Some(last.map_or(t, |l| l.max(t)));
+    }
+}
+
+fn end(e: &Endpoint) -> End {
+    let id = &e.identity;
+    let name = match (id.kind, &id.namespace, &id.pod, &id.node) {
+        (Some(EndpointKind::Pod), Some(ns), Some(pod), _) => format!("{ns}/{pod}"),
+        (Some(EndpointKind::Node), _, _, Some(node)) => node.clone(),
+        _ => e.ip.to_string(),
+    };
+    // A service flow's real peer is its backend: name it when it is known exactly.
+    let (name, workload, ips) = match (&id.service, id.backends.as_slice()) {
+        (Some(_), [b]) => (end(b).name, end(b).workload, BTreeSet::from([b.ip])),
+        _ => (
+            name,
+            id.workload
+                .as_ref()
+                .map(|w| format!("{}/{}", w.kind, w.name)),
+            BTreeSet::from([e.ip]),
+        ),
+    };
+    End {
+        kind: id.kind,
+        name,
+        workload,
+        service: id.service.clone(),
+        ips,
+    }
+}
+
+fn add(
+    flows: &mut BTreeMap<(Kind, End, End, u16, Protocol), FlowFinding>,
+    kind: Kind,
+    e: Evaluated,
+) {
+    let r = &e.record;
+    let (mut src, mut dst) = (end(&r.src), end(&r.dst));
+    let (src_ips, dst_ips) = (std::mem::take(&mut src.ips), std::mem::take(&mut dst.ips));
+    let port = r.dst.port.unwrap_or(0);
+    let f = flows
+        .entry((kind, src.clone(), dst.clone(), port, r.protocol))
+        .or_insert_with(|| FlowFinding {
+            src,
+            dst,
+            port,
+            protocol: r.protocol,
+            policy_verdict: e.policy_verdict,
+            observed: BTreeMap::new(),
+            drop_reasons: BTreeMap::new(),
+            records: 0,
+            first_seen: None,
+            last_seen: None,
+            nodes: BTreeSet::new(),
+            explanation: e.explanation.clone(),
+        });
+    f.src.ips.extend(src_ips);
+    f.dst.ips.extend(dst_ips);
+    f.records += 1;
+    if let Some(v) = r.verdict {
+        *f.observed.entry(v).or_default() += r.count;
+    }
+    if let Some(reason) = &r.drop_reason {
+        *f.drop_reasons.entry(reason.clone()).or_default() += r.count;
+    }
+    widen(&mut f.first_seen, &mut f.last_seen, r);
+    f.nodes.extend(r.node.clone());
+}
+
+/// The exposures of the declared policies: pods not isolated, namespaces without a default
+/// deny, pods allowed to the API server or to any outside address.
+pub fn unprotected(engine: &Engine) -> Vec<Unprotected> {
+    let cluster = engine.cluster();
+    let mut out = Vec::new();
+    let api = api_server(cluster);
+    for ns in cluster.namespaces() {
+        let Some(ns_id) = cluster.namespace_id(&ns.name) else {
+            continue;
+        };
+        let pods: Vec<PodId> = cluster
+            .pods_in(ns_id)
+            .iter()
+            .copied()
+            .filter(|&p| {
+                let pod = cluster.pod(p);
+                pod.is_active() && !pod.host_network
+            })
+            .collect();
+        if pods.is_empty() {
+            continue;
+        }
+        let name = |p: &PodId| cluster.pod(*p).name.to_string();
+        let mut group = |exposure: Exposure, pods: Vec<String>, detail: String| {
+            out.push(Unprotected {
+                exposure,
+                namespace: ns.name.clone(),
+                pods,
+                detail,
+            })
+        };
+        for (dir, exposure) in [
+            (Direction::Ingress, Exposure::IngressNotIsolated),
+            (Direction::Egress, Exposure::EgressNotIsolated),
+        ] {
+            let open: Vec<String> = pods
+                .iter()
+                .filter(|&&p| engine.selecting(p, dir).next().is_none())
+                .map(name)
+                .collect();
+            if !open.is_empty() {
+                group(
+                    exposure,
+                    open,
+                    format!(
+                        "no NetworkPolicy selects them for {}",
+                        format!("{dir:?}").to_lowercase()
+                    ),
+                );
+            }
+        }
+        for (dir, exposure) in [
+            (Direction::Ingress, Exposure::NoDefaultDenyIngress),
+            (Direction::Egress, Exposure::NoDefaultDenyEgress),
+        ] {
+            let has = engine.policies().iter().any(|p| {
+                p.namespace == ns.name
+                    && p.pod_selector.is_empty()
+                    && p.rules(dir).is_some_and(|r| r.is_empty())
+            });
+            if !has {
+                group(
+                    exposure,
+                    Vec::new(),
+                    format!(
+                        "no policy with an empty podSelector and no {} rules",
+                        format!("{dir:?}").to_lowercase()
+                    ),
+                );
+            }
+        }
+        if let Some((api_name, targets)) = &api {
+            let reach: Vec<String> = pods
+                .iter()
+                .filter(|&&p| {
+                    let Some(&src) = cluster.pod(p).ips.first() else {
+                        return false;
+                    };
+                    targets.iter().any(|&(dst, port)| {
+                        engine.allows(&Connection {
+                            src,
+                            dst,
+                            port,
+                            protocol: Protocol::TCP,
+                            at: None,
+                        })
+                    })
+                })
+                .map(name)
+                .collect();
+            if !reach.is_empty() {
+                group(
+                    Exposure::ReachesApiServer,
+                    reach,
+                    format!("egress allowed to {api_name}'s endpoints"),
+                );
+            }
+        }
+        // The whole internet: a rule with no peer restriction or a /0 block, any port.
+        let mut by_reason: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for &p in &pods {
+            let mut selecting = engine.selecting(p, Direction::Egress).peekable();
+            if selecting.peek().is_none() {
+                by_reason
+                    .entry("egress not isolated".into())
+                    .or_default()
+                    .push(name(&p));
+                continue;
+            }
+            let opener = selecting.find_map(|pol| {
+                pol.egress.iter().flatten().enumerate().find_map(|(i, r)| {
+                    let world = r.peers.is_empty()
+                        || r.peers.iter().any(
+                            |peer| matches!(peer, Peer::IpBlock { cidr, .. } if cidr.prefix_len() == 0),
+                        );
+                    world.then(|| format!("allowed by {}#{i}", pol.id()))
+                })
+            });
+            if let Some(reason) = opener {
+                by_reason.entry(reason).or_default().push(name(&p));
+            }
+        }
+        for (reason, pods) in by_reason {
+            group(Exposure::ReachesInternet, pods, reason);
+        }
+    }
+    out
+}
+
+/// `default/kubernetes` and its endpoints (address, port), if the model has them.
+fn api_server(cluster: &Cluster) -> Option<(String, Vec<(IpAddr, u16)>)> {
+    let svc = cluster
+        .services()
+        .iter()
+        .find(|s| s.name == "kubernetes" && cluster.namespace(s.namespace).name == "default")?;
+    let mut targets: Vec<(IpAddr, u16)> = svc
+        .ports
+        .iter()
+        .flat_map(|p| svc.backends(p.port, p.protocol))
+        .collect();
+    if targets.is_empty() {
+        // No endpoints known: the service address itself, as a pod would dial it.
+        targets = svc
+            .cluster_ips
+            .iter()
+            .flat_map(|ip| svc.ports.iter().map(move |p| (*ip, p.port)))
+            .collect();
+    }
+    Some((svc.id(cluster), targets))
+}
+
+/// The report for people: a summary line, then each kind of finding as its own section,
+/// most traffic first.
+pub fn render(report: &Report) -> String {
+    let s = &report.summary;
+    let mut out = format!(
+        "verified {} records: {} consistent with the policies, {} disagreeing, {} inconclusive\n",
+        s.records, s.consistent, s.disagreeing, s.inconclusive
+    );
+    for kind in Kind::ALL {
+        let of_kind: Vec<&Finding> = report
+            .findings
+            .iter()
+            .filter(|f| f.kind() == kind)
+            .collect();
+        if of_kind.is_empty() {
+            continue;
+        }
+        out.push_str(&format!(
+            "\n{} ({}): {}\n",
+            kind.as_str().to_uppercase(),
+            of_kind.len(),
+            heading(kind)
+        ));
+        for f in of_kind {
+            out.push_str(&line(f));
+        }
+    }
+    if report.findings.is_empty() {
+        out.push_str("no findings\n");
+    }
+    out
+}
+
+fn heading(kind: Kind) -> &'static str {
+    match kind {
+        Kind::EnforcementGap => "got through although the policies deny it",
+        Kind::OverBlock => "blocked although the policies allow it",
+        Kind::Refused => "refused by the destination (nothing listening): not a policy drop",
+        Kind::Unprotected => "left open by the declared policies",
+        Kind::Unattributed => "cluster-looking addresses the model could not name",
+    }
+}
+
+fn line(f: &Finding) -> String {
+    match f {
+        Finding::EnforcementGap(x) | Finding::OverBlock(x) | Finding::Refused(x) => {
+            let observed: Vec<String> =
+                x.observed.iter().map(|(v, n)| format!("{n} {v}")).collect();
+            let reasons: Vec<String> = x
+                .drop_reasons
+                .iter()
+                .map(|(r, n)| format!("{n} {r}"))
+                .collect();
+            let show = |e: &End| match &e.service {
+                Some(svc) => format!("{} (via service {svc})", e.name),
+                None => e.name.clone(),
+            };
+            let mut s = format!(
+                "  {} -> {} {}/{}: observed {}{}; policy {}\n",
+                show(&x.src),
+                show(&x.dst),
+                x.protocol,
+                x.port,
+                observed.join(", "),
+                if reasons.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (drops: {})", reasons.join(", "))
+                },
+                x.policy_verdict,
+            );
+            s.push_str(&format!("      why: {}\n", explain(&x.explanation)));
+            s
+        }
+        Finding::Unprotected(u) => {
+            let what = match u.exposure {
+                Exposure::IngressNotIsolated => "ingress not isolated",
+                Exposure::EgressNotIsolated => "egress not isolated",
+                Exposure::NoDefaultDenyIngress => "no default deny for ingress",
+                Exposure::NoDefaultDenyEgress => "no default deny for egress",
+                Exposure::ReachesApiServer => "can reach the API server",
+                Exposure::ReachesInternet => "can reach the whole internet",
+            };
+            if u.pods.is_empty() {
+                format!("  namespace {}: {what} ({})\n", u.namespace, u.detail)
+            } else {
+                format!(
+                    "  {}/{{{}}}: {what} ({})\n",
+                    u.namespace,
+                    u.pods.join(","),
+                    u.detail
+                )
+            }
+        }
+        Finding::Unattributed(u) => {
+            let peers: Vec<String> = u.peers.iter().map(|p| p.to_string()).collect();
+            format!(
+                "  {} in {} record(s), talking to {}\n",
+                u.ip,
+                u.records,
+                peers.join(", ")
+            )
+        }
+    }
+}
+
+/// The engine's decision in one line: which side decided, and by which rule or policy.
+fn explain(d: &Decision) -> String {
+    use crate::policy::engine::Side;
+    let side = |s: &Side, dir: &str| match s {
+        Side::NotAPod { .. } => None,
+        Side::NotIsolated => Some(format!("{dir} not isolated")),
+        Side::OwnNode => Some(format!("{dir}: own node")),
+        Side::Loopback => Some(format!("{dir}: loopback")),
+        Side::Allowed { rules } => Some(format!(
+            "{dir} allowed by {}",
+            rules
+                .iter()
+                .map(|r| format!("{}#{}", r.policy, r.rule))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        Side::Denied { isolated_by } => Some(format!(
+            "{dir} denied: isolated by {}, no rule matches",
+            isolated_by.join(", ")
+        )),
+    };
+    let parts: Vec<String> = [side(&d.egress, "egress"), side(&d.ingress, "ingress")]
+        .into_iter()
+        .flatten()
+        .collect();
+    if parts.is_empty() {
+        "neither end is a pod: no policy applies".into()
+    } else {
+        parts.join("; ")
+    }
+}

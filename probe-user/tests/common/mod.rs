@@ -1,0 +1,45 @@
+//! Running the `flowpol` binary on the fixtures, and golden files.
+use std::{path::PathBuf, process::Command};
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+/// Runs flowpol in the fixtures directory: (success, stdout, stderr).
+pub fn flowpol(args: &[&str]) -> (bool, String, String) {
+    let (code, out, err) = flowpol_code(args);
+    (code == Some(0), out, err)
+}
+
+/// Like [`flowpol`], with the exit code.
+pub fn flowpol_code(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowpol"))
+        .args(args)
+        .current_dir(fixtures())
+        .output()
+        .expect("flowpol runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn golden(name: &str, actual: &str) {
+    let path = fixtures().join("golden").join(name);
+    if std::env::var_os("FLOWPOL_BLESS").is_some() {
+        std::fs::write(&path, actual).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "missing golden file {}; run with FLOWPOL_BLESS=1",
+            path.display()
+        )
+    });
+    assert_eq!(
+        actual,
+        want,
+        "output differs from {} (FLOWPOL_BLESS=1 rewrites it)",
+        path.display()
+    );
+}
