@@ -1,5 +1,6 @@
 //! Helpers for the privileged end-to-end tests (run by `cargo xtask test`, as root).
 use flowpol::lab::{
+    enforce::{self, Fault},
     netns,
     run::{self, LabReport},
     scenario,
@@ -23,8 +24,17 @@ pub fn privileged() -> bool {
 }
 
 /// Runs a lab scenario given as YAML and returns its report; asserts nothing was left behind.
+/// Its NetworkPolicies, if any, are enforced faithfully, as `flowpol lab` does by default.
 pub fn run_lab(yaml: &str) -> LabReport {
-    let resolved = scenario::parse("test scenario", yaml).expect("test scenario is valid");
+    run_lab_with_faults(yaml, &[])
+}
+
+/// [`run_lab`] with the policy enforcer behaving like a CNI with these bugs.
+pub fn run_lab_with_faults(yaml: &str, faults: &[Fault]) -> LabReport {
+    let mut resolved = scenario::parse("test scenario", yaml).expect("test scenario is valid");
+    if !resolved.scenario.policies.is_empty() {
+        enforce::install(&mut resolved, faults).expect("the scenario's policies compile");
+    }
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let report = rt
         .block_on(run::run(resolved, Some("test-node".into())))

@@ -37,8 +37,9 @@ fn shop_scenario_matches_capture_exactly() {
     assert_eq!(report.summary.events_lost, 0);
     let recs = &report.records;
 
-    // Dropped by nftables in the database's namespace, with the kernel's reason.
-    let drops = find(recs, "data/postgres-0", &report, |r| {
+    // Dropped on its way out by the policy enforcer's nftables rules in the web pod's
+    // namespace (its egress policy does not allow the database), with the kernel's reason.
+    let drops = find(recs, "shop/web-0", &report, |r| {
         r.verdict == Some(Verdict::Dropped) && r.dst.port == Some(5432)
     });
     assert_eq!(drops.len(), 1, "{drops:#?}");
@@ -49,7 +50,9 @@ fn shop_scenario_matches_capture_exactly() {
         "the web pod's SYN was dropped"
     );
     // The client saw a timeout, not a refusal.
-    let timeout = find(recs, "shop/web-0", &report, |r| r.dst.port == Some(5432));
+    let timeout = find(recs, "shop/web-0", &report, |r| {
+        r.dst.port == Some(5432) && r.verdict != Some(Verdict::Dropped)
+    });
     assert_eq!(timeout.len(), 1, "{timeout:#?}");
     assert_eq!(timeout[0].verdict, Some(Verdict::Timeout));
     // A closed port: refused with ECONNREFUSED, and the kernel's NO_SOCKET drop of the SYN.

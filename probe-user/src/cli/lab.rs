@@ -3,7 +3,11 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use flowpol::{
-    lab::{run, scenario, EXAMPLE_SCENARIO},
+    lab::{
+        cluster,
+        enforce::{self, Fault},
+        run, scenario, EXAMPLE_SCENARIO,
+    },
     output,
 };
 
@@ -24,6 +28,18 @@ pub struct Args {
     /// a separately running `flowpol record`). Prints the clients' results as JSON.
     #[arg(long, conflicts_with_all = ["check", "output"])]
     no_record: bool,
+    /// Do not enforce the scenario's NetworkPolicies (like a CNI without policy support,
+    /// but without pretending to be one: see `--fault enforce-nothing`).
+    #[arg(long, conflicts_with = "fault")]
+    no_enforce: bool,
+    /// Enforce the policies like a CNI with this bug (repeatable): ignore-egress,
+    /// ignore-ns-selector-with-pod-selector, ignore-except, ignore-named-ports, enforce-nothing.
+    #[arg(long)]
+    fault: Vec<Fault>,
+    /// Write the lab's cluster (namespaces, node, pods, declared policies) as a snapshot
+    /// for `--cluster` of eval, enrich, verify and suggest.
+    #[arg(long)]
+    cluster_out: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -31,10 +47,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         print!("{EXAMPLE_SCENARIO}");
         return Ok(ExitCode::SUCCESS);
     }
-    let resolved = match &args.scenario {
+    let mut resolved = match &args.scenario {
         Some(path) => scenario::load(path)?,
         None => scenario::parse("<built-in shop scenario>", EXAMPLE_SCENARIO)?,
     };
+    if let Some(path) = &args.cluster_out {
+        let yaml = cluster::snapshot_yaml(&resolved);
+        output::write_atomic(path, |mut f| {
+            std::io::Write::write_all(&mut f, yaml.as_bytes())
+        })?;
+    }
+    if !args.no_enforce && !resolved.scenario.policies.is_empty() {
+        enforce::install(&mut resolved, &args.fault)?;
+        let faults: Vec<&str> = args.fault.iter().map(|f| f.as_str()).collect();
+        eprintln!(
+            "flowpol lab: enforcing {} NetworkPolicies{}",
+            resolved.scenario.policies.len(),
+            if faults.is_empty() {
+                " faithfully".to_owned()
+            } else {
+                format!(" with fault(s) {}", faults.join(", "))
+            }
+        );
+    } else if !args.fault.is_empty() {
+        anyhow::bail!("--fault needs NetworkPolicies to enforce; the scenario has none");
+    }
     eprintln!(
         "flowpol lab: scenario `{}`: {} hosts, {} traffic items",
         resolved.scenario.name,

@@ -4,6 +4,8 @@
 //! the declared ports, and nftables rules for the declared drops. The traffic plan then runs
 //! while the probe records, and the records are checked against what the clients saw.
 pub mod check;
+pub mod cluster;
+pub mod enforce;
 pub mod netns;
 pub mod nft;
 pub mod run;
@@ -49,7 +51,10 @@ impl Lab {
         };
         for host in lab.resolved.hosts.clone() {
             let ns = lab.net.add_host(host.ipv4, host.ipv6)?;
-            if let Some(script) = nft::render(&lab.resolved, &host.id) {
+            let scripts = nft::render(&lab.resolved, &host.id)
+                .into_iter()
+                .chain(lab.resolved.enforced.get(&host.id).cloned());
+            for script in scripts {
                 netns::run(
                     "ip",
                     &["netns", "exec", &ns, "nft", "-f", "-"],

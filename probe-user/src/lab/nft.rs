@@ -61,7 +61,7 @@ pub fn render(resolved: &Resolved, id: &str) -> Option<String> {
     ))
 }
 
-fn proto(p: Protocol) -> &'static str {
+pub(super) fn proto(p: Protocol) -> &'static str {
     match p {
         Protocol::TCP => "tcp",
         Protocol::UDP => "udp",

@@ -54,6 +54,10 @@ pub struct Scenario {
     pub traffic: Vec<Traffic>,
     #[serde(default)]
     pub drops: Vec<DropRule>,
+    /// NetworkPolicy objects, as `kubectl apply` takes them: what the lab's cluster declares
+    /// (and enforces when `flowpol lab --enforce` is given).
+    #[serde(default)]
+    pub policies: Vec<serde_yaml::Value>,
     #[serde(default)]
     pub settings: Settings,
 }
@@ -222,6 +226,9 @@ pub struct Resolved {
     pub scenario: Scenario,
     pub hosts: Vec<Host>,
     index: HashMap<String, usize>,
+    /// The policy enforcer's nftables script per host id (empty: policies not enforced);
+    /// see [`super::enforce`].
+    pub enforced: HashMap<String, String>,
 }
 
 impl Resolved {
@@ -377,6 +384,7 @@ fn resolve(path: &str, scenario: Scenario) -> Result<Resolved, ScenarioError> {
         scenario,
         hosts,
         index,
+        enforced: HashMap::new(),
     };
     let known = |r: &str| r.parse::<IpAddr>().is_ok() || resolved.host(r).is_some();
     for (i, t) in resolved.scenario.traffic.iter().enumerate() {

@@ -173,6 +173,28 @@ impl<'c> Engine<'c> {
             .map(|&i| &self.policies[i as usize])
     }
 
+    /// Indexes (into [`Self::policies`]) of the policies selecting `pod` for `direction`.
+    pub fn selecting_indexes(&self, pod: PodId, direction: Direction) -> &[u32] {
+        &self.selected[pod.0 as usize][direction as usize]
+    }
+
+    /// The pods holding addresses now that `peer` of policy `policy` (an index into
+    /// [`Self::policies`]) matches; an ipBlock matches pods by address.
+    pub fn peer_pods(&self, policy: usize, peer: &Peer) -> Vec<PodId> {
+        self.cluster
+            .pod_ids()
+            .filter(|&id| {
+                let pod = self.cluster.pod(id);
+                pod.is_active()
+                    && !pod.host_network
+                    && pod
+                        .ips
+                        .iter()
+                        .any(|ip| self.peer_matches(policy, peer, Endpoint::Pod(id), *ip))
+            })
+            .collect()
+    }
+
     pub fn describe(&self, e: Endpoint) -> String {
         match e {
             Endpoint::Pod(p) => format!("pod {}", self.cluster.pod_name(p)),

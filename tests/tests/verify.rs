@@ -1,0 +1,125 @@
+//! Verify on the lab, for real: the shop's NetworkPolicies enforced by the lab's nftables
+//! enforcer, faithfully and with each CNI fault, traffic captured by the probe, and
+//! `verify` must report exactly the flows each fault affects (hand-computed from the
+//! scenario's policies), no more, no less.
+use std::collections::BTreeSet;
+
+use flowpol::{
+    attribute,
+    lab::{
+        enforce::{self, Fault},
+        run::LabReport,
+        EXAMPLE_SCENARIO,
+    },
+    policy::engine::Engine,
+    verify::{self, Finding, Kind},
+};
+use flowpol_e2e::{privileged, run_lab_with_faults};
+
+type Case = (Kind, String, String, u16, &'static str);
+
+fn findings(report: &LabReport) -> BTreeSet<Case> {
+    let declared = enforce::declared(&report.resolved).expect("the shop's policies compile");
+    let engine = Engine::new(&declared.cluster, declared.policies);
+    let mut records = report.records.clone();
+    attribute::enrich(&declared.cluster, &mut records);
+    let v = verify::verify(&engine, records);
+    v.findings
+        .iter()
+        .filter_map(|f| match f {
+            Finding::EnforcementGap(x) | Finding::OverBlock(x) => Some((
+                f.kind(),
+                x.src.name.clone(),
+                x.dst.name.clone(),
+                x.port,
+                if x.protocol == flowpol::record::Protocol::UDP {
+                    "UDP"
+                } else {
+                    "TCP"
+                },
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+fn case(kind: Kind, src: &str, dst: &str, port: u16, proto: &'static str) -> Case {
+    (kind, src.into(), dst.into(), port, proto)
+}
+
+#[test]
+fn each_cni_fault_is_reported_with_exactly_the_flows_it_affects() {
+    if !privileged() {
+        return;
+    }
+    use Kind::{EnforcementGap as Gap, OverBlock as Over};
+    let ingress = "ingress-nginx/ingress-controller";
+    let (web, cart, checkout) = ("shop/web-0", "shop/cart-0", "payments/checkout-0");
+    let (postgres, dns) = ("data/postgres-0", "kube-system/coredns-0");
+    let (payment_api, blocked_api) = ("203.0.113.10", "203.0.113.66");
+    let expected: Vec<(Option<Fault>, BTreeSet<Case>)> = vec![
+        (None, BTreeSet::new()),
+        (
+            Some(Fault::IgnoreEgress),
+            [
+                case(Gap, web, payment_api, 443, "TCP"),
+                case(Gap, checkout, blocked_api, 443, "TCP"),
+            ]
+            .into(),
+        ),
+        (
+            // Every combined peer loses its namespace: the pods it names are looked for
+            // in the policy's own namespace, where there are none.
+            Some(Fault::IgnoreNamespaceSelectorWithPodSelector),
+            [
+                case(Over, ingress, web, 8080, "TCP"),
+                case(Over, web, dns, 53, "UDP"),
+                case(Over, cart, postgres, 5432, "TCP"),
+                case(Over, cart, checkout, 8443, "TCP"),
+                case(Over, checkout, dns, 53, "UDP"),
+            ]
+            .into(),
+        ),
+        (
+            Some(Fault::IgnoreExcept),
+            [case(Gap, checkout, blocked_api, 443, "TCP")].into(),
+        ),
+        (
+            Some(Fault::IgnoreNamedPorts),
+            [
+                case(Over, ingress, web, 8080, "TCP"),
+                case(Over, cart, postgres, 5432, "TCP"),
+                case(Over, cart, checkout, 8443, "TCP"),
+            ]
+            .into(),
+        ),
+        (
+            Some(Fault::EnforceNothing),
+            [
+                case(Gap, web, postgres, 5432, "TCP"),
+                case(Gap, web, payment_api, 443, "TCP"),
+                case(Gap, checkout, blocked_api, 443, "TCP"),
+            ]
+            .into(),
+        ),
+    ];
+    for (fault, want) in expected {
+        let faults: Vec<Fault> = fault.into_iter().collect();
+        let report = run_lab_with_faults(EXAMPLE_SCENARIO, &faults);
+        assert_eq!(report.summary.events_lost, 0);
+        if fault.is_none() {
+            assert!(
+                report.mismatches.is_empty(),
+                "faithful enforcement meets every expectation of the scenario: {:#?}",
+                report.mismatches
+            );
+        }
+        let got = findings(&report);
+        assert_eq!(
+            got,
+            want,
+            "fault {fault:?}: findings differ\n{}",
+            report.table()
+        );
+    }
+}
