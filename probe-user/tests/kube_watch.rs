@@ -11,8 +11,10 @@ use flowpol::cluster::{watch::Live, Cluster, Endpoint};
 use serde_json::{json, Value};
 
 const PODS: &str = "/api/v1/pods";
-/// Long enough for any retry to land (the watchers back off up to a few seconds here).
-const PATIENCE: Duration = Duration::from_secs(30);
+/// Long enough for any retry to land: the watchers' backoff (kube-runtime's default, as
+/// client-go's) doubles from 0.8 s up to 30 s between attempts, so after an outage a retry
+/// may be up to 30 s away. (Seen once on a loaded machine: a 30 s wait was too short.)
+const PATIENCE: Duration = Duration::from_secs(75);
 
 fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
