@@ -13,6 +13,7 @@ pub mod aggregate;
 pub mod attribute;
 pub mod capture;
 pub mod cluster;
+pub mod compare;
 pub mod decode;
 pub mod eval;
 pub mod kernel;

@@ -227,15 +227,20 @@ impl Report {
 }
 
 /// What an observed outcome says about the packets' fate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Fate {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Fate {
+    /// They reached the other end (established, answered, received).
     Passed,
+    /// A filter stopped them (timeout, or dropped by netfilter, tc or cgroup BPF).
     Blocked,
+    /// They reached a host with nothing listening (RST, or the kernel's NO_SOCKET drop).
     Refused,
+    /// Nothing to conclude (`sent`, drops for other reasons).
     Unknown,
 }
 
-fn fate(r: &FlowRecord) -> Fate {
+pub fn fate(r: &FlowRecord) -> Fate {
     match r.verdict {
         Some(Verdict::Established | Verdict::Answered | Verdict::Received) => Fate::Passed,
         Some(Verdict::Timeout) => Fate::Blocked,

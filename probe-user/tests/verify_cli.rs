@@ -120,3 +120,48 @@ fn fail_on_gates_the_exit_code() {
     assert_eq!(code, Some(1));
     assert!(err.contains("no-such-file.jsonl"), "{err}");
 }
+
+#[test]
+fn compare_lists_the_cases_whose_outcome_differs() {
+    let (ok, out, err) = flowpol(&[
+        "compare",
+        "flows-shop.jsonl",
+        "flows-shop.jsonl",
+        "--cluster",
+        "cluster-shop.yaml",
+    ]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("no differences"), "{out}");
+    // The same run, but the web tier's connections to the database got through this time.
+    let dir = std::env::temp_dir().join(format!("flowpol-compare-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let other = dir.join("other.jsonl");
+    let text = std::fs::read_to_string(common::fixtures().join("flows-shop.jsonl")).unwrap();
+    let changed = text.replacen(
+        r#""dst": {"ip": "10.244.1.14", "port": 5432}, "verdict": "timeout""#,
+        r#""dst": {"ip": "10.244.1.14", "port": 5432}, "verdict": "established""#,
+        1,
+    );
+    assert_ne!(changed, text, "the fixture has the web -> postgres timeout");
+    std::fs::write(&other, changed).unwrap();
+    let (code, out, err) = flowpol_code(&[
+        "compare",
+        "flows-shop.jsonl",
+        other.to_str().unwrap(),
+        "--cluster",
+        "cluster-shop.yaml",
+        "--output",
+        "json",
+        "--fail-on-difference",
+    ]);
+    assert_eq!(code, Some(3), "{err}");
+    let diffs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        diffs,
+        serde_json::json!([{
+            "src": "shop/web", "dst": "data/postgres-0", "port": 5432, "protocol": "TCP",
+            "a": "blocked", "b": "passed"
+        }])
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,29 +1,45 @@
 //! Verify on the lab, for real: the shop's NetworkPolicies enforced by the lab's nftables
 //! enforcer, faithfully and with each CNI fault, traffic captured by the probe, and
 //! `verify` must report exactly the flows each fault affects (hand-computed from the
-//! scenario's policies), no more, no less.
+//! scenario's policies), no more, no less; `compare` between the faithful and each faulty run
+//! must list exactly those cases.
 use std::collections::BTreeSet;
 
 use flowpol::{
-    attribute,
+    attribute, compare,
     lab::{
         enforce::{self, Fault},
         run::LabReport,
         EXAMPLE_SCENARIO,
     },
     policy::engine::Engine,
+    record::{FlowRecord, Protocol},
     verify::{self, Finding, Kind},
 };
 use flowpol_e2e::{privileged, run_lab_with_faults};
 
 type Case = (Kind, String, String, u16, &'static str);
 
+/// The run's records, both ends named from the lab's cluster.
+fn attributed(report: &LabReport) -> Vec<FlowRecord> {
+    let declared = enforce::declared(&report.resolved).expect("the shop's policies compile");
+    let mut records = report.records.clone();
+    attribute::enrich(&declared.cluster, &mut records);
+    records
+}
+
+fn proto(p: Protocol) -> &'static str {
+    if p == Protocol::UDP {
+        "UDP"
+    } else {
+        "TCP"
+    }
+}
+
 fn findings(report: &LabReport) -> BTreeSet<Case> {
     let declared = enforce::declared(&report.resolved).expect("the shop's policies compile");
     let engine = Engine::new(&declared.cluster, declared.policies);
-    let mut records = report.records.clone();
-    attribute::enrich(&declared.cluster, &mut records);
-    let v = verify::verify(&engine, records);
+    let v = verify::verify(&engine, attributed(report));
     v.findings
         .iter()
         .filter_map(|f| match f {
@@ -32,11 +48,7 @@ fn findings(report: &LabReport) -> BTreeSet<Case> {
                 x.src.name.clone(),
                 x.dst.name.clone(),
                 x.port,
-                if x.protocol == flowpol::record::Protocol::UDP {
-                    "UDP"
-                } else {
-                    "TCP"
-                },
+                proto(x.protocol),
             )),
             _ => None,
         })
@@ -103,6 +115,7 @@ fn each_cni_fault_is_reported_with_exactly_the_flows_it_affects() {
             .into(),
         ),
     ];
+    let mut faithful: Vec<FlowRecord> = Vec::new();
     for (fault, want) in expected {
         let faults: Vec<Fault> = fault.into_iter().collect();
         let report = run_lab_with_faults(EXAMPLE_SCENARIO, &faults);

@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 mod bpf_stats;
+mod compare;
 mod enrich;
 mod eval;
 mod lab;
@@ -34,6 +35,8 @@ enum Command {
     Eval(eval::Args),
     /// Hold observed traffic against the declared policies: enforcement gaps, over-blocks, exposures.
     Verify(verify::Args),
+    /// Two runs of the same traffic (two clusters, two CNIs) side by side: every case whose outcome differs.
+    Compare(compare::Args),
     /// Run counts and time of every loaded BPF program (needs kernel.bpf_stats_enabled=1).
     BpfStats(bpf_stats::Args),
 }
@@ -54,6 +57,7 @@ pub fn main() -> ExitCode {
         Command::Eval(args) => eval::run(args),
         Command::Enrich(args) => enrich::run(args),
         Command::Verify(args) => verify::run(args),
+        Command::Compare(args) => compare::run(args),
     };
     match result {
         Ok(code) => code,
