@@ -134,5 +134,21 @@ fn each_cni_fault_is_reported_with_exactly_the_flows_it_affects() {
             "fault {fault:?}: findings differ\n{}",
             report.table()
         );
+        // Compare, faithful run against this one: exactly the affected cases differ.
+        let records = attributed(&report);
+        if fault.is_none() {
+            faithful = records;
+            continue;
+        }
+        let differing: BTreeSet<(String, String, u16, &str)> =
+            compare::compare(&faithful, &records)
+                .into_iter()
+                .map(|d| (d.case.src, d.case.dst, d.case.port, proto(d.case.protocol)))
+                .collect();
+        let affected: BTreeSet<(String, String, u16, &str)> = want
+            .into_iter()
+            .map(|(_, src, dst, port, p)| (src, dst, port, p))
+            .collect();
+        assert_eq!(differing, affected, "fault {fault:?}: compare differs");
     }
 }
