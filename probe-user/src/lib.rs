@@ -21,6 +21,7 @@ pub mod lab;
 pub mod output;
 pub mod podcgroup;
 pub mod policy;
+pub mod probe;
 pub mod record;
 pub mod session;
 pub mod shutdown;

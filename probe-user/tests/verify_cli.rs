@@ -165,3 +165,30 @@ fn compare_lists_the_cases_whose_outcome_differs() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_probe_plan_of_the_shop() {
+    let (ok, out, err) = flowpol(&["probe", "--plan"]);
+    assert!(ok, "{err}");
+    golden("probe-plan-shop.json", &out);
+    let plan: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    let has = |from: &str, to: &str, port: u64, allowed: bool| {
+        plan.iter().any(|a| {
+            a["from"] == from
+                && a["to"] == to
+                && a["port"] == port
+                && a["expect_allowed"] == allowed
+        })
+    };
+    // The peers a rule allows must get through...
+    assert!(has("shop/cart-0", "payments/checkout-0", 8443, true));
+    assert!(has("payments/checkout-0", "payment-api", 443, true));
+    // ...inverted peers (right namespace, labels off) and excepted addresses must not.
+    assert!(has("shop/web-0", "payments/checkout-0", 8443, false));
+    assert!(has("payments/checkout-0", "blocked-api", 443, false));
+    // Default deny: a pod of another namespace tries the shop's pods.
+    assert!(has("kube-system/coredns-0", "shop/web-0", 8080, false));
+    assert!(plan
+        .iter()
+        .all(|a| !a["reasons"].as_array().unwrap().is_empty()));
+}

@@ -31,7 +31,14 @@ pub fn run_lab(yaml: &str) -> LabReport {
 
 /// [`run_lab`] with the policy enforcer behaving like a CNI with these bugs.
 pub fn run_lab_with_faults(yaml: &str, faults: &[Fault]) -> LabReport {
-    let mut resolved = scenario::parse("test scenario", yaml).expect("test scenario is valid");
+    run_resolved(
+        scenario::parse("test scenario", yaml).expect("test scenario is valid"),
+        faults,
+    )
+}
+
+/// [`run_lab_with_faults`] for a scenario already read (and perhaps changed).
+pub fn run_resolved(mut resolved: scenario::Resolved, faults: &[Fault]) -> LabReport {
     if !resolved.scenario.policies.is_empty() {
         enforce::install(&mut resolved, faults).expect("the scenario's policies compile");
     }

@@ -9,14 +9,15 @@ use flowpol::{
     attribute, compare,
     lab::{
         enforce::{self, Fault},
+        probing,
         run::LabReport,
-        EXAMPLE_SCENARIO,
+        scenario, EXAMPLE_SCENARIO,
     },
     policy::engine::Engine,
     record::{FlowRecord, Protocol},
     verify::{self, Finding, Kind},
 };
-use flowpol_e2e::{privileged, run_lab_with_faults};
+use flowpol_e2e::{privileged, run_lab_with_faults, run_resolved};
 
 type Case = (Kind, String, String, u16, &'static str);
 
@@ -150,5 +151,37 @@ fn each_cni_fault_is_reported_with_exactly_the_flows_it_affects() {
             .map(|(_, src, dst, port, p)| (src, dst, port, p))
             .collect();
         assert_eq!(differing, affected, "fault {fault:?}: compare differs");
+    }
+}
+
+/// `flowpol probe` on the lab: the plan derived from the shop's policies, run for real.
+/// Faithful enforcement passes it; each fault shows up as findings of the kind it causes.
+#[test]
+fn the_probe_plan_catches_every_cni_fault() {
+    if !privileged() {
+        return;
+    }
+    let resolved = scenario::parse("shop", EXAMPLE_SCENARIO).unwrap();
+    let attempts = probing::plan(&resolved).expect("the shop's policies compile");
+    assert!(attempts.iter().any(|a| a.expect_allowed));
+    assert!(attempts.iter().any(|a| !a.expect_allowed));
+    let cases = [
+        (None, None),
+        (Some(Fault::IgnoreEgress), Some(Kind::EnforcementGap)),
+        (
+            Some(Fault::IgnoreNamespaceSelectorWithPodSelector),
+            Some(Kind::OverBlock),
+        ),
+        (Some(Fault::IgnoreExcept), Some(Kind::EnforcementGap)),
+        (Some(Fault::IgnoreNamedPorts), Some(Kind::OverBlock)),
+        (Some(Fault::EnforceNothing), Some(Kind::EnforcementGap)),
+    ];
+    for (fault, kind) in cases {
+        let faults: Vec<Fault> = fault.into_iter().collect();
+        let report = run_resolved(probing::as_traffic(resolved.clone(), &attempts), &faults);
+        assert_eq!(report.summary.events_lost, 0);
+        let kinds: BTreeSet<Kind> = findings(&report).into_iter().map(|c| c.0).collect();
+        let want: BTreeSet<Kind> = kind.into_iter().collect();
+        assert_eq!(kinds, want, "fault {fault:?}\n{}", report.table());
     }
 }

@@ -8,6 +8,7 @@ mod compare;
 mod enrich;
 mod eval;
 mod lab;
+mod probe;
 mod record;
 mod source;
 mod verify;
@@ -35,6 +36,8 @@ enum Command {
     Eval(eval::Args),
     /// Hold observed traffic against the declared policies: enforcement gaps, over-blocks, exposures.
     Verify(verify::Args),
+    /// Actively probe the declared policies: attempts that must and must not get through, recorded as flows.
+    Probe(probe::Args),
     /// Two runs of the same traffic (two clusters, two CNIs) side by side: every case whose outcome differs.
     Compare(compare::Args),
     /// Run counts and time of every loaded BPF program (needs kernel.bpf_stats_enabled=1).
@@ -58,6 +61,7 @@ pub fn main() -> ExitCode {
         Command::Enrich(args) => enrich::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Compare(args) => compare::run(args),
+        Command::Probe(args) => probe::run(args),
     };
     match result {
         Ok(code) => code,

@@ -68,12 +68,16 @@ pub struct Settings {
     /// How long a client waits for a TCP handshake or a UDP answer.
     #[serde(default = "default_timeout", with = "humantime_serde_compat")]
     pub timeout: Duration,
+    /// Traffic items run at once (each in its own threads); 1 runs the plan in order.
+    #[serde(default = "one")]
+    pub concurrency: u32,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Self {
             timeout: default_timeout(),
+            concurrency: 1,
         }
     }
 }
