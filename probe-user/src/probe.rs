@@ -169,6 +169,16 @@ fn block_hosts<'a>(outside: &'a [Outside], peer: &Peer) -> (Vec<&'a Outside>, Ve
     (yes, no)
 }
 
+/// A host and its addresses.
+type Addressed = (Host, Vec<IpAddr>);
+
+/// A peer considered for one rule: whether the rule's peer list allows it, and its pod.
+struct Candidate {
+    host: Addressed,
+    allowed: bool,
+    pod: Option<PodId>,
+}
+
 struct Planner<'e, 'c> {
     engine: &'e Engine<'c>,
     outside: &'e [Outside],
@@ -176,7 +186,7 @@ struct Planner<'e, 'c> {
 }
 
 impl Planner<'_, '_> {
-    fn pod_host(&self, p: PodId) -> (Host, Vec<IpAddr>) {
+    fn pod_host(&self, p: PodId) -> Addressed {
         let c = self.engine.cluster();
         (Host::Pod(c.pod_name(p)), c.pod(p).ips.clone())
     }
@@ -223,7 +233,7 @@ impl Planner<'_, '_> {
         }
     }
 
-    fn outside_host(o: &Outside) -> (Host, Vec<IpAddr>) {
+    fn outside_host(o: &Outside) -> Addressed {
         (Host::Outside(o.name.clone()), o.ips.clone())
     }
 
@@ -241,39 +251,46 @@ impl Planner<'_, '_> {
             None => format!("policy {id} {} (no rules)", dir_name(dir)),
         };
         let cluster = self.engine.cluster();
-        // Peers as (host, is the peer allowed by the rule's peer list, destination pod).
-        let mut peers: Vec<((Host, Vec<IpAddr>), bool, Option<PodId>)> = Vec::new();
+        let mut peers: Vec<Candidate> = Vec::new();
+        let mut push = |host: Addressed, allowed: bool, pod: Option<PodId>| {
+            peers.push(Candidate { host, allowed, pod })
+        };
         if index.is_none() {
             // A policy without rules for this direction: nobody may pass; try one of each.
             for p in representatives(cluster, cluster.pod_ids()) {
-                peers.push((self.pod_host(p), false, Some(p)));
+                push(self.pod_host(p), false, Some(p));
             }
         } else if rule.peers.is_empty() {
             for p in representatives(cluster, cluster.pod_ids()) {
-                peers.push((self.pod_host(p), true, Some(p)));
+                push(self.pod_host(p), true, Some(p));
             }
             for o in self.outside {
-                peers.push((Self::outside_host(o), true, None));
+                push(Self::outside_host(o), true, None);
             }
         }
         for peer in &rule.peers {
             let (yes, near) = peer_pods(self.engine, policy, peer);
             for p in representatives(cluster, yes.into_iter()) {
-                peers.push((self.pod_host(p), true, Some(p)));
+                push(self.pod_host(p), true, Some(p));
             }
             for p in representatives(cluster, near.into_iter()) {
-                peers.push((self.pod_host(p), false, Some(p)));
+                push(self.pod_host(p), false, Some(p));
             }
             let (yes, no) = block_hosts(self.outside, peer);
             for o in yes {
-                peers.push((Self::outside_host(o), true, None));
+                push(Self::outside_host(o), true, None);
             }
             for o in no {
-                peers.push((Self::outside_host(o), false, None));
+                push(Self::outside_host(o), false, None);
             }
         }
         let target_host = self.pod_host(target);
-        for (peer, allowed_peer, peer_pod) in peers {
+        for Candidate {
+            host: peer,
+            allowed: allowed_peer,
+            pod: peer_pod,
+        } in peers
+        {
             let what = if allowed_peer {
                 "allowed peer"
             } else {
