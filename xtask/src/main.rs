@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod demo;
 mod setup;
 mod test;
 
@@ -35,8 +36,7 @@ fn main() -> Result<()> {
         Task::Setup => setup::run(),
         Task::Demo => {
             setup::run()?;
-            setup::cargo(&["build", "--release", "--package", "probe-user"])?;
-            setup::sh("target/release/flowpol", &["lab", "--check"])
+            demo::run()
         }
         Task::Test => {
             setup::run()?;
