@@ -25,4 +25,5 @@ pub mod probe;
 pub mod record;
 pub mod session;
 pub mod shutdown;
+pub mod suggest;
 pub mod verify;

@@ -11,6 +11,7 @@ mod lab;
 mod probe;
 mod record;
 mod source;
+mod suggest;
 mod verify;
 
 #[derive(Parser)]
@@ -38,6 +39,8 @@ enum Command {
     Verify(verify::Args),
     /// Actively probe the declared policies: attempts that must and must not get through, recorded as flows.
     Probe(probe::Args),
+    /// Write the least-privilege NetworkPolicies that allow exactly the observed traffic.
+    Suggest(suggest::Args),
     /// Two runs of the same traffic (two clusters, two CNIs) side by side: every case whose outcome differs.
     Compare(compare::Args),
     /// Run counts and time of every loaded BPF program (needs kernel.bpf_stats_enabled=1).
@@ -62,6 +65,7 @@ pub fn main() -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Probe(args) => probe::run(args),
+        Command::Suggest(args) => suggest::run(args),
     };
     match result {
         Ok(code) => code,

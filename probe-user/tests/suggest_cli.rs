@@ -1,0 +1,139 @@
+//! `flowpol suggest` through the binary on the shop fixtures: the golden YAML, its validity,
+//! completeness (every observed flow that got through is allowed) and tightness, filters
+//! and the diff mode.
+mod common;
+use common::{fixtures, flowpol, golden};
+
+use flowpol::{
+    attribute,
+    cluster::snapshot,
+    policy::{self, engine::Engine},
+    record, suggest,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+
+const ARGS: [&str; 5] = [
+    "suggest",
+    "--cluster",
+    "cluster-shop.yaml",
+    "--flows",
+    "flows-shop.jsonl",
+];
+
+fn parse(yaml: &str) -> Vec<NetworkPolicy> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|doc| {
+            let np: NetworkPolicy =
+                serde::Deserialize::deserialize(doc).expect("each document is a NetworkPolicy");
+            np
+        })
+        .collect()
+}
+
+#[test]
+fn suggestion_is_golden_deterministic_and_valid() {
+    let (ok, out, err) = flowpol(&[&ARGS[..], &["--explain"]].concat());
+    assert!(ok, "{err}");
+    golden("suggest-shop.yaml", &out);
+    let (_, again, _) = flowpol(&[&ARGS[..], &["--explain"]].concat());
+    assert_eq!(out, again, "same input, byte-identical output");
+    let policies = parse(&out);
+    assert_eq!(policies.len(), 11);
+    for np in &policies {
+        policy::compile(np).unwrap_or_else(|e| panic!("suggested policy invalid: {e}"));
+        let yaml = serde_yaml::to_string(np).unwrap();
+        for volatile in suggest::VOLATILE_LABELS {
+            assert!(
+                !yaml.contains(volatile),
+                "{volatile} in a selector:\n{yaml}"
+            );
+        }
+    }
+    assert!(err.contains("none denied"), "{err}");
+    assert!(err.contains("excess: 0 "), "{err}");
+}
+
+/// Completeness, checked here independently of the command's own replay: existing plus
+/// suggested policies allow every record that got through.
+#[test]
+fn replaying_the_flows_through_the_suggestion_denies_none() {
+    let (ok, out, err) = flowpol(&ARGS);
+    assert!(ok, "{err}");
+    let snap = snapshot::load(&fixtures().join("cluster-shop.yaml")).unwrap();
+    let mut records = record::read_json_lines(&fixtures().join("flows-shop.jsonl")).unwrap();
+    attribute::enrich(&snap.cluster, &mut records);
+    let existing: Vec<_> = snap
+        .policies
+        .iter()
+        .map(|p| policy::compile(p).unwrap())
+        .collect();
+    let before = suggest::denied(&Engine::new(&snap.cluster, existing.clone()), &records);
+    assert!(
+        !before.is_empty(),
+        "the fixture has flows today's policies deny"
+    );
+    let suggested: Vec<_> = parse(&out)
+        .iter()
+        .map(|p| policy::compile(p).unwrap())
+        .collect();
+    let engine = Engine::new(
+        &snap.cluster,
+        existing.into_iter().chain(suggested).collect(),
+    );
+    let after = suggest::denied(&engine, &records);
+    assert!(after.is_empty(), "denied after the suggestion: {after:#?}");
+}
+
+#[test]
+fn peers_are_workloads_dns_by_service_selector_and_the_api_server_by_address() {
+    let (ok, out, err) = flowpol(&ARGS);
+    assert!(ok, "{err}");
+    let policies = parse(&out);
+    let named = |ns: &str, name: &str| {
+        policies
+            .iter()
+            .find(|p| {
+                p.metadata.namespace.as_deref() == Some(ns)
+                    && p.metadata.name.as_deref() == Some(name)
+            })
+            .unwrap_or_else(|| panic!("no policy {ns}/{name}"))
+    };
+    let web = serde_yaml::to_string(named("shop", "allow-web")).unwrap();
+    // DNS through the kube-dns Service: its selector, not its own labels.
+    assert!(web.contains("k8s-app: kube-dns"), "{web}");
+    let checkout = serde_yaml::to_string(named("payments", "allow-checkout")).unwrap();
+    assert!(checkout.contains("cidr: 192.168.10.5/32"), "{checkout}");
+    assert!(
+        checkout.contains("endpoint of service default/kubernetes"),
+        "{checkout}"
+    );
+    assert!(checkout.contains("cidr: 203.0.113.10/32"), "{checkout}");
+    // Every namespace with observed workloads gets a default deny.
+    for ns in ["shop", "payments", "data", "kube-system", "ingress-nginx"] {
+        named(ns, "default-deny");
+    }
+}
+
+#[test]
+fn namespace_filter_and_diff_mode() {
+    let (ok, out, err) = flowpol(&[&ARGS[..], &["--namespace", "shop"]].concat());
+    assert!(ok, "{err}");
+    let policies = parse(&out);
+    assert!(policies
+        .iter()
+        .all(|p| p.metadata.namespace.as_deref() == Some("shop")));
+    assert_eq!(policies.len(), 3, "default deny, web, cart");
+    // Diff: only what today's policies lack, no default deny, and what one would break.
+    let (ok, out, err) = flowpol(&[&ARGS[..], &["--diff"]].concat());
+    assert!(ok, "{err}");
+    let missing = parse(&out);
+    assert!(missing
+        .iter()
+        .all(|p| p.metadata.name.as_deref() != Some("default-deny")));
+    assert!(
+        missing.len() < 11 && !missing.is_empty(),
+        "{}",
+        missing.len()
+    );
+    assert!(err.contains("would break"), "{err}");
+}
