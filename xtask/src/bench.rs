@@ -26,6 +26,8 @@ pub enum What {
     Capture,
     /// Policy engine: model build, memory, verdicts/s; against network-config-analyzer.
     Engine,
+    /// Suggest: 10,000 pods in 1,000 workloads, 100,000 flow records; time and memory.
+    Suggest,
 }
 
 const CONNECTIONS: u32 = 200_000;
@@ -35,6 +37,7 @@ pub fn run(what: What) -> Result<()> {
     match what {
         What::Capture => capture(),
         What::Engine => engine(),
+        What::Suggest => cargo(&["bench", "--package", "probe-user", "--bench", "suggest"]),
     }
 }
 
