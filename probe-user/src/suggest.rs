@@ -159,6 +159,8 @@ struct Edges {
 #[derive(Clone, Debug, Default)]
 pub struct Suggestion {
     pub policies: Vec<NetworkPolicy>,
+    /// The same as CiliumNetworkPolicies (cilium.io/v2), in the same order.
+    pub cilium: Vec<serde_json::Value>,
     /// Workloads whose pods no stable label set selects exactly (their policy selects more).
     pub inexact: Vec<String>,
     /// Records that got through, and were used.
@@ -410,13 +412,20 @@ fn live(cluster: &Cluster, p: PodId) -> bool {
     pod.is_active() && !pod.host_network
 }
 
+/// Whether a record is traffic the suggestion must allow: it got through (established,
+/// answered, received), or is a datagram sent without answer (one-way UDP such as syslog
+/// or statsd is normal). Refusals, timeouts and drops are not.
+pub fn is_traffic(r: &FlowRecord) -> bool {
+    fate(r) == Fate::Passed || r.verdict == Some(crate::record::Verdict::Sent)
+}
+
 /// Suggests policies for the observed `records` (attributed, so service flows carry their
-/// backends). Only records that got through (established, answered, received) count.
+/// backends): every record [`is_traffic`].
 pub fn suggest(cluster: &Cluster, records: &[FlowRecord], options: &Options) -> Suggestion {
     let mut s = Suggester::new(cluster, options);
     let mut used = 0;
     for r in records {
-        if fate(r) == Fate::Passed {
+        if is_traffic(r) {
             s.record(r);
             used += 1;
         }
@@ -435,13 +444,31 @@ pub fn suggest(cluster: &Cluster, records: &[FlowRecord], options: &Options) -> 
         .collect();
     for ns in namespaces {
         out.policies.push(default_deny(ns));
+        out.cilium.push(cilium::default_deny(ns));
         for (w, e) in edges.iter().filter(|((n, _), _)| n == ns) {
             let (selector, exact) = s.selector(w);
             if !exact {
                 out.inexact
                     .push(format!("{}/{}/{}", w.0, w.1.kind, w.1.name));
             }
-            out.policies.push(workload_policy(w, selector, e, options));
+            let (ingress, egress) = (groups(&e.ingress, options), groups(&e.egress, options));
+            let mut np = workload_policy(w, selector.clone(), &ingress, &egress, options);
+            let notes = notes(&[&ingress, &egress]);
+            if !notes.is_empty() {
+                let text = notes.into_iter().collect::<Vec<_>>().join("; ");
+                np.metadata
+                    .annotations
+                    .get_or_insert_with(BTreeMap::new)
+                    .insert(ADDRESS_NOTES.to_owned(), text);
+            }
+            out.cilium.push(cilium::policy(
+                &w.0,
+                &np.metadata,
+                &selector,
+                &ingress,
+                &egress,
+            ));
+            out.policies.push(np);
         }
     }
     out
@@ -499,34 +526,14 @@ fn policy_name(w: &Workload) -> String {
 fn workload_policy(
     w: &WorkloadKey,
     selector: Labels,
-    e: &Edges,
+    ingress: &[Group],
+    egress: &[Group],
     options: &Options,
 ) -> NetworkPolicy {
     let mut annotations = BTreeMap::new();
-    let mut notes = BTreeSet::new();
-    let ingress = rules(
-        &w.0,
-        &e.ingress,
-        options,
-        Direction::Ingress,
-        &mut annotations,
-        &mut notes,
-    );
-    let egress = rules(
-        &w.0,
-        &e.egress,
-        options,
-        Direction::Egress,
-        &mut annotations,
-        &mut notes,
-    );
+    let ingress = rules(&w.0, ingress, options, Direction::Ingress, &mut annotations);
+    let egress = rules(&w.0, egress, options, Direction::Egress, &mut annotations);
     let mut m = meta(&w.0, &policy_name(&w.1));
-    if !notes.is_empty() {
-        annotations.insert(
-            ADDRESS_NOTES.to_owned(),
-            notes.into_iter().collect::<Vec<_>>().join("; "),
-        );
-    }
     m.annotations
         .get_or_insert_with(BTreeMap::new)
         .extend(annotations);
@@ -554,21 +561,16 @@ fn workload_policy(
     }
 }
 
-type RuleParts = (
-    Option<Vec<NetworkPolicyPeer>>,
-    Option<Vec<NetworkPolicyPort>>,
-);
+/// One rule: peers that share a port set, and the flows that justify it.
+struct Group {
+    ports: BTreeSet<Port>,
+    peers: Vec<Peer>,
+    explain: Vec<String>,
+}
 
 /// Rules for one direction: peers grouped by identical port sets, internet-wide egress
 /// where many outside addresses share a port.
-fn rules(
-    own_ns: &str,
-    edges: &BTreeMap<Peer, BTreeMap<Port, Evidence>>,
-    options: &Options,
-    dir: Direction,
-    annotations: &mut BTreeMap<String, String>,
-    notes: &mut BTreeSet<String>,
-) -> Vec<RuleParts> {
+fn groups(edges: &BTreeMap<Peer, BTreeMap<Port, Evidence>>, options: &Options) -> Vec<Group> {
     let mut edges = edges.clone();
     widen_to_internet(&mut edges, options.internet_threshold);
     let mut by_ports: BTreeMap<BTreeSet<Port>, Vec<&Peer>> = BTreeMap::new();
@@ -578,50 +580,82 @@ fn rules(
             .or_default()
             .push(peer);
     }
+    by_ports
+        .into_iter()
+        .map(|(ports, peers)| {
+            let mut explain = Vec::new();
+            for peer in &peers {
+                for (port, ev) in &edges[*peer] {
+                    let when = match (ev.first, ev.last) {
+                        (Some(f), Some(l)) => format!(
+                            " {} .. {}",
+                            f.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                            l.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+                        ),
+                        _ => String::new(),
+                    };
+                    explain.push(format!(
+                        "{} {}/{}: {} seen{when}",
+                        describe(peer),
+                        port.0,
+                        port.1,
+                        ev.count
+                    ));
+                }
+            }
+            Group {
+                ports,
+                peers: peers.into_iter().cloned().collect(),
+                explain,
+            }
+        })
+        .collect()
+}
+
+/// Rules as NetworkPolicy parts; explanations and address notes go to `annotations`.
+fn rules(
+    own_ns: &str,
+    groups: &[Group],
+    options: &Options,
+    dir: Direction,
+    annotations: &mut BTreeMap<String, String>,
+) -> Vec<RuleParts> {
     let dir_name = match dir {
         Direction::Ingress => "ingress",
         Direction::Egress => "egress",
     };
-    let mut out = Vec::new();
-    for (i, (ports, peers)) in by_ports.into_iter().enumerate() {
-        let mut explained = Vec::new();
-        let json_peers: Vec<NetworkPolicyPeer> = peers
-            .iter()
-            .map(|peer| {
-                if let Peer::Block { note: Some(n), .. } = peer {
-                    notes.insert(n.clone());
-                }
-                if options.explain {
-                    for (port, ev) in &edges[*peer] {
-                        explained.push(format!(
-                            "{} {}/{}: {} seen{}",
-                            describe(peer),
-                            port.0,
-                            port.1,
-                            ev.count,
-                            match (ev.first, ev.last) {
-                                (Some(f), Some(l)) => format!(
-                                    " {} .. {}",
-                                    f.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                                    l.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
-                                ),
-                                _ => String::new(),
-                            }
-                        ));
-                    }
-                }
-                to_peer(own_ns, peer)
-            })
-            .collect();
-        if options.explain {
-            annotations.insert(
-                format!("{EXPLAIN_PREFIX}{dir_name}-{i}"),
-                explained.join("; "),
-            );
-        }
-        out.push((Some(json_peers), Some(port_list(&ports))));
-    }
-    out
+    groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            if options.explain {
+                annotations.insert(
+                    format!("{EXPLAIN_PREFIX}{dir_name}-{i}"),
+                    g.explain.join("; "),
+                );
+            }
+            let peers = g.peers.iter().map(|p| to_peer(own_ns, p)).collect();
+            (Some(peers), Some(port_list(&g.ports)))
+        })
+        .collect()
+}
+
+type RuleParts = (
+    Option<Vec<NetworkPolicyPeer>>,
+    Option<Vec<NetworkPolicyPort>>,
+);
+
+/// The notes of a workload's address peers (nodes, API server endpoints).
+fn notes(groups: &[&[Group]]) -> BTreeSet<String> {
+    groups
+        .iter()
+        .flat_map(|g| g.iter())
+        .flat_map(|g| &g.peers)
+        .filter_map(|p| match p {
+            Peer::Block { note: Some(n), .. } => Some(n.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 fn describe(peer: &Peer) -> String {
@@ -742,23 +776,130 @@ fn port_list(ports: &BTreeSet<Port>) -> Vec<NetworkPolicyPort> {
     out
 }
 
-/// The policies as kubectl-appliable multi-document YAML.
-pub fn to_yaml(policies: &[NetworkPolicy]) -> String {
-    policies
+/// Objects as kubectl-appliable multi-document YAML.
+pub fn to_yaml<T: serde::Serialize>(objects: &[T]) -> String {
+    objects
         .iter()
-        .map(|p| serde_yaml::to_string(p).expect("a NetworkPolicy serializes"))
+        .map(|p| serde_yaml::to_string(p).expect("a policy serializes"))
         .collect::<Vec<_>>()
         .join("---\n")
 }
 
-/// Which of `records` that got through a policy set denies (should be none).
+/// CiliumNetworkPolicy rendering of the same rules.
+mod cilium {
+    use serde_json::{json, Map, Value};
+
+    use super::{Group, Labels, Peer};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    const NS_LABEL: &str = "k8s:io.kubernetes.pod.namespace";
+
+    fn meta(m: &ObjectMeta) -> Value {
+        serde_json::to_value(m).expect("metadata serializes")
+    }
+
+    /// Every endpoint of the namespace: an empty rule turns default deny on.
+    pub fn default_deny(ns: &str) -> Value {
+        json!({
+            "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": {"name": "default-deny", "namespace": ns,
+                         "labels": {"app.kubernetes.io/managed-by": "flowpol"}},
+            "spec": {"endpointSelector": {}, "ingress": [{}], "egress": [{}]},
+        })
+    }
+
+    pub fn policy(
+        ns: &str,
+        m: &ObjectMeta,
+        selector: &Labels,
+        ingress: &[Group],
+        egress: &[Group],
+    ) -> Value {
+        json!({
+            "apiVersion": "cilium.io/v2", "kind": "CiliumNetworkPolicy",
+            "metadata": meta(m),
+            "spec": {
+                "endpointSelector": {"matchLabels": selector},
+                "ingress": rules(ns, ingress, "from"),
+                "egress": rules(ns, egress, "to"),
+            },
+        })
+    }
+
+    /// One Cilium rule per kind of peer in a group (endpoints, entities, CIDRs), each with
+    /// the group's ports.
+    fn rules(ns: &str, groups: &[Group], dir: &str) -> Vec<Value> {
+        let mut out = Vec::new();
+        for g in groups {
+            let ports: Vec<Value> = g
+                .ports
+                .iter()
+                .map(|(proto, port)| json!({"port": port.to_string(), "protocol": proto.to_string()}))
+                .collect();
+            let dns = g.ports.iter().any(|(_, p)| *p == 53);
+            let (mut endpoints, mut entities, mut cidrs) = (Vec::new(), Vec::new(), Vec::new());
+            for p in &g.peers {
+                match p {
+                    Peer::Pods {
+                        namespace,
+                        selector,
+                        ..
+                    } => {
+                        let mut labels: Map<String, Value> = selector
+                            .iter()
+                            .map(|(k, v)| (k.clone(), json!(v)))
+                            .collect();
+                        if namespace != ns {
+                            labels.insert(NS_LABEL.into(), json!(namespace));
+                        }
+                        endpoints.push(json!({"matchLabels": labels}));
+                    }
+                    Peer::Block { note: Some(n), .. } if n.contains("default/kubernetes") => {
+                        entities.push(json!("kube-apiserver"))
+                    }
+                    Peer::Block { note: Some(_), .. } => {
+                        entities.push(json!("host"));
+                        entities.push(json!("remote-node"));
+                    }
+                    Peer::Block { cidr, except, .. } => {
+                        let mut c = json!({"cidr": cidr.to_string()});
+                        if !except.is_empty() {
+                            c["except"] =
+                                json!(except.iter().map(|e| e.to_string()).collect::<Vec<_>>());
+                        }
+                        cidrs.push(c);
+                    }
+                }
+            }
+            entities.dedup();
+            for (key, peers) in [
+                ("Endpoints", endpoints),
+                ("Entities", entities),
+                ("CIDRSet", cidrs),
+            ] {
+                if peers.is_empty() {
+                    continue;
+                }
+                let mut to_ports = json!([{"ports": ports}]);
+                if key == "Endpoints" && dns && dir == "to" {
+                    // DNS through Cilium's proxy, so later rules can name domains.
+                    to_ports[0]["rules"] = json!({"dns": [{"matchPattern": "*"}]});
+                }
+                out.push(json!({format!("{dir}{key}"): peers, "toPorts": to_ports}));
+            }
+        }
+        out
+    }
+}
+
+/// Which of `records` that are traffic ([`is_traffic`]) a policy set denies.
 pub fn denied<'r>(
     engine: &crate::policy::engine::Engine,
     records: &'r [FlowRecord],
 ) -> Vec<&'r FlowRecord> {
     records
         .iter()
-        .filter(|r| fate(r) == Fate::Passed)
+        .filter(|r| is_traffic(r))
         .filter(|r| {
             crate::eval::evaluate(engine, vec![(*r).clone()])
                 .first()
@@ -794,7 +935,7 @@ pub fn excess(
     };
     let mut observed: BTreeSet<(WorkloadKey, WorkloadKey, u16, Protocol)> = BTreeSet::new();
     let mut reached: BTreeMap<WorkloadKey, BTreeSet<Port>> = BTreeMap::new();
-    for r in records.iter().filter(|r| fate(r) == Fate::Passed) {
+    for r in records.iter().filter(|r| is_traffic(r)) {
         let targets: Vec<(IpAddr, u16)> = if r.dst.identity.backends.is_empty() {
             vec![(r.dst.ip, r.dst.port.unwrap_or(0))]
         } else {

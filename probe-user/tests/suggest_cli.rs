@@ -137,3 +137,39 @@ fn namespace_filter_and_diff_mode() {
     );
     assert!(err.contains("would break"), "{err}");
 }
+
+#[test]
+fn cilium_output_names_entities_and_proxies_dns() {
+    let (ok, out, err) = flowpol(&[&ARGS[..], &["--format", "cilium"]].concat());
+    assert!(ok, "{err}");
+    golden("suggest-shop-cilium.yaml", &out);
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&out)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(docs.len(), 11, "the same policies as NetworkPolicies");
+    assert!(docs.iter().all(|d| d["apiVersion"] == "cilium.io/v2"));
+    let named = |ns: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["metadata"]["namespace"] == ns && d["metadata"]["name"] == name)
+            .unwrap()
+    };
+    let deny = named("shop", "default-deny");
+    assert_eq!(deny["spec"]["ingress"], serde_json::json!([{}]));
+    let checkout = named("payments", "allow-checkout");
+    let egress = checkout["spec"]["egress"].as_array().unwrap();
+    assert!(egress
+        .iter()
+        .any(|r| r["toEntities"] == serde_json::json!(["kube-apiserver"])));
+    let web = named("shop", "allow-web");
+    let dns = web["spec"]["egress"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["toPorts"][0]["ports"][0]["port"] == "53")
+        .expect("a DNS rule");
+    assert_eq!(
+        dns["toEndpoints"][0]["matchLabels"]["k8s:io.kubernetes.pod.namespace"],
+        "kube-system"
+    );
+    assert_eq!(dns["toPorts"][0]["rules"]["dns"][0]["matchPattern"], "*");
+}

@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: the whole loop on the built-in lab, step by step, files under
 //! `target/demo/`: record the shop under faithful policy enforcement and verify it; break
-//! the enforcer like a buggy CNI, verify again and compare; probe the policies actively.
+//! the enforcer like a buggy CNI, verify again and compare; probe the policies actively;
+//! suggest policies from the traffic, enforce them instead, and replay.
 use anyhow::Result;
 
 use crate::setup::{cargo, sh};
@@ -60,6 +61,28 @@ pub fn run() -> Result<()> {
     sh(
         FLOWPOL,
         &["verify", "--cluster", &cluster, "--flows", &probed],
+    )?;
+    let (suggested, replayed) = (file("suggested.yaml"), file("flows-suggested.jsonl"));
+    step("7. suggest least-privilege policies from what the shop really did");
+    sh(
+        FLOWPOL,
+        &[
+            "suggest",
+            "--cluster",
+            &cluster,
+            "--flows",
+            &flows,
+            "--explain",
+            "-o",
+            &suggested,
+        ],
+    )?;
+    step("8. enforce the suggestion instead of the hand-written policies, and replay");
+    sh(FLOWPOL, &["lab", "--policies", &suggested, "-o", &replayed])?;
+    step("9. compare: what worked still works; only what never worked (a closed port) changed");
+    sh(
+        FLOWPOL,
+        &["compare", &flows, &replayed, "--cluster", &cluster],
     )?;
     eprintln!("\nfiles are in {DIR}/");
     Ok(())

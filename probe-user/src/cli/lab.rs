@@ -36,6 +36,10 @@ pub struct Args {
     /// ignore-ns-selector-with-pod-selector, ignore-except, ignore-named-ports, enforce-nothing.
     #[arg(long)]
     fault: Vec<Fault>,
+    /// Declare (and enforce) these NetworkPolicies instead of the scenario's: multi-document
+    /// YAML, as `flowpol suggest` writes it.
+    #[arg(long)]
+    policies: Option<PathBuf>,
     /// Write the lab's cluster (namespaces, node, pods, declared policies) as a snapshot
     /// for `--cluster` of eval, enrich, verify and suggest.
     #[arg(long)]
@@ -51,6 +55,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Some(path) => scenario::load(path)?,
         None => scenario::parse("<built-in shop scenario>", EXAMPLE_SCENARIO)?,
     };
+    if let Some(path) = &args.policies {
+        resolved.scenario.policies = read_policies(path)?;
+    }
     if let Some(path) = &args.cluster_out {
         let yaml = cluster::snapshot_yaml(&resolved);
         output::write_atomic(path, |mut f| {
@@ -109,4 +116,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// NetworkPolicy documents from a multi-document YAML file (other kinds are refused).
+fn read_policies(path: &std::path::Path) -> anyhow::Result<Vec<serde_yaml::Value>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policies {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        let value: serde_yaml::Value = serde::Deserialize::deserialize(doc)
+            .with_context(|| format!("{}: document {}: not YAML", path.display(), i + 1))?;
+        if value.is_null() {
+            continue;
+        }
+        if value["kind"].as_str() != Some("NetworkPolicy") {
+            anyhow::bail!(
+                "{}: document {}: kind {:?}, expected NetworkPolicy",
+                path.display(),
+                i + 1,
+                value["kind"].as_str().unwrap_or("missing")
+            );
+        }
+        out.push(value);
+    }
+    Ok(out)
 }

@@ -19,6 +19,7 @@ use flowpol::{
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Format {
     Networkpolicy,
+    Cilium,
 }
 
 #[derive(clap::Args)]
@@ -53,7 +54,6 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let Format::Networkpolicy = args.format;
     let snap = args.source.load("suggest")?;
     let existing = snap.compile("suggest")?;
     let mut records = record::read_json_lines(&args.flows)?;
@@ -157,7 +157,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     for w in &s.inexact {
         eprintln!("flowpol suggest: warning: no stable labels select exactly the pods of {w}; its policy selects more pods");
     }
-    let yaml = suggest::to_yaml(&s.policies);
+    let yaml = match args.format {
+        Format::Networkpolicy => suggest::to_yaml(&s.policies),
+        Format::Cilium => suggest::to_yaml(&s.cilium),
+    };
     match &args.output {
         Some(path) => flowpol::output::write_atomic(path, |mut f| {
             std::io::Write::write_all(&mut f, yaml.as_bytes())
