@@ -85,6 +85,8 @@ pub struct Options {
     /// More distinct outside addresses than this on one port of one workload: allow the
     /// internet (0.0.0.0/0, ::/0) on that port, private ranges excepted.
     pub internet_threshold: usize,
+    /// Also render CiliumNetworkPolicies ([`Suggestion::cilium`]).
+    pub cilium: bool,
 }
 
 impl Default for Options {
@@ -94,6 +96,7 @@ impl Default for Options {
             explain: false,
             cidr_aggregate: false,
             internet_threshold: 16,
+            cilium: false,
         }
     }
 }
@@ -159,7 +162,8 @@ struct Edges {
 #[derive(Clone, Debug, Default)]
 pub struct Suggestion {
     pub policies: Vec<NetworkPolicy>,
-    /// The same as CiliumNetworkPolicies (cilium.io/v2), in the same order.
+    /// The same as CiliumNetworkPolicies (cilium.io/v2), in the same order, when
+    /// [`Options::cilium`] asked for them.
     pub cilium: Vec<serde_json::Value>,
     /// Workloads whose pods no stable label set selects exactly (their policy selects more).
     pub inexact: Vec<String>,
@@ -444,7 +448,9 @@ pub fn suggest(cluster: &Cluster, records: &[FlowRecord], options: &Options) -> 
         .collect();
     for ns in namespaces {
         out.policies.push(default_deny(ns));
-        out.cilium.push(cilium::default_deny(ns));
+        if options.cilium {
+            out.cilium.push(cilium::default_deny(ns));
+        }
         for (w, e) in edges.iter().filter(|((n, _), _)| n == ns) {
             let (selector, exact) = s.selector(w);
             if !exact {
@@ -461,13 +467,15 @@ pub fn suggest(cluster: &Cluster, records: &[FlowRecord], options: &Options) -> 
                     .get_or_insert_with(BTreeMap::new)
                     .insert(ADDRESS_NOTES.to_owned(), text);
             }
-            out.cilium.push(cilium::policy(
-                &w.0,
-                &np.metadata,
-                &selector,
-                &ingress,
-                &egress,
-            ));
+            if options.cilium {
+                out.cilium.push(cilium::policy(
+                    &w.0,
+                    &np.metadata,
+                    &selector,
+                    &ingress,
+                    &egress,
+                ));
+            }
             out.policies.push(np);
         }
     }

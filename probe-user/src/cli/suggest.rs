@@ -63,6 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         explain: args.explain,
         cidr_aggregate: args.cidr_aggregate,
         internet_threshold: args.internet_threshold,
+        cilium: matches!(args.format, Format::Cilium),
     };
     let cluster = &snap.cluster;
     // In diff mode, new rules are needed for the flows today's policies do not allow by a
