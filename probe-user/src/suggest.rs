@@ -918,7 +918,8 @@ pub fn denied<'r>(
 
 /// Combinations (source workload, destination workload, port, protocol) that the policies
 /// allow between the workloads of `namespaces` but that were not observed: the excess of a
-/// suggestion. Ports are those the destination listens on or was reached on.
+/// suggestion. Ports are those the destination listens on or was reached on. In order of
+/// destination, then source.
 pub fn excess(
     engine: &crate::policy::engine::Engine,
     records: &[FlowRecord],
@@ -1131,6 +1132,94 @@ mod tests {
         assert!(matches!(peer, Peer::Block { cidr, except, .. }
             if cidr.to_string() == "0.0.0.0/0" && except.iter().any(|e| e.to_string() == "10.0.0.0/8")));
         assert_eq!(ports[&(Protocol::TCP, 443)].count, 5);
+    }
+
+    fn with_port(ns: &str, name: &str, ip: &str, labels: &str, port: u16) -> String {
+        pod(ns, name, ip, labels).replace(
+            "containers: [{name: c}]",
+            &format!("containers: [{{name: c, ports: [{{containerPort: {port}}}]}}]"),
+        )
+    }
+
+    fn flow(src: &str, dst: &str, port: u16) -> FlowRecord {
+        FlowRecord {
+            first_seen: None,
+            last_seen: None,
+            protocol: Protocol::TCP,
+            src: crate::record::Endpoint::new(src.parse().unwrap(), None),
+            dst: crate::record::Endpoint::new(dst.parse().unwrap(), Some(port)),
+            verdict: Some(crate::record::Verdict::Established),
+            drop_reason: None,
+            count: 1,
+            replies: None,
+            error: None,
+            node: None,
+            observer: None,
+        }
+    }
+
+    /// The excess, computed by hand: a canary shares its labels with the observed api pod,
+    /// so whatever the api pod may do, the canary may too.
+    #[test]
+    fn excess_is_what_shared_labels_open_beyond_the_observed() {
+        let c = cluster(&[
+            with_port("a", "web-1", "10.0.0.1", "{app: web}", 80),
+            with_port("a", "api-1", "10.0.0.2", "{app: api}", 8080),
+            with_port("a", "api-canary", "10.0.0.3", "{app: api}", 8080),
+            with_port("a", "db-1", "10.0.0.4", "{app: db}", 5432),
+        ]);
+        let flows = [
+            flow("10.0.0.1", "10.0.0.2", 8080),
+            flow("10.0.0.2", "10.0.0.4", 5432),
+        ];
+        let s = suggest(&c, &flows, &Options::default());
+        assert_eq!(s.inexact, vec!["a/Pod/api-1".to_owned()]);
+        let compiled = s
+            .policies
+            .iter()
+            .map(|p| crate::policy::compile(p).unwrap())
+            .collect();
+        let engine = crate::policy::engine::Engine::new(&c, compiled);
+        assert!(denied(&engine, &flows).is_empty());
+        let got = excess(&engine, &flows, &namespaces_of(&s));
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "a/Pod/web-1".into(),
+                    "a/Pod/api-canary".into(),
+                    8080,
+                    Protocol::TCP
+                ),
+                (
+                    "a/Pod/api-canary".into(),
+                    "a/Pod/db-1".into(),
+                    5432,
+                    Protocol::TCP
+                ),
+            ]
+        );
+        // With workload-granular labels there is none.
+        let c = cluster(&[
+            with_port("a", "web-1", "10.0.0.1", "{app: web}", 80),
+            with_port("a", "api-1", "10.0.0.2", "{app: api, track: stable}", 8080),
+            with_port(
+                "a",
+                "api-canary",
+                "10.0.0.3",
+                "{app: api, track: canary}",
+                8080,
+            ),
+            with_port("a", "db-1", "10.0.0.4", "{app: db}", 5432),
+        ]);
+        let s = suggest(&c, &flows, &Options::default());
+        let compiled = s
+            .policies
+            .iter()
+            .map(|p| crate::policy::compile(p).unwrap())
+            .collect();
+        let engine = crate::policy::engine::Engine::new(&c, compiled);
+        assert_eq!(excess(&engine, &flows, &namespaces_of(&s)), Vec::new());
     }
 
     #[test]
