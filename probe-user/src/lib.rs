@@ -18,6 +18,7 @@ pub mod decode;
 pub mod eval;
 pub mod kernel;
 pub mod lab;
+pub mod node_probe;
 pub mod output;
 pub mod podcgroup;
 pub mod policy;

@@ -66,6 +66,36 @@ fn walk(dir: &Path, pod: Option<&str>, depth: usize, found: &mut CgroupPods) {
     }
 }
 
+/// Pod UID -> the processes in its cgroups (containers included), for entering a pod's
+/// network namespace from the node through `/proc/<pid>/ns/net`.
+pub fn pids(root: &Path) -> HashMap<String, Vec<u32>> {
+    let mut out: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut dirs = vec![(root.to_owned(), None::<String>, 0)];
+    while let Some((dir, pod, depth)) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = e.file_name().to_string_lossy().into_owned();
+            let uid = pod_uid(&name).or_else(|| pod.clone());
+            if let Some(uid) = &uid {
+                let procs =
+                    std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
+                out.entry(uid.clone())
+                    .or_default()
+                    .extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+            }
+            if depth + 1 < MAX_DEPTH && (uid.is_some() || name.contains("kubepods")) {
+                dirs.push((e.path(), uid, depth + 1));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -224,3 +224,145 @@ status: {{phase: Running, podIP: 10.99.0.1, podIPs: [{{ip: 10.99.0.1}}]}}\n"
     assert_eq!(server["dst"]["kind"], "external", "{server}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `flowpol probe --cluster` on a node: the attempts whose source pod runs here go out from
+/// inside that pod's network namespace, entered through a process in the pod's kubelet-style
+/// cgroup. With the policies enforced, verify finds nothing; without, the denied attempt is
+/// an enforcement gap.
+#[test]
+fn probe_runs_from_local_pods_namespaces_found_by_their_cgroups() {
+    use flowpol::lab::{cluster, enforce, scenario, Lab};
+    if !privileged() {
+        return;
+    }
+    let yaml = "
+name: node-probe
+namespaces: [{name: a}, {name: b}]
+pods:
+  - {name: client, namespace: a, labels: {app: client}}
+  - {name: server, namespace: a, labels: {app: server}, ports: [{port: 8080, name: http}]}
+  - {name: other, namespace: b, labels: {app: other}, ports: [{port: 8080}]}
+policies:
+  - apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: server, namespace: a}
+    spec:
+      podSelector: {matchLabels: {app: server}}
+      ingress: [{from: [{podSelector: {matchLabels: {app: client}}}], ports: [{port: http}]}]
+  - apiVersion: networking.k8s.io/v1
+    kind: NetworkPolicy
+    metadata: {name: deny, namespace: b}
+    spec: {podSelector: {}, policyTypes: [Ingress]}
+";
+    let dir = std::env::temp_dir().join(format!("flowpol-node-probe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let root = flowpol::kernel::cgroup2_root(&mountinfo).expect("a cgroup v2 hierarchy");
+    let top = root.join("kubepods-flowpol-probe.slice");
+    // The client is the scenario's first pod.
+    let pod_cgroup = top.join(format!(
+        "kubepods-pod{}.slice",
+        cluster::uid(0).replace('-', "_")
+    ));
+    for enforced in [true, false] {
+        let mut resolved = scenario::parse("node-probe", yaml).unwrap();
+        if enforced {
+            enforce::install(&mut resolved, &[]).unwrap();
+        }
+        let snapshot = dir.join("cluster.yaml");
+        std::fs::write(&snapshot, cluster::snapshot_yaml(&resolved)).unwrap();
+        let lab = Lab::up(resolved).unwrap();
+        std::fs::create_dir_all(&pod_cgroup).unwrap();
+        // The pod's process: in the client's namespace (once `ip` has entered it), then
+        // moved into the pod's cgroup.
+        let mut sleeper = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                lab.namespace("a/client").unwrap(),
+                "sleep",
+                "60",
+            ])
+            .spawn()
+            .unwrap();
+        let ns_of = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        let pid = sleeper.id().to_string();
+        for _ in 0..100 {
+            if ns_of(&pid) != ns_of("self") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        std::fs::write(pod_cgroup.join("cgroup.procs"), &pid).unwrap();
+        let records = dir.join("probe.jsonl");
+        let out = flowpol()
+            .args(["probe", "--cluster"])
+            .arg(&snapshot)
+            .arg("-o")
+            .arg(&records)
+            .output()
+            .unwrap();
+        let _ = sleeper.kill();
+        let _ = sleeper.wait();
+        for _ in 0..100 {
+            if std::fs::remove_dir(&pod_cgroup).is_ok() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        drop(lab);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("2 from the 1 pod(s) on this node"),
+            "{stderr}"
+        );
+        let verify = flowpol()
+            .args(["verify", "--output", "json", "--cluster"])
+            .arg(&snapshot)
+            .arg("--flows")
+            .arg(&records)
+            .output()
+            .unwrap();
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+        let flows: Vec<(String, String, String)> = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["kind"] == "enforcement_gap" || f["kind"] == "over_block")
+            .map(|f| {
+                (
+                    f["kind"].as_str().unwrap().to_owned(),
+                    f["src"]["name"].as_str().unwrap().to_owned(),
+                    f["dst"]["name"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let text = std::fs::read_to_string(&records).unwrap();
+        if enforced {
+            assert_eq!(flows, Vec::new(), "{text}");
+            assert!(
+                text.contains("\"verdict\":\"established\""),
+                "client -> server got through: {text}"
+            );
+        } else {
+            assert_eq!(
+                flows,
+                vec![(
+                    "enforcement_gap".to_owned(),
+                    "a/client".to_owned(),
+                    "b/other".to_owned()
+                )],
+                "{text}"
+            );
+        }
+    }
+    std::fs::remove_dir(&top).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_no_leftovers();
+}

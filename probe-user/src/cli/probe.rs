@@ -3,14 +3,18 @@
 //! and are recorded, so `flowpol verify` judges them like any traffic.
 use std::{path::PathBuf, process::ExitCode};
 
+use super::source::Source;
 use anyhow::Context as _;
 use flowpol::{
+    kernel,
     lab::{
         cluster,
         enforce::{self, Fault},
         probing, run, scenario, EXAMPLE_SCENARIO,
     },
-    output,
+    node_probe, output,
+    policy::engine::Engine,
+    probe::{self, Host},
 };
 
 #[derive(clap::Args)]
@@ -18,6 +22,11 @@ pub struct Args {
     /// Lab scenario (YAML) whose pods, outside hosts and NetworkPolicies are probed; the
     /// built-in shop scenario when absent.
     scenario: Option<PathBuf>,
+    /// Probe a real cluster instead, from this node: its policies and pods from a snapshot
+    /// (--cluster) or the API server (--kube); attempts run from the pods on this node,
+    /// inside their network namespaces.
+    #[command(flatten)]
+    source: Source,
     /// Write the records as JSON lines here instead of stdout.
     #[arg(long, short)]
     output: Option<PathBuf>,
@@ -36,6 +45,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.source.cluster.is_some() || args.source.live_requested() {
+        return on_node(args);
+    }
     let resolved = match &args.scenario {
         Some(path) => scenario::load(path)?,
         None => scenario::parse("<built-in shop scenario>", EXAMPLE_SCENARIO)?,
@@ -76,5 +88,55 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         report.records.len(),
         report.traffic_time.as_secs_f64()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Probing from this node: the plan of the cluster's policies, the attempts whose source
+/// pod runs here, recorded.
+fn on_node(args: Args) -> anyhow::Result<ExitCode> {
+    if args.scenario.is_some()
+        || !args.fault.is_empty()
+        || args.no_enforce
+        || args.cluster_out.is_some()
+    {
+        anyhow::bail!("a scenario, --fault, --no-enforce and --cluster-out are for the lab; with --cluster or --kube the cluster's own CNI enforces");
+    }
+    let snap = args.source.load("probe")?;
+    let policies = snap.compile("probe")?;
+    let engine = Engine::new(&snap.cluster, policies);
+    let attempts = probe::plan(&engine, &[]);
+    if args.plan {
+        println!("{}", serde_json::to_string_pretty(&attempts)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let root = kernel::cgroup2_root(&mountinfo)
+        .context("no cgroup v2 hierarchy is mounted: pods cannot be found by their cgroups")?;
+    let local = node_probe::local_pods(&snap.cluster, &root);
+    let total = attempts.len();
+    let here: Vec<probe::Attempt> = attempts
+        .into_iter()
+        .filter(|a| matches!(&a.from, Host::Pod(p) if local.contains_key(p)))
+        .collect();
+    eprintln!(
+        "flowpol probe: {total} attempts in the plan of {} policies; {} from the {} pod(s) on this node",
+        snap.policies.len(),
+        here.len(),
+        local.len()
+    );
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let (verdicts, records, summary) = rt.block_on(node_probe::record_attempts(
+        here,
+        local,
+        probing::PROBE_TIMEOUT,
+        probing::PROBE_CONCURRENCY as usize,
+        super::record::hostname(),
+    ))?;
+    output::emit_records(args.output.as_deref(), &records)?;
+    let failed = verdicts.iter().filter(|v| v.is_none()).count();
+    eprintln!("{summary}");
+    if failed > 0 {
+        anyhow::bail!("{failed} attempt(s) could not enter their pod's network namespace");
+    }
     Ok(ExitCode::SUCCESS)
 }

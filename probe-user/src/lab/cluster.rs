@@ -12,6 +12,12 @@ pub const NODE: &str = "lab-node";
 /// When every lab pod was "created": before anything the lab records.
 const CREATED: &str = "2020-01-01T00:00:00Z";
 
+/// The UID of the scenario's `index`th pod: UUID-shaped, as the kubelet's cgroup names
+/// need them.
+pub fn uid(index: usize) -> String {
+    format!("00000000-0000-4000-8000-{index:012x}")
+}
+
 /// The lab's cluster as a List (YAML), for `--cluster` of the other commands.
 pub fn snapshot_yaml(resolved: &Resolved) -> String {
     let s = &resolved.scenario;
@@ -30,7 +36,7 @@ pub fn snapshot_yaml(resolved: &Resolved) -> String {
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
     }));
-    for p in &s.pods {
+    for (i, p) in s.pods.iter().enumerate() {
         let host = resolved
             .host(&format!("{}/{}", p.namespace, p.name))
             .expect("every scenario pod is a resolved host");
@@ -50,7 +56,7 @@ pub fn snapshot_yaml(resolved: &Resolved) -> String {
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {
                 "name": p.name, "namespace": p.namespace, "labels": p.labels,
-                "uid": format!("lab-{}-{}", p.namespace, p.name),
+                "uid": uid(i),
                 "creationTimestamp": CREATED,
             },
             "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "lab", "ports": ports}]},

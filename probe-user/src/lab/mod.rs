@@ -76,6 +76,11 @@ impl Lab {
         Ok(lab)
     }
 
+    /// The network namespace (name under /run/netns) of host `id`.
+    pub fn namespace(&self, id: &str) -> Option<&str> {
+        self.namespaces.get(id).map(String::as_str)
+    }
+
     pub fn resolved(&self) -> &Resolved {
         &self.resolved
     }

@@ -206,7 +206,13 @@ pub fn netns_path(ns: &str) -> PathBuf {
 /// Moves the calling thread into network namespace `ns` (setns is per thread). Sockets the
 /// thread creates afterwards belong to that namespace.
 pub fn enter(ns: &str) -> Result<(), NetError> {
-    let path = netns_path(ns);
+    enter_path(&netns_path(ns))
+}
+
+/// [`enter`] by the namespace's file: `/run/netns/<name>`, or `/proc/<pid>/ns/net` of a
+/// process inside it (a pod's, from the node).
+pub fn enter_path(path: &std::path::Path) -> Result<(), NetError> {
+    let path = path.to_owned();
     let file = std::fs::File::open(&path).map_err(|source| NetError::Enter {
         path: path.clone(),
         source,

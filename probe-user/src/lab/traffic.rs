@@ -225,6 +225,15 @@ pub fn run_item(
     Ok(outcome)
 }
 
+/// One connection attempt (TCP, closed gracefully) or datagram (UDP) to `addr` from the
+/// calling thread's network namespace, as the client saw it.
+pub fn attempt(addr: SocketAddr, protocol: Protocol, timeout: Duration) -> Verdict {
+    match protocol {
+        Protocol::UDP => udp_attempt(addr, timeout),
+        _ => tcp_attempt(addr, timeout, Close::Graceful),
+    }
+}
+
 fn tcp_attempt(addr: SocketAddr, timeout: Duration, close: Close) -> Verdict {
     match TcpStream::connect_timeout(&addr, timeout) {
         Ok(mut s) => {
