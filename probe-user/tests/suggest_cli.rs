@@ -108,6 +108,11 @@ fn peers_are_workloads_dns_by_service_selector_and_the_api_server_by_address() {
         "{checkout}"
     );
     assert!(checkout.contains("cidr: 203.0.113.10/32"), "{checkout}");
+    // Another node (a hostNetwork pod there) as an annotated ipBlock; the pod's own node
+    // (192.168.10.11: kubelet probes) needs no rule.
+    assert!(web.contains("cidr: 192.168.10.12/32"), "{web}");
+    assert!(web.contains("192.168.10.12 is node node-b"), "{web}");
+    assert!(!web.contains("192.168.10.11"), "{web}");
     // Every namespace with observed workloads gets a default deny.
     for ns in ["shop", "payments", "data", "kube-system", "ingress-nginx"] {
         named(ns, "default-deny");
