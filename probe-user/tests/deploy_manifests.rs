@@ -1,0 +1,171 @@
+//! The deploy/ manifests, held against the Kubernetes API types: every document parses into
+//! its k8s-openapi type and survives a round trip unchanged (an unknown or misspelled field
+//! would be dropped and show up as a difference), kustomization lists every file, and the
+//! RBAC grants exactly what the cluster model watches.
+use std::path::PathBuf;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::DaemonSet,
+        core::v1::{Namespace, ServiceAccount},
+        rbac::v1::{ClusterRole, ClusterRoleBinding},
+    },
+    apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+};
+use serde_json::Value;
+
+fn deploy() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// Equal as JSON, numbers compared by value (1 and 1.0 are the same number).
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+fn round_trip<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &Value, place: &str) {
+    let typed: T = serde_json::from_value(doc.clone())
+        .unwrap_or_else(|e| panic!("{place}: does not parse as its kind: {e}"));
+    let back = serde_json::to_value(&typed).unwrap();
+    assert!(
+        same(doc, &back),
+        "{place}: fields were lost in the round trip (unknown or misspelled?)\nwritten: {doc:#}\nread:    {back:#}"
+    );
+}
+
+fn documents() -> Vec<(String, Value)> {
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(deploy())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "yaml") && !p.ends_with("kustomization.yaml")
+        })
+        .collect();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+            let value: Value = serde::Deserialize::deserialize(doc)
+                .unwrap_or_else(|e| panic!("{}: document {}: {e}", f.display(), i + 1));
+            out.push((format!("{} document {}", f.display(), i + 1), value));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_manifest_is_a_valid_object_of_its_kind() {
+    let docs = documents();
+    assert!(docs.len() >= 6, "{}", docs.len());
+    for (place, doc) in &docs {
+        match doc["kind"].as_str().unwrap_or_default() {
+            "Namespace" => round_trip::<Namespace>(doc, place),
+            "ServiceAccount" => round_trip::<ServiceAccount>(doc, place),
+            "ClusterRole" => round_trip::<ClusterRole>(doc, place),
+            "ClusterRoleBinding" => round_trip::<ClusterRoleBinding>(doc, place),
+            "DaemonSet" => round_trip::<DaemonSet>(doc, place),
+            "CustomResourceDefinition" => round_trip::<CustomResourceDefinition>(doc, place),
+            other => panic!("{place}: unexpected kind {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    let k: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(deploy().join("kustomization.yaml")).unwrap(),
+    )
+    .unwrap();
+    let mut listed: Vec<String> = k["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_owned())
+        .collect();
+    listed.sort();
+    let mut files: Vec<String> = std::fs::read_dir(deploy())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    files.sort();
+    assert_eq!(listed, files);
+}
+
+#[test]
+fn rbac_reads_what_the_model_watches_and_writes_only_its_own_resource() {
+    let role: ClusterRole = documents()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "ClusterRole")
+        .map(|(_, d)| serde_json::from_value(d).unwrap())
+        .unwrap();
+    let rules = role.rules.unwrap_or_default();
+    let grants = |resource: &str, verb: &str| {
+        rules.iter().any(|r| {
+            r.resources.iter().flatten().any(|x| x == resource) && r.verbs.iter().any(|v| v == verb)
+        })
+    };
+    for kind in flowpol::cluster::objects::Kind::ALL {
+        let resource = format!("{}s", kind.as_str().to_lowercase()).replace("policys", "policies");
+        for verb in ["get", "list", "watch"] {
+            assert!(
+                grants(&resource, verb),
+                "{verb} {resource} is needed by the watchers"
+            );
+        }
+    }
+    for verb in ["create", "patch"] {
+        assert!(grants("observedtraffics", verb));
+    }
+    assert!(rules
+        .iter()
+        .all(|r| !r.verbs.iter().any(|v| v == "*" || v == "delete")
+            && !r.resources.iter().flatten().any(|x| x == "*")));
+    let writes: Vec<&String> = rules
+        .iter()
+        .filter(|r| {
+            r.verbs
+                .iter()
+                .any(|v| v == "create" || v == "patch" || v == "update")
+        })
+        .flat_map(|r| r.resources.iter().flatten())
+        .collect();
+    assert_eq!(writes, vec!["observedtraffics"]);
+}
+
+#[test]
+fn the_agent_runs_with_capabilities_not_privileged() {
+    let ds: DaemonSet = documents()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "DaemonSet")
+        .map(|(_, d)| serde_json::from_value(d).unwrap())
+        .unwrap();
+    let pod = ds.spec.unwrap().template.spec.unwrap();
+    let c = &pod.containers[0];
+    let sc = c.security_context.clone().unwrap();
+    assert_eq!(sc.privileged, Some(false));
+    let caps = sc.capabilities.unwrap();
+    assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
+    for cap in ["BPF", "PERFMON", "NET_ADMIN"] {
+        assert!(caps.add.iter().flatten().any(|c| c == cap), "{cap}");
+    }
+    let mounts: Vec<String> = c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| m.mount_path.clone())
+        .collect();
+    for path in ["/sys/fs/bpf", "/sys/kernel/tracing", "/sys/kernel/btf"] {
+        assert!(mounts.iter().any(|m| m == path), "{path} is mounted");
+    }
+}
