@@ -46,24 +46,18 @@ fn main() {
                     Protocol::TCP,
                 ),
             };
-            FlowRecord {
-                first_seen: Some(at),
-                last_seen: Some(at),
+            let mut r = FlowRecord::new(
                 protocol,
-                src: Endpoint::new(pod_ip(src).parse().unwrap(), None),
-                dst: Endpoint::new(dst.parse().unwrap(), Some(port)),
-                verdict: Some(if protocol == Protocol::UDP {
+                Endpoint::new(pod_ip(src).parse().unwrap(), None),
+                Endpoint::new(dst.parse().unwrap(), Some(port)),
+                Some(if protocol == Protocol::UDP {
                     Verdict::Answered
                 } else {
                     Verdict::Established
                 }),
-                drop_reason: None,
-                count: 1,
-                replies: None,
-                error: None,
-                node: None,
-                observer: None,
-            }
+            );
+            (r.first_seen, r.last_seen) = (Some(at), Some(at));
+            r
         })
         .collect();
     let mut records = records;

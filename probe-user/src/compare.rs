@@ -152,20 +152,14 @@ mod tests {
     use crate::record::Verdict;
 
     fn rec(dst: &str, port: u16, verdict: Verdict, reason: Option<&str>) -> FlowRecord {
-        FlowRecord {
-            first_seen: None,
-            last_seen: None,
-            protocol: Protocol::TCP,
-            src: Endpoint::new("10.0.0.1".parse().unwrap(), None),
-            dst: Endpoint::new(dst.parse().unwrap(), Some(port)),
-            verdict: Some(verdict),
-            drop_reason: reason.map(Into::into),
-            count: 1,
-            replies: None,
-            error: None,
-            node: None,
-            observer: None,
-        }
+        let mut r = FlowRecord::new(
+            Protocol::TCP,
+            Endpoint::new("10.0.0.1".parse().unwrap(), None),
+            Endpoint::new(dst.parse().unwrap(), Some(port)),
+            Some(verdict),
+        );
+        r.drop_reason = reason.map(Into::into);
+        r
     }
 
     #[test]

@@ -76,31 +76,7 @@ pub fn table(rows: &[Evaluated]) -> String {
     ]];
     for e in rows {
         let d = &e.explanation;
-        let why = |side: &crate::policy::engine::Side, dir: &str| -> String {
-            use crate::policy::engine::Side::*;
-            match side {
-                NotAPod { .. } => String::new(),
-                NotIsolated => format!("{dir}: not isolated"),
-                OwnNode => format!("{dir}: own node"),
-                Loopback => format!("{dir}: loopback"),
-                Allowed { rules } => format!(
-                    "{dir}: allowed by {}",
-                    rules
-                        .iter()
-                        .map(|r| format!("{}#{}", r.policy, r.rule))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                Denied { isolated_by } => format!(
-                    "{dir}: isolated by {}, no rule matched",
-                    isolated_by.join(", ")
-                ),
-            }
-        };
-        let reasons: Vec<String> = [why(&d.egress, "egress"), why(&d.ingress, "ingress")]
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .collect();
+        let reasons = d.reasons();
         lines.push([
             format!("{} ({})", e.record.src.ip, d.src),
             match &e.record.dst.identity.service {

@@ -179,6 +179,26 @@ fn one() -> u64 {
     1
 }
 
+impl FlowRecord {
+    /// One occurrence of a flow, with nothing else known (no times, node or observer).
+    pub fn new(protocol: Protocol, src: Endpoint, dst: Endpoint, verdict: Option<Verdict>) -> Self {
+        Self {
+            first_seen: None,
+            last_seen: None,
+            protocol,
+            src,
+            dst,
+            verdict,
+            drop_reason: None,
+            count: 1,
+            replies: None,
+            error: None,
+            node: None,
+            observer: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

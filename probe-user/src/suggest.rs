@@ -1142,20 +1142,12 @@ mod tests {
     }
 
     fn flow(src: &str, dst: &str, port: u16) -> FlowRecord {
-        FlowRecord {
-            first_seen: None,
-            last_seen: None,
-            protocol: Protocol::TCP,
-            src: crate::record::Endpoint::new(src.parse().unwrap(), None),
-            dst: crate::record::Endpoint::new(dst.parse().unwrap(), Some(port)),
-            verdict: Some(crate::record::Verdict::Established),
-            drop_reason: None,
-            count: 1,
-            replies: None,
-            error: None,
-            node: None,
-            observer: None,
-        }
+        FlowRecord::new(
+            Protocol::TCP,
+            crate::record::Endpoint::new(src.parse().unwrap(), None),
+            crate::record::Endpoint::new(dst.parse().unwrap(), Some(port)),
+            Some(crate::record::Verdict::Established),
+        )
     }
 
     /// The excess, computed by hand: a canary shares its labels with the observed api pod,

@@ -678,32 +678,10 @@ fn line(f: &Finding) -> String {
 
 /// The engine's decision in one line: which side decided, and by which rule or policy.
 fn explain(d: &Decision) -> String {
-    use crate::policy::engine::Side;
-    let side = |s: &Side, dir: &str| match s {
-        Side::NotAPod { .. } => None,
-        Side::NotIsolated => Some(format!("{dir} not isolated")),
-        Side::OwnNode => Some(format!("{dir}: own node")),
-        Side::Loopback => Some(format!("{dir}: loopback")),
-        Side::Allowed { rules } => Some(format!(
-            "{dir} allowed by {}",
-            rules
-                .iter()
-                .map(|r| format!("{}#{}", r.policy, r.rule))
-                .collect::<Vec<_>>()
-                .join(", ")
-        )),
-        Side::Denied { isolated_by } => Some(format!(
-            "{dir} denied: isolated by {}, no rule matches",
-            isolated_by.join(", ")
-        )),
-    };
-    let parts: Vec<String> = [side(&d.egress, "egress"), side(&d.ingress, "ingress")]
-        .into_iter()
-        .flatten()
-        .collect();
-    if parts.is_empty() {
+    let reasons = d.reasons();
+    if reasons.is_empty() {
         "neither end is a pod: no policy applies".into()
     } else {
-        parts.join("; ")
+        reasons.join("; ")
     }
 }

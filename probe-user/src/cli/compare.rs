@@ -5,11 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::Context as _;
 use flowpol::{attribute, cluster::snapshot, compare, record};
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Format {
-    Json,
-    Table,
-}
+use super::Format;
 
 #[derive(clap::Args)]
 pub struct Args {

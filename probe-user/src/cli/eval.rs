@@ -13,11 +13,7 @@ use flowpol::{
     record::{self, Protocol},
 };
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Format {
-    Json,
-    Table,
-}
+use super::Format;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Family {

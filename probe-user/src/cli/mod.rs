@@ -47,6 +47,13 @@ enum Command {
     BpfStats(bpf_stats::Args),
 }
 
+/// How a command prints what it found: for people, or as JSON for programs.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Json,
+    Table,
+}
+
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

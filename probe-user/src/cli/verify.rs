@@ -13,11 +13,7 @@ use flowpol::{
 /// Exit status when a finding of a `--fail-on` kind is present (1 is for errors).
 pub const FINDINGS_EXIT: u8 = 3;
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Format {
-    Json,
-    Table,
-}
+use super::Format;
 
 #[derive(clap::Args)]
 pub struct Args {

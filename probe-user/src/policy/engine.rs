@@ -118,6 +118,37 @@ pub struct Decision {
     pub ingress: Side,
 }
 
+impl Decision {
+    /// Why, per direction that has a say, in words: `egress: allowed by ns/name#0`,
+    /// `ingress: isolated by ns/a, ns/b, no rule matched`, `ingress: not isolated`.
+    pub fn reasons(&self) -> Vec<String> {
+        let why = |side: &Side, dir: &str| -> Option<String> {
+            Some(match side {
+                Side::NotAPod { .. } => return None,
+                Side::NotIsolated => format!("{dir}: not isolated"),
+                Side::OwnNode => format!("{dir}: own node"),
+                Side::Loopback => format!("{dir}: loopback"),
+                Side::Allowed { rules } => format!(
+                    "{dir}: allowed by {}",
+                    rules
+                        .iter()
+                        .map(|r| format!("{}#{}", r.policy, r.rule))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                Side::Denied { isolated_by } => format!(
+                    "{dir}: isolated by {}, no rule matched",
+                    isolated_by.join(", ")
+                ),
+            })
+        };
+        [why(&self.egress, "egress"), why(&self.ingress, "ingress")]
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+}
+
 pub struct Engine<'c> {
     cluster: &'c Cluster,
     policies: Vec<Policy>,
