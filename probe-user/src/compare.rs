@@ -130,20 +130,11 @@ pub fn render(diffs: &[Difference], a: &str, b: &str) -> String {
             word(d.b),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = format!("{} case(s) differ between {a} and {b}\n", diffs.len());
-    for r in &rows {
-        let cells: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    format!(
+        "{} case(s) differ between {a} and {b}\n{}",
+        diffs.len(),
+        crate::output::columns(&rows)
+    )
 }
 
 #[cfg(test)]

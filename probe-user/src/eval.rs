@@ -92,18 +92,5 @@ pub fn table(rows: &[Evaluated]) -> String {
             reasons.join("; "),
         ]);
     }
-    let widths: Vec<usize> = (0..6)
-        .map(|c| lines.iter().map(|l| l[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for l in &lines {
-        let row: Vec<String> = l
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(row.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
+    crate::output::columns(&lines)
 }

@@ -51,15 +51,7 @@ impl Loaded {
     /// The policies compiled for the engine; every invalid one is reported, then refused
     /// together (the API server would not have accepted them).
     pub fn compile(&self, command: &str) -> anyhow::Result<Vec<Policy>> {
-        let mut policies = Vec::new();
-        let mut errors = Vec::new();
-        for np in &self.policies {
-            match policy::compile(np) {
-                Ok(p) => policies.push(p),
-                Err(e) => errors.push(e),
-            }
-        }
-        if !errors.is_empty() {
+        policy::compile_all(&self.policies).or_else(|errors| {
             for e in &errors {
                 eprintln!("flowpol {command}: {}: invalid {e}", self.origin);
             }
@@ -67,9 +59,8 @@ impl Loaded {
                 "{} invalid NetworkPolicy object(s) in {}; the API server would reject them",
                 errors.len(),
                 self.origin
-            );
-        }
-        Ok(policies)
+            )
+        })
     }
 }
 

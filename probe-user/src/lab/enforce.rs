@@ -129,17 +129,7 @@ pub struct Declared {
 /// Reads the scenario's cluster and compiles its policies; every invalid one is named.
 pub fn declared(resolved: &Resolved) -> Result<Declared, EnforceError> {
     let snap = super::cluster::model(resolved)?;
-    let mut policies = Vec::new();
-    let mut errors = Vec::new();
-    for np in &snap.policies {
-        match policy::compile(np) {
-            Ok(p) => policies.push(p),
-            Err(e) => errors.push(e),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(EnforceError::Policies(errors));
-    }
+    let policies = policy::compile_all(&snap.policies).map_err(EnforceError::Policies)?;
     Ok(Declared {
         cluster: snap.cluster,
         policies,

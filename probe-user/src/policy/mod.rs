@@ -96,6 +96,23 @@ pub enum PortSpec {
     Named(String),
 }
 
+/// Compiles every policy, or reports every invalid one (as the API server would refuse them).
+pub fn compile_all(nps: &[NetworkPolicy]) -> Result<Vec<Policy>, Vec<PolicyError>> {
+    let mut policies = Vec::new();
+    let mut errors = Vec::new();
+    for np in nps {
+        match compile(np) {
+            Ok(p) => policies.push(p),
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(policies)
+    } else {
+        Err(errors)
+    }
+}
+
 /// Checks and compiles a NetworkPolicy.
 pub fn compile(np: &NetworkPolicy) -> Result<Policy, PolicyError> {
     let namespace = np
