@@ -19,6 +19,7 @@ pub mod eval;
 pub mod kernel;
 pub mod lab;
 pub mod node_probe;
+pub mod observed;
 pub mod output;
 pub mod podcgroup;
 pub mod policy;

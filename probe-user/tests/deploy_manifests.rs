@@ -169,3 +169,79 @@ fn the_agent_runs_with_capabilities_not_privileged() {
         assert!(mounts.iter().any(|m| m == path), "{path} is mounted");
     }
 }
+
+/// What the agent writes fits the CRD's schema: the same fields, the required ones present,
+/// the list-map keys among them.
+#[test]
+fn observed_traffic_objects_fit_the_crd_schema() {
+    use flowpol::{
+        observed::{Observed, API_VERSION, KIND},
+        record::{Endpoint, EndpointKind, FlowRecord, Identity, Protocol, Verdict},
+    };
+    let crd = documents()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "CustomResourceDefinition")
+        .map(|(_, d)| d)
+        .unwrap();
+    let spec = &crd["spec"];
+    assert_eq!(
+        format!(
+            "{}/{}",
+            spec["group"].as_str().unwrap(),
+            spec["versions"][0]["name"].as_str().unwrap()
+        ),
+        API_VERSION
+    );
+    assert_eq!(spec["names"]["kind"], KIND);
+    let schema = &spec["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+    let edge_schema = &schema["properties"]["edges"];
+    let pod = |ip: &str, ns: &str, name: &str| Endpoint {
+        ip: ip.parse().unwrap(),
+        port: None,
+        identity: Identity {
+            kind: Some(EndpointKind::Pod),
+            namespace: Some(ns.into()),
+            workload: Some(flowpol::cluster::Workload {
+                kind: "Deployment".into(),
+                name: name.into(),
+            }),
+            ..Identity::default()
+        },
+    };
+    let mut dst = pod("10.0.0.2", "b", "api");
+    dst.port = Some(8080);
+    let mut r = FlowRecord::new(
+        Protocol::TCP,
+        pod("10.0.0.1", "a", "web"),
+        dst,
+        Some(Verdict::Established),
+    );
+    r.first_seen = Some("2026-01-01T10:00:00Z".parse().unwrap());
+    let mut o = Observed::new(10);
+    o.add("node-a", &r);
+    let objects = o.objects("node-a");
+    assert_eq!(objects.len(), 2, "offline records: both ends' workloads");
+    for obj in &objects {
+        for field in schema["required"].as_array().unwrap() {
+            assert!(
+                obj["spec"].get(field.as_str().unwrap()).is_some(),
+                "{field} missing"
+            );
+        }
+        for edge in obj["spec"]["edges"].as_array().unwrap() {
+            let allowed = edge_schema["items"]["properties"].as_object().unwrap();
+            for key in edge.as_object().unwrap().keys() {
+                assert!(allowed.contains_key(key), "{key} is not in the CRD schema");
+            }
+            for key in edge_schema["x-kubernetes-list-map-keys"]
+                .as_array()
+                .unwrap()
+            {
+                assert!(
+                    edge.get(key.as_str().unwrap()).is_some(),
+                    "list-map key {key} missing"
+                );
+            }
+        }
+    }
+}
