@@ -798,7 +798,7 @@ mod cilium {
     use serde_json::{json, Map, Value};
 
     use super::{Group, Labels, Peer};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use k8s_openapi::apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString};
 
     const NS_LABEL: &str = "k8s:io.kubernetes.pod.namespace";
 
@@ -836,13 +836,24 @@ mod cilium {
 
     /// One Cilium rule per kind of peer in a group (endpoints, entities, CIDRs), each with
     /// the group's ports.
-    fn rules(ns: &str, groups: &[Group], dir: &str) -> Vec<Value> {
+    pub(super) fn rules(ns: &str, groups: &[Group], dir: &str) -> Vec<Value> {
         let mut out = Vec::new();
         for g in groups {
-            let ports: Vec<Value> = g
-                .ports
-                .iter()
-                .map(|(proto, port)| json!({"port": port.to_string(), "protocol": proto.to_string()}))
+            // The same runs as the NetworkPolicy: three or more consecutive ports, one range.
+            let ports: Vec<Value> = super::port_list(&g.ports)
+                .into_iter()
+                .map(|p| {
+                    let number = match p.port {
+                        Some(IntOrString::Int(n)) => n.to_string(),
+                        Some(IntOrString::String(s)) => s,
+                        None => "0".into(),
+                    };
+                    let mut v = json!({"port": number, "protocol": p.protocol});
+                    if let Some(end) = p.end_port {
+                        v["endPort"] = json!(end);
+                    }
+                    v
+                })
                 .collect();
             let dns = g.ports.iter().any(|(_, p)| *p == 53);
             let (mut endpoints, mut entities, mut cidrs) = (Vec::new(), Vec::new(), Vec::new());
@@ -1212,6 +1223,33 @@ mod tests {
             .collect();
         let engine = crate::policy::engine::Engine::new(&c, compiled);
         assert_eq!(excess(&engine, &flows, &namespaces_of(&s)), Vec::new());
+    }
+
+    #[test]
+    fn cilium_rules_keep_port_ranges() {
+        let g = Group {
+            ports: [80, 81, 82, 443]
+                .into_iter()
+                .map(|p| (Protocol::TCP, p))
+                .collect(),
+            peers: vec![Peer::Block {
+                cidr: "198.51.100.7/32".parse().unwrap(),
+                except: Vec::new(),
+                note: None,
+            }],
+            explain: Vec::new(),
+        };
+        let rules = cilium::rules("a", &[g], "to");
+        assert_eq!(
+            rules,
+            vec![serde_json::json!({
+                "toCIDRSet": [{"cidr": "198.51.100.7/32"}],
+                "toPorts": [{"ports": [
+                    {"port": "80", "endPort": 82, "protocol": "TCP"},
+                    {"port": "443", "protocol": "TCP"},
+                ]}],
+            })]
+        );
     }
 
     #[test]
