@@ -593,12 +593,64 @@ pub fn render(report: &Report) -> String {
             of_kind.len(),
             heading(kind)
         ));
+        if kind == Kind::Unprotected {
+            out.push_str(&exposures(&of_kind));
+            continue;
+        }
         for f in of_kind {
             out.push_str(&line(f));
         }
     }
     if report.findings.is_empty() {
         out.push_str("no findings\n");
+    }
+    out
+}
+
+fn exposure_words(e: Exposure) -> &'static str {
+    match e {
+        Exposure::IngressNotIsolated => "ingress not isolated",
+        Exposure::EgressNotIsolated => "egress not isolated",
+        Exposure::NoDefaultDenyIngress => "no default deny for ingress",
+        Exposure::NoDefaultDenyEgress => "no default deny for egress",
+        Exposure::ReachesApiServer => "can reach the API server",
+        Exposure::ReachesInternet => "can reach the whole internet",
+    }
+}
+
+/// A namespace's own exposures, and each of its pods' (with details).
+type NamespaceExposures<'a> = (Vec<&'static str>, BTreeMap<&'a str, Vec<String>>);
+
+/// Exposures, one block per namespace: its own first, then each pod with all of its.
+fn exposures(findings: &[&Finding]) -> String {
+    let mut by_ns: BTreeMap<&str, NamespaceExposures> = BTreeMap::new();
+    for f in findings {
+        let Finding::Unprotected(u) = f else { continue };
+        let (own, pods) = by_ns.entry(&u.namespace).or_default();
+        let what = exposure_words(u.exposure);
+        if u.pods.is_empty() {
+            own.push(what);
+        }
+        for p in &u.pods {
+            let said = match u.exposure {
+                Exposure::ReachesInternet | Exposure::ReachesApiServer => {
+                    format!("{what} ({})", u.detail)
+                }
+                _ => what.to_owned(),
+            };
+            pods.entry(p).or_default().push(said);
+        }
+    }
+    let mut out = String::new();
+    for (ns, (own, pods)) in by_ns {
+        out.push_str(&format!("  namespace {ns}"));
+        if !own.is_empty() {
+            out.push_str(&format!(": {}", own.join(", ")));
+        }
+        out.push('\n');
+        for (pod, said) in pods {
+            out.push_str(&format!("    {pod}: {}\n", said.join(", ")));
+        }
     }
     out
 }
@@ -644,26 +696,7 @@ fn line(f: &Finding) -> String {
             s.push_str(&format!("      why: {}\n", explain(&x.explanation)));
             s
         }
-        Finding::Unprotected(u) => {
-            let what = match u.exposure {
-                Exposure::IngressNotIsolated => "ingress not isolated",
-                Exposure::EgressNotIsolated => "egress not isolated",
-                Exposure::NoDefaultDenyIngress => "no default deny for ingress",
-                Exposure::NoDefaultDenyEgress => "no default deny for egress",
-                Exposure::ReachesApiServer => "can reach the API server",
-                Exposure::ReachesInternet => "can reach the whole internet",
-            };
-            if u.pods.is_empty() {
-                format!("  namespace {}: {what} ({})\n", u.namespace, u.detail)
-            } else {
-                format!(
-                    "  {}/{{{}}}: {what} ({})\n",
-                    u.namespace,
-                    u.pods.join(","),
-                    u.detail
-                )
-            }
-        }
+        Finding::Unprotected(_) => exposures(&[f]),
         Finding::Unattributed(u) => {
             let peers: Vec<String> = u.peers.iter().map(|p| p.to_string()).collect();
             format!(
