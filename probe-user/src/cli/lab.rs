@@ -108,8 +108,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    for m in &report.mismatches {
-        eprintln!("flowpol lab: MISMATCH: {m}");
+    // The scenario's expectations are written for its own policies, faithfully enforced.
+    let departs = !args.fault.is_empty() || args.policies.is_some() || args.no_enforce;
+    if departs && !args.check {
+        eprintln!(
+            "flowpol lab: this run departs from the scenario's own faithfully enforced policies; where the outcome differs from its expectations:"
+        );
+        for m in &report.mismatches {
+            eprintln!("  differs: {m}");
+        }
+    } else {
+        for m in &report.mismatches {
+            eprintln!("flowpol lab: MISMATCH: {m}");
+        }
     }
     Ok(if args.check {
         ExitCode::FAILURE
