@@ -214,18 +214,7 @@ impl Observed {
 
 /// The object name for a workload: `<kind>-<name>`, lowercased, DNS-1123.
 pub fn object_name(kind: &str, name: &str) -> String {
-    let mut s: String = format!("{kind}-{name}")
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    s.truncate(253);
-    s
+    crate::cluster::object_name(&format!("{kind}-{name}"))
 }
 
 /// The end that answered: the one backend of a service flow when known, else the address.

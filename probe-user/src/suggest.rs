@@ -517,18 +517,7 @@ fn policy_name(w: &Workload) -> String {
         "Deployment" | "StatefulSet" | "DaemonSet" => w.name.clone(),
         kind => format!("{}-{}", kind.to_lowercase(), w.name),
     };
-    let mut name: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c.to_ascii_lowercase()
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    name.truncate(253 - "allow-".len());
-    format!("allow-{name}")
+    crate::cluster::object_name(&format!("allow-{base}"))
 }
 
 fn workload_policy(

@@ -2,27 +2,21 @@
 //! cluster.
 use std::{path::PathBuf, process::ExitCode};
 
-use flowpol::{attribute, output, record};
+use flowpol::output;
 
-use super::source::Source;
+use super::source::FlowsFrom;
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    source: Source,
-    /// Flow records (JSON lines).
-    #[arg(long)]
-    flows: PathBuf,
+    input: FlowsFrom,
     /// Write here instead of stdout (replaced atomically).
     #[arg(long, short)]
     output: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // Read the flows first: a bad file fails before the API server is asked anything.
-    let mut records = record::read_json_lines(&args.flows)?;
-    let loaded = args.source.load("enrich")?;
-    attribute::enrich(&loaded.cluster, &mut records);
+    let (_, records) = args.input.load("enrich")?;
     output::emit_records(args.output.as_deref(), &records)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use flowpol::{
+    cluster::snapshot,
     lab::{
         cluster,
         enforce::{self, Fault},
@@ -129,26 +130,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// NetworkPolicy documents from a multi-document YAML file (other kinds are refused).
+/// The NetworkPolicies of a file (multi-document YAML or a List), read like any snapshot;
+/// anything else in it is refused.
 fn read_policies(path: &std::path::Path) -> anyhow::Result<Vec<serde_yaml::Value>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read policies {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, doc) in serde_yaml::Deserializer::from_str(&text).enumerate() {
-        let value: serde_yaml::Value = serde::Deserialize::deserialize(doc)
-            .with_context(|| format!("{}: document {}: not YAML", path.display(), i + 1))?;
-        if value.is_null() {
-            continue;
-        }
-        if value["kind"].as_str() != Some("NetworkPolicy") {
-            anyhow::bail!(
-                "{}: document {}: kind {:?}, expected NetworkPolicy",
-                path.display(),
-                i + 1,
-                value["kind"].as_str().unwrap_or("missing")
-            );
-        }
-        out.push(value);
+    let snap = snapshot::load(path)?;
+    let c = &snap.cluster;
+    let others = c.namespaces().len() + c.nodes().len() + c.pods().len() + c.services().len();
+    if others > 0 || !snap.skipped.is_empty() {
+        anyhow::bail!(
+            "{}: holds objects other than NetworkPolicies; give a file of policies only",
+            path.display()
+        );
     }
-    Ok(out)
+    snap.policies
+        .iter()
+        .map(|np| serde_yaml::to_value(np).context("re-encoding a NetworkPolicy"))
+        .collect()
 }

@@ -4,12 +4,14 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use flowpol::{
+    attribute,
     cluster::{
         snapshot,
         watch::{self, Live},
         Cluster,
     },
     policy::{self, Policy},
+    record::{self, FlowRecord},
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
@@ -37,6 +39,27 @@ pub struct Source {
     /// How long deleted pods are remembered, so flows they sent are still named after them.
     #[arg(long, default_value = GRACE_DEFAULT, value_parser = humantime::parse_duration)]
     pub deleted_pod_grace: Duration,
+}
+
+/// Recorded flows and the cluster that names their ends, for commands that judge them.
+#[derive(clap::Args, Clone)]
+pub struct FlowsFrom {
+    #[command(flatten)]
+    pub source: Source,
+    /// Flow records (JSON lines), as `flowpol record`, `lab` or `probe` write them.
+    #[arg(long)]
+    pub flows: PathBuf,
+}
+
+impl FlowsFrom {
+    /// The cluster, and the records with both ends named from it. The flows are read first:
+    /// a bad file fails before the API server is asked anything.
+    pub fn load(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
+        let mut records = record::read_json_lines(&self.flows)?;
+        let loaded = self.source.load(command)?;
+        attribute::enrich(&loaded.cluster, &mut records);
+        Ok((loaded, records))
+    }
 }
 
 /// A cluster read once, for commands that work on a fixed picture.

@@ -2,11 +2,11 @@
 //! replaying the traffic through them.
 use std::{collections::BTreeSet, path::PathBuf, process::ExitCode};
 
-use super::source::Source;
+use super::source::FlowsFrom;
 
 use anyhow::bail;
 use flowpol::{
-    attribute, eval,
+    eval,
     policy::{
         self,
         engine::{Engine, Side},
@@ -25,10 +25,7 @@ enum Format {
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    source: Source,
-    /// Observed flow records (JSON lines).
-    #[arg(long)]
-    flows: PathBuf,
+    input: FlowsFrom,
     #[arg(long, value_enum, default_value = "networkpolicy")]
     format: Format,
     /// Annotate each rule with the observed flows that justify it.
@@ -54,10 +51,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let snap = args.source.load("suggest")?;
+    let (snap, records) = args.input.load("suggest")?;
     let existing = snap.compile("suggest")?;
-    let mut records = record::read_json_lines(&args.flows)?;
-    attribute::enrich(&snap.cluster, &mut records);
     let options = Options {
         namespaces: args.namespaces.clone(),
         explain: args.explain,

@@ -1,12 +1,10 @@
 //! `flowpol verify`: where the cluster disagrees with its declared policies.
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use super::source::Source;
+use super::source::FlowsFrom;
 
 use flowpol::{
-    attribute,
     policy::engine::Engine,
-    record,
     verify::{self, Kind},
 };
 
@@ -18,10 +16,7 @@ use super::Format;
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    source: Source,
-    /// Flow records (JSON lines), as `flowpol record` or `flowpol probe` write them.
-    #[arg(long)]
-    flows: PathBuf,
+    input: FlowsFrom,
     #[arg(long, value_enum, default_value = "table")]
     output: Format,
     /// Exit with status 3 when findings of these kinds exist (comma-separated:
@@ -31,11 +26,9 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let snap = args.source.load("verify")?;
+    let (snap, records) = args.input.load("verify")?;
     let policies = snap.compile("verify")?;
     let engine = Engine::new(&snap.cluster, policies);
-    let mut records = record::read_json_lines(&args.flows)?;
-    attribute::enrich(&snap.cluster, &mut records);
     let report = verify::verify(&engine, records);
     match args.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),

@@ -417,6 +417,23 @@ impl Cluster {
     }
 }
 
+/// `text` as a Kubernetes object name (DNS-1123 subdomain): lowercase, characters other
+/// than letters, digits, `-` and `.` as `-`, at most 253 characters.
+pub fn object_name(text: &str) -> String {
+    let mut name: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(253);
+    name
+}
+
 /// IPv4-mapped IPv6 addresses are the IPv4 address.
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
