@@ -82,33 +82,20 @@ pub fn run_attempts(
     timeout: Duration,
     concurrency: usize,
 ) -> Vec<Option<Verdict>> {
-    let mut out = Vec::with_capacity(attempts.len());
-    for batch in attempts.chunks(concurrency.max(1)) {
-        let verdicts: Vec<Option<Verdict>> = std::thread::scope(|s| {
-            let handles: Vec<_> = batch
-                .iter()
-                .map(|a| {
-                    s.spawn(move || {
-                        let Host::Pod(from) = &a.from else {
-                            return None;
-                        };
-                        netns::enter_path(&local.get(from)?.netns).ok()?;
-                        Some(traffic::attempt(
-                            SocketAddr::new(a.address, a.port),
-                            a.protocol,
-                            timeout,
-                        ))
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().ok().flatten())
-                .collect()
-        });
-        out.extend(verdicts);
-    }
-    out
+    traffic::batched(attempts, concurrency, |a| {
+        let Host::Pod(from) = &a.from else {
+            return None;
+        };
+        netns::enter_path(&local.get(from)?.netns).ok()?;
+        Some(traffic::attempt(
+            SocketAddr::new(a.address, a.port),
+            a.protocol,
+            timeout,
+        ))
+    })
+    .into_iter()
+    .map(Option::flatten)
+    .collect()
 }
 
 /// Loads the eBPF probe, runs the attempts while it records, and returns the records seen

@@ -54,11 +54,7 @@ impl EdgeStats {
         if let Some(v) = verdict {
             *self.verdicts.entry(v).or_default() += count;
         }
-        self.first_seen = match (self.first_seen, first) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.last_seen = self.last_seen.max(last.or(first));
+        crate::record::widen_span(&mut self.first_seen, &mut self.last_seen, first, last);
     }
 }
 

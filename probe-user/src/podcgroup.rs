@@ -41,11 +41,28 @@ pub fn pod_uid(dir_name: &str) -> Option<String> {
 /// Unreadable directories are skipped: cgroups come and go while the tree is walked.
 pub fn scan(root: &Path) -> CgroupPods {
     let mut found = CgroupPods::new();
-    walk(root, None, 0, &mut found);
+    visit(root, None, 0, &mut |_, ino, uid| {
+        found.insert(ino, uid.to_owned());
+    });
     found
 }
 
-fn walk(dir: &Path, pod: Option<&str>, depth: usize, found: &mut CgroupPods) {
+/// Pod UID -> the processes in its cgroups (containers included), for entering a pod's
+/// network namespace from the node through `/proc/<pid>/ns/net`.
+pub fn pids(root: &Path) -> HashMap<String, Vec<u32>> {
+    let mut out: HashMap<String, Vec<u32>> = HashMap::new();
+    visit(root, None, 0, &mut |dir, _, uid| {
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        out.entry(uid.to_owned())
+            .or_default()
+            .extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    });
+    out
+}
+
+/// Calls `found(dir, inode, pod UID)` for every pod cgroup below `dir`, descending only into
+/// kubepods cgroups and pods.
+fn visit(dir: &Path, pod: Option<&str>, depth: usize, found: &mut impl FnMut(&Path, u64, &str)) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -58,42 +75,12 @@ fn walk(dir: &Path, pod: Option<&str>, depth: usize, found: &mut CgroupPods) {
         let own = pod_uid(&name.to_string_lossy());
         let uid = own.as_deref().or(pod);
         if let Some(uid) = uid {
-            found.insert(meta.ino(), uid.to_owned());
+            found(&e.path(), meta.ino(), uid);
         }
         if depth + 1 < MAX_DEPTH && (uid.is_some() || name.to_string_lossy().contains("kubepods")) {
-            walk(&e.path(), uid, depth + 1, found);
+            visit(&e.path(), uid, depth + 1, found);
         }
     }
-}
-
-/// Pod UID -> the processes in its cgroups (containers included), for entering a pod's
-/// network namespace from the node through `/proc/<pid>/ns/net`.
-pub fn pids(root: &Path) -> HashMap<String, Vec<u32>> {
-    let mut out: HashMap<String, Vec<u32>> = HashMap::new();
-    let mut dirs = vec![(root.to_owned(), None::<String>, 0)];
-    while let Some((dir, pod, depth)) = dirs.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            let name = e.file_name().to_string_lossy().into_owned();
-            let uid = pod_uid(&name).or_else(|| pod.clone());
-            if let Some(uid) = &uid {
-                let procs =
-                    std::fs::read_to_string(e.path().join("cgroup.procs")).unwrap_or_default();
-                out.entry(uid.clone())
-                    .or_default()
-                    .extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-            }
-            if depth + 1 < MAX_DEPTH && (uid.is_some() || name.contains("kubepods")) {
-                dirs.push((e.path(), uid, depth + 1));
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]

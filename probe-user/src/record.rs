@@ -179,6 +179,21 @@ fn one() -> u64 {
     1
 }
 
+/// Widens the span `first`..`last` to cover `from`..`to` (`to` unknown: `from`); either
+/// side may be unknown.
+pub fn widen_span(
+    first: &mut Option<DateTime<Utc>>,
+    last: &mut Option<DateTime<Utc>>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) {
+    *first = match (*first, from) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    *last = (*last).max(to.or(from));
+}
+
 impl FlowRecord {
     /// One occurrence of a flow, with nothing else known (no times, node or observer).
     pub fn new(protocol: Protocol, src: Endpoint, dst: Endpoint, verdict: Option<Verdict>) -> Self {

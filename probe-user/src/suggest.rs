@@ -141,11 +141,7 @@ impl Evidence {
 
     fn merge(&mut self, other: &Evidence) {
         self.count += other.count;
-        self.first = match (self.first, other.first) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        self.last = self.last.max(other.last);
+        crate::record::widen_span(&mut self.first, &mut self.last, other.first, other.last);
     }
 }
 
@@ -905,14 +901,13 @@ pub fn denied<'r>(
     engine: &crate::policy::engine::Engine,
     records: &'r [FlowRecord],
 ) -> Vec<&'r FlowRecord> {
-    records
-        .iter()
-        .filter(|r| is_traffic(r))
-        .filter(|r| {
-            crate::eval::evaluate(engine, vec![(*r).clone()])
-                .first()
-                .is_some_and(|e| e.policy_verdict == "deny")
-        })
+    let traffic: Vec<&FlowRecord> = records.iter().filter(|r| is_traffic(r)).collect();
+    let judged = crate::eval::evaluate(engine, traffic.iter().map(|r| (*r).clone()).collect());
+    traffic
+        .into_iter()
+        .zip(judged)
+        .filter(|(_, e)| e.policy_verdict == "deny")
+        .map(|(r, _)| r)
         .collect()
 }
 
@@ -1150,6 +1145,11 @@ mod tests {
         )
     }
 
+    fn engine_of<'c>(c: &'c Cluster, s: &Suggestion) -> crate::policy::engine::Engine<'c> {
+        let compiled = crate::policy::compile_all(&s.policies).unwrap();
+        crate::policy::engine::Engine::new(c, compiled)
+    }
+
     /// The excess, computed by hand: a canary shares its labels with the observed api pod,
     /// so whatever the api pod may do, the canary may too.
     #[test]
@@ -1166,12 +1166,7 @@ mod tests {
         ];
         let s = suggest(&c, &flows, &Options::default());
         assert_eq!(s.inexact, vec!["a/Pod/api-1".to_owned()]);
-        let compiled = s
-            .policies
-            .iter()
-            .map(|p| crate::policy::compile(p).unwrap())
-            .collect();
-        let engine = crate::policy::engine::Engine::new(&c, compiled);
+        let engine = engine_of(&c, &s);
         assert!(denied(&engine, &flows).is_empty());
         let got = excess(&engine, &flows, &namespaces_of(&s));
         assert_eq!(
@@ -1205,12 +1200,7 @@ mod tests {
             with_port("a", "db-1", "10.0.0.4", "{app: db}", 5432),
         ]);
         let s = suggest(&c, &flows, &Options::default());
-        let compiled = s
-            .policies
-            .iter()
-            .map(|p| crate::policy::compile(p).unwrap())
-            .collect();
-        let engine = crate::policy::engine::Engine::new(&c, compiled);
+        let engine = engine_of(&c, &s);
         assert_eq!(excess(&engine, &flows, &namespaces_of(&s)), Vec::new());
     }
 

@@ -346,12 +346,7 @@ fn is_private(ip: IpAddr) -> bool {
 }
 
 fn widen(first: &mut Option<Timestamp>, last: &mut Option<Timestamp>, r: &FlowRecord) {
-    if let Some(t) = r.first_seen {
-        *first = Some(first.map_or(t, |f| f.min(t)));
-    }
-    if let Some(t) = r.last_seen.or(r.first_seen) {
-        *last = Some(last.map_or(t, |l| l.max(t)));
-    }
+    crate::record::widen_span(first, last, r.first_seen, r.last_seen);
 }
 
 fn end(e: &Endpoint) -> End {

@@ -93,43 +93,22 @@ impl Lab {
     /// Runs the traffic plan, `settings.concurrency` items at a time (in order when 1); each
     /// item's clients run in its source's namespace. Outcomes come in plan order.
     pub fn run_traffic(&self) -> Result<Vec<Outcome>, NetError> {
-        let traffic = &self.resolved.scenario.traffic;
-        let at_once = self.resolved.scenario.settings.concurrency.max(1) as usize;
-        let mut outcomes = Vec::with_capacity(traffic.len());
-        let items: Vec<(usize, &scenario::Traffic)> = traffic.iter().enumerate().collect();
-        for batch in items.chunks(at_once) {
-            let results: Vec<Result<Outcome, NetError>> = std::thread::scope(|s| {
-                let handles: Vec<_> = batch
-                    .iter()
-                    .map(|&(i, t)| {
-                        s.spawn(move || {
-                            traffic::run_item(
-                                &self.resolved,
-                                &self.namespaces[&t.from],
-                                i,
-                                t,
-                                &self.stop,
-                            )
-                        })
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| {
-                        h.join().unwrap_or_else(|_| {
-                            Err(NetError::Command {
-                                command: "traffic".into(),
-                                stderr: "a traffic runner panicked".into(),
-                            })
-                        })
-                    })
-                    .collect()
-            });
-            for r in results {
-                outcomes.push(r?);
-            }
-        }
-        Ok(outcomes)
+        let items: Vec<(usize, &scenario::Traffic)> =
+            self.resolved.scenario.traffic.iter().enumerate().collect();
+        let at_once = self.resolved.scenario.settings.concurrency as usize;
+        traffic::batched(&items, at_once, |&(i, t)| {
+            traffic::run_item(&self.resolved, &self.namespaces[&t.from], i, t, &self.stop)
+        })
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(NetError::Command {
+                    command: "traffic".into(),
+                    stderr: "a traffic runner panicked".into(),
+                })
+            })
+        })
+        .collect()
     }
 
     /// Netns inode -> host id, for every namespace of the lab (the node is `lab-node`).

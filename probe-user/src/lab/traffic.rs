@@ -225,6 +225,23 @@ pub fn run_item(
     Ok(outcome)
 }
 
+/// `work` on every item, `at_once` items at a time each on its own thread, results in item
+/// order (`None` for an item whose thread panicked).
+pub fn batched<T: Sync, R: Send>(
+    items: &[T],
+    at_once: usize,
+    work: impl Fn(&T) -> R + Sync,
+) -> Vec<Option<R>> {
+    let mut out = Vec::with_capacity(items.len());
+    for batch in items.chunks(at_once.max(1)) {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = batch.iter().map(|item| s.spawn(|| work(item))).collect();
+            out.extend(handles.into_iter().map(|h| h.join().ok()));
+        });
+    }
+    out
+}
+
 /// One connection attempt (TCP, closed gracefully) or datagram (UDP) to `addr` from the
 /// calling thread's network namespace, as the client saw it.
 pub fn attempt(addr: SocketAddr, protocol: Protocol, timeout: Duration) -> Verdict {
