@@ -26,22 +26,9 @@ impl Clock {
     }
 
     /// The system's current offset between CLOCK_REALTIME and CLOCK_MONOTONIC.
-    #[expect(
-        unsafe_code,
-        reason = "std has no CLOCK_MONOTONIC reading in nanoseconds"
-    )]
     pub fn system() -> Self {
-        fn read(clock: libc::clockid_t) -> i128 {
-            let mut ts = libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            };
-            // SAFETY: `ts` is a valid out-pointer; both clocks always exist on Linux.
-            unsafe { libc::clock_gettime(clock, &mut ts) };
-            ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-        }
         Self {
-            offset_ns: read(libc::CLOCK_REALTIME) - read(libc::CLOCK_MONOTONIC),
+            offset_ns: read_clock(libc::CLOCK_REALTIME) - read_clock(libc::CLOCK_MONOTONIC),
         }
     }
 
@@ -49,6 +36,25 @@ impl Clock {
         let ns = mono_ns as i128 + self.offset_ns;
         DateTime::from_timestamp_nanos(ns.clamp(0, i64::MAX as i128) as i64)
     }
+}
+
+/// Now on the probe's clock (CLOCK_MONOTONIC, what `bpf_ktime_get_ns` reads), in ns.
+pub fn monotonic_ns() -> u64 {
+    read_clock(libc::CLOCK_MONOTONIC) as u64
+}
+
+#[expect(
+    unsafe_code,
+    reason = "std has no CLOCK_MONOTONIC reading in nanoseconds"
+)]
+fn read_clock(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid out-pointer; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
 }
 
 /// Name of a connect() errno as the kernel reports it in `sk_err`.
@@ -94,6 +100,8 @@ struct ConnAgg {
 struct FlowAgg {
     first: Observation,
     stats: FlowStats,
+    /// What [`Aggregator::take`] has handed out so far: packets, replies, last packet.
+    taken: (u64, u64, u64),
 }
 
 /// What makes two records the same flow: everything but times, counts and varying details.
@@ -156,6 +164,31 @@ fn merge(records: Vec<FlowRecord>) -> Vec<FlowRecord> {
     by_id.into_values().collect()
 }
 
+/// Records in a stable order: by first seen, then by what they are.
+fn sorted(mut out: Vec<FlowRecord>) -> Vec<FlowRecord> {
+    out.sort_by(|a, b| {
+        (
+            a.first_seen,
+            a.protocol,
+            a.src.ip,
+            a.dst.ip,
+            a.dst.port,
+            a.verdict,
+            &a.observer,
+        )
+            .cmp(&(
+                b.first_seen,
+                b.protocol,
+                b.src.ip,
+                b.dst.ip,
+                b.dst.port,
+                b.verdict,
+                &b.observer,
+            ))
+    });
+    out
+}
+
 /// Accumulates observations into records.
 pub struct Aggregator {
     node: Option<String>,
@@ -193,6 +226,7 @@ impl Aggregator {
                         ..FlowStats::ZERO
                     },
                     first: obs.clone(),
+                    taken: (0, 0, 0),
                 });
                 entry.stats.flags |= obs.flags;
                 entry.stats.last_ns = entry.stats.last_ns.max(obs.ts_ns);
@@ -290,92 +324,125 @@ impl Aggregator {
     /// Every record so far, in a stable order.
     pub fn records(&self) -> Vec<FlowRecord> {
         let mut out = Vec::with_capacity(self.conns.len() + self.flows.len());
-        for (k, a) in &self.conns {
-            out.push(FlowRecord {
-                first_seen: Some(self.clock.wall(a.first_ns)),
-                last_seen: Some(self.clock.wall(a.last_ns)),
-                protocol: k.protocol,
-                src: Endpoint::new(k.src, if a.count == 1 { a.src_port } else { None }),
-                dst: Endpoint::new(k.dst, Some(k.dst_port)),
-                verdict: Some(k.verdict),
-                drop_reason: None,
-                count: a.count,
-                replies: None,
-                error: errno_name(k.errno),
-                node: self.node.clone(),
-                observer: Some(Observer {
-                    side: k.side,
-                    netns: k.netns,
-                    cgroup_id: a.cgroup_id,
-                }),
-            });
-        }
-        for f in self.flows.values() {
-            let o = &f.first;
+        out.extend(self.conns.iter().map(|(k, a)| self.conn_record(k, a)));
+        out.extend(self.flows.values().map(|f| {
             let s = &f.stats;
-            let (side, verdict, drop_reason, replies) = if o.kind == EventKind::Drop {
-                (
-                    Side::Path,
-                    Verdict::Dropped,
-                    Some(self.drop_reason(o.reason)),
-                    None,
-                )
-            } else {
-                let side = if s.flags & UDP_LOCAL_INITIATOR != 0 {
-                    Side::Client
+            self.flow_record(f, s.packets.max(1), s.replies, s.first_ns)
+        }));
+        sorted(merge(out))
+    }
+
+    /// What happened since the last call, for a process that runs for days: the
+    /// connections seen since then (forgotten here), and for each UDP flow or drop the
+    /// packets counted since then. A flow with no new packet since `idle_before_ns` is
+    /// retired, as are those in `gone` (no longer in the kernel's map); the retired keys
+    /// that are still in the kernel's map are returned, for the caller to remove there too
+    /// (the flow's next packet then starts it anew, and is reported).
+    pub fn take(
+        &mut self,
+        idle_before_ns: u64,
+        gone: &[FlowKey],
+    ) -> (Vec<FlowRecord>, Vec<FlowKey>) {
+        let mut out: Vec<FlowRecord> = self
+            .conns
+            .drain()
+            .collect::<Vec<_>>()
+            .iter()
+            .map(|(k, a)| self.conn_record(k, a))
+            .collect();
+        let mut retire = Vec::new();
+        for (key, f) in &self.flows {
+            let s = &f.stats;
+            let (packets, replies, last) = f.taken;
+            let new_packets = s.packets.max(1).saturating_sub(packets);
+            let new_replies = s.replies.saturating_sub(replies);
+            if new_packets > 0 || new_replies > 0 {
+                // The first new packet came after the last one handed out.
+                let first = if packets == 0 {
+                    s.first_ns
                 } else {
-                    Side::Server
+                    (last + 1).min(s.last_ns)
                 };
-                let verdict = if s.flags & UDP_ANSWERED != 0 {
-                    Verdict::Answered
-                } else if side == Side::Client {
-                    Verdict::Sent
-                } else {
-                    Verdict::Received
-                };
-                (side, verdict, None, Some(s.replies))
-            };
-            out.push(FlowRecord {
-                first_seen: Some(self.clock.wall(s.first_ns)),
-                last_seen: Some(self.clock.wall(s.last_ns)),
-                protocol: o.protocol,
-                src: Endpoint::new(o.src, None),
-                dst: Endpoint::new(o.dst, Some(o.dst_port)),
-                verdict: Some(verdict),
-                drop_reason,
-                count: s.packets.max(1),
-                replies,
-                error: None,
-                node: self.node.clone(),
-                observer: Some(Observer {
-                    side,
-                    netns: s.netns,
-                    cgroup_id: (s.cgroup_id != 0).then_some(s.cgroup_id),
-                }),
-            });
+                out.push(self.flow_record(f, new_packets, new_replies, first));
+            } else if s.last_ns < idle_before_ns {
+                retire.push(*key);
+            }
         }
-        let mut out = merge(out);
-        out.sort_by(|a, b| {
+        for f in self.flows.values_mut() {
+            let s = &f.stats;
+            f.taken = (s.packets.max(1), s.replies, s.last_ns);
+        }
+        for key in retire.iter().chain(gone) {
+            self.flows.remove(key);
+        }
+        (sorted(merge(out)), retire)
+    }
+
+    fn conn_record(&self, k: &ConnKey, a: &ConnAgg) -> FlowRecord {
+        FlowRecord {
+            first_seen: Some(self.clock.wall(a.first_ns)),
+            last_seen: Some(self.clock.wall(a.last_ns)),
+            protocol: k.protocol,
+            src: Endpoint::new(k.src, if a.count == 1 { a.src_port } else { None }),
+            dst: Endpoint::new(k.dst, Some(k.dst_port)),
+            verdict: Some(k.verdict),
+            drop_reason: None,
+            count: a.count,
+            replies: None,
+            error: errno_name(k.errno),
+            node: self.node.clone(),
+            observer: Some(Observer {
+                side: k.side,
+                netns: k.netns,
+                cgroup_id: a.cgroup_id,
+            }),
+        }
+    }
+
+    /// A flow's record counting `packets` and `replies` from `first_ns` on.
+    fn flow_record(&self, f: &FlowAgg, packets: u64, replies: u64, first_ns: u64) -> FlowRecord {
+        let o = &f.first;
+        let s = &f.stats;
+        let (side, verdict, drop_reason, replies) = if o.kind == EventKind::Drop {
             (
-                a.first_seen,
-                a.protocol,
-                a.src.ip,
-                a.dst.ip,
-                a.dst.port,
-                a.verdict,
-                &a.observer,
+                Side::Path,
+                Verdict::Dropped,
+                Some(self.drop_reason(o.reason)),
+                None,
             )
-                .cmp(&(
-                    b.first_seen,
-                    b.protocol,
-                    b.src.ip,
-                    b.dst.ip,
-                    b.dst.port,
-                    b.verdict,
-                    &b.observer,
-                ))
-        });
-        out
+        } else {
+            let side = if s.flags & UDP_LOCAL_INITIATOR != 0 {
+                Side::Client
+            } else {
+                Side::Server
+            };
+            let verdict = if s.flags & UDP_ANSWERED != 0 {
+                Verdict::Answered
+            } else if side == Side::Client {
+                Verdict::Sent
+            } else {
+                Verdict::Received
+            };
+            (side, verdict, None, Some(replies))
+        };
+        FlowRecord {
+            first_seen: Some(self.clock.wall(first_ns)),
+            last_seen: Some(self.clock.wall(s.last_ns)),
+            protocol: o.protocol,
+            src: Endpoint::new(o.src, None),
+            dst: Endpoint::new(o.dst, Some(o.dst_port)),
+            verdict: Some(verdict),
+            drop_reason,
+            count: packets,
+            replies,
+            error: None,
+            node: self.node.clone(),
+            observer: Some(Observer {
+                side,
+                netns: s.netns,
+                cgroup_id: (s.cgroup_id != 0).then_some(s.cgroup_id),
+            }),
+        }
     }
 
     /// Totals for the end-of-run summary.
@@ -549,5 +616,46 @@ mod tests {
         let t = a.totals();
         assert_eq!(t.drops_by_reason.get("NETFILTER_DROP"), Some(&1));
         assert_eq!(t.drops_by_reason.get("REASON_77"), Some(&1));
+    }
+
+    #[test]
+    fn take_hands_out_each_connection_and_packet_once_and_retires_idle_flows() {
+        let mut a = agg();
+        a.add(obs(EventKind::TcpEstablishedOut, IPPROTO_TCP, |_| {}));
+        let o = obs(EventKind::Udp, IPPROTO_UDP, |e| {
+            e.flags = UDP_LOCAL_INITIATOR;
+            e.key.kind = FLOW_KIND_UDP;
+        });
+        let key = o.key;
+        a.add(o);
+        let stats = |packets, last_ns| FlowStats {
+            first_ns: 1_000,
+            last_ns,
+            packets,
+            ..FlowStats::ZERO
+        };
+        a.update_counters(&key, stats(2, 2_000));
+        let (first, retired) = a.take(0, &[]);
+        let mut counts: Vec<(Protocol, u64)> =
+            first.iter().map(|r| (r.protocol, r.count)).collect();
+        counts.sort();
+        assert_eq!(counts, vec![(Protocol::TCP, 1), (Protocol::UDP, 2)]);
+        assert!(retired.is_empty());
+        // Three more packets: only they are handed out, starting after the last one taken.
+        a.update_counters(&key, stats(5, 7_000));
+        let (second, _) = a.take(0, &[]);
+        assert_eq!(
+            second.len(),
+            1,
+            "the connection was handed out already: {second:#?}"
+        );
+        assert_eq!(second[0].count, 3);
+        let clock = Clock::from_offset_ns(1_700_000_000_000_000_000);
+        assert_eq!(second[0].first_seen, Some(clock.wall(2_001)));
+        assert_eq!(second[0].last_seen, Some(clock.wall(7_000)));
+        // Nothing new: not idle yet at 5_000, retired at 8_000 and its key returned.
+        assert_eq!(a.take(5_000, &[]), (vec![], vec![]));
+        assert_eq!(a.take(8_000, &[]), (vec![], vec![key]));
+        assert!(a.records().is_empty());
     }
 }

@@ -35,7 +35,7 @@ pub fn identify(cluster: &Cluster, ip: IpAddr, t: Option<Timestamp>) -> Identity
     }
 }
 
-fn pod_identity(cluster: &Cluster, id: PodId) -> Identity {
+pub fn pod_identity(cluster: &Cluster, id: PodId) -> Identity {
     let p = cluster.pod(id);
     Identity {
         kind: Some(EndpointKind::Pod),

@@ -9,6 +9,7 @@
 //!
 //! `unsafe` is denied except where the kernel is talked to directly (aya, setns, sockets).
 #![deny(unsafe_code)]
+pub mod agent;
 pub mod aggregate;
 pub mod attribute;
 pub mod capture;

@@ -37,6 +37,13 @@ pub struct EdgeKey {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeStats {
     pub verdicts: BTreeMap<Verdict, u64>,
+    /// Dropped packets by drop reason.
+    #[serde(
+        rename = "dropReasons",
+        default,
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    pub drop_reasons: BTreeMap<String, u64>,
     #[serde(rename = "firstSeen", skip_serializing_if = "Option::is_none")]
     pub first_seen: Option<Timestamp>,
     #[serde(rename = "lastSeen", skip_serializing_if = "Option::is_none")]
@@ -44,31 +51,91 @@ pub struct EdgeStats {
 }
 
 impl EdgeStats {
-    fn add(
-        &mut self,
-        verdict: Option<Verdict>,
-        count: u64,
-        first: Option<Timestamp>,
-        last: Option<Timestamp>,
-    ) {
-        if let Some(v) = verdict {
-            *self.verdicts.entry(v).or_default() += count;
+    fn add_record(&mut self, r: &FlowRecord) {
+        if let Some(v) = r.verdict {
+            *self.verdicts.entry(v).or_default() += r.count;
         }
-        crate::record::widen_span(&mut self.first_seen, &mut self.last_seen, first, last);
+        if let Some(reason) = &r.drop_reason {
+            *self.drop_reasons.entry(reason.clone()).or_default() += r.count;
+        }
+        crate::record::widen_span(
+            &mut self.first_seen,
+            &mut self.last_seen,
+            r.first_seen,
+            r.last_seen,
+        );
+    }
+
+    /// Adds another tally of the same edge.
+    fn add(&mut self, other: &EdgeStats) {
+        for (v, n) in &other.verdicts {
+            *self.verdicts.entry(*v).or_default() += n;
+        }
+        for (reason, n) in &other.drop_reasons {
+            *self.drop_reasons.entry(reason.clone()).or_default() += n;
+        }
+        crate::record::widen_span(
+            &mut self.first_seen,
+            &mut self.last_seen,
+            other.first_seen,
+            other.last_seen,
+        );
     }
 }
 
 /// A workload: its namespace, kind and name.
 pub type WorkloadKey = (String, String, String);
 
-/// Edges per workload, at most `capacity` in all; the least recently seen go first when
-/// full, and are counted.
+#[derive(Clone, Debug, Default)]
+struct Edge {
+    stats: EdgeStats,
+    /// Created while the workload's share in the cluster was not known: what the cluster
+    /// holds for it must be added before it is written.
+    fresh: bool,
+    /// The share's generation at its last change.
+    changed: u64,
+}
+
+/// One workload's edges on this node, and how they stand against the cluster.
+#[derive(Clone, Debug, Default)]
+struct Share {
+    edges: BTreeMap<EdgeKey, Edge>,
+    /// Bumped on every change.
+    generation: u64,
+    /// The generation last written to the cluster.
+    written: u64,
+    /// Every edge the cluster holds for this node's share is held here too. False for a
+    /// workload new to this process (after a restart the cluster may hold history) and
+    /// after an eviction, until the share is read back.
+    complete: bool,
+}
+
+impl Share {
+    fn dirty(&self) -> bool {
+        self.generation != self.written
+    }
+}
+
+/// Edges per workload, at most `capacity` in all. When full, the least recently seen go,
+/// those already written to the cluster first (the cluster keeps them; they are read back
+/// before the workload is written again); evictions are counted, and those of edges not yet
+/// written are counted apart (that traffic is lost).
 #[derive(Clone, Debug)]
 pub struct Observed {
-    workloads: BTreeMap<WorkloadKey, BTreeMap<EdgeKey, EdgeStats>>,
+    workloads: BTreeMap<WorkloadKey, Share>,
     capacity: usize,
     len: usize,
     pub evicted: u64,
+    /// Evicted before they were written.
+    pub evicted_unwritten: u64,
+}
+
+/// A workload waiting to be written: `read` when its share in the cluster must be read back
+/// first ([`Observed::read_back`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pending {
+    pub workload: WorkloadKey,
+    pub read: bool,
 }
 
 impl Observed {
@@ -78,6 +145,7 @@ impl Observed {
             capacity: capacity.max(1),
             len: 0,
             evicted: 0,
+            evicted_unwritten: 0,
         }
     }
 
@@ -124,88 +192,355 @@ impl Observed {
                 port,
                 protocol: r.protocol,
             };
-            self.insert(workload, key, |s| {
-                s.add(r.verdict, r.count, r.first_seen, r.last_seen)
-            });
+            self.insert(workload, key, |s| s.add_record(r));
         }
     }
 
     fn insert(&mut self, w: WorkloadKey, key: EdgeKey, update: impl FnOnce(&mut EdgeStats)) {
-        let edges = self.workloads.entry(w).or_default();
-        if !edges.contains_key(&key) {
+        let share = self.workloads.entry(w).or_default();
+        let complete = share.complete;
+        let edge = share.edges.entry(key).or_insert_with(|| {
             self.len += 1;
-        }
-        update(edges.entry(key).or_default());
+            Edge {
+                stats: EdgeStats::default(),
+                fresh: !complete,
+                changed: 0,
+            }
+        });
+        update(&mut edge.stats);
+        share.generation += 1;
+        edge.changed = share.generation;
         if self.len > self.capacity {
             self.evict();
         }
     }
 
-    /// Makes room: the least recently seen edges go, down to 90% of the capacity, so a
-    /// flood pays for one sort per tenth of the capacity rather than per edge.
+    /// Makes room: down to 90% of the capacity, so a flood pays for one sort per tenth of
+    /// the capacity rather than per edge. Edges unchanged since written go first, then the
+    /// least recently seen.
     fn evict(&mut self) {
         let target = self.capacity - self.capacity / 10;
-        let mut all: Vec<(Option<Timestamp>, WorkloadKey, EdgeKey)> = self
+        let mut all: Vec<(bool, Option<Timestamp>, WorkloadKey, EdgeKey)> = self
             .workloads
             .iter()
-            .flat_map(|(w, edges)| {
-                edges
-                    .iter()
-                    .map(move |(k, s)| (s.last_seen, w.clone(), k.clone()))
+            .flat_map(|(w, share)| {
+                share.edges.iter().map(move |(k, e)| {
+                    let unwritten = e.changed > share.written;
+                    (unwritten, e.stats.last_seen, w.clone(), k.clone())
+                })
             })
             .collect();
         all.sort();
-        for (_, w, k) in all.into_iter().take(self.len - target) {
-            if let Some(edges) = self.workloads.get_mut(&w) {
-                edges.remove(&k);
-                if edges.is_empty() {
+        for (unwritten, _, w, k) in all.into_iter().take(self.len - target) {
+            if let Some(share) = self.workloads.get_mut(&w) {
+                share.edges.remove(&k);
+                share.complete = false;
+                if share.edges.is_empty() && !share.dirty() {
                     self.workloads.remove(&w);
                 }
             }
             self.len -= 1;
             self.evicted += 1;
+            if unwritten {
+                self.evicted_unwritten += 1;
+            }
         }
     }
 
-    /// Folds in edges read back (from the cluster after a restart): counts add up.
-    pub fn merge(&mut self, w: WorkloadKey, key: EdgeKey, stats: &EdgeStats) {
-        self.insert(w, key, |s| {
-            for (v, n) in &stats.verdicts {
-                s.add(Some(*v), *n, stats.first_seen, stats.last_seen);
-            }
-        });
-    }
-
-    /// The objects to apply for `node`'s share: one per workload, with only this node's
-    /// edges (server-side apply under the node's field manager merges them with the other
-    /// nodes' shares).
-    pub fn objects(&self, node: &str) -> Vec<Value> {
+    /// Workloads changed since they were last written, by name.
+    pub fn pending(&self) -> Vec<Pending> {
         self.workloads
             .iter()
-            .filter_map(|((ns, kind, name), edges)| {
-                let mine: Vec<Value> = edges
-                    .iter()
-                    .filter(|(k, _)| k.node == node)
-                    .map(|(k, s)| {
-                        let mut e = serde_json::to_value(k).expect("an edge key serializes");
-                        let stats = serde_json::to_value(s).expect("edge stats serialize");
-                        if let (Value::Object(e), Value::Object(stats)) = (&mut e, stats) {
-                            e.extend(stats);
-                        }
-                        e
-                    })
-                    .collect();
-                (!mine.is_empty()).then(|| {
-                    json!({
-                        "apiVersion": API_VERSION,
-                        "kind": KIND,
-                        "metadata": {"name": object_name(kind, name), "namespace": ns},
-                        "spec": {"workload": {"kind": kind, "name": name}, "edges": mine},
-                    })
-                })
+            .filter(|(_, s)| s.dirty())
+            .map(|(w, s)| Pending {
+                workload: w.clone(),
+                read: !s.complete,
             })
             .collect()
     }
+
+    /// Workloads waiting to be written.
+    pub fn dirty(&self) -> usize {
+        self.workloads.values().filter(|s| s.dirty()).count()
+    }
+
+    /// Folds in this node's share of `w` as the cluster holds it (`edges`, read with
+    /// [`share_of`]): edges created here since the share was last known add the cluster's
+    /// counts. Returns the cluster's edges not held here, to be written along (dropping them
+    /// from what this node applies would delete them).
+    pub fn read_back(
+        &mut self,
+        w: &WorkloadKey,
+        edges: Vec<(EdgeKey, EdgeStats)>,
+    ) -> Vec<(EdgeKey, EdgeStats)> {
+        let Some(share) = self.workloads.get_mut(w) else {
+            return edges;
+        };
+        let mut carried = Vec::new();
+        for (key, stats) in edges {
+            match share.edges.get_mut(&key) {
+                Some(e) if e.fresh => {
+                    e.stats.add(&stats);
+                    e.fresh = false;
+                }
+                Some(_) => {}
+                None => carried.push((key, stats)),
+            }
+        }
+        for e in share.edges.values_mut() {
+            e.fresh = false;
+        }
+        share.complete = carried.is_empty();
+        carried
+    }
+
+    /// The object to apply for `node`'s share of `w` (with `carried` edges: see
+    /// [`Observed::read_back`]) and the generation it holds, for [`Observed::written`].
+    /// Server-side apply under the node's field manager merges it with the other nodes'
+    /// shares.
+    pub fn object(
+        &self,
+        node: &str,
+        w: &WorkloadKey,
+        carried: &[(EdgeKey, EdgeStats)],
+    ) -> Option<(u64, Value)> {
+        let share = self.workloads.get(w)?;
+        let mut edges: Vec<(&EdgeKey, &EdgeStats)> = share
+            .edges
+            .iter()
+            .filter(|(k, _)| k.node == node)
+            .map(|(k, e)| (k, &e.stats))
+            .chain(carried.iter().map(|(k, s)| (k, s)))
+            .collect();
+        edges.sort_by(|a, b| a.0.cmp(b.0));
+        let (ns, kind, name) = w;
+        let edges: Vec<Value> = edges
+            .into_iter()
+            .map(|(k, s)| {
+                let mut e = serde_json::to_value(k).expect("an edge key serializes");
+                let stats = serde_json::to_value(s).expect("edge stats serialize");
+                if let (Value::Object(e), Value::Object(stats)) = (&mut e, stats) {
+                    e.extend(stats);
+                }
+                e
+            })
+            .collect();
+        let object = json!({
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"name": object_name(kind, name), "namespace": ns},
+            "spec": {"workload": {"kind": kind, "name": name}, "edges": edges},
+        });
+        Some((share.generation, object))
+    }
+
+    /// Records that `w` was written as of `generation`; a workload that changed meanwhile
+    /// stays pending.
+    pub fn written(&mut self, w: &WorkloadKey, generation: u64) {
+        if let Some(share) = self.workloads.get_mut(w) {
+            share.written = share.written.max(generation);
+            if share.edges.is_empty() && !share.dirty() {
+                self.workloads.remove(w);
+            }
+        }
+    }
+}
+
+/// The workload an `ObservedTraffic` object is about, and its edges (those of `node` only,
+/// when given). Refuses objects that do not have the CRD's shape, naming the field.
+pub fn share_of(
+    object: &Value,
+    node: Option<&str>,
+) -> Result<(WorkloadKey, Vec<(EdgeKey, EdgeStats)>), String> {
+    let text = |v: &Value, what: &str| {
+        v.as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| format!("{what}: missing or not a string"))
+    };
+    let workload = (
+        text(&object["metadata"]["namespace"], "metadata.namespace")?,
+        text(&object["spec"]["workload"]["kind"], "spec.workload.kind")?,
+        text(&object["spec"]["workload"]["name"], "spec.workload.name")?,
+    );
+    let mut edges = Vec::new();
+    let listed = match &object["spec"]["edges"] {
+        Value::Null => &[][..],
+        Value::Array(a) => a.as_slice(),
+        _ => return Err("spec.edges: not a list".into()),
+    };
+    for (i, e) in listed.iter().enumerate() {
+        let key: EdgeKey =
+            serde_json::from_value(e.clone()).map_err(|err| format!("spec.edges[{i}]: {err}"))?;
+        if node.is_some_and(|n| n != key.node) {
+            continue;
+        }
+        let stats: EdgeStats =
+            serde_json::from_value(e.clone()).map_err(|err| format!("spec.edges[{i}]: {err}"))?;
+        edges.push((key, stats));
+    }
+    Ok((workload, edges))
+}
+
+/// What [`records`] could not turn back into records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Unread {
+    /// Objects without the CRD's shape: `namespace/name: field: cause`.
+    pub invalid: Vec<String>,
+    /// Edges whose workload (or peer workload) has no pod in the model any more.
+    pub gone: u64,
+    /// Edges last seen before the window.
+    pub older: u64,
+}
+
+/// The traffic the `ObservedTraffic` objects hold, as attributed flow records, for verify
+/// and suggest: an egress edge becomes a client-side record from one of the workload's pods
+/// to the peer, an ingress edge a server-side one from the peer; one record per verdict
+/// (drops per reason). Edges last seen before `since` are left out. Both ends are named from
+/// `cluster` as it is now (a workload's pod stands for the workload).
+pub fn records(
+    cluster: &crate::cluster::Cluster,
+    objects: &[Value],
+    since: Option<Timestamp>,
+) -> (Vec<FlowRecord>, Unread) {
+    use crate::{
+        attribute,
+        cluster::PodId,
+        record::{Identity, Observer},
+    };
+    use std::collections::HashMap;
+    // A pod per workload, active ones preferred.
+    let mut pods: HashMap<WorkloadKey, PodId> = HashMap::new();
+    for id in cluster.pod_ids() {
+        let p = cluster.pod(id);
+        if p.ips.is_empty() {
+            continue;
+        }
+        let w = cluster.workload(id);
+        let key = (cluster.namespace(p.namespace).name.clone(), w.kind, w.name);
+        match pods.get(&key) {
+            Some(held) if cluster.pod(*held).is_active() || !p.is_active() => {}
+            _ => {
+                pods.insert(key, id);
+            }
+        }
+    }
+    let pod_end = |w: &WorkloadKey| {
+        pods.get(w).map(|&id| Endpoint {
+            ip: cluster.pod(id).ips[0],
+            port: None,
+            identity: attribute::pod_identity(cluster, id),
+        })
+    };
+    let peer_end = |peer: &str| -> Option<Endpoint> {
+        let parts: Vec<&str> = peer.splitn(3, '/').collect();
+        match parts.as_slice() {
+            // Kinds are capitalized; namespaces (even one called "service") are not.
+            [ns, kind, name] if kind.starts_with(|c: char| c.is_ascii_uppercase()) => {
+                pod_end(&(ns.to_string(), kind.to_string(), name.to_string()))
+            }
+            ["service", ns, name] => {
+                let svc = cluster
+                    .services()
+                    .iter()
+                    .find(|s| s.name == *name && cluster.namespace(s.namespace).name == *ns)?;
+                Some(Endpoint {
+                    ip: *svc.cluster_ips.first()?,
+                    port: None,
+                    identity: Identity {
+                        kind: Some(EndpointKind::Service),
+                        namespace: Some(ns.to_string()),
+                        service: Some(format!("{ns}/{name}")),
+                        ..Identity::default()
+                    },
+                })
+            }
+            ["node", name] => {
+                let n = cluster.nodes().iter().find(|n| n.name == *name)?;
+                Some(Endpoint {
+                    ip: *n.ips.first()?,
+                    port: None,
+                    identity: Identity {
+                        kind: Some(EndpointKind::Node),
+                        node: Some(n.name.clone()),
+                        ..Identity::default()
+                    },
+                })
+            }
+            _ => {
+                let ip = peer.parse().ok()?;
+                Some(Endpoint {
+                    ip,
+                    port: None,
+                    identity: attribute::identify(cluster, ip, None),
+                })
+            }
+        }
+    };
+    let mut out = Vec::new();
+    let mut unread = Unread::default();
+    for o in objects {
+        let (w, edges) = match share_of(o, None) {
+            Ok(share) => share,
+            Err(e) => {
+                unread.invalid.push(format!(
+                    "{}/{}: {e}",
+                    o["metadata"]["namespace"].as_str().unwrap_or("?"),
+                    o["metadata"]["name"].as_str().unwrap_or("?")
+                ));
+                continue;
+            }
+        };
+        for (key, stats) in edges {
+            if since.is_some() && stats.last_seen.is_none_or(|t| Some(t) < since) {
+                unread.older += 1;
+                continue;
+            }
+            let (Some(own), Some(peer)) = (pod_end(&w), peer_end(&key.peer)) else {
+                unread.gone += 1;
+                continue;
+            };
+            let (mut src, mut dst, side) = match key.direction {
+                Direction::Egress => (own, peer, Side::Client),
+                Direction::Ingress => (peer, own, Side::Server),
+            };
+            src.port = None;
+            dst.port = Some(key.port);
+            let mut tallies: Vec<(Verdict, Option<String>, u64)> = Vec::new();
+            for (&v, &n) in &stats.verdicts {
+                if v == Verdict::Dropped {
+                    let mut left = n;
+                    for (reason, &m) in &stats.drop_reasons {
+                        tallies.push((v, Some(reason.clone()), m.min(left)));
+                        left = left.saturating_sub(m);
+                    }
+                    if left > 0 {
+                        tallies.push((v, None, left));
+                    }
+                } else {
+                    tallies.push((v, None, n));
+                }
+            }
+            for (verdict, drop_reason, count) in tallies.into_iter().filter(|t| t.2 > 0) {
+                let mut r = FlowRecord::new(key.protocol, src.clone(), dst.clone(), Some(verdict));
+                r.count = count;
+                r.drop_reason = drop_reason;
+                r.first_seen = stats.first_seen;
+                r.last_seen = stats.last_seen;
+                r.node = Some(key.node.clone());
+                r.observer = Some(Observer {
+                    side: if verdict == Verdict::Dropped {
+                        Side::Path
+                    } else {
+                        side
+                    },
+                    netns: 0,
+                    cgroup_id: None,
+                });
+                out.push(r);
+            }
+        }
+    }
+    (out, unread)
 }
 
 /// The object name for a workload: `<kind>-<name>`, lowercased, DNS-1123.
@@ -293,6 +628,20 @@ mod tests {
         r
     }
 
+    /// Every object `o` would apply for `node`, as if the cluster held nothing.
+    fn objects(o: &Observed, node: &str) -> Vec<Value> {
+        o.workloads
+            .keys()
+            .filter_map(|w| o.object(node, w, &[]))
+            .map(|(_, v)| v)
+            .filter(|v| !v["spec"]["edges"].as_array().unwrap().is_empty())
+            .collect()
+    }
+
+    fn web() -> WorkloadKey {
+        ("shop".to_owned(), "Deployment".to_owned(), "web".to_owned())
+    }
+
     #[test]
     fn each_node_writes_the_sides_it_saw() {
         let mut a = Observed::new(100);
@@ -304,7 +653,7 @@ mod tests {
             "node-a",
             &seen(Side::Client, Verdict::Timeout, "2026-01-01T10:05:00Z"),
         );
-        let objs = a.objects("node-a");
+        let objs = objects(&a, "node-a");
         assert_eq!(objs.len(), 1, "only the client's workload: {objs:#?}");
         let o = &objs[0];
         assert_eq!(o["metadata"]["name"], "deployment-web");
@@ -316,64 +665,125 @@ mod tests {
         assert_eq!(e["verdicts"], json!({"established": 1, "timeout": 1}));
         assert_eq!(e["firstSeen"], "2026-01-01T10:00:00Z");
         assert_eq!(e["lastSeen"], "2026-01-01T10:05:00Z");
-        assert!(a.objects("node-b").is_empty());
+        assert!(objects(&a, "node-b").is_empty());
         // The server's node writes the ingress edge of the database.
         let mut b = Observed::new(100);
         b.add(
             "node-b",
             &seen(Side::Server, Verdict::Established, "2026-01-01T10:00:00Z"),
         );
-        let objs = b.objects("node-b");
+        let objs = objects(&b, "node-b");
         assert_eq!(objs[0]["metadata"]["name"], "statefulset-db");
         assert_eq!(objs[0]["spec"]["edges"][0]["peer"], "shop/Deployment/web");
         assert_eq!(objs[0]["spec"]["edges"][0]["direction"], "ingress");
     }
 
     #[test]
-    fn memory_is_bounded_and_evictions_counted() {
-        let mut o = Observed::new(2);
-        for (i, at) in [
-            "2026-01-01T10:00:00Z",
-            "2026-01-01T11:00:00Z",
-            "2026-01-01T12:00:00Z",
-        ]
-        .into_iter()
-        .enumerate()
-        {
+    fn memory_is_bounded_and_written_edges_go_first() {
+        let mut o = Observed::new(3);
+        let add = |o: &mut Observed, port: u16, at: &str| {
             let mut r = seen(Side::Client, Verdict::Established, at);
-            r.dst.port = Some(5000 + i as u16);
+            r.dst.port = Some(port);
             o.add("node-a", &r);
-        }
-        assert_eq!((o.len(), o.evicted), (2, 1));
-        let ports: Vec<u64> = o.objects("node-a")[0]["spec"]["edges"]
-            .as_array()
-            .unwrap()
+        };
+        add(&mut o, 5000, "2026-01-01T10:00:00Z");
+        add(&mut o, 5001, "2026-01-01T11:00:00Z");
+        add(&mut o, 5002, "2026-01-01T12:00:00Z");
+        assert_eq!(
+            o.pending(),
+            vec![Pending {
+                workload: web(),
+                read: true
+            }]
+        );
+        let carried = o.read_back(&web(), vec![]);
+        assert!(carried.is_empty());
+        let (generation, _) = o.object("node-a", &web(), &[]).unwrap();
+        o.written(&web(), generation);
+        assert!(o.pending().is_empty());
+        // A flood of edges of another workload: the written ones make room, oldest first.
+        let mut db = seen(Side::Server, Verdict::Established, "2026-01-01T09:00:00Z");
+        db.dst.port = Some(6000);
+        o.add("node-a", &db);
+        assert_eq!((o.len(), o.evicted, o.evicted_unwritten), (3, 1, 0));
+        let ports: Vec<u64> = objects(&o, "node-a")
             .iter()
+            .flat_map(|obj| obj["spec"]["edges"].as_array().unwrap().clone())
             .map(|e| e["port"].as_u64().unwrap())
             .collect();
-        assert_eq!(ports, vec![5001, 5002], "the least recently seen went");
+        assert_eq!(
+            ports,
+            vec![6000, 5001, 5002],
+            "the oldest written edge went, not the newest edge"
+        );
+        // The web share is no longer complete: it is read back before it is written again.
+        add(&mut o, 5003, "2026-01-01T13:00:00Z");
+        assert!(o.pending().contains(&Pending {
+            workload: web(),
+            read: true
+        }));
+        // Nothing written is left to evict: unwritten edges go, and are counted as such.
+        assert!(o.evicted_unwritten > 0);
     }
 
     #[test]
-    fn edges_read_back_add_up() {
-        let mut o = Observed::new(10);
-        o.add(
+    fn a_share_read_back_adds_up_and_is_written_whole() {
+        // What the cluster holds for node-a from before a restart (or an eviction).
+        let mut before = Observed::new(10);
+        before.add(
             "node-a",
             &seen(Side::Client, Verdict::Established, "2026-01-01T10:00:00Z"),
         );
-        let e = &o.objects("node-a")[0]["spec"]["edges"][0];
-        let key: EdgeKey = serde_json::from_value(e.clone()).unwrap();
-        let stats: EdgeStats = serde_json::from_value(e.clone()).unwrap();
+        let mut other = seen(Side::Client, Verdict::Timeout, "2026-01-01T09:00:00Z");
+        other.dst.port = Some(6432);
+        before.add("node-a", &other);
+        let (_, stored) = before.object("node-a", &web(), &[]).unwrap();
+        let (w, edges) = share_of(&stored, Some("node-a")).unwrap();
+        assert_eq!(w, web());
+        assert_eq!(share_of(&stored, Some("node-b")).unwrap().1, vec![]);
+
         let mut restarted = Observed::new(10);
-        let w = ("shop".to_owned(), "Deployment".to_owned(), "web".to_owned());
-        restarted.merge(w, key, &stats);
         restarted.add(
             "node-a",
             &seen(Side::Client, Verdict::Established, "2026-01-01T11:00:00Z"),
         );
-        let e = &restarted.objects("node-a")[0]["spec"]["edges"][0];
+        assert_eq!(restarted.pending()[0].read, true);
+        let carried = restarted.read_back(&web(), edges);
+        assert_eq!(
+            carried.len(),
+            1,
+            "the 6432 edge is not held here: {carried:?}"
+        );
+        let (_, obj) = restarted.object("node-a", &web(), &carried).unwrap();
+        let edges = obj["spec"]["edges"].as_array().unwrap();
+        assert_eq!(edges.len(), 2, "{edges:#?}");
+        let e5432 = edges.iter().find(|e| e["port"] == 5432).unwrap();
+        assert_eq!(e5432["verdicts"]["established"], 2);
+        assert_eq!(e5432["firstSeen"], "2026-01-01T10:00:00Z");
+        assert_eq!(e5432["lastSeen"], "2026-01-01T11:00:00Z");
+        let e6432 = edges.iter().find(|e| e["port"] == 6432).unwrap();
+        assert_eq!(e6432["verdicts"]["timeout"], 1);
+        // Read back once: reading the same share again adds nothing twice.
+        let (_, again) = share_of(&obj, Some("node-a")).unwrap();
+        restarted.read_back(&web(), again);
+        let (_, obj2) = restarted.object("node-a", &web(), &[]).unwrap();
+        let e = obj2["spec"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["port"] == 5432)
+            .unwrap()
+            .clone();
         assert_eq!(e["verdicts"]["established"], 2);
-        assert_eq!(e["firstSeen"], "2026-01-01T10:00:00Z");
-        assert_eq!(e["lastSeen"], "2026-01-01T11:00:00Z");
+    }
+
+    #[test]
+    fn objects_of_another_shape_are_refused_with_the_field() {
+        let bad = json!({"metadata": {"namespace": "shop"}, "spec": {"workload": {"kind": "Deployment", "name": "web"},
+            "edges": [{"node": "a", "direction": "sideways", "peer": "x", "port": 1, "protocol": "TCP", "verdicts": {}}]}});
+        let err = share_of(&bad, None).unwrap_err();
+        assert!(err.starts_with("spec.edges[0]: "), "{err}");
+        let err = share_of(&json!({"metadata": {}}), None).unwrap_err();
+        assert_eq!(err, "metadata.namespace: missing or not a string");
     }
 }

@@ -1,4 +1,4 @@
-//! Writing results: JSON lines, to stdout or atomically to a file.
+//! Writing results: JSON lines, to stdout, atomically to a file, or to a rotated file.
 use std::{
     io::Write,
     path::{Path, PathBuf},
@@ -61,6 +61,77 @@ pub fn write_atomic(
     Ok(())
 }
 
+/// JSON lines appended to a file that is rotated by size, as log shippers expect: when the
+/// file would pass `max_bytes`, it becomes `<file>.1` (`.1` becomes `.2`, ... up to `keep`
+/// files; the oldest goes). Lines are never split across files.
+pub struct Rotating {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: usize,
+    file: std::io::BufWriter<std::fs::File>,
+    size: u64,
+}
+
+impl Rotating {
+    pub fn open(path: &Path, max_bytes: u64, keep: usize) -> Result<Self, OutputError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| OutputError::Write {
+                path: path.to_owned(),
+                source,
+            })?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Self {
+            path: path.to_owned(),
+            max_bytes: max_bytes.max(1),
+            keep,
+            file: std::io::BufWriter::new(file),
+            size,
+        })
+    }
+
+    /// Appends the records, one line each, and flushes.
+    pub fn write(&mut self, records: &[FlowRecord]) -> Result<(), OutputError> {
+        let path = self.path.clone();
+        let err = |source| OutputError::Write { path, source };
+        for r in records {
+            let mut line = serde_json::to_vec(r).expect("a flow record serializes");
+            line.push(b'\n');
+            if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+                self.rotate().map_err(err.clone())?;
+            }
+            self.file.write_all(&line).map_err(err.clone())?;
+            self.size += line.len() as u64;
+        }
+        self.file.flush().map_err(err)
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        let numbered = |n: usize| PathBuf::from(format!("{}.{n}", self.path.display()));
+        if self.keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            for n in (1..self.keep).rev() {
+                if numbered(n).exists() {
+                    std::fs::rename(numbered(n), numbered(n + 1))?;
+                }
+            }
+            std::fs::rename(&self.path, numbered(1))?;
+        }
+        self.file = std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?,
+        );
+        self.size = 0;
+        Ok(())
+    }
+}
+
 /// Rows as aligned columns (two spaces apart, no trailing blanks), one line each.
 pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
     let widths: Vec<usize> = (0..N)
@@ -99,6 +170,49 @@ mod tests {
         );
         write_atomic(&path, |mut f| f.write_all(b"new\n")).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::{Endpoint, Protocol, Verdict};
+
+    #[test]
+    fn rotation_keeps_whole_lines_and_at_most_keep_old_files() {
+        let dir = std::env::temp_dir().join(format!("flowpol-rotate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("flows.jsonl");
+        let r = FlowRecord::new(
+            Protocol::TCP,
+            Endpoint::new("10.0.0.1".parse().unwrap(), None),
+            Endpoint::new("10.0.0.2".parse().unwrap(), Some(80)),
+            Some(Verdict::Established),
+        );
+        let line = serde_json::to_vec(&r).unwrap().len() as u64 + 1;
+        // Room for two lines per file; seven lines -> files of 2, 2, 2 (one dropped) and 1.
+        let mut out = Rotating::open(&path, 2 * line, 2).unwrap();
+        for _ in 0..7 {
+            out.write(std::slice::from_ref(&r)).unwrap();
+        }
+        let lines = |p: &Path| {
+            let text = std::fs::read_to_string(p).unwrap();
+            for l in text.lines() {
+                serde_json::from_str::<FlowRecord>(l).expect("whole lines only");
+            }
+            text.lines().count()
+        };
+        assert_eq!(lines(&path), 1);
+        assert_eq!(lines(&dir.join("flows.jsonl.1")), 2);
+        assert_eq!(lines(&dir.join("flows.jsonl.2")), 2);
+        assert!(!dir.join("flows.jsonl.3").exists(), "keep = 2");
+        // Reopened, it appends after what is there.
+        drop(out);
+        let mut out = Rotating::open(&path, 2 * line, 2).unwrap();
+        out.write(std::slice::from_ref(&r)).unwrap();
+        assert_eq!(lines(&path), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,8 +1,11 @@
-//! A recording session: capture -> decode -> aggregate, until told to stop.
+//! A recording session: capture -> decode -> aggregate, until told to stop, or taken from
+//! as it goes (the agent).
 use std::{future::Future, time::Duration};
 
+use probe_common::FlowKey;
+
 use crate::{
-    aggregate::{Aggregator, Totals},
+    aggregate::{monotonic_ns, Aggregator, Totals},
     capture::{CaptureError, Probe, ProbeStats},
     decode::decode,
     record::FlowRecord,
@@ -66,6 +69,7 @@ pub struct Session {
     agg: Aggregator,
     events: u64,
     decode_errors: u64,
+    counters_evicted: u64,
 }
 
 impl Session {
@@ -75,10 +79,12 @@ impl Session {
             agg,
             events: 0,
             decode_errors: 0,
+            counters_evicted: 0,
         }
     }
 
-    pub async fn run(&mut self, stop: impl Future<Output = ()>) -> Result<(), CaptureError> {
+    /// Captures until `stop` completes, and returns its output.
+    pub async fn run<T>(&mut self, stop: impl Future<Output = T>) -> Result<T, CaptureError> {
         tokio::pin!(stop);
         let mut last_sync = tokio::time::Instant::now();
         loop {
@@ -87,9 +93,10 @@ impl Session {
                 agg,
                 events,
                 decode_errors,
+                ..
             } = self;
             tokio::select! {
-                _ = &mut stop => break,
+                out = &mut stop => return Ok(out),
                 r = probe.next_batch(POLL, |bytes| ingest(agg, events, decode_errors, bytes)) => r?,
             }
             if last_sync.elapsed() >= SYNC_EVERY {
@@ -97,19 +104,53 @@ impl Session {
                 last_sync = tokio::time::Instant::now();
             }
         }
-        Ok(())
     }
 
-    fn sync_counters(&mut self) -> u64 {
+    /// Reads the kernel's counters of every flow; returns the flows it no longer holds.
+    fn sync_counters(&mut self) -> Vec<FlowKey> {
         let keys: Vec<_> = self.agg.kernel_counted().copied().collect();
-        let mut evicted = 0;
+        let mut evicted = Vec::new();
         for key in keys {
             match self.probe.flow_stats(&key) {
                 Some(stats) => self.agg.update_counters(&key, stats),
-                None => evicted += 1,
+                None => evicted.push(key),
             }
         }
         evicted
+    }
+
+    /// What was seen since the last call (see [`Aggregator::take`]), for a process that
+    /// runs for days; flows quiet for `idle` are forgotten here and in the kernel.
+    pub fn take(&mut self, idle: Duration) -> Vec<FlowRecord> {
+        let Self {
+            probe,
+            agg,
+            events,
+            decode_errors,
+            ..
+        } = self;
+        probe.drain(|bytes| ingest(agg, events, decode_errors, bytes));
+        let gone = self.sync_counters();
+        self.counters_evicted += gone.len() as u64;
+        let idle_before = monotonic_ns().saturating_sub(idle.as_nanos() as u64);
+        let (records, retired) = self.agg.take(idle_before, &gone);
+        for key in &retired {
+            self.probe.forget(key);
+        }
+        records
+    }
+
+    /// Counters so far (totals of what is still held, for a session that is not taken from).
+    pub fn summary(&self) -> Summary {
+        let probe = self.probe.stats();
+        Summary {
+            totals: self.agg.totals(),
+            events: self.events,
+            events_lost: probe.events_lost(),
+            probe,
+            decode_errors: self.decode_errors,
+            counters_evicted: self.counters_evicted,
+        }
     }
 
     /// Drains the ring buffer, reads the final counters and returns the records.
@@ -119,19 +160,12 @@ impl Session {
             agg,
             events,
             decode_errors,
+            ..
         } = &mut self;
         probe.drain(|bytes| ingest(agg, events, decode_errors, bytes));
         let evicted = self.sync_counters();
-        let probe = self.probe.stats();
-        let summary = Summary {
-            totals: self.agg.totals(),
-            events: self.events,
-            events_lost: probe.events_lost(),
-            probe,
-            decode_errors: self.decode_errors,
-            counters_evicted: evicted,
-        };
-        (self.agg.records(), summary)
+        self.counters_evicted += evicted.len() as u64;
+        (self.agg.records(), self.summary())
     }
 }
 

@@ -257,6 +257,16 @@ pub fn fate(r: &FlowRecord) -> Fate {
 /// Verifies attributed `records` ([`crate::attribute::enrich`]) against the engine's
 /// policies, and lists what the policies leave open.
 pub fn verify(engine: &Engine, records: Vec<FlowRecord>) -> Report {
+    report(engine, records, true)
+}
+
+/// [`verify`] without the exposures: only what the records show (for an agent judging
+/// batch after batch; the exposures change with the policies, not with traffic).
+pub fn judge(engine: &Engine, records: Vec<FlowRecord>) -> Report {
+    report(engine, records, false)
+}
+
+fn report(engine: &Engine, records: Vec<FlowRecord>, exposures: bool) -> Report {
     let mut summary = Summary {
         records: records.len() as u64,
         ..Summary::default()
@@ -310,7 +320,9 @@ pub fn verify(engine: &Engine, records: Vec<FlowRecord>) -> Report {
         Kind::OverBlock => Finding::OverBlock(f),
         _ => Finding::Refused(f),
     }));
-    findings.extend(unprotected(engine).into_iter().map(Finding::Unprotected));
+    if exposures {
+        findings.extend(unprotected(engine).into_iter().map(Finding::Unprotected));
+    }
     let mut unnamed: Vec<Unattributed> = unnamed.into_values().collect();
     unnamed.sort_by(|a, b| b.records.cmp(&a.records).then(a.ip.cmp(&b.ip)));
     findings.extend(unnamed.into_iter().map(Finding::Unattributed));

@@ -219,7 +219,15 @@ fn observed_traffic_objects_fit_the_crd_schema() {
     r.first_seen = Some("2026-01-01T10:00:00Z".parse().unwrap());
     let mut o = Observed::new(10);
     o.add("node-a", &r);
-    let objects = o.objects("node-a");
+    r.verdict = Some(Verdict::Dropped);
+    r.drop_reason = Some("NETFILTER_DROP".into());
+    o.add("node-a", &r);
+    let objects: Vec<serde_json::Value> = o
+        .pending()
+        .iter()
+        .map(|p| o.object("node-a", &p.workload, &[]).unwrap().1)
+        .collect();
+    assert!(objects[0].to_string().contains("dropReasons"));
     assert_eq!(objects.len(), 2, "offline records: both ends' workloads");
     for obj in &objects {
         for field in schema["required"].as_array().unwrap() {

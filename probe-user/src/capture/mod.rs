@@ -278,6 +278,13 @@ impl Probe {
         Some(sum)
     }
 
+    /// Removes a retired flow from the kernel's map: its next packet starts it anew and is
+    /// reported as an event.
+    pub fn forget(&mut self, key: &FlowKey) {
+        // Already gone (evicted by the LRU) is as good.
+        let _ = self.flows.remove(key);
+    }
+
     pub fn stats(&self) -> ProbeStats {
         let read = |stat: Stat| -> Vec<u64> {
             self.stats

@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+mod agent;
 mod bpf_stats;
 mod compare;
 mod enrich;
@@ -43,6 +44,8 @@ enum Command {
     Suggest(suggest::Args),
     /// Two runs of the same traffic (two clusters, two CNIs) side by side: every case whose outcome differs.
     Compare(compare::Args),
+    /// Run on every node (the DaemonSet): record, name, verify continuously; export JSON lines, metrics and ObservedTraffic objects.
+    Agent(agent::Args),
     /// Run counts and time of every loaded BPF program (needs kernel.bpf_stats_enabled=1).
     BpfStats(bpf_stats::Args),
 }
@@ -65,6 +68,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Record(args) => record::run(args),
+        Command::Agent(args) => agent::run(args),
         Command::Lab(args) => lab::run(args),
         Command::BpfStats(args) => bpf_stats::run(args),
         Command::Eval(args) => eval::run(args),

@@ -10,6 +10,7 @@ use flowpol::{
         watch::{self, Live},
         Cluster,
     },
+    observed,
     policy::{self, Policy},
     record::{self, FlowRecord},
 };
@@ -46,18 +47,83 @@ pub struct Source {
 pub struct FlowsFrom {
     #[command(flatten)]
     pub source: Source,
-    /// Flow records (JSON lines), as `flowpol record`, `lab` or `probe` write them.
+    /// Flow records (JSON lines), as `flowpol record`, `lab`, `probe` or `agent` write them.
+    #[arg(
+        long,
+        required_unless_present = "from_cluster",
+        conflicts_with = "from_cluster"
+    )]
+    pub flows: Option<PathBuf>,
+    /// Read the traffic the agents aggregated in the cluster (ObservedTraffic objects)
+    /// instead of a file; needs the API server (--kube).
     #[arg(long)]
-    pub flows: PathBuf,
+    pub from_cluster: bool,
+    /// With --from-cluster: only edges seen within this long (e.g. `24h`, `7days`).
+    #[arg(long, requires = "from_cluster", value_parser = humantime::parse_duration)]
+    pub since: Option<Duration>,
 }
 
 impl FlowsFrom {
     /// The cluster, and the records with both ends named from it. The flows are read first:
     /// a bad file fails before the API server is asked anything.
     pub fn load(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
-        let mut records = record::read_json_lines(&self.flows)?;
+        let Some(path) = &self.flows else {
+            return self.from_cluster(command);
+        };
+        let mut records = record::read_json_lines(path)?;
         let loaded = self.source.load(command)?;
         attribute::enrich(&loaded.cluster, &mut records);
+        Ok((loaded, records))
+    }
+
+    /// The live cluster and the traffic its ObservedTraffic objects hold.
+    fn from_cluster(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
+        if !self.source.live_requested() {
+            anyhow::bail!(
+                "--from-cluster reads the API server: add --kube (or --kubeconfig/--context)"
+            );
+        }
+        let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        let (loaded, objects) = rt.block_on(async {
+            let client = self.source.client().await?;
+            let live = Live::start(client.clone(), self.source.deleted_pod_grace);
+            let loaded = self.source.take(&live).await?;
+            let objects = flowpol::agent::store::list(&client)
+                .await
+                .context("listing ObservedTraffic objects (is the flowpol CRD installed? kubectl apply -k deploy/)")?;
+            anyhow::Ok((loaded, objects))
+        })?;
+        let since = self.since.map(|d| {
+            chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+        });
+        let (records, unread) = observed::records(&loaded.cluster, &objects, since);
+        if !unread.invalid.is_empty() {
+            for e in &unread.invalid {
+                eprintln!("flowpol {command}: ObservedTraffic {e}");
+            }
+            anyhow::bail!(
+                "{} ObservedTraffic object(s) cannot be read",
+                unread.invalid.len()
+            );
+        }
+        eprintln!(
+            "flowpol {command}: {} records from {} ObservedTraffic objects{}{}",
+            records.len(),
+            objects.len(),
+            if unread.gone > 0 {
+                format!(
+                    "; {} edges of workloads no longer in the cluster left out",
+                    unread.gone
+                )
+            } else {
+                String::new()
+            },
+            if unread.older > 0 {
+                format!("; {} edges older than --since left out", unread.older)
+            } else {
+                String::new()
+            }
+        );
         Ok((loaded, records))
     }
 }
@@ -92,12 +158,16 @@ impl Source {
         self.kube || self.kubeconfig.is_some() || self.context.is_some()
     }
 
+    /// A client for the API server, configured as kubectl would be.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        watch::client(self.kubeconfig.as_deref(), self.context.as_deref())
+            .await
+            .context("connecting to the Kubernetes API server")
+    }
+
     /// Connects and starts the watchers (needs a tokio runtime).
     pub async fn start(&self) -> anyhow::Result<Live> {
-        let client = watch::client(self.kubeconfig.as_deref(), self.context.as_deref())
-            .await
-            .context("connecting to the Kubernetes API server")?;
-        Ok(Live::start(client, self.deleted_pod_grace))
+        Ok(Live::start(self.client().await?, self.deleted_pod_grace))
     }
 
     /// Waits for the live model to be complete and takes it.

@@ -1,3 +1,4 @@
+#![allow(dead_code, reason = "each test binary uses a part of the stand-in")]
 //! A Kubernetes API server stand-in that speaks the list/watch protocol as the real one does,
 //! for the kinds flowpol reads: paginated lists carrying a resourceVersion, chunked watch
 //! streams of ADDED/MODIFIED/DELETED events from a given resourceVersion, BOOKMARK events,
@@ -5,6 +6,13 @@
 //! the compacted history, metadata-only (`PartialObjectMetadata`) lists and watches, and
 //! watch timeouts. Tests drive it: change objects, cut every watch, compact the history, stop
 //! and restart it on the same port.
+//!
+//! It also serves flowpol's `ObservedTraffic` custom resource as the API server serves a CRD
+//! with server-side apply: get, list (all namespaces), and `PATCH` with
+//! `application/apply-patch+yaml` and a `fieldManager`, where `spec.edges` is a list-map
+//! (deploy/crd.yaml: keyed by node, direction, peer, port and protocol): each manager owns
+//! the entries it applied, and an apply removes the entries its manager applied before and
+//! left out now, leaving other managers' entries alone.
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
@@ -56,8 +64,43 @@ struct Collection {
     events: Vec<(u64, &'static str, Value)>,
 }
 
+const CRD_GROUP_VERSION: &str = "flowpol.io/v1alpha1";
+const CRD_COLLECTION: &str = "/apis/flowpol.io/v1alpha1/observedtraffics";
+
+/// One ObservedTraffic object: its workload and its edges with their owners.
+#[derive(Clone, Default)]
+struct Observed {
+    workload: Value,
+    resource_version: u64,
+    /// Edge key (node, direction, peer, port, protocol) -> (field manager, edge).
+    edges: BTreeMap<String, (String, Value)>,
+}
+
+impl Observed {
+    fn render(&self, ns: &str, name: &str) -> Value {
+        let mut managers: Vec<&String> = self.edges.values().map(|(m, _)| m).collect();
+        managers.sort();
+        managers.dedup();
+        json!({"apiVersion": CRD_GROUP_VERSION, "kind": "ObservedTraffic",
+            "metadata": {"name": name, "namespace": ns, "resourceVersion": self.resource_version.to_string(),
+                "managedFields": managers.iter().map(|m| json!({"manager": m, "operation": "Apply"})).collect::<Vec<_>>()},
+            "spec": {"workload": self.workload, "edges": self.edges.values().map(|(_, e)| e.clone()).collect::<Vec<_>>()}})
+    }
+}
+
+fn edge_key(e: &Value) -> String {
+    ["node", "direction", "peer", "port", "protocol"]
+        .iter()
+        .map(|k| e[k].to_string())
+        .collect::<Vec<_>>()
+        .join("|")
+}
+
 #[derive(Default)]
 struct State {
+    observed: BTreeMap<(String, String), Observed>,
+    /// Server-side applies received, by field manager.
+    applies: BTreeMap<String, u64>,
     rv: u64,
     /// Watches from a resourceVersion below this get 410 Gone.
     compacted: u64,
@@ -199,6 +242,29 @@ impl ApiServer {
         st.lists.get(path).copied().unwrap_or(0)
     }
 
+    /// An ObservedTraffic object as the API server would return it.
+    pub fn observed(&self, namespace: &str, name: &str) -> Option<Value> {
+        let st = self.inner.state.lock().unwrap();
+        st.observed
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|o| o.render(namespace, name))
+    }
+
+    /// Every ObservedTraffic object.
+    pub fn all_observed(&self) -> Vec<Value> {
+        let st = self.inner.state.lock().unwrap();
+        st.observed
+            .iter()
+            .map(|((ns, name), o)| o.render(ns, name))
+            .collect()
+    }
+
+    /// Server-side applies received from a field manager.
+    pub fn applies(&self, manager: &str) -> u64 {
+        let st = self.inner.state.lock().unwrap();
+        st.applies.get(manager).copied().unwrap_or(0)
+    }
+
     /// Watches opened on a collection path.
     pub fn watches(&self, path: &str) -> u64 {
         let st = self.inner.state.lock().unwrap();
@@ -263,9 +329,12 @@ pub fn read_list(path: &Path) -> Vec<Value> {
 }
 
 struct Request {
+    method: String,
     path: String,
     query: BTreeMap<String, String>,
     metadata_only: bool,
+    content_type: String,
+    body: Vec<u8>,
 }
 
 async fn read_request(conn: &mut TcpStream) -> std::io::Result<Option<Request>> {
@@ -278,29 +347,54 @@ async fn read_request(conn: &mut TcpStream) -> std::io::Result<Option<Request>> 
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let head = String::from_utf8_lossy(&buf).into_owned();
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let mut body = buf[end..].to_vec();
     let mut lines = head.lines();
-    let target = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .unwrap_or("/")
-        .to_owned();
-    let metadata_only = lines.any(|l| {
-        l.to_ascii_lowercase().starts_with("accept:") && l.contains("as=PartialObjectMetadata")
-    });
+    let first = lines.next().unwrap_or_default();
+    let method = first.split_whitespace().next().unwrap_or("GET").to_owned();
+    let target = first.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let metadata_only = header("accept").contains("as=PartialObjectMetadata");
+    let length: usize = header("content-length").parse().unwrap_or(0);
+    while body.len() < length {
+        let n = conn.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
     let (path, query) = target.split_once('?').unwrap_or((&target, ""));
     let query = query
         .split('&')
         .filter(|kv| !kv.is_empty())
         .map(|kv| {
             let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-            (k.to_owned(), v.replace("%3A", ":").replace("%2C", ","))
+            (
+                k.to_owned(),
+                v.replace("%3A", ":")
+                    .replace("%2C", ",")
+                    .replace("%2F", "/"),
+            )
         })
         .collect();
     Ok(Some(Request {
+        method,
         path: path.to_owned(),
         query,
         metadata_only,
+        content_type: header("content-type"),
+        body,
     }))
 }
 
@@ -331,6 +425,10 @@ async fn handle(inner: Arc<Inner>, mut conn: TcpStream) -> std::io::Result<()> {
     let Some(req) = read_request(&mut conn).await? else {
         return Ok(());
     };
+    if req.path.starts_with("/apis/flowpol.io/") {
+        let (code, body) = observed_traffic(&inner, &req);
+        return respond(&mut conn, code, &body).await;
+    }
     let Some(&(path, api_version, kind)) = RESOURCES.iter().find(|r| r.0 == req.path) else {
         let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
             "reason": "NotFound", "code": 404, "message": format!("{} not found", req.path)});
@@ -456,5 +554,102 @@ async fn handle(inner: Arc<Inner>, mut conn: TcpStream) -> std::io::Result<()> {
                 chunk(&mut conn, &bookmark).await?;
             }
         }
+    }
+}
+
+fn status(code: u16, reason: &str, message: String) -> (u16, Value) {
+    (
+        code,
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "reason": reason, "code": code, "message": message}),
+    )
+}
+
+/// The ObservedTraffic resource: list, get, and server-side apply.
+fn observed_traffic(inner: &Inner, req: &Request) -> (u16, Value) {
+    let mut st = inner.state.lock().unwrap();
+    if req.path == CRD_COLLECTION && req.method == "GET" {
+        let items: Vec<Value> = st
+            .observed
+            .iter()
+            .map(|((ns, name), o)| o.render(ns, name))
+            .collect();
+        return (
+            200,
+            json!({"apiVersion": CRD_GROUP_VERSION, "kind": "ObservedTrafficList",
+                "metadata": {"resourceVersion": st.rv.to_string()}, "items": items}),
+        );
+    }
+    let parts: Vec<&str> = req.path.trim_start_matches('/').split('/').collect();
+    let ["apis", "flowpol.io", "v1alpha1", "namespaces", ns, "observedtraffics", name] =
+        parts.as_slice()
+    else {
+        return status(404, "NotFound", format!("{} not found", req.path));
+    };
+    let key = (ns.to_string(), name.to_string());
+    match req.method.as_str() {
+        "GET" => match st.observed.get(&key) {
+            Some(o) => (200, o.render(ns, name)),
+            None => status(
+                404,
+                "NotFound",
+                format!("observedtraffics.flowpol.io \"{name}\" not found"),
+            ),
+        },
+        "PATCH" => {
+            if req.content_type != "application/apply-patch+yaml" {
+                return status(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("content type {}", req.content_type),
+                );
+            }
+            let Some(manager) = req.query.get("fieldManager").cloned() else {
+                return status(
+                    400,
+                    "BadRequest",
+                    "fieldManager is required for apply requests".into(),
+                );
+            };
+            let text = String::from_utf8_lossy(&req.body);
+            let Ok(body) = serde_yaml::from_str::<Value>(&text) else {
+                return status(400, "BadRequest", "the body is not YAML".into());
+            };
+            if body["apiVersion"] != CRD_GROUP_VERSION
+                || body["kind"] != "ObservedTraffic"
+                || body["metadata"]["name"] != *name
+                || body["metadata"]["namespace"]
+                    .as_str()
+                    .is_some_and(|n| n != *ns)
+            {
+                return status(
+                    400,
+                    "BadRequest",
+                    format!("the object does not match the URL: {body}"),
+                );
+            }
+            let Some(edges) = body["spec"]["edges"].as_array() else {
+                return status(422, "Invalid", "spec.edges: Required value".into());
+            };
+            st.rv += 1;
+            let rv = st.rv;
+            *st.applies.entry(manager.clone()).or_default() += 1;
+            let o = st.observed.entry(key).or_default();
+            o.workload = body["spec"]["workload"].clone();
+            o.resource_version = rv;
+            let applied: BTreeMap<String, Value> =
+                edges.iter().map(|e| (edge_key(e), e.clone())).collect();
+            o.edges
+                .retain(|k, (owner, _)| *owner != manager || applied.contains_key(k));
+            for (k, e) in applied {
+                o.edges.insert(k, (manager.clone(), e));
+            }
+            (200, o.render(ns, name))
+        }
+        m => status(
+            405,
+            "MethodNotAllowed",
+            format!("{m} is not supported here"),
+        ),
     }
 }

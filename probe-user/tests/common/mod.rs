@@ -1,3 +1,4 @@
+#![allow(dead_code, reason = "each test binary uses a part of these helpers")]
 //! Running the `flowpol` binary on the fixtures, and golden files.
 use std::{path::PathBuf, process::Command};
 

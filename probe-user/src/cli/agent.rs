@@ -1,0 +1,173 @@
+//! `flowpol agent`: the node DaemonSet. Loads the probe, watches the cluster, and runs until
+//! SIGTERM: records as JSON lines, metrics and health on `--listen`, and this node's share of
+//! the `ObservedTraffic` objects written to the API server.
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use flowpol::{
+    agent::{self, http::Health, metrics::Metrics, Agent, Model, Sink},
+    aggregate::{Aggregator, Clock},
+    capture::{self, Probe},
+    cluster::watch,
+    kernel,
+    output::Rotating,
+    session::Session,
+    shutdown::Shutdown,
+};
+
+use super::{record::hostname, source::Source};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// This node's name: records carry it, and the agent writes this node's share of the
+    /// ObservedTraffic objects under the field manager `flowpol-agent/<node>`.
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
+    /// The cluster: the API server (--kube, as the DaemonSet runs) or a snapshot.
+    #[command(flatten)]
+    source: Source,
+    /// Where the metrics (/metrics) and the health (/healthz) and readiness (/readyz)
+    /// endpoints listen.
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    listen: SocketAddr,
+    /// Append flow records (JSON lines) to this file, rotated by size, instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Rotate the output file when it would pass this many MiB.
+    #[arg(long, default_value_t = 100, requires = "output")]
+    output_max_mib: u64,
+    /// Rotated output files kept (<file>.1 is the newest).
+    #[arg(long, default_value_t = 5, requires = "output")]
+    output_keep: usize,
+    /// Do not write flow records at all (metrics and ObservedTraffic only).
+    #[arg(long, conflicts_with = "output")]
+    no_records: bool,
+    /// How often records are taken from the probe, named, judged and written out.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    round: Duration,
+    /// UDP flows and drops quiet this long are forgotten (a later packet starts them anew).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    idle: Duration,
+    /// Most aggregated edges held in memory; past it the least recently seen are evicted
+    /// (written ones first) and counted.
+    #[arg(long, default_value_t = 200_000)]
+    max_edges: usize,
+    /// Do not write ObservedTraffic objects (only with --kube are they written).
+    #[arg(long)]
+    no_store: bool,
+    /// How often changed workloads' ObservedTraffic objects are written (one apply each).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    flush_every: Duration,
+    /// Most writes to the API server per second.
+    #[arg(long, default_value_t = 5.0)]
+    writes_per_second: f64,
+    /// How long the last write may take when stopping.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+    /// The kubelet's cgroup tree (the host's /sys/fs/cgroup, as mounted in the pod), to name
+    /// each record's local end by its pod; default: this system's cgroup2 mount.
+    #[arg(long)]
+    cgroup_root: Option<PathBuf>,
+    /// Stop after this long (default: run until SIGTERM or Ctrl-C).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.round.is_zero() || args.flush_every.is_zero() {
+        anyhow::bail!("--round and --flush-every must be longer than zero");
+    }
+    if !(args.writes_per_second > 0.0) {
+        anyhow::bail!("--writes-per-second must be above zero");
+    }
+    let node = args
+        .node
+        .clone()
+        .or_else(hostname)
+        .context("no node name: pass --node or set NODE_NAME")?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        capture::check_privileges()?;
+        let sink = match (&args.output, args.no_records) {
+            (Some(path), _) => Sink::File(Rotating::open(
+                path,
+                args.output_max_mib.saturating_mul(1 << 20),
+                args.output_keep,
+            )?),
+            (None, true) => Sink::Discard,
+            (None, false) => Sink::Stdout,
+        };
+        let (model, client) = if args.source.cluster.is_some() {
+            let loaded = args.source.load("agent")?;
+            let model = Model::Fixed {
+                cluster: loaded.cluster,
+                policies: loaded.policies,
+            };
+            (model, None)
+        } else if args.source.live_requested() {
+            let client = args.source.client().await?;
+            let live = watch::Live::start(client.clone(), args.source.deleted_pod_grace);
+            (Model::Live(live), (!args.no_store).then_some(client))
+        } else {
+            anyhow::bail!("name a cluster: --kube (the API server) or --cluster FILE (a snapshot)");
+        };
+        let info = kernel::discover().context("inspecting the running kernel")?;
+        let cgroup_root = args.cgroup_root.clone().unwrap_or(info.cgroup2.clone());
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let health = Arc::new(Health::new(Metrics::new(), args.round));
+        let server = tokio::spawn(agent::http::serve(listener, health.clone()));
+        let shutdown = Shutdown::install().context("installing signal handlers")?;
+        let probe = Probe::load(&info).context("loading the eBPF probe")?;
+        let session = Session::new(
+            probe,
+            Aggregator::new(Some(node.clone()), Clock::system(), info.drop_reasons),
+        );
+        eprintln!(
+            "flowpol agent: node {node}, metrics on http://{}/metrics{}",
+            args.listen,
+            if client.is_some() {
+                ", writing ObservedTraffic"
+            } else {
+                ""
+            }
+        );
+        let config = agent::Config {
+            node,
+            round: args.round,
+            idle: args.idle,
+            max_edges: args.max_edges,
+            flush_every: args.flush_every,
+            writes_per_second: args.writes_per_second,
+            shutdown_timeout: args.shutdown_timeout,
+            cgroup_root,
+            duration: args.duration,
+        };
+        let outcome = Agent::new(config, session, model, client, sink, health)
+            .run(shutdown)
+            .await?;
+        server.abort();
+        eprintln!("{}", outcome.summary);
+        let mut code = ExitCode::SUCCESS;
+        if outcome.evicted_unwritten > 0 {
+            eprintln!(
+                "flowpol agent: {} edges were evicted from memory before they could be written (raise --max-edges)",
+                outcome.evicted_unwritten
+            );
+        }
+        if let Some(f) = outcome.flushed {
+            if f.pending > 0 {
+                eprintln!(
+                    "flowpol agent: {} workloads' ObservedTraffic could not be written before stopping: {}",
+                    f.pending,
+                    f.last_error.as_deref().unwrap_or("out of time")
+                );
+                code = ExitCode::FAILURE;
+            } else {
+                eprintln!("flowpol agent: ObservedTraffic written ({} objects in the last write)", f.written);
+            }
+        }
+        Ok(code)
+    })
+}

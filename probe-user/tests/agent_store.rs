@@ -1,0 +1,397 @@
+//! The agent's cluster-wide store against the API server stand-in: server-side apply of each
+//! node's share, two nodes merging into one object, an outage that loses nothing, a restart
+//! that resumes from what the cluster holds, evictions that do not delete history, pacing;
+//! and `verify`/`suggest --from-cluster` reading the objects back.
+mod apiserver;
+mod common;
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use apiserver::{read_list, ApiServer};
+use flowpol::{
+    agent::store::{field_manager, Writer},
+    cluster::Workload,
+    observed::Observed,
+    record::{Endpoint, EndpointKind, FlowRecord, Identity, Observer, Protocol, Side, Verdict},
+};
+use serde_json::Value;
+
+fn pod(ip: &str, ns: &str, kind: &str, name: &str, node: &str) -> Endpoint {
+    Endpoint {
+        ip: ip.parse().unwrap(),
+        port: None,
+        identity: Identity {
+            kind: Some(EndpointKind::Pod),
+            namespace: Some(ns.into()),
+            workload: Some(Workload {
+                kind: kind.into(),
+                name: name.into(),
+            }),
+            node: Some(node.into()),
+            ..Identity::default()
+        },
+    }
+}
+
+/// A client-side record: a `web` pod on `node` connecting to the database, `count` times.
+fn web_to_db(node: &str, verdict: Verdict, count: u64, at: &str) -> FlowRecord {
+    let mut db = pod("10.0.9.9", "data", "StatefulSet", "db", "node-c");
+    db.port = Some(5432);
+    let mut r = FlowRecord::new(
+        Protocol::TCP,
+        pod("10.0.0.1", "shop", "Deployment", "web", node),
+        db,
+        Some(verdict),
+    );
+    r.count = count;
+    r.first_seen = Some(at.parse().unwrap());
+    r.last_seen = r.first_seen;
+    r.observer = Some(Observer {
+        side: Side::Client,
+        netns: 1,
+        cgroup_id: None,
+    });
+    r
+}
+
+async fn client(server: &ApiServer, dir: &std::path::Path) -> kube::Client {
+    flowpol::cluster::watch::client(Some(&server.kubeconfig(dir)), Some("stand-in"))
+        .await
+        .unwrap()
+}
+
+fn far() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(60)
+}
+
+/// `node`'s edges of an object: (peer, port, verdicts).
+fn edges_of(object: &Value, node: &str) -> Vec<(String, u64, Value)> {
+    object["spec"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["node"] == node)
+        .map(|e| {
+            (
+                e["peer"].as_str().unwrap().to_owned(),
+                e["port"].as_u64().unwrap(),
+                e["verdicts"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn run(f: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowpol-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn two_nodes_share_one_object_and_a_restart_resumes() {
+    run(async {
+        let dir = tempdir("store-merge");
+        let server = ApiServer::start(vec![], Duration::from_secs(60)).await;
+        let a = Writer::new(client(&server, &dir).await, "node-a", 100.0);
+        let b = Writer::new(client(&server, &dir).await, "node-b", 100.0);
+        let seen_a = Mutex::new(Observed::new(100));
+        let seen_b = Mutex::new(Observed::new(100));
+        for _ in 0..3 {
+            seen_a.lock().unwrap().add(
+                "node-a",
+                &web_to_db("node-a", Verdict::Established, 2, "2026-01-01T10:00:00Z"),
+            );
+        }
+        seen_b.lock().unwrap().add(
+            "node-b",
+            &web_to_db("node-b", Verdict::Timeout, 1, "2026-01-01T10:01:00Z"),
+        );
+        let fa = a.flush(&seen_a, far(), |_| {}).await;
+        let fb = b.flush(&seen_b, far(), |_| {}).await;
+        assert_eq!(
+            (fa.written, fa.pending, fb.written),
+            (1, 0, 1),
+            "{fa:?} {fb:?}"
+        );
+        // Three records of one workload: one apply (batched), under the node's manager.
+        assert_eq!(server.applies(&field_manager("node-a")), 1);
+        let o = server
+            .observed("shop", "deployment-web")
+            .expect("object written");
+        assert_eq!(o["spec"]["workload"]["name"], "web");
+        assert_eq!(
+            edges_of(&o, "node-a"),
+            vec![(
+                "data/StatefulSet/db".into(),
+                5432,
+                serde_json::json!({"established": 6})
+            )]
+        );
+        assert_eq!(
+            edges_of(&o, "node-b"),
+            vec![(
+                "data/StatefulSet/db".into(),
+                5432,
+                serde_json::json!({"timeout": 1})
+            )]
+        );
+        // Unchanged: nothing is written again.
+        assert_eq!(a.flush(&seen_a, far(), |_| {}).await.written, 0);
+
+        // node-a restarts: a new process, an empty memory. Its next write adds to what the
+        // cluster holds for node-a instead of replacing it, and leaves node-b's share be.
+        let restarted = Mutex::new(Observed::new(100));
+        restarted.lock().unwrap().add(
+            "node-a",
+            &web_to_db("node-a", Verdict::Established, 1, "2026-01-01T11:00:00Z"),
+        );
+        let mut other = web_to_db("node-a", Verdict::Refused, 1, "2026-01-01T11:00:00Z");
+        other.dst.port = Some(5433);
+        restarted.lock().unwrap().add("node-a", &other);
+        let f = a.flush(&restarted, far(), |_| {}).await;
+        assert_eq!(f.written, 1, "{f:?}");
+        let o = server.observed("shop", "deployment-web").unwrap();
+        assert_eq!(
+            edges_of(&o, "node-a"),
+            vec![
+                (
+                    "data/StatefulSet/db".into(),
+                    5432,
+                    serde_json::json!({"established": 7})
+                ),
+                (
+                    "data/StatefulSet/db".into(),
+                    5433,
+                    serde_json::json!({"refused": 1})
+                ),
+            ]
+        );
+        let e = o["spec"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["node"] == "node-a" && e["port"] == 5432)
+            .unwrap();
+        assert_eq!(e["firstSeen"], "2026-01-01T10:00:00Z");
+        assert_eq!(e["lastSeen"], "2026-01-01T11:00:00Z");
+        assert_eq!(edges_of(&o, "node-b").len(), 1);
+        // Read back once: later writes do not add the history again.
+        restarted.lock().unwrap().add(
+            "node-a",
+            &web_to_db("node-a", Verdict::Established, 1, "2026-01-01T12:00:00Z"),
+        );
+        a.flush(&restarted, far(), |_| {}).await;
+        let o = server.observed("shop", "deployment-web").unwrap();
+        assert_eq!(
+            edges_of(&o, "node-a")[0].2,
+            serde_json::json!({"established": 8})
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}
+
+#[test]
+fn an_outage_loses_nothing() {
+    run(async {
+        let dir = tempdir("store-outage");
+        let server = ApiServer::start(vec![], Duration::from_secs(60)).await;
+        let a = Writer::new(client(&server, &dir).await, "node-a", 100.0);
+        let seen = Mutex::new(Observed::new(100));
+        seen.lock().unwrap().add(
+            "node-a",
+            &web_to_db("node-a", Verdict::Established, 1, "2026-01-01T10:00:00Z"),
+        );
+        assert_eq!(a.flush(&seen, far(), |_| {}).await.written, 1);
+        server.stop();
+        // Traffic goes on while the API server is away; writes fail and are kept.
+        for _ in 0..4 {
+            seen.lock().unwrap().add(
+                "node-a",
+                &web_to_db("node-a", Verdict::Established, 1, "2026-01-01T10:05:00Z"),
+            );
+            let mut outcomes = Vec::new();
+            let f = a.flush(&seen, far(), |ok| outcomes.push(ok)).await;
+            assert_eq!((f.written, f.failed, f.pending), (0, 1, 1), "{f:?}");
+            assert_eq!(outcomes, vec![false]);
+            assert!(f.last_error.unwrap().contains("shop/deployment-web"));
+        }
+        server.restart().await;
+        let f = a.flush(&seen, far(), |_| {}).await;
+        assert_eq!((f.written, f.pending), (1, 0), "{f:?}");
+        let o = server.observed("shop", "deployment-web").unwrap();
+        assert_eq!(
+            edges_of(&o, "node-a")[0].2,
+            serde_json::json!({"established": 5})
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}
+
+#[test]
+fn evicted_edges_stay_in_the_cluster_and_writes_are_paced() {
+    run(async {
+        let dir = tempdir("store-evict");
+        let server = ApiServer::start(vec![], Duration::from_secs(60)).await;
+        // One request per second, half a second to spend: one write, the rest wait.
+        let slow = Writer::new(client(&server, &dir).await, "node-a", 1.0);
+        let seen = Mutex::new(Observed::new(4));
+        for (i, name) in ["web", "cart", "search"].iter().enumerate() {
+            let mut r = web_to_db("node-a", Verdict::Established, 1, "2026-01-01T10:00:00Z");
+            r.src.identity.workload.as_mut().unwrap().name = name.to_string();
+            r.dst.port = Some(5000 + i as u16);
+            seen.lock().unwrap().add("node-a", &r);
+        }
+        let soon = tokio::time::Instant::now() + Duration::from_millis(500);
+        let f = slow.flush(&seen, soon, |_| {}).await;
+        assert_eq!((f.written, f.pending), (1, 2), "{f:?}");
+        assert_eq!(server.applies(&field_manager("node-a")), 1);
+        let fast = Writer::new(client(&server, &dir).await, "node-a", 100.0);
+        assert_eq!(fast.flush(&seen, far(), |_| {}).await.written, 2);
+        // A flood of new edges for web: the written edges of cart and search are evicted
+        // from memory, not from the cluster.
+        for port in 6000..6004u16 {
+            let mut r = web_to_db("node-a", Verdict::Established, 1, "2026-01-01T11:00:00Z");
+            r.dst.port = Some(port);
+            seen.lock().unwrap().add("node-a", &r);
+        }
+        let evicted = seen.lock().unwrap().evicted;
+        assert!(evicted >= 2, "evicted {evicted}");
+        fast.flush(&seen, far(), |_| {}).await;
+        let all = server.all_observed();
+        assert_eq!(all.len(), 3, "{all:#?}");
+        for o in &all {
+            let ports: Vec<u64> = edges_of(o, "node-a").iter().map(|e| e.1).collect();
+            match o["metadata"]["name"].as_str().unwrap() {
+                "deployment-cart" => assert_eq!(ports, vec![5001]),
+                "deployment-search" => assert_eq!(ports, vec![5002]),
+                "deployment-web" => assert_eq!(ports, vec![5000, 6000, 6001, 6002, 6003]),
+                other => panic!("unexpected object {other}"),
+            }
+        }
+        assert_eq!(seen.lock().unwrap().evicted_unwritten, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}
+
+/// verify and suggest read the agents' objects back: the shop cluster served live, with the
+/// traffic of the shop's recorded flows written by two nodes.
+#[test]
+fn verify_and_suggest_read_the_cluster_store() {
+    let dir = tempdir("store-cli");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(ApiServer::start(
+        read_list(&common::fixtures().join("cluster-shop.yaml")),
+        Duration::from_secs(60),
+    ));
+    let kubeconfig = server.kubeconfig(&dir);
+    // The shop's recorded flows, attributed and split by the node that saw them.
+    let snapshot =
+        flowpol::cluster::snapshot::load(&common::fixtures().join("cluster-shop.yaml")).unwrap();
+    let mut records =
+        flowpol::record::read_json_lines(&common::fixtures().join("flows-shop.jsonl")).unwrap();
+    flowpol::attribute::enrich(&snapshot.cluster, &mut records);
+    rt.block_on(async {
+        let c = client(&server, &dir).await;
+        for node in ["node-a", "node-b"] {
+            let seen = Arc::new(Mutex::new(Observed::new(10_000)));
+            for r in records
+                .iter()
+                .filter(|r| r.node.as_deref().unwrap_or("node-a") == node)
+            {
+                seen.lock().unwrap().add(node, r);
+            }
+            let f = Writer::new(c.clone(), node, 100.0)
+                .flush(&seen, far(), |_| {})
+                .await;
+            assert_eq!(f.pending, 0, "{f:?}");
+        }
+    });
+    assert!(!server.all_observed().is_empty());
+    let kube = [
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--context",
+        "stand-in",
+    ];
+    let from_file = common::flowpol_code(&[
+        "verify",
+        "--cluster",
+        common::fixtures()
+            .join("cluster-shop.yaml")
+            .to_str()
+            .unwrap(),
+        "--flows",
+        common::fixtures()
+            .join("flows-shop.jsonl")
+            .to_str()
+            .unwrap(),
+        "--output",
+        "json",
+    ]);
+    let mut args = vec!["verify", "--from-cluster", "--output", "json"];
+    args.extend(kube);
+    let from_cluster = common::flowpol_code(&args);
+    assert_eq!(from_cluster.0, from_file.0, "{from_cluster:?}");
+    // The same disagreements, by kind and ends, whichever way the traffic came.
+    let kinds = |out: &str| {
+        let v: Value = serde_json::from_str(out).unwrap();
+        let mut k: Vec<String> = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["kind"] != "unattributed")
+            .map(|f| {
+                format!(
+                    "{} {} -> {} {}",
+                    f["kind"], f["src"]["workload"], f["dst"]["workload"], f["port"]
+                )
+            })
+            .collect();
+        k.sort();
+        k.dedup();
+        k
+    };
+    let expected = kinds(&from_file.1);
+    assert!(
+        expected
+            .iter()
+            .any(|k| k.starts_with("\"enforcement_gap\""))
+            && expected.iter().any(|k| k.starts_with("\"over_block\"")),
+        "{expected:#?}"
+    );
+    assert_eq!(kinds(&from_cluster.1), expected);
+    assert!(
+        from_cluster.2.contains("ObservedTraffic objects"),
+        "{}",
+        from_cluster.2
+    );
+    // --since: nothing in the fixtures is from the last minute.
+    let mut args = vec!["suggest", "--from-cluster", "--since", "1m"];
+    args.extend(kube);
+    let recent = common::flowpol_code(&args);
+    assert!(
+        recent.2.contains("older than --since left out"),
+        "{}",
+        recent.2
+    );
+    let mut args = vec!["suggest", "--from-cluster"];
+    args.extend(kube);
+    let (code, yaml, err) = common::flowpol_code(&args);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(yaml.contains("kind: NetworkPolicy"), "{yaml}");
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
