@@ -747,7 +747,7 @@ mod tests {
             "node-a",
             &seen(Side::Client, Verdict::Established, "2026-01-01T11:00:00Z"),
         );
-        assert_eq!(restarted.pending()[0].read, true);
+        assert!(restarted.pending()[0].read);
         let carried = restarted.read_back(&web(), edges);
         assert_eq!(
             carried.len(),

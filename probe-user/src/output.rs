@@ -172,11 +172,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
     use crate::record::{Endpoint, Protocol, Verdict};
 
     #[test]

@@ -6,6 +6,13 @@ use flowpol::lab::{
     scenario,
 };
 
+/// The binary under test: `cargo xtask test` builds it and names it in FLOWPOL_BIN.
+pub fn binary() -> String {
+    std::env::var("FLOWPOL_BIN").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/flowpol").to_owned()
+    })
+}
+
 /// Whether privileged tests can run. Under `cargo xtask test` (FLOWPOL_E2E=required) a
 /// missing privilege is a failure, never a silent skip.
 pub fn privileged() -> bool {

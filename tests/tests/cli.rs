@@ -1,14 +1,7 @@
 //! The `flowpol` binary's behaviour at its edges: privileges and bad input.
 use std::process::Command;
 
-use flowpol_e2e::{assert_no_leftovers, privileged};
-
-/// The binary under test: `cargo xtask test` builds it and names it in FLOWPOL_BIN.
-fn binary() -> String {
-    std::env::var("FLOWPOL_BIN").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/flowpol").to_owned()
-    })
-}
+use flowpol_e2e::{assert_no_leftovers, binary, privileged};
 
 fn flowpol() -> Command {
     Command::new(binary())

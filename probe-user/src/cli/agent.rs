@@ -77,7 +77,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.round.is_zero() || args.flush_every.is_zero() {
         anyhow::bail!("--round and --flush-every must be longer than zero");
     }
-    if !(args.writes_per_second > 0.0) {
+    if args.writes_per_second.is_nan() || args.writes_per_second <= 0.0 {
         anyhow::bail!("--writes-per-second must be above zero");
     }
     let node = args

@@ -68,7 +68,7 @@ impl FlowsFrom {
     /// a bad file fails before the API server is asked anything.
     pub fn load(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
         let Some(path) = &self.flows else {
-            return self.from_cluster(command);
+            return self.read_cluster_store(command);
         };
         let mut records = record::read_json_lines(path)?;
         let loaded = self.source.load(command)?;
@@ -77,7 +77,7 @@ impl FlowsFrom {
     }
 
     /// The live cluster and the traffic its ObservedTraffic objects hold.
-    fn from_cluster(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
+    fn read_cluster_store(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
         if !self.source.live_requested() {
             anyhow::bail!(
                 "--from-cluster reads the API server: add --kube (or --kubeconfig/--context)"

@@ -1,0 +1,320 @@
+//! `flowpol agent` on this node, against the API server stand-in serving the lab's cluster:
+//! the lab's traffic becomes ObservedTraffic objects with the same edges and counts as the
+//! lab's own recording; an API server outage loses nothing (a restarted process adding to
+//! the history is tested against the stand-in in probe-user/tests/agent_store.rs); the metrics count what the agent wrote out, drops by reason included.
+#[path = "../../probe-user/tests/apiserver/mod.rs"]
+mod apiserver;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{Read, Write},
+    net::IpAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use apiserver::{read_list, ApiServer};
+use flowpol::{
+    attribute,
+    lab::{cluster, scenario, EXAMPLE_SCENARIO},
+    observed::Observed,
+    record::{self, FlowRecord},
+};
+use flowpol_e2e::{assert_no_leftovers, binary, privileged};
+use serde_json::Value;
+
+const NODE: &str = cluster::NODE;
+
+fn tempdir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowpol-agent-e2e-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// (status, body) of a plain HTTP GET.
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let status = text.split_whitespace().nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n")?.1.to_owned();
+    Some((status, body))
+}
+
+fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    assert!(
+        eventually(limit, &mut check),
+        "timed out waiting for {what}"
+    );
+}
+
+/// Whether `check` holds within `limit`.
+fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !check() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    true
+}
+
+/// Waits until the API server holds `want`; fails showing both.
+fn wait_for_edges(server: &ApiServer, want: &Edges, limit: Duration) {
+    let mut got = Edges::new();
+    eventually(limit, || {
+        got = edges(&server.all_observed());
+        got == *want
+    });
+    assert_eq!(got, *want);
+}
+
+struct Agent {
+    child: Child,
+    port: u16,
+}
+
+impl Agent {
+    fn start(kubeconfig: &Path, output: &Path) -> Agent {
+        let port = free_port();
+        let child = Command::new(binary())
+            .args(["agent", "--context", "stand-in", "--node", NODE])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args([
+                "--round",
+                "1s",
+                "--flush-every",
+                "1s",
+                "--writes-per-second",
+                "100",
+            ])
+            .arg("--output")
+            .arg(output)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flowpol agent starts");
+        let agent = Agent { child, port };
+        wait_for("the agent to be ready", Duration::from_secs(90), || {
+            get(port, "/readyz").is_some_and(|(code, _)| code == 200)
+        });
+        assert_eq!(get(port, "/healthz").unwrap().0, 200);
+        agent
+    }
+
+    /// SIGTERM, as the kubelet stops a pod; returns (success, stderr).
+    fn stop(self) -> (bool, String) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let out = self.child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// Runs the built-in shop lab (policies enforced), recording with its own probe.
+fn lab(dir: &Path, run: usize) -> Vec<FlowRecord> {
+    let out = dir.join(format!("lab-{run}.jsonl"));
+    let status = Command::new(binary())
+        .args(["lab", "--output"])
+        .arg(&out)
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_no_leftovers();
+    record::read_json_lines(&out).unwrap()
+}
+
+/// This node's edges per object: name -> {(direction, peer, port, protocol) -> verdicts}.
+type Edges = BTreeMap<String, BTreeMap<String, Value>>;
+
+fn edges(objects: &[Value]) -> Edges {
+    let mut out = Edges::new();
+    for o in objects {
+        let name = format!(
+            "{}/{}",
+            o["metadata"]["namespace"].as_str().unwrap(),
+            o["metadata"]["name"].as_str().unwrap()
+        );
+        for e in o["spec"]["edges"].as_array().unwrap() {
+            if e["node"] != NODE {
+                continue;
+            }
+            let key = format!(
+                "{} {} {}/{}",
+                e["direction"], e["peer"], e["port"], e["protocol"]
+            );
+            let mut counts = e["verdicts"].clone();
+            if let Some(reasons) = e.get("dropReasons") {
+                counts["dropReasons"] = reasons.clone();
+            }
+            out.entry(name.clone()).or_default().insert(key, counts);
+        }
+    }
+    out
+}
+
+/// The edges the lab's own recordings make, attributed from the lab's cluster.
+fn expected(recordings: &[&Vec<FlowRecord>]) -> Edges {
+    let snapshot = cluster::model(&lab_scenario()).unwrap();
+    let mut o = Observed::new(1 << 20);
+    for records in recordings {
+        let mut records = (*records).clone();
+        attribute::enrich(&snapshot.cluster, &mut records);
+        for r in &records {
+            o.add(NODE, r);
+        }
+    }
+    let objects: Vec<Value> = o
+        .pending()
+        .iter()
+        .filter_map(|p| o.object(NODE, &p.workload, &[]).map(|(_, v)| v))
+        .collect();
+    edges(&objects)
+}
+
+fn lab_scenario() -> scenario::Resolved {
+    scenario::parse("shop", EXAMPLE_SCENARIO).unwrap()
+}
+
+/// A metric's samples: label set -> value.
+fn samples(metrics: &str, name: &str) -> BTreeMap<String, f64> {
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|rest| {
+            let (labels, value) = rest.rsplit_once(' ')?;
+            Some((labels.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[test]
+fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempdir();
+    let resolved = lab_scenario();
+    let snapshot = dir.join("cluster.yaml");
+    std::fs::write(&snapshot, cluster::snapshot_yaml(&resolved)).unwrap();
+    let lab_ips: BTreeSet<IpAddr> = cluster::model(&resolved)
+        .unwrap()
+        .cluster
+        .pods()
+        .iter()
+        .flat_map(|p| p.ips.clone())
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(ApiServer::start(
+        read_list(&snapshot),
+        Duration::from_secs(5),
+    ));
+    let kubeconfig = server.kubeconfig(&dir);
+    let output = dir.join("agent.jsonl");
+
+    // 1. The agent records the lab; its objects hold what the lab recorded itself.
+    let agent = Agent::start(&kubeconfig, &output);
+    let first = lab(&dir, 1);
+    let want = expected(&[&first]);
+    assert!(
+        want.len() >= 5,
+        "the shop has traffic between many workloads: {want:#?}"
+    );
+    wait_for_edges(&server, &want, Duration::from_secs(60));
+
+    // The metrics count what the agent wrote out; the lab's drops are among them.
+    std::thread::sleep(Duration::from_secs(2));
+    let metrics = get(agent.port, "/metrics").unwrap().1;
+    let written = record::read_json_lines(&output).unwrap();
+    let mut by_verdict: BTreeMap<String, f64> = BTreeMap::new();
+    let mut drops: BTreeMap<String, f64> = BTreeMap::new();
+    for r in &written {
+        let labels = format!(
+            "{{protocol=\"{}\",verdict=\"{}\"}}",
+            r.protocol,
+            r.verdict.unwrap()
+        );
+        *by_verdict.entry(labels).or_default() += r.count as f64;
+        if let Some(reason) = &r.drop_reason {
+            *drops.entry(format!("{{reason=\"{reason}\"}}")).or_default() += r.count as f64;
+        }
+    }
+    assert_eq!(
+        samples(&metrics, "flowpol_observations_total"),
+        by_verdict,
+        "{metrics}"
+    );
+    assert_eq!(samples(&metrics, "flowpol_drops_total"), drops, "{metrics}");
+    let lab_drops: u64 = first
+        .iter()
+        .filter(|r| r.drop_reason.as_deref() == Some("NETFILTER_DROP"))
+        .map(|r| r.count)
+        .sum();
+    let agent_lab_drops: u64 = written
+        .iter()
+        .filter(|r| r.drop_reason.as_deref() == Some("NETFILTER_DROP"))
+        .filter(|r| lab_ips.contains(&r.src.ip) || lab_ips.contains(&r.dst.ip))
+        .map(|r| r.count)
+        .sum();
+    assert!(lab_drops > 0, "the enforced shop drops packets");
+    assert_eq!(agent_lab_drops, lab_drops);
+    assert_eq!(
+        samples(&metrics, "flowpol_events_lost_total"),
+        BTreeMap::from([(String::new(), 0.0)])
+    );
+    assert_eq!(
+        samples(&metrics, "flowpol_model_stale_seconds"),
+        BTreeMap::from([(String::new(), 0.0)])
+    );
+    let findings = samples(&metrics, "flowpol_findings_total");
+    for kind in ["enforcement_gap", "over_block"] {
+        assert!(
+            !findings.contains_key(&format!("{{kind=\"{kind}\"}}")),
+            "faithful enforcement: no {kind}; {metrics}"
+        );
+    }
+
+    // 2. The API server goes away while the lab runs again, and comes back.
+    server.stop();
+    let second = lab(&dir, 2);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        edges(&server.all_observed()),
+        want,
+        "nothing written while away"
+    );
+    assert!(get(agent.port, "/metrics")
+        .unwrap()
+        .1
+        .contains("flowpol_store_writes_total{result=\"error\"}"));
+    rt.block_on(server.restart());
+    let want = expected(&[&first, &second]);
+    wait_for_edges(&server, &want, Duration::from_secs(90));
+    let (ok, stderr) = agent.stop();
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("ObservedTraffic written"), "{stderr}");
+
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
