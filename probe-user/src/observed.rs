@@ -722,8 +722,12 @@ mod tests {
             workload: web(),
             read: true
         }));
-        // Nothing written is left to evict: unwritten edges go, and are counted as such.
-        assert!(o.evicted_unwritten > 0);
+        assert_eq!(o.evicted_unwritten, 0, "a written edge made room");
+        // Once nothing written is left to evict, unwritten edges go, and are counted as such.
+        add(&mut o, 5004, "2026-01-01T14:00:00Z");
+        assert_eq!(o.evicted_unwritten, 0);
+        add(&mut o, 5005, "2026-01-01T15:00:00Z");
+        assert_eq!(o.evicted_unwritten, 1);
     }
 
     #[test]
