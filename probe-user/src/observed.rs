@@ -346,6 +346,100 @@ impl Observed {
     }
 }
 
+/// The workloads an agent could not write before it stopped (the API server was away), kept
+/// in its state directory so the next start writes them: each share as it stood in memory,
+/// with what is known of the cluster's copy, so nothing is counted twice or lost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spill {
+    pub version: u32,
+    pub node: String,
+    pub workloads: Vec<SpilledShare>,
+}
+
+/// The one [`Spill::version`] this build reads and writes.
+pub const SPILL_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpilledShare {
+    pub namespace: String,
+    pub kind: String,
+    pub name: String,
+    /// The share held every edge the cluster has for it (see [`Share`]).
+    pub complete: bool,
+    pub edges: Vec<SpilledEdge>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpilledEdge {
+    pub key: EdgeKey,
+    pub stats: EdgeStats,
+    /// The cluster's counts are still to be added (see [`Observed::read_back`]).
+    pub fresh: bool,
+}
+
+impl Observed {
+    /// The workloads waiting to be written, for [`Observed::restore`] in the next process.
+    pub fn spill(&self, node: &str) -> Spill {
+        let workloads = self
+            .workloads
+            .iter()
+            .filter(|(_, s)| s.dirty())
+            .map(|((namespace, kind, name), s)| SpilledShare {
+                namespace: namespace.clone(),
+                kind: kind.clone(),
+                name: name.clone(),
+                complete: s.complete,
+                edges: s
+                    .edges
+                    .iter()
+                    .map(|(k, e)| SpilledEdge {
+                        key: k.clone(),
+                        stats: e.stats.clone(),
+                        fresh: e.fresh,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Spill {
+            version: SPILL_VERSION,
+            node: node.to_owned(),
+            workloads,
+        }
+    }
+
+    /// A new store holding what `spill` kept, every workload pending; edges past the
+    /// capacity are evicted and counted as usual.
+    pub fn restore(capacity: usize, spill: Spill) -> Self {
+        let mut o = Self::new(capacity);
+        for s in spill.workloads {
+            let share = o
+                .workloads
+                .entry((s.namespace, s.kind, s.name))
+                .or_default();
+            share.complete = s.complete;
+            share.generation += 1;
+            for e in s.edges {
+                let before = share.edges.len();
+                share.edges.insert(
+                    e.key,
+                    Edge {
+                        stats: e.stats,
+                        fresh: e.fresh,
+                        changed: share.generation,
+                    },
+                );
+                o.len += share.edges.len() - before;
+            }
+        }
+        if o.len > o.capacity {
+            o.evict();
+        }
+        o
+    }
+}
+
 /// The workload an `ObservedTraffic` object is about, and its edges (those of `node` only,
 /// when given). Refuses objects that do not have the CRD's shape, naming the field.
 pub fn share_of(
@@ -779,6 +873,78 @@ mod tests {
             .unwrap()
             .clone();
         assert_eq!(e["verdicts"]["established"], 2);
+    }
+
+    #[test]
+    fn a_spilled_store_resumes_as_it_stood() {
+        let db = || ("data".to_owned(), "StatefulSet".to_owned(), "db".to_owned());
+        // The cluster holds web's share from an earlier process.
+        let mut earlier = Observed::new(10);
+        earlier.add(
+            "node-a",
+            &seen(Side::Client, Verdict::Established, "2026-01-01T09:00:00Z"),
+        );
+        let (_, stored) = earlier.object("node-a", &web(), &[]).unwrap();
+        let (_, cluster_edges) = share_of(&stored, Some("node-a")).unwrap();
+
+        // This process: db written once then changed, web never written (the API server
+        // went away before web's share could be read back).
+        let mut a = Observed::new(10);
+        a.add(
+            "node-a",
+            &seen(Side::Server, Verdict::Established, "2026-01-01T10:00:00Z"),
+        );
+        assert!(a.read_back(&db(), vec![]).is_empty());
+        let (generation, _) = a.object("node-a", &db(), &[]).unwrap();
+        a.written(&db(), generation);
+        a.add(
+            "node-a",
+            &seen(Side::Server, Verdict::Refused, "2026-01-01T10:01:00Z"),
+        );
+        a.add(
+            "node-a",
+            &seen(Side::Client, Verdict::Established, "2026-01-01T10:02:00Z"),
+        );
+        let spill = a.spill("node-a");
+        let text = serde_json::to_string(&spill).unwrap();
+        let mut b = Observed::restore(10, serde_json::from_str(&text).unwrap());
+        assert_eq!(b.pending(), a.pending());
+        assert_eq!(
+            b.pending(),
+            vec![
+                Pending {
+                    workload: db(),
+                    read: false
+                },
+                Pending {
+                    workload: web(),
+                    read: true
+                }
+            ]
+        );
+        assert_eq!(b.len(), a.len());
+        for w in [db(), web()] {
+            assert_eq!(
+                b.object("node-a", &w, &[]).unwrap().1,
+                a.object("node-a", &w, &[]).unwrap().1
+            );
+        }
+        // web's edge still adds the cluster's count once read back; db holds its totals.
+        assert!(b.read_back(&web(), cluster_edges).is_empty());
+        let (generation, obj) = b.object("node-a", &web(), &[]).unwrap();
+        assert_eq!(obj["spec"]["edges"][0]["verdicts"]["established"], 2);
+        assert_eq!(obj["spec"]["edges"][0]["firstSeen"], "2026-01-01T09:00:00Z");
+        b.written(&web(), generation);
+        let (generation, obj) = b.object("node-a", &db(), &[]).unwrap();
+        assert_eq!(
+            obj["spec"]["edges"][0]["verdicts"],
+            json!({"established": 1, "refused": 1})
+        );
+        b.written(&db(), generation);
+        assert!(b.spill("node-a").workloads.is_empty());
+        // Restoring more than fits evicts, counted as unwritten.
+        let small = Observed::restore(1, spill);
+        assert_eq!((small.len(), small.evicted_unwritten), (1, 1));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The agent's cluster-wide store against the API server stand-in: server-side apply of each
 //! node's share, two nodes merging into one object, an outage that loses nothing, a restart
 //! that resumes from what the cluster holds, evictions that do not delete history, pacing;
-//! and `verify`/`suggest --from-cluster` reading the objects back.
+//! and `verify`/`suggest --from-cluster` reading the objects back, also as the kubectl plugin.
 mod apiserver;
 mod common;
 
@@ -392,6 +392,67 @@ fn verify_and_suggest_read_the_cluster_store() {
     let (code, yaml, err) = common::flowpol_code(&args);
     assert_eq!(code, Some(0), "{err}");
     assert!(yaml.contains("kind: NetworkPolicy"), "{yaml}");
+
+    // As a kubectl plugin, through the real kubectl: the current context is the cluster.
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_flowpol"),
+        plugins.join("kubectl-flowpol"),
+    )
+    .unwrap();
+    let current = dir.join("kubeconfig-current");
+    std::fs::write(
+        &current,
+        std::fs::read_to_string(&kubeconfig)
+            .unwrap()
+            .replace("current-context: nowhere", "current-context: stand-in"),
+    )
+    .unwrap();
+    let kubectl = |args: &[&str]| {
+        let path = format!(
+            "{}:{}",
+            plugins.display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = std::process::Command::new("kubectl")
+            .args(args)
+            .env("PATH", path)
+            .env("KUBECONFIG", &current)
+            .output()
+            .expect("kubectl runs (the machine's kubectl)");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, list, err) = kubectl(&["plugin", "list"]);
+    assert!(
+        list.contains(&plugins.join("kubectl-flowpol").display().to_string()),
+        "{code:?} {list} {err}"
+    );
+    let (code, help, _) = kubectl(&["flowpol", "verify", "--help"]);
+    assert_eq!(code, Some(0));
+    assert!(help.contains("Usage: kubectl flowpol verify"), "{help}");
+    let via_kubectl = kubectl(&["flowpol", "verify", "--from-cluster", "--output", "json"]);
+    assert_eq!(via_kubectl.0, from_cluster.0, "{via_kubectl:?}");
+    assert_eq!(kinds(&via_kubectl.1), expected);
+    // A snapshot still wins when named.
+    let snapshot_path = common::fixtures().join("cluster-shop.yaml");
+    let flows_path = common::fixtures().join("flows-shop.jsonl");
+    let via_snapshot = kubectl(&[
+        "flowpol",
+        "verify",
+        "--cluster",
+        snapshot_path.to_str().unwrap(),
+        "--flows",
+        flows_path.to_str().unwrap(),
+        "--output",
+        "json",
+    ]);
+    assert_eq!(via_snapshot.0, from_file.0, "{via_snapshot:?}");
+    assert_eq!(kinds(&via_snapshot.1), expected);
     drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
 }

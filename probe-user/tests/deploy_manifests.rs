@@ -170,6 +170,80 @@ fn the_agent_runs_with_capabilities_not_privileged() {
     }
 }
 
+/// The agent's command line in the DaemonSet is one `flowpol agent` accepts (every flag
+/// known, every value valid), and its state directory is the mounted hostPath.
+#[test]
+fn the_daemonset_command_line_is_accepted() {
+    let ds: DaemonSet = documents()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == "DaemonSet")
+        .map(|(_, d)| serde_json::from_value(d).unwrap())
+        .unwrap();
+    let c = &ds.spec.unwrap().template.spec.unwrap().containers[0];
+    let args: Vec<String> = c
+        .args
+        .iter()
+        .flatten()
+        .map(|a| a.replace("$(NODE_NAME)", "node-a"))
+        .collect();
+    assert!(args.iter().any(|a| a == "--state-dir=/var/lib/flowpol"));
+    assert!(c
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.mount_path == "/var/lib/flowpol" && m.read_only != Some(true)));
+    // A zero --round is refused after the command line parsed: reaching that error proves
+    // the rest was accepted, without starting an agent.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowpol"))
+        .args(&args)
+        .args(["--round", "0s"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--round and --flush-every must be longer than zero"),
+        "{args:?}: {err}"
+    );
+}
+
+/// `kubectl apply -k deploy/` builds: the machine's kubectl renders the kustomization into
+/// exactly the documents of the listed files.
+#[test]
+fn kubectl_builds_the_kustomization() {
+    let out = std::process::Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy())
+        .output()
+        .expect("kubectl runs (the machine's kubectl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut rendered: Vec<(String, String)> = serde_yaml::Deserializer::from_str(&text)
+        .map(|doc| {
+            let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+            (
+                v["kind"].as_str().unwrap().to_owned(),
+                v["metadata"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let mut written: Vec<(String, String)> = documents()
+        .into_iter()
+        .map(|(_, v)| {
+            (
+                v["kind"].as_str().unwrap().to_owned(),
+                v["metadata"]["name"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    rendered.sort();
+    written.sort();
+    assert_eq!(rendered, written);
+}
+
 /// What the agent writes fits the CRD's schema: the same fields, the required ones present,
 /// the list-map keys among them.
 #[test]

@@ -1,7 +1,9 @@
 //! `flowpol agent` on this node, against the API server stand-in serving the lab's cluster:
 //! the lab's traffic becomes ObservedTraffic objects with the same edges and counts as the
-//! lab's own recording; an API server outage loses nothing (a restarted process adding to
-//! the history is tested against the stand-in in probe-user/tests/agent_store.rs); the metrics count what the agent wrote out, drops by reason included.
+//! lab's own recording; an API server outage loses nothing, even when the agent is stopped
+//! during it (its state directory keeps what it could not write, for the next agent); a new
+//! agent adds to the history; the metrics count what the agent wrote out, drops by reason
+//! included.
 #[path = "../../probe-user/tests/apiserver/mod.rs"]
 mod apiserver;
 
@@ -56,13 +58,6 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
-fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
-    assert!(
-        eventually(limit, &mut check),
-        "timed out waiting for {what}"
-    );
-}
-
 /// Whether `check` holds within `limit`.
 fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
@@ -88,11 +83,15 @@ fn wait_for_edges(server: &ApiServer, want: &Edges, limit: Duration) {
 struct Agent {
     child: Child,
     port: u16,
+    /// Its stderr (a file: a pipe nobody reads would stall its logging when full).
+    log: PathBuf,
 }
 
 impl Agent {
-    fn start(kubeconfig: &Path, output: &Path) -> Agent {
+    /// Starts an agent keeping its state in `dir`, and waits until it is ready.
+    fn start(kubeconfig: &Path, dir: &Path, output: &Path, run: usize) -> Agent {
         let port = free_port();
+        let log = dir.join(format!("agent-{run}.log"));
         let child = Command::new(binary())
             .args(["agent", "--context", "stand-in", "--node", NODE])
             .arg("--kubeconfig")
@@ -106,28 +105,36 @@ impl Agent {
                 "--writes-per-second",
                 "100",
             ])
+            .args(["--shutdown-timeout", "3s"])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
             .arg("--output")
             .arg(output)
-            .stderr(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("flowpol agent starts");
-        let agent = Agent { child, port };
-        wait_for("the agent to be ready", Duration::from_secs(90), || {
+        let mut agent = Agent { child, port, log };
+        let ready = eventually(Duration::from_secs(90), || {
             get(port, "/readyz").is_some_and(|(code, _)| code == 200)
         });
+        if !ready {
+            let _ = agent.child.kill();
+            panic!("the agent did not become ready:\n{}", agent.stderr());
+        }
         assert_eq!(get(port, "/healthz").unwrap().0, 200);
         agent
     }
 
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
     /// SIGTERM, as the kubelet stops a pod; returns (success, stderr).
-    fn stop(self) -> (bool, String) {
+    fn stop(mut self) -> (bool, String) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let out = self.child.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let status = self.child.wait().unwrap();
+        (status.success(), self.stderr())
     }
 }
 
@@ -234,7 +241,7 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
     let output = dir.join("agent.jsonl");
 
     // 1. The agent records the lab; its objects hold what the lab recorded itself.
-    let agent = Agent::start(&kubeconfig, &output);
+    let agent = Agent::start(&kubeconfig, &dir, &output, 1);
     let first = lab(&dir, 1);
     let want = expected(&[&first]);
     assert!(
@@ -311,6 +318,33 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
     rt.block_on(server.restart());
     let want = expected(&[&first, &second]);
     wait_for_edges(&server, &want, Duration::from_secs(90));
+
+    // 3. The API server goes away again and the agent is stopped before it could write: what
+    // it holds is kept in its state directory, and the next agent on the node writes it.
+    server.stop();
+    let third = lab(&dir, 3);
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, stderr) = agent.stop();
+    assert!(ok, "{stderr}");
+    assert!(stderr.contains("for the next start"), "{stderr}");
+    let kept = dir.join("state/observed-pending.json");
+    assert!(kept.exists());
+    assert_eq!(edges(&server.all_observed()), want);
+    rt.block_on(server.restart());
+    let agent = Agent::start(&kubeconfig, &dir, &output, 2);
+    assert!(!kept.exists(), "taken by the new agent");
+    assert!(
+        agent.stderr().contains("kept by the previous run"),
+        "{}",
+        agent.stderr()
+    );
+    let want = expected(&[&first, &second, &third]);
+    wait_for_edges(&server, &want, Duration::from_secs(60));
+
+    // 4. The new agent adds to the history it did not see itself.
+    let fourth = lab(&dir, 4);
+    let want = expected(&[&first, &second, &third, &fourth]);
+    wait_for_edges(&server, &want, Duration::from_secs(60));
     let (ok, stderr) = agent.stop();
     assert!(ok, "{stderr}");
     assert!(stderr.contains("ObservedTraffic written"), "{stderr}");

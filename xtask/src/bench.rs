@@ -28,6 +28,9 @@ pub enum What {
     Engine,
     /// Suggest: 10,000 pods in 1,000 workloads, 100,000 flow records; time and memory.
     Suggest,
+    /// The agent's edge store under a flood: bounded against unbounded memory, write pass,
+    /// state file.
+    Agent,
 }
 
 const CONNECTIONS: u32 = 200_000;
@@ -38,6 +41,7 @@ pub fn run(what: What) -> Result<()> {
         What::Capture => capture(),
         What::Engine => engine(),
         What::Suggest => cargo(&["bench", "--package", "probe-user", "--bench", "suggest"]),
+        What::Agent => cargo(&["bench", "--package", "probe-user", "--bench", "agent"]),
     }
 }
 

@@ -17,7 +17,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need: rust-src, bpf-linker, nftables, bpftrace.
+    /// Install what building and testing need: rust-src, bpf-linker, nftables, bpftrace, kubectl.
     Setup,
     /// Set up, build, and run flowpol on the built-in lab scenario.
     Demo,

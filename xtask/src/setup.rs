@@ -134,12 +134,14 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
-/// Debian packages the lab and the benchmarks use; installed when missing and we are root.
+/// Debian packages the lab, the tests and the benchmarks use; installed when missing and we are root.
 fn system_tools() -> Result<()> {
     let wanted = [
         ("nft", "nftables"),
         ("ip", "iproute2"),
         ("bpftrace", "bpftrace"),
+        // The kubectl plugin and kustomization tests; Debian's is old but enough for both.
+        ("kubectl", "kubernetes-client"),
     ];
     let missing: Vec<&str> = wanted
         .iter()

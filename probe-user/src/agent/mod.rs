@@ -6,6 +6,7 @@
 //! so a slow or absent API server never holds up capture.
 pub mod http;
 pub mod metrics;
+pub mod state;
 pub mod store;
 
 use std::{
@@ -22,7 +23,7 @@ use crate::{
     attribute,
     capture::CaptureError,
     cluster::{watch::Live, Cluster},
-    observed::Observed,
+    observed::{Observed, Spill},
     output::{self, OutputError, Rotating},
     podcgroup,
     policy::{self, engine::Engine},
@@ -57,6 +58,9 @@ pub struct Config {
     pub cgroup_root: PathBuf,
     /// Stop after this long (else on SIGTERM or SIGINT).
     pub duration: Option<Duration>,
+    /// Where what could not be written to the cluster before stopping is kept for the
+    /// next start ([`state`]).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Where names and policies come from.
@@ -95,6 +99,8 @@ pub enum AgentError {
     Capture(#[from] CaptureError),
     #[error("writing flow records")]
     Output(#[from] OutputError),
+    #[error("keeping what could not be written to the cluster")]
+    State(#[from] state::StateError),
 }
 
 /// How the agent ended.
@@ -105,6 +111,8 @@ pub struct Outcome {
     pub flushed: Option<Flushed>,
     /// Edges evicted from memory before they were written.
     pub evicted_unwritten: u64,
+    /// The file keeping the workloads the last write did not reach, and how many.
+    pub kept: Option<(PathBuf, usize)>,
 }
 
 pub struct Agent {
@@ -145,6 +153,12 @@ impl Agent {
             logged: HashSet::new(),
             exposures_of: None,
         }
+    }
+
+    /// Starts from what a previous agent on this node kept ([`state::take`]).
+    pub fn restore(mut self, spill: Spill) -> Self {
+        self.observed = Arc::new(Mutex::new(Observed::restore(self.config.max_edges, spill)));
+        self
     }
 
     /// Runs until SIGTERM/SIGINT (or the configured duration), then takes what is left,
@@ -194,11 +208,20 @@ impl Agent {
             }
             None => None,
         };
+        let kept = match (&flushed, &self.config.state_dir) {
+            (Some(f), Some(dir)) if f.pending > 0 => {
+                let spill = lock(&self.observed).spill(&self.config.node);
+                let n = spill.workloads.len();
+                Some((state::keep(dir, &spill)?, n))
+            }
+            _ => None,
+        };
         let evicted_unwritten = lock(&self.observed).evicted_unwritten;
         Ok(Outcome {
             summary: self.session.summary(),
             flushed,
             evicted_unwritten,
+            kept,
         })
     }
 

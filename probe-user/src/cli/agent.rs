@@ -68,6 +68,10 @@ pub struct Args {
     /// each record's local end by its pod; default: this system's cgroup2 mount.
     #[arg(long)]
     cgroup_root: Option<PathBuf>,
+    /// Keep what could not be written to the API server when stopping in this directory,
+    /// and take it back on the next start (the DaemonSet mounts /var/lib/flowpol).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Stop after this long (default: run until SIGTERM or Ctrl-C).
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -143,10 +147,26 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             shutdown_timeout: args.shutdown_timeout,
             cgroup_root,
             duration: args.duration,
+            state_dir: args.state_dir.clone(),
         };
-        let outcome = Agent::new(config, session, model, client, sink, health)
-            .run(shutdown)
-            .await?;
+        if let Some(dir) = &args.state_dir {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating the state directory {}", dir.display()))?;
+        }
+        // Taken last, once nothing else can fail at start, and only when it will be written.
+        let restored = match (&args.state_dir, &client) {
+            (Some(dir), Some(_)) => agent::state::take(dir, &config.node)?,
+            _ => None,
+        };
+        let mut agent = Agent::new(config, session, model, client, sink, health);
+        if let Some(spill) = restored {
+            eprintln!(
+                "flowpol agent: {} workloads kept by the previous run are written with the next flush",
+                spill.workloads.len()
+            );
+            agent = agent.restore(spill);
+        }
+        let outcome = agent.run(shutdown).await?;
         server.abort();
         eprintln!("{}", outcome.summary);
         let mut code = ExitCode::SUCCESS;
@@ -157,7 +177,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
         if let Some(f) = outcome.flushed {
-            if f.pending > 0 {
+            if let Some((path, n)) = &outcome.kept {
+                eprintln!(
+                    "flowpol agent: {n} workloads' ObservedTraffic could not be written before stopping ({}); kept in {} for the next start",
+                    f.last_error.as_deref().unwrap_or("out of time"),
+                    path.display()
+                );
+            } else if f.pending > 0 {
                 eprintln!(
                     "flowpol agent: {} workloads' ObservedTraffic could not be written before stopping: {}",
                     f.pending,

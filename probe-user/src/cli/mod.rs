@@ -1,6 +1,6 @@
 //! Command-line interface. Each subcommand lives in its own file; errors are reported here
 //! once, with their chain of causes.
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;
 
 mod agent;
@@ -50,6 +50,32 @@ enum Command {
     BpfStats(bpf_stats::Args),
 }
 
+/// The command line. Installed as `kubectl-flowpol` on the PATH, flowpol is the kubectl
+/// plugin `kubectl flowpol`: named so in its help, and, like every kubectl command, using the
+/// current kubeconfig context unless told otherwise (`--kube` is the default; `--cluster FILE`
+/// still reads a snapshot).
+fn command(plugin: bool) -> clap::Command {
+    let cmd = Cli::command();
+    if !plugin {
+        return cmd;
+    }
+    let reading_clusters: Vec<String> = cmd
+        .get_subcommands()
+        .filter(|s| s.get_arguments().any(|a| a.get_id() == "kube"))
+        .map(|s| s.get_name().to_owned())
+        .collect();
+    let mut cmd = cmd.name("kubectl-flowpol").bin_name("kubectl flowpol");
+    for name in reading_clusters {
+        cmd = cmd.mut_subcommand(name, |s| {
+            s.mut_arg("kube", |a| {
+                a.default_value("true")
+                    .help("Read the cluster from the API server of the current kubeconfig context (the default as a kubectl plugin)")
+            })
+        });
+    }
+    cmd
+}
+
 /// How a command prints what it found: for people, or as JSON for programs.
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Format {
@@ -65,7 +91,12 @@ pub fn main() -> ExitCode {
                 .unwrap_or_else(|_| "warn".into()),
         )
         .init();
-    let cli = Cli::parse();
+    let plugin = std::env::args_os().next().is_some_and(|argv0| {
+        std::path::Path::new(&argv0)
+            .file_stem()
+            .is_some_and(|n| n == "kubectl-flowpol")
+    });
+    let cli = Cli::from_arg_matches(&command(plugin).get_matches()).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Record(args) => record::run(args),
         Command::Agent(args) => agent::run(args),

@@ -155,7 +155,8 @@ impl Loaded {
 
 impl Source {
     pub fn live_requested(&self) -> bool {
-        self.kube || self.kubeconfig.is_some() || self.context.is_some()
+        // A snapshot wins over `--kube` as a default (the kubectl plugin's).
+        self.cluster.is_none() && (self.kube || self.kubeconfig.is_some() || self.context.is_some())
     }
 
     /// A client for the API server, configured as kubectl would be.
