@@ -215,23 +215,33 @@ impl Observed {
         }
     }
 
-    /// Makes room: down to 90% of the capacity, so a flood pays for one sort per tenth of
+    /// Makes room: down to 90% of the capacity, so a flood pays for one pass per tenth of
     /// the capacity rather than per edge. Edges unchanged since written go first, then the
-    /// least recently seen.
+    /// least recently seen. The victims are selected by reference (no full sort, no copies
+    /// of every key) so making room does not double the memory it is meant to bound.
     fn evict(&mut self) {
         let target = self.capacity - self.capacity / 10;
-        let mut all: Vec<(bool, Option<Timestamp>, WorkloadKey, EdgeKey)> = self
-            .workloads
-            .iter()
-            .flat_map(|(w, share)| {
-                share.edges.iter().map(move |(k, e)| {
-                    let unwritten = e.changed > share.written;
-                    (unwritten, e.stats.last_seen, w.clone(), k.clone())
+        let n = self.len - target;
+        let victims: Vec<(bool, WorkloadKey, EdgeKey)> = {
+            let mut all: Vec<(bool, Option<Timestamp>, &WorkloadKey, &EdgeKey)> = self
+                .workloads
+                .iter()
+                .flat_map(|(w, share)| {
+                    share
+                        .edges
+                        .iter()
+                        .map(move |(k, e)| (e.changed > share.written, e.stats.last_seen, w, k))
                 })
-            })
-            .collect();
-        all.sort();
-        for (unwritten, _, w, k) in all.into_iter().take(self.len - target) {
+                .collect();
+            if n < all.len() {
+                all.select_nth_unstable(n);
+                all.truncate(n);
+            }
+            all.into_iter()
+                .map(|(unwritten, _, w, k)| (unwritten, w.clone(), k.clone()))
+                .collect()
+        };
+        for (unwritten, w, k) in victims {
             if let Some(share) = self.workloads.get_mut(&w) {
                 share.edges.remove(&k);
                 share.complete = false;
