@@ -156,9 +156,15 @@ fn the_agent_runs_with_capabilities_not_privileged() {
     assert_eq!(sc.privileged, Some(false));
     let caps = sc.capabilities.unwrap();
     assert_eq!(caps.drop, Some(vec!["ALL".to_owned()]));
-    for cap in ["BPF", "PERFMON", "NET_ADMIN"] {
-        assert!(caps.add.iter().flatten().any(|c| c == cap), "{cap}");
-    }
+    let mut added = caps.add.clone().unwrap_or_default();
+    added.sort();
+    assert_eq!(
+        added,
+        ["BPF", "NET_ADMIN", "PERFMON"],
+        "exactly what the probe needs"
+    );
+    assert_ne!(pod.host_pid, Some(true));
+    assert_ne!(pod.host_network, Some(true));
     let mounts: Vec<String> = c
         .volume_mounts
         .iter()

@@ -352,3 +352,169 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
     drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `podman run` arguments for the DaemonSet's agent container as the manifest declares it:
+/// its capabilities, security options, host paths and environment (the state directory in
+/// `state` instead of the host's). Host network, unlike the pod: the API server stand-in
+/// listens on this machine's loopback, and capture does not depend on the pod's network.
+fn pod_as_podman_args(ds: &Value, state: &Path) -> Vec<String> {
+    let pod = &ds["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["privileged"], false);
+    let mut args: Vec<String> = vec![
+        "--runtime=runc".into(),
+        "--ulimit=nofile=4096:4096".into(),
+        "--ulimit=nproc=4096:4096".into(),
+        "--network=host".into(),
+    ];
+    if pod["hostPID"] == true {
+        args.push("--pid=host".into());
+    }
+    for cap in sc["capabilities"]["drop"].as_array().into_iter().flatten() {
+        args.push(format!("--cap-drop={}", cap.as_str().unwrap()));
+    }
+    for cap in sc["capabilities"]["add"].as_array().into_iter().flatten() {
+        args.push(format!("--cap-add={}", cap.as_str().unwrap()));
+    }
+    if sc["readOnlyRootFilesystem"] == true {
+        args.push("--read-only".into());
+    }
+    if sc["allowPrivilegeEscalation"] == false {
+        args.push("--security-opt=no-new-privileges".into());
+    }
+    if sc["seccompProfile"]["type"] == "Unconfined" {
+        args.push("--security-opt=seccomp=unconfined".into());
+    }
+    if sc["appArmorProfile"]["type"] == "Unconfined" {
+        args.push("--security-opt=apparmor=unconfined".into());
+    }
+    let host_paths: BTreeMap<&str, &str> = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap(),
+                v["hostPath"]["path"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    for m in c["volumeMounts"].as_array().unwrap() {
+        let path = m["mountPath"].as_str().unwrap();
+        let host = if path == "/var/lib/flowpol" {
+            state.to_str().unwrap()
+        } else {
+            host_paths[m["name"].as_str().unwrap()]
+        };
+        let ro = if m["readOnly"] == true { ":ro" } else { "" };
+        args.push(format!("--volume={host}:{path}{ro}"));
+    }
+    for e in c["env"].as_array().into_iter().flatten() {
+        if e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName" {
+            args.push(format!("--env={}={NODE}", e["name"].as_str().unwrap()));
+        }
+    }
+    args
+}
+
+/// The DaemonSet's pod, run from the image with what its manifest grants and nothing more:
+/// the agent loads its probe, records the lab and writes ObservedTraffic; SIGTERM (as the
+/// kubelet stops it) ends it cleanly after its last write.
+#[test]
+fn the_daemonset_pod_runs_the_agent_from_its_image() {
+    if !privileged() {
+        return;
+    }
+    let Ok(image) = std::env::var("FLOWPOL_IMAGE") else {
+        assert!(
+            std::env::var("FLOWPOL_E2E").as_deref() != Ok("required"),
+            "cargo xtask test builds the image and names it in FLOWPOL_IMAGE"
+        );
+        eprintln!("skipping: no image (cargo xtask test builds one)");
+        return;
+    };
+    let dir = tempdir().join("image");
+    std::fs::create_dir_all(dir.join("state")).unwrap();
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/daemonset.yaml"
+    ))
+    .unwrap();
+    let ds: Value = serde_yaml::from_str(&text).unwrap();
+    let resolved = lab_scenario();
+    let snapshot = dir.join("cluster.yaml");
+    std::fs::write(&snapshot, cluster::snapshot_yaml(&resolved)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(ApiServer::start(
+        read_list(&snapshot),
+        Duration::from_secs(5),
+    ));
+    let kubeconfig = server.kubeconfig(&dir);
+    let port = free_port();
+    let name = format!("flowpol-e2e-{}", std::process::id());
+    let mut agent_args: Vec<String> = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().replace("$(NODE_NAME)", NODE))
+        .map(|a| {
+            if a.starts_with("--listen=") {
+                format!("--listen=127.0.0.1:{port}")
+            } else {
+                a
+            }
+        })
+        .collect();
+    agent_args.extend(
+        [
+            "--kubeconfig=/etc/flowpol/kubeconfig",
+            "--context=stand-in",
+            "--round=1s",
+            "--flush-every=1s",
+            "--writes-per-second=100",
+        ]
+        .map(String::from),
+    );
+    let log = dir.join("podman.log");
+    let mut child = Command::new("podman")
+        .args(["run", "--rm", "--name", &name])
+        .args(pod_as_podman_args(&ds, &dir.join("state")))
+        .arg(format!(
+            "--volume={}:/etc/flowpol/kubeconfig:ro",
+            kubeconfig.display()
+        ))
+        .arg(&image)
+        .args(&agent_args)
+        .stdout(std::fs::File::create(dir.join("records.jsonl")).unwrap())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("podman runs");
+    let ready = eventually(Duration::from_secs(90), || {
+        get(port, "/readyz").is_some_and(|(code, _)| code == 200)
+    });
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    if !ready {
+        let _ = Command::new("podman").args(["kill", &name]).status();
+        let _ = child.wait();
+        panic!("the agent's container did not become ready:\n{}", stderr());
+    }
+    let first = lab(&dir, 1);
+    let want = expected(&[&first]);
+    wait_for_edges(&server, &want, Duration::from_secs(60));
+    let records = record::read_json_lines(&dir.join("records.jsonl")).unwrap();
+    assert!(
+        records.iter().any(|r| r.drop_reason.is_some()),
+        "the drops are recorded from inside the container"
+    );
+    let stopped = Command::new("podman")
+        .args(["stop", "--time", "30", &name])
+        .output()
+        .unwrap();
+    assert!(stopped.status.success(), "{stopped:?}");
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {}", stderr());
+    assert!(stderr().contains("ObservedTraffic written"), "{}", stderr());
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

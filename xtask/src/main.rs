@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod image;
 mod setup;
 mod test;
 
@@ -17,17 +18,25 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need: rust-src, bpf-linker, nftables, bpftrace, kubectl.
+    /// Install what building and testing need: rust-src, bpf-linker, nftables, bpftrace,
+    /// kubectl, podman.
     Setup,
     /// Set up, build, and run flowpol on the built-in lab scenario.
     Demo,
     /// Set up, then run formatting and lint checks, unit tests, and the privileged eBPF and
     /// lab end-to-end tests.
     Test,
-    /// Benchmarks (figures for the notes): `capture`.
+    /// Benchmarks (figures for the notes).
     Bench {
         #[arg(value_enum)]
         what: bench::What,
+    },
+    /// Build the container image the DaemonSet runs and save it as an OCI archive.
+    Image {
+        #[arg(long, default_value = concat!("ghcr.io/flowpol/flowpol:", env!("CARGO_PKG_VERSION")))]
+        tag: String,
+        #[arg(long, default_value = "target/image/flowpol.oci.tar")]
+        output: std::path::PathBuf,
     },
 }
 
@@ -45,6 +54,10 @@ fn main() -> Result<()> {
         Task::Bench { what } => {
             setup::run()?;
             bench::run(what)
+        }
+        Task::Image { tag, output } => {
+            setup::run()?;
+            image::run(&tag, &output)
         }
     }
 }

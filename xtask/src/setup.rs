@@ -142,6 +142,11 @@ fn system_tools() -> Result<()> {
         ("bpftrace", "bpftrace"),
         // The kubectl plugin and kustomization tests; Debian's is old but enough for both.
         ("kubectl", "kubernetes-client"),
+        // The container image (built and run by the tests); runc, as crun refuses hosts
+        // with cgroup v1 controllers mounted beside cgroup2.
+        ("podman", "podman"),
+        ("runc", "runc"),
+        ("objcopy", "binutils"),
     ];
     let missing: Vec<&str> = wanted
         .iter()

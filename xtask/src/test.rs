@@ -107,7 +107,9 @@ pub fn run() -> Result<()> {
     }
     cargo(&["build", "--package", "probe-user"])?;
     let bin = std::env::current_dir()?.join("target/debug/flowpol");
+    crate::image::build(&bin, crate::image::TEST_TAG)?;
     std::env::set_var("FLOWPOL_BIN", &bin);
+    std::env::set_var("FLOWPOL_IMAGE", crate::image::TEST_TAG);
     std::env::set_var("FLOWPOL_E2E", "required");
     tally.cargo_test(&["--package", "flowpol-e2e", "--", "--test-threads=1"])?;
     println!(
