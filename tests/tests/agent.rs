@@ -490,10 +490,15 @@ fn the_daemonset_pod_runs_the_agent_from_its_image() {
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("podman runs");
+    let mut exited = None;
     let ready = eventually(Duration::from_secs(90), || {
-        get(port, "/readyz").is_some_and(|(code, _)| code == 200)
+        exited = child.try_wait().unwrap();
+        exited.is_some() || get(port, "/readyz").is_some_and(|(code, _)| code == 200)
     });
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    if let Some(status) = exited {
+        panic!("the agent's container ended ({status}):\n{}", stderr());
+    }
     if !ready {
         let _ = Command::new("podman").args(["kill", &name]).status();
         let _ = child.wait();

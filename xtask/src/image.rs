@@ -1,7 +1,8 @@
 //! `cargo xtask image`: the container image the DaemonSet runs, built without pulling
 //! anything (only package registries are reachable from here): `FROM scratch` with the
-//! `flowpol` binary and the shared libraries it links (found by ldd), built by podman from
-//! deploy/Containerfile and saved as an OCI archive to push with `skopeo copy`.
+//! `flowpol` binary, the shared libraries it links (found by ldd) and the CA certificates,
+//! built by podman from deploy/Containerfile and saved as an OCI archive to push with
+//! `skopeo copy`.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -13,6 +14,9 @@ use crate::setup::{cargo, sh};
 
 /// The tag `cargo xtask test` builds for the end-to-end tests.
 pub const TEST_TAG: &str = "localhost/flowpol:test";
+
+/// The CA certificates, where Debian keeps them and rustls looks for them.
+const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Builds the release binary, the image `tag`, and saves it to `output`.
 pub fn run(tag: &str, output: &Path) -> Result<()> {
@@ -60,6 +64,14 @@ pub fn build(binary: &Path, tag: &str) -> Result<()> {
         std::fs::copy(&lib, &dest)
             .with_context(|| format!("copying {} into the image", lib.display()))?;
     }
+    // The kube client's TLS loads the system's roots even when the cluster's CA is given.
+    let roots = Path::new(CA_BUNDLE);
+    if !roots.exists() {
+        bail!("{CA_BUNDLE} is missing: install Debian's ca-certificates");
+    }
+    std::fs::create_dir_all(rootfs.join("etc/ssl/certs"))?;
+    std::fs::copy(roots, rootfs.join(CA_BUNDLE.trim_start_matches('/')))
+        .with_context(|| format!("copying {CA_BUNDLE} into the image"))?;
     sh(
         "podman",
         &[
