@@ -63,6 +63,15 @@ fn documents() -> Vec<(String, Value)> {
     out
 }
 
+/// The one document of `kind`, typed.
+fn document<T: serde::de::DeserializeOwned>(kind: &str) -> T {
+    let (place, doc) = documents()
+        .into_iter()
+        .find(|(_, d)| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} in deploy/"));
+    serde_json::from_value(doc).unwrap_or_else(|e| panic!("{place}: {e}"))
+}
+
 #[test]
 fn every_manifest_is_a_valid_object_of_its_kind() {
     let docs = documents();
@@ -104,11 +113,7 @@ fn kustomization_lists_every_manifest() {
 
 #[test]
 fn rbac_reads_what_the_model_watches_and_writes_only_its_own_resource() {
-    let role: ClusterRole = documents()
-        .into_iter()
-        .find(|(_, d)| d["kind"] == "ClusterRole")
-        .map(|(_, d)| serde_json::from_value(d).unwrap())
-        .unwrap();
+    let role: ClusterRole = document("ClusterRole");
     let rules = role.rules.unwrap_or_default();
     let grants = |resource: &str, verb: &str| {
         rules.iter().any(|r| {
@@ -145,11 +150,7 @@ fn rbac_reads_what_the_model_watches_and_writes_only_its_own_resource() {
 
 #[test]
 fn the_agent_runs_with_capabilities_not_privileged() {
-    let ds: DaemonSet = documents()
-        .into_iter()
-        .find(|(_, d)| d["kind"] == "DaemonSet")
-        .map(|(_, d)| serde_json::from_value(d).unwrap())
-        .unwrap();
+    let ds: DaemonSet = document("DaemonSet");
     let pod = ds.spec.unwrap().template.spec.unwrap();
     let c = &pod.containers[0];
     let sc = c.security_context.clone().unwrap();
@@ -180,11 +181,7 @@ fn the_agent_runs_with_capabilities_not_privileged() {
 /// known, every value valid), and its state directory is the mounted hostPath.
 #[test]
 fn the_daemonset_command_line_is_accepted() {
-    let ds: DaemonSet = documents()
-        .into_iter()
-        .find(|(_, d)| d["kind"] == "DaemonSet")
-        .map(|(_, d)| serde_json::from_value(d).unwrap())
-        .unwrap();
+    let ds: DaemonSet = document("DaemonSet");
     let c = &ds.spec.unwrap().template.spec.unwrap().containers[0];
     let args: Vec<String> = c
         .args

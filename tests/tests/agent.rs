@@ -70,11 +70,11 @@ fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     true
 }
 
-/// Waits until the API server holds `want`; fails showing both.
-fn wait_for_edges(server: &ApiServer, want: &Edges, limit: Duration) {
+/// Waits until the API server holds `want` as `node`'s share; fails showing both.
+fn wait_for_edges(server: &ApiServer, node: &str, want: &Edges, limit: Duration) {
     let mut got = Edges::new();
     eventually(limit, || {
-        got = edges(&server.all_observed());
+        got = edges(&server.all_observed(), node);
         got == *want
     });
     assert_eq!(got, *want);
@@ -88,12 +88,13 @@ struct Agent {
 }
 
 impl Agent {
-    /// Starts an agent keeping its state in `dir`, and waits until it is ready.
-    fn start(kubeconfig: &Path, dir: &Path, output: &Path, run: usize) -> Agent {
+    /// Starts `node`'s agent keeping its state in `dir/state-<node>`, and waits until it is
+    /// ready.
+    fn start(kubeconfig: &Path, dir: &Path, node: &str, output: &Path, run: usize) -> Agent {
         let port = free_port();
-        let log = dir.join(format!("agent-{run}.log"));
+        let log = dir.join(format!("agent-{node}-{run}.log"));
         let child = Command::new(binary())
-            .args(["agent", "--context", "stand-in", "--node", NODE])
+            .args(["agent", "--context", "stand-in", "--node", node])
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -107,7 +108,7 @@ impl Agent {
             ])
             .args(["--shutdown-timeout", "3s"])
             .arg("--state-dir")
-            .arg(dir.join("state"))
+            .arg(dir.join(format!("state-{node}")))
             .arg("--output")
             .arg(output)
             .stderr(std::fs::File::create(&log).unwrap())
@@ -152,10 +153,10 @@ fn lab(dir: &Path, run: usize) -> Vec<FlowRecord> {
     record::read_json_lines(&out).unwrap()
 }
 
-/// This node's edges per object: name -> {(direction, peer, port, protocol) -> verdicts}.
+/// One node's edges per object: name -> {(direction, peer, port, protocol) -> verdicts}.
 type Edges = BTreeMap<String, BTreeMap<String, Value>>;
 
-fn edges(objects: &[Value]) -> Edges {
+fn edges(objects: &[Value], node: &str) -> Edges {
     let mut out = Edges::new();
     for o in objects {
         let name = format!(
@@ -164,7 +165,7 @@ fn edges(objects: &[Value]) -> Edges {
             o["metadata"]["name"].as_str().unwrap()
         );
         for e in o["spec"]["edges"].as_array().unwrap() {
-            if e["node"] != NODE {
+            if e["node"] != node {
                 continue;
             }
             let key = format!(
@@ -181,23 +182,24 @@ fn edges(objects: &[Value]) -> Edges {
     out
 }
 
-/// The edges the lab's own recordings make, attributed from the lab's cluster.
-fn expected(recordings: &[&Vec<FlowRecord>]) -> Edges {
+/// The edges the lab's own recordings make for `node`'s agent, attributed from the lab's
+/// cluster (where every pod runs on [`NODE`]).
+fn expected(recordings: &[&Vec<FlowRecord>], node: &str) -> Edges {
     let snapshot = cluster::model(&lab_scenario()).unwrap();
     let mut o = Observed::new(1 << 20);
     for records in recordings {
         let mut records = (*records).clone();
         attribute::enrich(&snapshot.cluster, &mut records);
         for r in &records {
-            o.add(NODE, r);
+            o.add(node, r);
         }
     }
     let objects: Vec<Value> = o
         .pending()
         .iter()
-        .filter_map(|p| o.object(NODE, &p.workload, &[]).map(|(_, v)| v))
+        .filter_map(|p| o.object(node, &p.workload, &[]).map(|(_, v)| v))
         .collect();
-    edges(&objects)
+    edges(&objects, node)
 }
 
 fn lab_scenario() -> scenario::Resolved {
@@ -241,14 +243,14 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
     let output = dir.join("agent.jsonl");
 
     // 1. The agent records the lab; its objects hold what the lab recorded itself.
-    let agent = Agent::start(&kubeconfig, &dir, &output, 1);
+    let agent = Agent::start(&kubeconfig, &dir, NODE, &output, 1);
     let first = lab(&dir, 1);
-    let want = expected(&[&first]);
+    let want = expected(&[&first], NODE);
     assert!(
         want.len() >= 5,
         "the shop has traffic between many workloads: {want:#?}"
     );
-    wait_for_edges(&server, &want, Duration::from_secs(60));
+    wait_for_edges(&server, NODE, &want, Duration::from_secs(60));
 
     // The metrics count what the agent wrote out; the lab's drops are among them.
     std::thread::sleep(Duration::from_secs(2));
@@ -307,7 +309,7 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
     let second = lab(&dir, 2);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        edges(&server.all_observed()),
+        edges(&server.all_observed(), NODE),
         want,
         "nothing written while away"
     );
@@ -316,8 +318,8 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
         .1
         .contains("flowpol_store_writes_total{result=\"error\"}"));
     rt.block_on(server.restart());
-    let want = expected(&[&first, &second]);
-    wait_for_edges(&server, &want, Duration::from_secs(90));
+    let want = expected(&[&first, &second], NODE);
+    wait_for_edges(&server, NODE, &want, Duration::from_secs(90));
 
     // 3. The API server goes away again and the agent is stopped before it could write: what
     // it holds is kept in its state directory, and the next agent on the node writes it.
@@ -327,24 +329,24 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
     let (ok, stderr) = agent.stop();
     assert!(ok, "{stderr}");
     assert!(stderr.contains("for the next start"), "{stderr}");
-    let kept = dir.join("state/observed-pending.json");
+    let kept = dir.join(format!("state-{NODE}/observed-pending.json"));
     assert!(kept.exists());
-    assert_eq!(edges(&server.all_observed()), want);
+    assert_eq!(edges(&server.all_observed(), NODE), want);
     rt.block_on(server.restart());
-    let agent = Agent::start(&kubeconfig, &dir, &output, 2);
+    let agent = Agent::start(&kubeconfig, &dir, NODE, &output, 2);
     assert!(!kept.exists(), "taken by the new agent");
     assert!(
         agent.stderr().contains("kept by the previous run"),
         "{}",
         agent.stderr()
     );
-    let want = expected(&[&first, &second, &third]);
-    wait_for_edges(&server, &want, Duration::from_secs(60));
+    let want = expected(&[&first, &second, &third], NODE);
+    wait_for_edges(&server, NODE, &want, Duration::from_secs(60));
 
     // 4. The new agent adds to the history it did not see itself.
     let fourth = lab(&dir, 4);
-    let want = expected(&[&first, &second, &third, &fourth]);
-    wait_for_edges(&server, &want, Duration::from_secs(60));
+    let want = expected(&[&first, &second, &third, &fourth], NODE);
+    wait_for_edges(&server, NODE, &want, Duration::from_secs(60));
     let (ok, stderr) = agent.stop();
     assert!(ok, "{stderr}");
     assert!(stderr.contains("ObservedTraffic written"), "{stderr}");
@@ -419,8 +421,9 @@ fn pod_as_podman_args(ds: &Value, state: &Path) -> Vec<String> {
 }
 
 /// The DaemonSet's pod, run from the image with what its manifest grants and nothing more:
-/// the agent loads its probe, records the lab and writes ObservedTraffic; SIGTERM (as the
-/// kubelet stops it) ends it cleanly after its last write.
+/// the agent loads its probe, records the lab and writes ObservedTraffic, merged with a
+/// second node's agent writing the same workloads; SIGTERM (as the kubelet stops it) ends it
+/// cleanly after its last write.
 #[test]
 fn the_daemonset_pod_runs_the_agent_from_its_image() {
     if !privileged() {
@@ -504,9 +507,32 @@ fn the_daemonset_pod_runs_the_agent_from_its_image() {
         let _ = child.wait();
         panic!("the agent's container did not become ready:\n{}", stderr());
     }
+    // A second node's agent, a process on the host, writes into the same objects. (Here it
+    // sees the same kernel, so the same sockets; the pods do not run on its node, so it
+    // writes no drops on their path.)
+    let other = "node-b";
+    let second = Agent::start(&kubeconfig, &dir, other, &dir.join("node-b.jsonl"), 1);
     let first = lab(&dir, 1);
-    let want = expected(&[&first]);
-    wait_for_edges(&server, &want, Duration::from_secs(60));
+    let want = expected(&[&first], NODE);
+    wait_for_edges(&server, NODE, &want, Duration::from_secs(60));
+    let want_other = expected(&[&first], other);
+    assert_ne!(want_other, want, "the nodes' shares differ by the drops");
+    wait_for_edges(&server, other, &want_other, Duration::from_secs(60));
+    let (ok, err) = second.stop();
+    assert!(ok, "{err}");
+    // Both shares stand side by side in one object per workload, each under its manager.
+    assert!(server.all_observed().iter().any(|o| o["spec"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["node"] == NODE)
+        && o["spec"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["node"] == other)));
+    assert!(server.applies(&format!("flowpol-agent/{other}")) > 0);
+    assert!(server.applies(&format!("flowpol-agent/{NODE}")) > 0);
     let records = record::read_json_lines(&dir.join("records.jsonl")).unwrap();
     assert!(
         records.iter().any(|r| r.drop_reason.is_some()),
