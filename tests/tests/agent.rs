@@ -91,6 +91,18 @@ impl Agent {
     /// Starts `node`'s agent keeping its state in `dir/state-<node>`, and waits until it is
     /// ready.
     fn start(kubeconfig: &Path, dir: &Path, node: &str, output: &Path, run: usize) -> Agent {
+        Agent::start_with(kubeconfig, dir, node, output, run, &[])
+    }
+
+    /// [`Agent::start`] with more arguments.
+    fn start_with(
+        kubeconfig: &Path,
+        dir: &Path,
+        node: &str,
+        output: &Path,
+        run: usize,
+        extra: &[&str],
+    ) -> Agent {
         let port = free_port();
         let log = dir.join(format!("agent-{node}-{run}.log"));
         let child = Command::new(binary())
@@ -111,6 +123,7 @@ impl Agent {
             .arg(dir.join(format!("state-{node}")))
             .arg("--output")
             .arg(output)
+            .args(extra)
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("flowpol agent starts");
@@ -546,6 +559,88 @@ fn the_daemonset_pod_runs_the_agent_from_its_image() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}: {}", stderr());
     assert!(stderr().contains("ObservedTraffic written"), "{}", stderr());
+    drop(server);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Memory stays bounded under more edges than `--max-edges`: evictions are counted in the
+/// metrics, those lost before a write are reported at exit, and evicting and reading a share
+/// back never makes the cluster count anything twice.
+#[test]
+fn more_edges_than_max_edges_stay_bounded_and_never_count_twice() {
+    if !privileged() {
+        return;
+    }
+    const MAX: f64 = 8.0;
+    let dir = tempdir().join("bounded");
+    std::fs::create_dir_all(&dir).unwrap();
+    let snapshot = dir.join("cluster.yaml");
+    std::fs::write(&snapshot, cluster::snapshot_yaml(&lab_scenario())).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(ApiServer::start(
+        read_list(&snapshot),
+        Duration::from_secs(5),
+    ));
+    let kubeconfig = server.kubeconfig(&dir);
+    let agent = Agent::start_with(
+        &kubeconfig,
+        &dir,
+        NODE,
+        &dir.join("agent.jsonl"),
+        1,
+        &["--max-edges", &MAX.to_string()],
+    );
+    let first = lab(&dir, 1);
+    let truth = expected(&[&first], NODE);
+    let total: usize = truth.values().map(|e| e.len()).sum();
+    assert!(total as f64 > 2.0 * MAX, "the shop makes {total} edges");
+    let one = |metrics: &str, name: &str| samples(metrics, name).get("").copied();
+    let evicted = |metrics: &str| -> f64 {
+        samples(metrics, "flowpol_observed_edges_evicted_total")
+            .values()
+            .sum()
+    };
+    // Every edge the lab made was taken in: held now, or evicted.
+    let mut metrics = String::new();
+    let taken = eventually(Duration::from_secs(60), || {
+        metrics = get(agent.port, "/metrics").unwrap().1;
+        one(&metrics, "flowpol_observed_edges").unwrap_or(0.0) + evicted(&metrics) >= total as f64
+    });
+    assert!(taken, "{metrics}");
+    assert!(one(&metrics, "flowpol_observed_edges").unwrap() <= MAX);
+    std::thread::sleep(Duration::from_secs(3));
+    let metrics = get(agent.port, "/metrics").unwrap().1;
+    let lost = samples(&metrics, "flowpol_observed_edges_evicted_total")
+        .get("{written=\"false\"}")
+        .copied()
+        .unwrap_or(0.0);
+    let (ok, stderr) = agent.stop();
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        lost > 0.0,
+        stderr.contains("evicted from memory before they could be written"),
+        "{lost} lost; {stderr}"
+    );
+    // What reached the cluster is part of the truth, never more.
+    let got = edges(&server.all_observed(), NODE);
+    assert!(!got.is_empty());
+    for (object, edges) in &got {
+        for (key, counts) in edges {
+            let want = truth
+                .get(object)
+                .and_then(|e| e.get(key))
+                .unwrap_or_else(|| panic!("{object} {key} is not the lab's"));
+            for (verdict, n) in counts.as_object().unwrap() {
+                if verdict == "dropReasons" {
+                    continue;
+                }
+                assert!(
+                    n.as_u64().unwrap() <= want[verdict].as_u64().unwrap_or(0),
+                    "{object} {key}: {counts} against the lab's {want}"
+                );
+            }
+        }
+    }
     drop(server);
     std::fs::remove_dir_all(&dir).unwrap();
 }
