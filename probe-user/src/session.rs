@@ -51,9 +51,15 @@ impl std::fmt::Display for Summary {
         for (reason, n) in &self.totals.drops_by_reason {
             writeln!(f, "  dropped {reason:<24} {n} packets")?;
         }
-        write!(
-            f,
-            "  events lost      {} (ring full per CPU: {:?}, skipped on recursion: {}), decode errors {}, counters evicted {}",
+        write!(f, "  events lost      {}", self.losses())
+    }
+}
+
+impl Summary {
+    /// Events lost, and what else the capture could not read, as one line.
+    pub fn losses(&self) -> String {
+        format!(
+            "{} (ring full per CPU: {:?}, skipped on recursion: {}), decode errors {}, counters evicted {}",
             self.events_lost,
             self.probe.ring_full_per_cpu,
             self.probe.recursion_misses,

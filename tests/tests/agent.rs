@@ -342,6 +342,12 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
     let (ok, stderr) = agent.stop();
     assert!(ok, "{stderr}");
     assert!(stderr.contains("for the next start"), "{stderr}");
+    // Its exit summary counts the whole run, every record it wrote.
+    let written = record::read_json_lines(&output).unwrap().len();
+    assert!(
+        stderr.contains(&format!("flowpol agent: {written} flow records written")),
+        "{stderr}"
+    );
     let kept = dir.join(format!("state-{NODE}/observed-pending.json"));
     assert!(kept.exists());
     assert_eq!(edges(&server.all_observed(), NODE), want);

@@ -245,9 +245,12 @@ impl Metrics {
         self.model_stale.set(status.stale_seconds);
     }
 
-    pub fn observed(&self, o: &Observed) {
+    /// `stored`: workloads are written to the cluster (else none is ever pending).
+    pub fn observed(&self, o: &Observed, stored: bool) {
         self.edges.set(o.len() as i64);
-        self.pending.set(o.dirty() as i64);
+        if stored {
+            self.pending.set(o.dirty() as i64);
+        }
         raise(
             &self.edges_evicted.get_or_create(&label("written", "true")),
             o.evicted - o.evicted_unwritten,

@@ -10,7 +10,7 @@ pub mod state;
 pub mod store;
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeMap, HashSet},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -27,7 +27,7 @@ use crate::{
     output::{self, OutputError, Rotating},
     podcgroup,
     policy::{self, engine::Engine},
-    record::FlowRecord,
+    record::{FlowRecord, Verdict},
     session::{Session, Summary},
     shutdown::Shutdown,
     verify::{self, Finding},
@@ -103,10 +103,49 @@ pub enum AgentError {
     State(#[from] state::StateError),
 }
 
+/// What the agent wrote out over its run (the session's own totals only cover what it still
+/// holds: each round drains it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    pub records: u64,
+    /// Connections, packets and flows by verdict, as the records count them.
+    pub observations: BTreeMap<Verdict, u64>,
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl Written {
+    fn add(&mut self, records: &[FlowRecord]) {
+        for r in records {
+            self.records += 1;
+            if let Some(v) = r.verdict {
+                *self.observations.entry(v).or_default() += r.count;
+            }
+            if let Some(reason) = &r.drop_reason {
+                *self.drops.entry(reason.clone()).or_default() += r.count;
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} flow records written", self.records)?;
+        for (v, n) in &self.observations {
+            write!(f, "\n  {:<24} {n}", v.to_string())?;
+        }
+        for (reason, n) in &self.drops {
+            write!(f, "\n  {:<24} {n} packets", format!("dropped {reason}"))?;
+        }
+        Ok(())
+    }
+}
+
 /// How the agent ended.
 #[derive(Debug)]
 pub struct Outcome {
+    /// The capture's counters (events, losses).
     pub summary: Summary,
+    pub written: Written,
     /// The last write to the cluster, on shutdown (`None` without a store).
     pub flushed: Option<Flushed>,
     /// Edges evicted from memory before they were written.
@@ -124,6 +163,7 @@ pub struct Agent {
     observed: Arc<Mutex<Observed>>,
     writer: Option<Arc<Writer>>,
     held: Vec<FlowRecord>,
+    written: Written,
     logged: HashSet<String>,
     /// The model the exposures were last computed for.
     exposures_of: Option<Arc<Cluster>>,
@@ -150,6 +190,7 @@ impl Agent {
             health,
             writer,
             held: Vec::new(),
+            written: Written::default(),
             logged: HashSet::new(),
             exposures_of: None,
         }
@@ -219,6 +260,7 @@ impl Agent {
         let evicted_unwritten = lock(&self.observed).evicted_unwritten;
         Ok(Outcome {
             summary: self.session.summary(),
+            written: std::mem::take(&mut self.written),
             flushed,
             evicted_unwritten,
             kept,
@@ -267,7 +309,7 @@ impl Agent {
                 for r in &records {
                     observed.add(&self.config.node, r);
                 }
-                m.observed(&observed);
+                m.observed(&observed, self.writer.is_some());
             }
             None if !last && self.held.len() + records.len() <= HOLD_MAX => {
                 self.held.append(&mut records);
@@ -281,6 +323,7 @@ impl Agent {
         }
         self.sink.write(&records)?;
         m.records(&records);
+        self.written.add(&records);
         self.health.round_done();
         Ok(())
     }

@@ -168,7 +168,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         let outcome = agent.run(shutdown).await?;
         server.abort();
-        eprintln!("{}", outcome.summary);
+        eprintln!(
+            "flowpol agent: {}\n  {} events, lost {}",
+            outcome.written,
+            outcome.summary.events,
+            outcome.summary.losses()
+        );
         let mut code = ExitCode::SUCCESS;
         if outcome.evicted_unwritten > 0 {
             eprintln!(

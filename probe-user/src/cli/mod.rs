@@ -86,6 +86,8 @@ enum Format {
 pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colours for people at a terminal, not for log collectors (kubectl logs).
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FLOWPOL_LOG")
                 .unwrap_or_else(|_| "warn".into()),
