@@ -240,6 +240,41 @@ fn an_outage_loses_nothing() {
     });
 }
 
+/// Without the CRD, writes fail naming the cause and the remedy, and nothing is lost: once
+/// it is installed the same edges are written.
+#[test]
+fn a_missing_crd_is_named_and_loses_nothing() {
+    run(async {
+        let dir = tempdir("store-no-crd");
+        let server = ApiServer::start(vec![], Duration::from_secs(60)).await;
+        server.set_crd(false);
+        let a = Writer::new(client(&server, &dir).await, "node-a", 100.0);
+        let seen = Mutex::new(Observed::new(100));
+        seen.lock().unwrap().add(
+            "node-a",
+            &web_to_db("node-a", Verdict::Established, 2, "2026-01-01T10:00:00Z"),
+        );
+        let f = a.flush(&seen, far(), |_| {}).await;
+        assert_eq!((f.written, f.failed, f.pending), (0, 1, 1), "{f:?}");
+        let err = f.last_error.unwrap();
+        assert!(err.starts_with("shop/deployment-web: "), "{err}");
+        assert!(
+            err.contains("404 page not found")
+                && err.contains("is the ObservedTraffic CRD installed? kubectl apply -k deploy/"),
+            "{err}"
+        );
+        server.set_crd(true);
+        let f = a.flush(&seen, far(), |_| {}).await;
+        assert_eq!((f.written, f.pending), (1, 0), "{f:?}");
+        let o = server.observed("shop", "deployment-web").unwrap();
+        assert_eq!(
+            edges_of(&o, "node-a")[0].2,
+            serde_json::json!({"established": 2})
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}
+
 #[test]
 fn evicted_edges_stay_in_the_cluster_and_writes_are_paced() {
     run(async {

@@ -124,13 +124,27 @@ impl Writer {
                 Ok(()) => report.written += 1,
                 Err(e) => {
                     report.failed += 1;
-                    report.last_error = Some(format!("{ns}/{object_name}: {e}"));
+                    report.last_error = Some(format!("{ns}/{object_name}: {}", explain(&e)));
                     break;
                 }
             }
         }
         report.pending = lock(observed).dirty();
         report
+    }
+}
+
+/// A write's failure, with what to do about the usual causes.
+fn explain(e: &kube::Error) -> String {
+    match e {
+        // Apply creates objects: not found means the resource itself is unknown.
+        kube::Error::Api(s) if s.code == 404 => {
+            format!("{e} (is the ObservedTraffic CRD installed? kubectl apply -k deploy/)")
+        }
+        kube::Error::Api(s) if s.code == 403 => format!(
+            "{e} (the agent's ServiceAccount may not write ObservedTraffic: see deploy/rbac.yaml)"
+        ),
+        _ => e.to_string(),
     }
 }
 

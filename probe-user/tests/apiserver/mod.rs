@@ -116,6 +116,9 @@ struct Inner {
     /// Bumped to cut every open watch.
     cut: watch::Sender<u64>,
     bookmark_every: Duration,
+    /// The ObservedTraffic CRD is not installed: its paths answer as a real API server's
+    /// unknown paths do (plain text, not a Status).
+    no_crd: std::sync::atomic::AtomicBool,
 }
 
 pub struct ApiServer {
@@ -132,6 +135,7 @@ impl ApiServer {
             rv: watch::channel(0).0,
             cut: watch::channel(0).0,
             bookmark_every,
+            no_crd: Default::default(),
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -234,6 +238,13 @@ impl ApiServer {
             }
         };
         self.serve(listener);
+    }
+
+    /// Uninstalls (`false`) or reinstalls the ObservedTraffic CRD; the objects are kept.
+    pub fn set_crd(&self, installed: bool) {
+        self.inner
+            .no_crd
+            .store(!installed, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Full lists served for a collection path (each relist is one more).
@@ -426,6 +437,16 @@ async fn handle(inner: Arc<Inner>, mut conn: TcpStream) -> std::io::Result<()> {
         return Ok(());
     };
     if req.path.starts_with("/apis/flowpol.io/") {
+        if inner.no_crd.load(std::sync::atomic::Ordering::Relaxed) {
+            let body = "404 page not found\n";
+            let head = format!(
+                "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            conn.write_all(head.as_bytes()).await?;
+            conn.write_all(body.as_bytes()).await?;
+            return conn.shutdown().await;
+        }
         let (code, body) = observed_traffic(&inner, &req);
         return respond(&mut conn, code, &body).await;
     }
