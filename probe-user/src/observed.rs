@@ -37,18 +37,7 @@ pub struct EdgeKey {
 /// Counts by verdict, held inline: a map of their own cost each edge ~57 of its ~390 bytes
 /// (`cargo xtask bench agent`). Written as a map of the non-zero ones.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Tally([u64; VERDICTS.len()]);
-
-/// Every verdict, each at its [`slot`].
-const VERDICTS: [Verdict; 7] = [
-    Verdict::Established,
-    Verdict::Refused,
-    Verdict::Timeout,
-    Verdict::Dropped,
-    Verdict::Sent,
-    Verdict::Received,
-    Verdict::Answered,
-];
+pub struct Tally([u64; Verdict::ALL.len()]);
 
 /// Where a verdict counts in a [`Tally`] (a new verdict does not compile until it has one).
 fn slot(v: Verdict) -> usize {
@@ -74,7 +63,7 @@ impl Tally {
 
     /// The non-zero counts, in the verdicts' order.
     pub fn iter(&self) -> impl Iterator<Item = (Verdict, u64)> + '_ {
-        VERDICTS
+        Verdict::ALL
             .iter()
             .map(|&v| (v, self.get(v)))
             .filter(|&(_, n)| n > 0)
@@ -762,7 +751,7 @@ mod tests {
 
     #[test]
     fn a_tally_counts_each_verdict_in_its_slot() {
-        for (i, v) in VERDICTS.iter().enumerate() {
+        for (i, v) in Verdict::ALL.iter().enumerate() {
             assert_eq!(slot(*v), i, "{v}");
         }
         let mut t = Tally::default();

@@ -59,6 +59,19 @@ pub enum Verdict {
     Answered,
 }
 
+impl Verdict {
+    /// Every verdict, in the order of declaration.
+    pub const ALL: [Verdict; 7] = [
+        Verdict::Established,
+        Verdict::Refused,
+        Verdict::Timeout,
+        Verdict::Dropped,
+        Verdict::Sent,
+        Verdict::Received,
+        Verdict::Answered,
+    ];
+}
+
 impl std::fmt::Display for Verdict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let s = serde_json::to_value(self)
@@ -232,18 +245,7 @@ mod tests {
 
     #[test]
     fn verdicts_serialize_as_documented() {
-        let names: Vec<String> = [
-            Verdict::Established,
-            Verdict::Refused,
-            Verdict::Timeout,
-            Verdict::Dropped,
-            Verdict::Sent,
-            Verdict::Received,
-            Verdict::Answered,
-        ]
-        .iter()
-        .map(Verdict::to_string)
-        .collect();
+        let names: Vec<String> = Verdict::ALL.iter().map(Verdict::to_string).collect();
         assert_eq!(
             names,
             [
