@@ -215,6 +215,30 @@ fn expected(recordings: &[&Vec<FlowRecord>], node: &str) -> Edges {
     edges(&objects, node)
 }
 
+/// The API server stand-in serving the lab's cluster, and a kubeconfig for it in `dir`.
+struct LabApi {
+    server: ApiServer,
+    kubeconfig: PathBuf,
+    /// Runs the server's tasks; dropped after it.
+    rt: tokio::runtime::Runtime,
+}
+
+fn serve_lab(dir: &Path) -> LabApi {
+    let snapshot = dir.join("cluster.yaml");
+    std::fs::write(&snapshot, cluster::snapshot_yaml(&lab_scenario())).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt.block_on(ApiServer::start(
+        read_list(&snapshot),
+        Duration::from_secs(5),
+    ));
+    let kubeconfig = server.kubeconfig(dir);
+    LabApi {
+        server,
+        kubeconfig,
+        rt,
+    }
+}
+
 fn lab_scenario() -> scenario::Resolved {
     scenario::parse("shop", EXAMPLE_SCENARIO).unwrap()
 }
@@ -237,22 +261,18 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
         return;
     }
     let dir = tempdir();
-    let resolved = lab_scenario();
-    let snapshot = dir.join("cluster.yaml");
-    std::fs::write(&snapshot, cluster::snapshot_yaml(&resolved)).unwrap();
-    let lab_ips: BTreeSet<IpAddr> = cluster::model(&resolved)
+    let lab_ips: BTreeSet<IpAddr> = cluster::model(&lab_scenario())
         .unwrap()
         .cluster
         .pods()
         .iter()
         .flat_map(|p| p.ips.clone())
         .collect();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(ApiServer::start(
-        read_list(&snapshot),
-        Duration::from_secs(5),
-    ));
-    let kubeconfig = server.kubeconfig(&dir);
+    let LabApi {
+        server,
+        kubeconfig,
+        rt,
+    } = serve_lab(&dir);
     let output = dir.join("agent.jsonl");
 
     // 1. The agent records the lab; its objects hold what the lab recorded itself.
@@ -464,15 +484,11 @@ fn the_daemonset_pod_runs_the_agent_from_its_image() {
     ))
     .unwrap();
     let ds: Value = serde_yaml::from_str(&text).unwrap();
-    let resolved = lab_scenario();
-    let snapshot = dir.join("cluster.yaml");
-    std::fs::write(&snapshot, cluster::snapshot_yaml(&resolved)).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(ApiServer::start(
-        read_list(&snapshot),
-        Duration::from_secs(5),
-    ));
-    let kubeconfig = server.kubeconfig(&dir);
+    let LabApi {
+        server,
+        kubeconfig,
+        rt: _rt,
+    } = serve_lab(&dir);
     let port = free_port();
     let name = format!("flowpol-e2e-{}", std::process::id());
     let mut agent_args: Vec<String> = ds["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -580,14 +596,11 @@ fn more_edges_than_max_edges_stay_bounded_and_never_count_twice() {
     const MAX: f64 = 8.0;
     let dir = tempdir().join("bounded");
     std::fs::create_dir_all(&dir).unwrap();
-    let snapshot = dir.join("cluster.yaml");
-    std::fs::write(&snapshot, cluster::snapshot_yaml(&lab_scenario())).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(ApiServer::start(
-        read_list(&snapshot),
-        Duration::from_secs(5),
-    ));
-    let kubeconfig = server.kubeconfig(&dir);
+    let LabApi {
+        server,
+        kubeconfig,
+        rt: _rt,
+    } = serve_lab(&dir);
     let agent = Agent::start_with(
         &kubeconfig,
         &dir,
