@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod demo;
 mod image;
+mod k8s;
 mod setup;
 mod test;
 
@@ -31,6 +32,11 @@ enum Task {
         #[arg(value_enum)]
         what: bench::What,
     },
+    /// A real Kubernetes control plane on 127.0.0.1, built from the Go module proxy.
+    K8s {
+        #[command(subcommand)]
+        action: k8s::Action,
+    },
     /// Build the container image the DaemonSet runs and save it as an OCI archive.
     Image {
         #[arg(long, default_value = concat!("ghcr.io/flowpol/flowpol:", env!("CARGO_PKG_VERSION")))]
@@ -55,6 +61,7 @@ fn main() -> Result<()> {
             setup::run()?;
             bench::run(what)
         }
+        Task::K8s { action } => k8s::run(action),
         Task::Image { tag, output } => {
             setup::run()?;
             image::run(&tag, &output)
