@@ -1,39 +1,65 @@
-//! The live cluster model against an API server stand-in that speaks list/watch: first list,
-//! then churn (pods deleted, an address reused, endpoints moving), cut watches, bookmarks,
-//! 410 Gone after compaction, a server restart; and the CLI reading the cluster live.
-mod apiserver;
+//! The live cluster model against a real kube-apiserver (on kine, with the controller
+//! manager): the shop published as a cluster holds it, then churn as a cluster makes it:
+//! pods created and deleted, an address reused, a Job's pod completing, endpoints following
+//! backends as the endpointslice controller moves them, namespace labels changing; and the
+//! faults: watches cut mid-stream and connections refused (a proxy in front of the server),
+//! an API server restarted while the store compacted its history past the watchers'
+//! resourceVersion (410, relist).
+mod k8s;
 
-use std::{future::Future, path::PathBuf, process::Command, time::Duration};
+use std::{future::Future, path::PathBuf, time::Duration};
 
-use apiserver::{read_list, ApiServer};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use flowpol::cluster::{watch::Live, Cluster, Endpoint};
+use k8s::{ControlPlane, FaultProxy, Mode, Options};
 use serde_json::{json, Value};
 
-const PODS: &str = "/api/v1/pods";
 /// Long enough for any retry to land: the watchers' backoff (kube-runtime's default, as
 /// client-go's) doubles from 0.8 s up to 30 s between attempts, so after an outage a retry
-/// may be up to 30 s away. (Seen once on a loaded machine: a 30 s wait was too short.)
+/// may be up to 30 s away.
 const PATIENCE: Duration = Duration::from_secs(75);
+/// flowpol's own user, so the audit log tells its requests from kubectl's and the
+/// controllers'.
+const USER: &str = "flowpol-watcher";
 
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+fn run<F: Future<Output = ()>>(f: F) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
 }
 
-async fn shop(bookmark_every: Duration) -> ApiServer {
-    ApiServer::start(
-        read_list(&fixtures().join("cluster-shop.yaml")),
-        bookmark_every,
+fn ip(s: &str) -> std::net::IpAddr {
+    s.parse().unwrap()
+}
+
+/// A control plane holding the shop fixture.
+async fn shop(opts: Options) -> ControlPlane {
+    let cp = k8s::start(opts);
+    k8s::publish(
+        &cp,
+        &k8s::read_list(&k8s::fixtures().join("cluster-shop.yaml")),
     )
-    .await
+    .await;
+    cp
 }
 
-async fn live(server: &ApiServer, dir: &tempdir::Dir) -> Live {
-    let client =
-        flowpol::cluster::watch::client(Some(&server.kubeconfig(&dir.0)), Some("stand-in"))
-            .await
-            .expect("kubeconfig is valid");
-    let live = Live::start(client, Duration::from_secs(600));
+/// flowpol's kubeconfig (its own user, admin rights) for `server`.
+fn kubeconfig(cp: &ControlPlane, server: &str) -> PathBuf {
+    let path = cp
+        .user_kubeconfig("flowpol.kubeconfig", USER, Some("system:masters"))
+        .unwrap();
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace(&cp.server(), server);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn live(kubeconfig: &std::path::Path) -> Live {
+    let live = Live::start(&k8s::connect(kubeconfig).await, Duration::from_secs(600));
     live.ready(PATIENCE).await.expect("every kind listed");
     live
 }
@@ -54,40 +80,16 @@ async fn until(live: &Live, what: &str, check: impl Fn(&Cluster) -> bool) {
         .unwrap_or_else(|_| panic!("timed out waiting for: {what}; status: {}", live.status()));
 }
 
-/// Polls `check` (state of the stand-in, not the model) until it holds.
+/// Polls `check` until it holds.
 async fn eventually(what: &str, check: impl Fn() -> bool) {
     let wait = async {
         while !check() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
     tokio::time::timeout(PATIENCE, wait)
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
-}
-
-fn run<F: Future<Output = ()>>(f: F) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
-
-fn ip(s: &str) -> std::net::IpAddr {
-    s.parse().unwrap()
-}
-
-fn pod(namespace: &str, name: &str, uid: &str, ip: &str, created: &str) -> Value {
-    json!({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "uid": uid,
-            "creationTimestamp": created, "labels": {"app": name}},
-        "spec": {"containers": [{"name": "c", "image": "x",
-            "ports": [{"containerPort": 8080, "name": "http"}]}], "nodeName": "node-a"},
-        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
-    })
 }
 
 fn pod_named(c: &Cluster, who: Endpoint) -> String {
@@ -97,29 +99,50 @@ fn pod_named(c: &Cluster, who: Endpoint) -> String {
     }
 }
 
-/// A temporary directory, removed on drop.
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Dir {
-        pub fn new(tag: &str) -> Dir {
-            let p = std::env::temp_dir().join(format!("flowpol-{tag}-{}", std::process::id()));
-            std::fs::create_dir_all(&p).unwrap();
-            Dir(p)
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+/// flowpol's requests of `verb` on pods, in the audit log.
+fn pod_requests(cp: &ControlPlane, verb: &str) -> Vec<Value> {
+    k8s::requests(cp, verb, "pods", "")
+        .into_iter()
+        .filter(|e| e["user"]["username"] == USER)
+        .collect()
+}
+
+/// Deletes a pod through API server `server` as its kubelet does once the containers are
+/// gone (at once: no kubelet runs here to finish a graceful deletion).
+fn delete_pod(cp: &ControlPlane, server: usize, namespace: &str, name: &str) {
+    let out = cp
+        .kubectl_at(server)
+        .args([
+            "delete",
+            "pod",
+            name,
+            "-n",
+            namespace,
+            "--grace-period=0",
+            "--force",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn created_at(object: &Value) -> DateTime<Utc> {
+    object["metadata"]["creationTimestamp"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
 }
 
 #[test]
-fn first_list_then_pods_come_and_go_and_addresses_are_reused() {
+fn pods_come_and_go_and_a_reused_address_is_named_by_the_time_of_the_flow() {
     run(async {
-        let server = shop(Duration::from_secs(60)).await;
-        let dir = tempdir::Dir::new("watch-churn");
-        let live = live(&server, &dir).await;
+        let cp = shop(Options::default()).await;
+        let live = live(&kubeconfig(&cp, &cp.server())).await;
         let status = live.status();
         assert!(status.ready, "{status}");
         let pods = status
@@ -127,7 +150,7 @@ fn first_list_then_pods_come_and_go_and_addresses_are_reused() {
             .iter()
             .find(|k| k.kind.as_str() == "Pod")
             .unwrap();
-        let listed = read_list(&fixtures().join("cluster-shop.yaml"))
+        let listed = k8s::read_list(&k8s::fixtures().join("cluster-shop.yaml"))
             .iter()
             .filter(|o| o["kind"] == "Pod")
             .count();
@@ -137,24 +160,32 @@ fn first_list_then_pods_come_and_go_and_addresses_are_reused() {
         let web = ip("10.244.0.11");
         let c = live.model().unwrap();
         assert_eq!(pod_named(&c, c.endpoint(web)), "shop/web-5c7b9-x2x4k");
+        // Its ReplicaSet and that one's Deployment exist in the server, read through the
+        // metadata-only watch.
         let w = c.workload(c.pod_by_name("shop", "web-5c7b9-x2x4k").unwrap());
         assert_eq!((w.kind.as_str(), w.name.as_str()), ("Deployment", "web"));
 
-        // The pod goes; a pod elsewhere gets its address a second later.
+        // The pod goes; a pod elsewhere gets its address a moment later.
         let before = Utc::now();
-        server.delete("Pod", "shop", "web-5c7b9-x2x4k");
+        delete_pod(&cp, 0, "shop", "web-5c7b9-x2x4k");
         until(&live, "the deleted pod's address is free", |c| {
             matches!(c.endpoint(web), Endpoint::External(_))
         })
         .await;
-        let created = Utc::now() + chrono::Duration::seconds(1);
-        server.apply(pod(
+        // Creation times have a resolution of one second.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        cp.kubectl_ok(&["create", "namespace", "other"]).unwrap();
+        let reuser = k8s::running_pod(
+            &cp,
             "other",
             "reuser",
-            "uid-reuser",
+            json!({"app": "reuser"}),
+            "node-a",
             "10.244.0.11",
-            &created.to_rfc3339(),
-        ));
+            true,
+        );
+        let created = created_at(&reuser);
+        assert!(created > before, "{created} after {before}");
         until(&live, "the new pod holds the address", |c| {
             pod_named(c, c.endpoint(web)) == "other/reuser"
         })
@@ -168,24 +199,184 @@ fn first_list_then_pods_come_and_go_and_addresses_are_reused() {
         assert_eq!(
             pod_named(&c, c.endpoint_at(web, created)),
             "other/reuser",
-            "from its creation on, the address is the new pod's"
+            "from its creation on (as the server stamped it), the address is the new pod's"
         );
+    });
+}
 
-        // The service's endpoints move to a new backend.
-        let slice = read_list(&fixtures().join("cluster-shop.yaml"))
-            .into_iter()
-            .find(|o| o["kind"] == "EndpointSlice" && o["metadata"]["name"] == "web-abc12")
-            .expect("fixture has the web service's slice");
-        let mut moved = slice.clone();
-        moved["endpoints"] = json!([{"addresses": ["10.244.0.99"], "conditions": {"ready": true}}]);
-        server.apply(moved);
-        until(&live, "the web service's backend moved", |c| {
-            c.services().iter().any(|s| {
-                s.name == "web"
-                    && s.endpoints
-                        .iter()
-                        .all(|g| g.addresses == vec![ip("10.244.0.99")])
-            })
+#[test]
+fn a_jobs_pod_hands_its_address_back_when_it_completes() {
+    run(async {
+        let cp = shop(Options::default()).await;
+        let live = live(&kubeconfig(&cp, &cp.server())).await;
+        let job = k8s::create(
+            &cp,
+            &json!({"apiVersion": "batch/v1", "kind": "Job",
+                "metadata": {"name": "report", "namespace": "shop"},
+                "spec": {"suspend": true, "template": {"spec": {"restartPolicy": "Never",
+                    "containers": [{"name": "c", "image": "x"}]}}}}),
+        );
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "report-x1", "namespace": "shop", "labels": {"job-name": "report"},
+                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": "report",
+                    "uid": job["metadata"]["uid"], "controller": true}]},
+            "spec": {"nodeName": "node-b", "restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}});
+        k8s::create(&cp, &pod);
+        let addr = ip("10.244.1.77");
+        k8s::set_status(
+            &cp,
+            "pod",
+            "shop",
+            "report-x1",
+            json!({"phase": "Running", "podIP": "10.244.1.77", "podIPs": [{"ip": "10.244.1.77"}]}),
+        );
+        until(&live, "the Job's pod holds its address", |c| {
+            pod_named(c, c.endpoint(addr)) == "shop/report-x1"
+        })
+        .await;
+        let c = live.model().unwrap();
+        let w = c.workload(c.pod_by_name("shop", "report-x1").unwrap());
+        assert_eq!((w.kind.as_str(), w.name.as_str()), ("Job", "report"));
+        let running = Utc::now();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Completed: the kubelet reports Succeeded and the status keeps the address, which
+        // the network has handed back.
+        k8s::set_status(
+            &cp,
+            "pod",
+            "shop",
+            "report-x1",
+            json!({"phase": "Succeeded",
+            "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted"}]}),
+        );
+        until(
+            &live,
+            "the completed pod no longer holds its address",
+            |c| matches!(c.endpoint(addr), Endpoint::External(_)),
+        )
+        .await;
+        let held = k8s::get_json(&cp, &["pod", "report-x1", "-n", "shop"]);
+        assert_eq!(
+            held["status"]["podIP"], "10.244.1.77",
+            "the server keeps the address in the status"
+        );
+        let c = live.model().unwrap();
+        assert_eq!(
+            pod_named(&c, c.endpoint_at(addr, running)),
+            "shop/report-x1",
+            "while it ran, the address was the pod's"
+        );
+        assert!(
+            c.pod_by_name("shop", "report-x1").is_some(),
+            "the pod itself stays in the model"
+        );
+        // A new pod may get the address now.
+        k8s::running_pod(
+            &cp,
+            "shop",
+            "next",
+            json!({"app": "next"}),
+            "node-b",
+            "10.244.1.77",
+            true,
+        );
+        until(&live, "the new holder", |c| {
+            pod_named(c, c.endpoint(addr)) == "shop/next"
+        })
+        .await;
+    });
+}
+
+#[test]
+fn endpoints_follow_backends_as_they_become_ready_and_namespace_labels_change() {
+    run(async {
+        let cp = shop(Options::default()).await;
+        let live = live(&kubeconfig(&cp, &cp.server())).await;
+        let web_backends = |c: &Cluster| -> Vec<std::net::IpAddr> {
+            let mut a: Vec<_> = c
+                .services()
+                .iter()
+                .filter(|s| s.name == "web")
+                .flat_map(|s| s.endpoints.iter().flat_map(|g| g.addresses.clone()))
+                .collect();
+            a.sort();
+            a
+        };
+        assert_eq!(
+            web_backends(&live.model().unwrap()),
+            vec![ip("10.244.0.11")]
+        );
+        // A second replica starts, not ready yet: the controller lists it as not ready, and
+        // the model leaves it out.
+        let labels = json!({"app.kubernetes.io/name": "web", "tier": "frontend"});
+        k8s::running_pod(
+            &cp,
+            "shop",
+            "web-second",
+            labels,
+            "node-b",
+            "10.244.1.21",
+            false,
+        );
+        eventually("the controller lists the unready backend", || {
+            k8s::get_json(
+                &cp,
+                &[
+                    "endpointslices",
+                    "-n",
+                    "shop",
+                    "-l",
+                    "kubernetes.io/service-name=web",
+                ],
+            )["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .flat_map(|s| s["endpoints"].as_array().cloned().unwrap_or_default())
+                .any(|e| e["addresses"][0] == "10.244.1.21" && e["conditions"]["ready"] == false)
+        })
+        .await;
+        assert_eq!(
+            web_backends(&live.model().unwrap()),
+            vec![ip("10.244.0.11")]
+        );
+        // It becomes ready; then the first one goes.
+        k8s::set_status(
+            &cp,
+            "pod",
+            "shop",
+            "web-second",
+            json!({"conditions": [
+            {"type": "Ready", "status": "True"}, {"type": "ContainersReady", "status": "True"}]}),
+        );
+        until(&live, "the ready replica is a backend", |c| {
+            web_backends(c) == vec![ip("10.244.0.11"), ip("10.244.1.21")]
+        })
+        .await;
+        delete_pod(&cp, 0, "shop", "web-5c7b9-x2x4k");
+        until(&live, "only the second replica is left", |c| {
+            web_backends(c) == vec![ip("10.244.1.21")]
+        })
+        .await;
+        // Namespace labels change, and with them what policies select.
+        cp.kubectl_ok(&[
+            "label",
+            "namespace",
+            "payments",
+            "team=checkout",
+            "--overwrite",
+        ])
+        .unwrap();
+        until(&live, "the namespace's new label", |c| {
+            let ns = c.namespace_id("payments").unwrap();
+            c.namespace(ns).labels.get("team").map(String::as_str) == Some("checkout")
+        })
+        .await;
+        cp.kubectl_ok(&["label", "namespace", "payments", "team-"])
+            .unwrap();
+        until(&live, "the label removed", |c| {
+            let ns = c.namespace_id("payments").unwrap();
+            !c.namespace(ns).labels.contains_key("team")
         })
         .await;
     });
@@ -194,28 +385,34 @@ fn first_list_then_pods_come_and_go_and_addresses_are_reused() {
 #[test]
 fn owners_are_read_from_metadata_only_watches() {
     run(async {
-        let server = shop(Duration::from_secs(60)).await;
-        let dir = tempdir::Dir::new("watch-owners");
-        let live = live(&server, &dir).await;
+        let cp = shop(Options::default()).await;
+        let live = live(&kubeconfig(&cp, &cp.server())).await;
         // A ReplicaSet whose name says nothing about its Deployment: only its owner
         // reference, read through the metadata-only watch, names the workload.
-        server.apply(json!({
-            "apiVersion": "apps/v1", "kind": "ReplicaSet",
-            "metadata": {"name": "rs-opaque", "namespace": "shop", "uid": "uid-rs",
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
-                    "name": "storefront", "uid": "uid-d", "controller": true}]},
-            "spec": {"selector": {}}
-        }));
-        let mut p = pod(
-            "shop",
-            "rs-opaque-abcde",
-            "uid-p",
-            "10.244.0.77",
-            "2026-11-20T10:00:00Z",
+        let labels = json!({"app": "storefront"});
+        let template = json!({"metadata": {"labels": labels}, "spec": {"containers": [{"name": "c", "image": "x"}]}});
+        let deployment = k8s::create(
+            &cp,
+            &json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "storefront", "namespace": "shop"},
+                "spec": {"selector": {"matchLabels": labels}, "template": template}}),
         );
-        p["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet",
-            "name": "rs-opaque", "uid": "uid-rs", "controller": true}]);
-        server.apply(p);
+        let rs = k8s::create(
+            &cp,
+            &json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                "metadata": {"name": "rs-opaque", "namespace": "shop",
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                        "name": "storefront", "uid": deployment["metadata"]["uid"], "controller": true}]},
+                "spec": {"selector": {"matchLabels": labels}, "template": template}}),
+        );
+        k8s::create(
+            &cp,
+            &json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "rs-opaque-abcde", "namespace": "shop", "labels": labels,
+                    "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                        "name": "rs-opaque", "uid": rs["metadata"]["uid"], "controller": true}]},
+                "spec": {"nodeName": "node-a", "containers": [{"name": "c", "image": "x"}]}}),
+        );
         until(&live, "the pod's workload is the Deployment", |c| {
             c.pod_by_name("shop", "rs-opaque-abcde").is_some_and(|id| {
                 let w = c.workload(id);
@@ -227,85 +424,123 @@ fn owners_are_read_from_metadata_only_watches() {
 }
 
 #[test]
-fn a_cut_watch_resumes_where_it_was_without_relisting() {
+fn a_cut_or_refused_watch_resumes_from_its_resource_version_without_relisting() {
     run(async {
-        let server = shop(Duration::from_secs(60)).await;
-        let dir = tempdir::Dir::new("watch-cut");
-        let live = live(&server, &dir).await;
-        assert_eq!(server.lists(PODS), 1);
-        let watches = server.watches(PODS);
-        server.cut_watches();
-        server.apply(pod(
+        // The store compacts its history every second: resuming works from the API server's
+        // watch cache, not from history the store still happens to keep.
+        let cp = shop(Options {
+            compaction: Some(Duration::from_secs(1)),
+            ..Options::default()
+        })
+        .await;
+        let proxy = FaultProxy::start(cp.apiserver_addr(0)).unwrap();
+        let live = live(&kubeconfig(&cp, &proxy.url())).await;
+        assert_eq!(pod_requests(&cp, "list").len(), 1);
+        let watches = pod_requests(&cp, "watch").len();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Cut mid-stream: every open watch ends at once.
+        proxy.cut();
+        k8s::running_pod(
+            &cp,
             "shop",
             "late",
-            "uid-late",
+            json!({"app": "late"}),
+            "node-a",
             "10.244.0.50",
-            "2026-11-20T10:00:00Z",
-        ));
+            true,
+        );
         until(&live, "the pod created across the cut arrives", |c| {
             pod_named(c, c.endpoint(ip("10.244.0.50"))) == "shop/late"
         })
         .await;
-        assert!(server.watches(PODS) > watches, "the watch was reopened");
+        eventually("the pod watch is reopened", || {
+            pod_requests(&cp, "watch").len() > watches
+        })
+        .await;
+        // Refused for a while: the watchers say so, and resume when let through.
+        proxy.set(Mode::Refuse);
+        eventually("the watchers notice", || live.status().stale_seconds > 0.0).await;
+        k8s::running_pod(
+            &cp,
+            "shop",
+            "later",
+            json!({"app": "later"}),
+            "node-a",
+            "10.244.0.51",
+            true,
+        );
+        proxy.set(Mode::Pass);
+        until(&live, "the pod created while refused arrives", |c| {
+            c.pod_by_name("shop", "later").is_some()
+        })
+        .await;
+        eventually("the watchers recover", || {
+            let s = live.status();
+            s.ready && s.stale_seconds == 0.0
+        })
+        .await;
+        let resumed: Vec<String> = pod_requests(&cp, "watch")
+            .iter()
+            .map(|e| e["requestURI"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(
+            resumed
+                .iter()
+                .skip(1)
+                .all(|u| u.contains("resourceVersion=")),
+            "every reopened watch names the resourceVersion it had reached: {resumed:#?}"
+        );
         assert_eq!(
-            server.lists(PODS),
+            pod_requests(&cp, "list").len(),
             1,
             "resumed from its resourceVersion, no relist"
         );
     });
 }
 
-#[test]
-fn bookmarks_keep_a_quiet_watch_resumable_after_compaction() {
-    run(async {
-        let server = shop(Duration::from_millis(100)).await;
-        let dir = tempdir::Dir::new("watch-bookmark");
-        let live = live(&server, &dir).await;
-        // Other kinds move the resourceVersion on; the pod watch hears of it only by bookmark.
-        server.apply(json!({"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": "newcomer"}}));
-        until(&live, "the namespace arrives", |c| {
-            c.namespace_id("newcomer").is_some()
+/// The last resourceVersion flowpol's pod watch asked for.
+fn last_watch_version(cp: &ControlPlane) -> u64 {
+    pod_requests(cp, "watch")
+        .iter()
+        .filter_map(|e| {
+            let uri = e["requestURI"].as_str()?;
+            let v = uri.split("resourceVersion=").nth(1)?;
+            v.split('&').next()?.parse().ok()
         })
-        .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        server.compact();
-        let watches = server.watches(PODS);
-        server.cut_watches();
-        eventually("the pod watch is reopened", || {
-            server.watches(PODS) > watches
+        .next_back()
+        .expect("a watch from a resourceVersion")
+}
+
+/// The highest revision kine says it compacted to.
+fn compacted_to(cp: &ControlPlane) -> u64 {
+    std::fs::read_to_string(cp.dir().join("kine.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.split("COMPACT compacted from ").nth(1)?;
+            rest.split_whitespace().nth(2)?.parse().ok()
         })
-        .await;
-        server.apply(pod(
-            "shop",
-            "after",
-            "uid-after",
-            "10.244.0.51",
-            "2026-11-20T10:00:00Z",
-        ));
-        until(&live, "a pod created after the compaction arrives", |c| {
-            c.pod_by_name("shop", "after").is_some()
-        })
-        .await;
-        assert_eq!(
-            server.lists(PODS),
-            1,
-            "the bookmark's resourceVersion survived compaction: no 410, no relist"
-        );
-    });
+        .max()
+        .unwrap_or(0)
 }
 
 #[test]
-fn a_restarted_server_with_compacted_history_is_relisted() {
+fn an_api_server_restart_after_compaction_relists_and_loses_nothing() {
     run(async {
-        let server = shop(Duration::from_secs(60)).await;
-        let dir = tempdir::Dir::new("watch-restart");
-        let live = live(&server, &dir).await;
+        // Two API servers on one store, as in a highly available control plane: flowpol
+        // watches through the first, the changes during its restart go through the second.
+        let mut cp = shop(Options {
+            compaction: Some(Duration::from_secs(1)),
+            ..Options::default()
+        })
+        .await;
+        let second = cp.add_apiserver().unwrap();
+        let live = live(&kubeconfig(&cp, &cp.server())).await;
+        let cart = ip("10.244.1.12");
         let before = Utc::now();
-        // Down: the watchers fail and say for how long.
-        server.stop();
-        server.delete("Pod", "shop", "cart-0");
-        server.compact();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let watched = last_watch_version(&cp);
+        cp.stop_apiserver(0);
         eventually("the watchers notice the outage", || {
             live.status().stale_seconds > 0.0
         })
@@ -318,17 +553,58 @@ fn a_restarted_server_with_compacted_history_is_relisted() {
                 .any(|k| k.errors > 0 && k.last_error.is_some()),
             "{status:?}"
         );
-        // Up again: resuming from the old resourceVersion gets 410 Gone, so they relist, and
-        // the pod deleted meanwhile leaves the model (kept for attribution of old flows).
-        server.restart().await;
-        let cart = ip("10.244.1.12");
+        // Meanwhile, through the other API server: a pod deleted, one created, a namespace
+        // relabelled.
+        let via_second = |args: &[&str]| {
+            let out = cp.kubectl_at(second).args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        delete_pod(&cp, second, "shop", "cart-0");
+        via_second(&["label", "namespace", "data", "tier=storage"]);
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "newcomer", "namespace": "shop"},
+            "spec": {"nodeName": "node-b", "containers": [{"name": "c", "image": "x"}]}});
+        let out = cp
+            .kubectl_at(second)
+            .args(["create", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .and_then(|mut c| {
+                use std::io::Write;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(pod.to_string().as_bytes())?;
+                c.wait()
+            })
+            .unwrap();
+        assert!(out.success());
+        // The store's history is compacted past where the watchers were.
+        eventually("kine compacts past the watch's resourceVersion", || {
+            compacted_to(&cp) > watched
+        })
+        .await;
+        cp.start_apiserver(0).unwrap();
+        // Resuming from the old resourceVersion gets 410 Gone, so they relist, and the pod
+        // deleted meanwhile leaves the model (kept for attribution of old flows).
         until(
             &live,
             "the relist drops the pod deleted during the outage",
             |c| matches!(c.endpoint(cart), Endpoint::External(_)),
         )
         .await;
-        assert!(server.lists(PODS) >= 2, "relisted after 410");
+        until(&live, "and brings what changed", |c| {
+            let data = c.namespace_id("data").unwrap();
+            c.pod_by_name("shop", "newcomer").is_some()
+                && c.namespace(data).labels.get("tier").map(String::as_str) == Some("storage")
+        })
+        .await;
+        assert!(pod_requests(&cp, "list").len() >= 2, "relisted after 410");
         let c = live.model().unwrap();
         assert_eq!(pod_named(&c, c.endpoint_at(cart, before)), "shop/cart-0");
         eventually("the watchers recover", || {
@@ -336,92 +612,5 @@ fn a_restarted_server_with_compacted_history_is_relisted() {
             s.ready && s.stale_seconds == 0.0
         })
         .await;
-    });
-}
-
-fn flowpol<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_flowpol"))
-        .args(args)
-        .current_dir(fixtures())
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("flowpol runs");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-#[test]
-fn enrich_and_eval_from_the_api_server_match_the_snapshot() {
-    run(async {
-        let server = shop(Duration::from_secs(60)).await;
-        let dir = tempdir::Dir::new("watch-cli");
-        let kubeconfig = server.kubeconfig(&dir.0);
-        let cli = |args: &[&str]| {
-            let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-            all.extend(["--kubeconfig".into(), kubeconfig.display().to_string()]);
-            tokio::task::spawn_blocking(move || flowpol(&all))
-        };
-        for (args, snapshot_args) in [
-            (
-                vec![
-                    "enrich",
-                    "--flows",
-                    "flows-shop.jsonl",
-                    "--context",
-                    "stand-in",
-                ],
-                vec![
-                    "enrich",
-                    "--flows",
-                    "flows-shop.jsonl",
-                    "--cluster",
-                    "cluster-shop.yaml",
-                ],
-            ),
-            (
-                vec![
-                    "eval",
-                    "--flows",
-                    "flows-shop.jsonl",
-                    "--context",
-                    "stand-in",
-                ],
-                vec![
-                    "eval",
-                    "--flows",
-                    "flows-shop.jsonl",
-                    "--cluster",
-                    "cluster-shop.yaml",
-                ],
-            ),
-        ] {
-            let (ok, live_out, err) = cli(&args).await.unwrap();
-            assert!(ok, "{args:?}: {err}");
-            let (ok, snap_out, err) = flowpol(&snapshot_args);
-            assert!(ok, "{err}");
-            assert!(!live_out.is_empty());
-            assert_eq!(
-                live_out, snap_out,
-                "{args:?}: live model and snapshot disagree"
-            );
-        }
-        // The kubeconfig's current context points nowhere: without --context it cannot list.
-        let (ok, out, err) = cli(&[
-            "enrich",
-            "--flows",
-            "flows-shop.jsonl",
-            "--kube-timeout",
-            "2s",
-        ])
-        .await
-        .unwrap();
-        assert!(!ok && out.is_empty(), "{out}");
-        assert!(
-            err.contains("not complete after 2s") && err.contains("Pod"),
-            "{err}"
-        );
     });
 }

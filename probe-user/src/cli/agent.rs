@@ -109,9 +109,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             (model, None)
         } else if args.source.live_requested() {
-            let client = args.source.client().await?;
-            let live = watch::Live::start(client.clone(), args.source.deleted_pod_grace);
-            (Model::Live(live), (!args.no_store).then_some(client))
+            let connection = args.source.connect().await?;
+            let live = watch::Live::start(&connection, args.source.deleted_pod_grace);
+            (Model::Live(live), (!args.no_store).then_some(connection.client))
         } else {
             anyhow::bail!("name a cluster: --kube (the API server) or --cluster FILE (a snapshot)");
         };

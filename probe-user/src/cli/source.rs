@@ -85,8 +85,9 @@ impl FlowsFrom {
         }
         let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
         let (loaded, objects) = rt.block_on(async {
-            let client = self.source.client().await?;
-            let live = Live::start(client.clone(), self.source.deleted_pod_grace);
+            let connection = self.source.connect().await?;
+            let client = connection.client.clone();
+            let live = Live::start(&connection, self.source.deleted_pod_grace);
             let loaded = self.source.take(&live).await?;
             let objects = flowpol::agent::store::list(&client)
                 .await
@@ -159,16 +160,16 @@ impl Source {
         self.cluster.is_none() && (self.kube || self.kubeconfig.is_some() || self.context.is_some())
     }
 
-    /// A client for the API server, configured as kubectl would be.
-    pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        watch::client(self.kubeconfig.as_deref(), self.context.as_deref())
+    /// A connection to the API server, configured as kubectl would be.
+    pub async fn connect(&self) -> anyhow::Result<watch::Connection> {
+        watch::connect(self.kubeconfig.as_deref(), self.context.as_deref())
             .await
             .context("connecting to the Kubernetes API server")
     }
 
     /// Connects and starts the watchers (needs a tokio runtime).
     pub async fn start(&self) -> anyhow::Result<Live> {
-        Ok(Live::start(self.client().await?, self.deleted_pod_grace))
+        Ok(Live::start(&self.connect().await?, self.deleted_pod_grace))
     }
 
     /// Waits for the live model to be complete and takes it.

@@ -10,6 +10,7 @@
 //! reachability matrix. hostNetwork pods are reached at their node's address, so an address
 //! they share with their node resolves to the node.
 pub mod objects;
+pub mod publish;
 pub mod snapshot;
 pub mod watch;
 

@@ -54,13 +54,90 @@ pub enum ConnectError {
     Client(#[source] kube::Error),
 }
 
-/// A client configured as kubectl would be: `kubeconfig` (else `$KUBECONFIG`, else
-/// `~/.kube/config`, else the in-cluster service account) and its `context` (else the
-/// current one).
-pub async fn client(
+/// A client for the API server, and what it has seen of watches.
+#[derive(Clone)]
+pub struct Connection {
+    pub client: Client,
+    watches: WatchLog,
+}
+
+/// When a watch of each collection (`/api/v1/pods`) was last established: the API server
+/// answered a watch request with 200. kube-runtime resumes a broken watch silently, and a
+/// quiet kind then has no event to show that it recovered; this shows it.
+#[derive(Clone, Default)]
+struct WatchLog(Arc<Mutex<BTreeMap<String, Instant>>>);
+
+impl WatchLog {
+    fn established_since(&self, collection: &str, since: Instant) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(collection)
+            .is_some_and(|t| *t >= since)
+    }
+}
+
+impl<S> tower::Layer<S> for WatchLog {
+    type Service = Recording<S>;
+
+    fn layer(&self, inner: S) -> Recording<S> {
+        Recording {
+            inner,
+            log: self.clone(),
+        }
+    }
+}
+
+/// The client's HTTP stack, noting each watch the server accepted in a [`WatchLog`].
+#[derive(Clone)]
+pub struct Recording<S> {
+    inner: S,
+    log: WatchLog,
+}
+
+impl<S, B, R> tower::Service<http::Request<B>> for Recording<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures::future::BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let uri = req.uri();
+        let watch = uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "watch=true" || p == "watch=1"));
+        let collection = uri.path().to_owned();
+        let log = self.log.clone();
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let r = response.await?;
+            if watch && r.status().is_success() {
+                log.0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(collection, Instant::now());
+            }
+            Ok(r)
+        })
+    }
+}
+
+/// Connects as kubectl would: `kubeconfig` (else `$KUBECONFIG`, else `~/.kube/config`,
+/// else the in-cluster service account) and its `context` (else the current one).
+pub async fn connect(
     kubeconfig: Option<&Path>,
     context: Option<&str>,
-) -> Result<Client, ConnectError> {
+) -> Result<Connection, ConnectError> {
     let options = KubeConfigOptions {
         context: context.map(str::to_owned),
         ..KubeConfigOptions::default()
@@ -89,7 +166,12 @@ pub async fn client(
         }
         (None, None) => Config::infer().await.map_err(ConnectError::Infer)?,
     };
-    Client::try_from(config).map_err(ConnectError::Client)
+    let watches = WatchLog::default();
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(ConnectError::Client)?
+        .with_layer(&watches)
+        .build();
+    Ok(Connection { client, watches })
 }
 
 /// How one kind's watcher is doing.
@@ -102,6 +184,8 @@ struct Health {
     rejected: u64,
     last_error: Option<String>,
     failing_since: Option<Instant>,
+    /// The collection its watcher watches (`/api/v1/pods`).
+    collection: String,
 }
 
 #[derive(Default)]
@@ -116,6 +200,7 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
+    watches: WatchLog,
     changed: tokio::sync::watch::Sender<u64>,
     /// How long deleted pods are kept for attribution.
     grace: Duration,
@@ -241,14 +326,15 @@ impl std::fmt::Display for Status {
 impl Live {
     /// Starts one watcher per kind. Deleted pods are kept `grace` long, so flows seen while
     /// they lived are still attributed to them.
-    pub fn start(client: Client, grace: Duration) -> Live {
+    pub fn start(connection: &Connection, grace: Duration) -> Live {
         let (changed, _) = tokio::sync::watch::channel(0);
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
+            watches: connection.watches.clone(),
             changed,
             grace,
         });
-        let c = || client.clone();
+        let c = || connection.client.clone();
         let tasks = vec![
             spawn(
                 &shared,
@@ -299,7 +385,16 @@ impl Live {
     }
 
     pub fn status(&self) -> Status {
-        let st = self.shared.lock();
+        let mut st = self.shared.lock();
+        // A watch re-established since a kind failed is the end of its failure, events or
+        // none.
+        for h in st.health.values_mut() {
+            if h.failing_since
+                .is_some_and(|t| self.shared.watches.established_since(&h.collection, t))
+            {
+                h.failing_since = None;
+            }
+        }
         let kinds: Vec<KindStatus> = Kind::ALL
             .iter()
             .map(|&kind| {
@@ -398,6 +493,7 @@ where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let shared = shared.clone();
+    shared.lock().health.entry(kind).or_default().collection = api.resource_url().to_owned();
     tokio::spawn(async move {
         let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
         let mut stream = std::pin::pin!(stream);

@@ -219,6 +219,52 @@ impl Module {
     }
 }
 
+/// Cilium's published CiliumNetworkPolicy CRD (the module holds the generated schema the
+/// operator installs), for holding `flowpol suggest --format cilium` against it.
+const CILIUM: (&str, &str, &str) = (
+    "github.com/cilium/cilium",
+    "v1.20.2",
+    "pkg/k8s/apis/cilium.io/client/crds/v2/ciliumnetworkpolicies.yaml",
+);
+
+fn cilium_crd() -> PathBuf {
+    cache_root()
+        .join("k8s")
+        .join(format!("cilium-{}", CILIUM.1))
+        .join("ciliumnetworkpolicies.yaml")
+}
+
+/// Copies the CRD out of the module (downloaded, and checked against the checksum
+/// database, by `go mod download`).
+fn fetch_cilium_crd() -> Result<()> {
+    let dest = cilium_crd();
+    if dest.is_file() {
+        return Ok(());
+    }
+    let (module, version, file) = CILIUM;
+    let out = Command::new("go")
+        .args(["mod", "download", "-json", &format!("{module}@{version}")])
+        .current_dir(std::env::temp_dir())
+        .env("GO111MODULE", "on")
+        .output()
+        .context("building the control plane needs Go: `go` is not on PATH")?;
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let Some(dir) = info["Dir"].as_str().filter(|_| out.status.success()) else {
+        bail!(
+            "cannot download {module}@{version} from the Go module proxy: {}{}",
+            info["Error"].as_str().unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    };
+    let parent = dest.parent().expect("a file in a folder");
+    std::fs::create_dir_all(parent)?;
+    let tmp = dest.with_extension("tmp");
+    std::fs::copy(Path::new(dir).join(file), &tmp)
+        .with_context(|| format!("{module}@{version} has no {file}"))?;
+    std::fs::rename(&tmp, &dest)?;
+    Ok(())
+}
+
 /// `2026-10-27 12:01:04 +0000 UTC` (Go's time format) as `2026-10-27T12:01:04Z`.
 fn chrono_like(go_time: &str) -> String {
     let mut words = go_time.split_whitespace();
@@ -248,6 +294,8 @@ pub struct Binaries {
     pub kube_controller_manager: PathBuf,
     pub kubectl: PathBuf,
     pub kine: PathBuf,
+    /// Cilium's CiliumNetworkPolicy CRD (YAML).
+    pub cilium_crd: PathBuf,
 }
 
 impl Binaries {
@@ -258,12 +306,13 @@ impl Binaries {
             kube_controller_manager: KUBERNETES.binary("kube-controller-manager"),
             kubectl: KUBERNETES.binary("kubectl"),
             kine: KINE.binary("kine"),
+            cilium_crd: cilium_crd(),
         }
     }
 
     /// The built binaries, or an error that says how to build them.
     pub fn find() -> Result<Binaries> {
-        if KUBERNETES.built() && KINE.built() {
+        if KUBERNETES.built() && KINE.built() && cilium_crd().is_file() {
             return Ok(Self::cached());
         }
         bail!(
@@ -279,6 +328,7 @@ impl Binaries {
     pub fn build() -> Result<Binaries> {
         KUBERNETES.build()?;
         KINE.build()?;
+        fetch_cilium_crd()?;
         Ok(Self::cached())
     }
 
@@ -291,9 +341,10 @@ impl Binaries {
 /// `kubernetes v1.37.2, kine v0.17.5`
 pub fn versions() -> String {
     format!(
-        "kubernetes {}, kine {}",
+        "kubernetes {}, kine {}, cilium CRDs {}",
         KUBERNETES.version(),
-        KINE.version()
+        KINE.version(),
+        CILIUM.1
     )
 }
 

@@ -192,10 +192,6 @@ impl ControlPlane {
         };
         cp.start_kine()?;
         cp.add_apiserver()?;
-        write(
-            &cp.kubeconfig_path(),
-            &kubeconfig(&cp.server(), &cp.pki.ca.cert, &cert_user(&cp.admin)),
-        )?;
         if cp.opts.controller_manager {
             cp.start_controller_manager()?;
         }
@@ -327,7 +323,7 @@ impl ControlPlane {
     }
 
     fn wait_ready(&mut self, index: usize, limit: Duration) -> Result<()> {
-        let kubeconfig = self.dir.join(format!("readyz-{index}.kubeconfig"));
+        let kubeconfig = self.admin_kubeconfig(index);
         let server = format!("https://127.0.0.1:{}", self.apiservers[index].port);
         write(
             &kubeconfig,
@@ -423,7 +419,12 @@ impl ControlPlane {
 
     /// The admin kubeconfig (group system:masters) for the first API server.
     pub fn kubeconfig_path(&self) -> PathBuf {
-        self.dir.join("admin.kubeconfig")
+        self.admin_kubeconfig(0)
+    }
+
+    /// The admin kubeconfig for API server `index`.
+    pub fn admin_kubeconfig(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("admin-{index}.kubeconfig"))
     }
 
     /// The first API server's URL.
@@ -478,8 +479,13 @@ impl ControlPlane {
 
     /// The built kubectl, as admin of this control plane.
     pub fn kubectl_command(&self) -> Command {
+        self.kubectl_at(0)
+    }
+
+    /// The built kubectl, as admin, talking to API server `index`.
+    pub fn kubectl_at(&self, index: usize) -> Command {
         let mut c = Command::new(&self.bins.kubectl);
-        c.arg("--kubeconfig").arg(self.kubeconfig_path());
+        c.arg("--kubeconfig").arg(self.admin_kubeconfig(index));
         c
     }
 

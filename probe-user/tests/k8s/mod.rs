@@ -1,0 +1,250 @@
+#![allow(dead_code, reason = "each test binary uses a part of these helpers")]
+//! The real control plane under the kube-facing tests: kube-apiserver on kine with
+//! kube-controller-manager, built from upstream (`cargo xtask k8s build`), one per test, so
+//! what a cluster decides (validation, defaults, schema pruning, server-side apply merges,
+//! RBAC, endpoints, compaction) is decided by the real thing. Helpers read what the server
+//! holds and what its audit log says it was asked.
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+pub use controlplane::{ControlPlane, FaultProxy, Mode, Options};
+use serde_json::Value;
+
+pub fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
+}
+
+pub fn deploy() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+/// A control plane for one test; fails the test, naming the remedy, when it cannot start.
+pub fn start(opts: Options) -> ControlPlane {
+    ControlPlane::start(opts).unwrap_or_else(|e| panic!("starting the control plane: {e:#}"))
+}
+
+/// The items of a `kubectl get -o yaml` List (or multi-document YAML) file.
+pub fn read_list(path: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut out = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        match v["items"].as_array() {
+            Some(items) if v["kind"] == "List" => out.extend(items.iter().cloned()),
+            _ => out.push(v),
+        }
+    }
+    out
+}
+
+/// A connection for `kubeconfig`, as flowpol makes its own.
+pub async fn connect(kubeconfig: &Path) -> flowpol::cluster::watch::Connection {
+    flowpol::cluster::watch::connect(Some(kubeconfig), None)
+        .await
+        .expect("the control plane's kubeconfig is valid")
+}
+
+/// Writes `objects` into the cluster as a cluster holds them (see `cluster::publish`).
+pub async fn publish(cp: &ControlPlane, objects: &[Value]) {
+    let c = connect(&cp.kubeconfig_path()).await.client;
+    flowpol::cluster::publish::publish(&c, objects, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("publishing: {:#}\n{}", anyhow::Error::from(e), cp.logs()));
+}
+
+/// Installs flowpol's CRD from deploy/ and waits until it is Established.
+pub fn install_crd(cp: &ControlPlane) {
+    let crd = deploy().join("crd.yaml");
+    cp.kubectl_ok(&["apply", "-f", crd.to_str().unwrap()])
+        .unwrap();
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/observedtraffics.flowpol.io",
+    ])
+    .unwrap();
+}
+
+/// `kubectl get ARGS -o json`, parsed.
+pub fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
+    let mut all = vec!["get"];
+    all.extend(args);
+    all.extend(["-o", "json"]);
+    serde_json::from_str(&cp.kubectl_ok(&all).unwrap()).unwrap()
+}
+
+/// Every ObservedTraffic object the server holds.
+pub fn all_observed(cp: &ControlPlane) -> Vec<Value> {
+    get_json(cp, &["observedtraffics", "-A"])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// One ObservedTraffic object, if the server holds it.
+pub fn observed(cp: &ControlPlane, namespace: &str, name: &str) -> Option<Value> {
+    all_observed(cp)
+        .into_iter()
+        .find(|o| o["metadata"]["namespace"] == namespace && o["metadata"]["name"] == name)
+}
+
+/// The field managers that applied (server-side) to `object`, as its managedFields record.
+pub fn appliers(object: &Value) -> Vec<String> {
+    let mut m: Vec<String> = object["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["operation"] == "Apply")
+        .filter_map(|f| f["manager"].as_str().map(str::to_owned))
+        .collect();
+    m.sort();
+    m
+}
+
+/// Audited requests matching `verb` on `resource` (ResponseComplete or, for watches,
+/// ResponseStarted: one entry per request), whose URI contains `uri_part`.
+pub fn requests(cp: &ControlPlane, verb: &str, resource: &str, uri_part: &str) -> Vec<Value> {
+    cp.audit()
+        .into_iter()
+        .filter(|e| e["verb"] == verb && e["objectRef"]["resource"] == resource)
+        .filter(|e| {
+            let stage = if verb == "watch" {
+                "ResponseStarted"
+            } else {
+                "ResponseComplete"
+            };
+            e["stage"] == stage
+        })
+        .filter(|e| {
+            e["requestURI"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(uri_part)
+        })
+        .collect()
+}
+
+/// Server-side applies of ObservedTraffic by `manager` (the field manager, URL-encoded as
+/// the request carries it).
+pub fn applies(cp: &ControlPlane, manager: &str) -> usize {
+    let encoded = manager.replace('/', "%2F");
+    requests(
+        cp,
+        "patch",
+        "observedtraffics",
+        &format!("fieldManager={encoded}"),
+    )
+    .len()
+}
+
+/// The flow records of `path` moved in time so the first is at `start`, gaps kept: the
+/// fixtures' traffic as if it happened now, after the pods the real server created just now.
+pub fn shifted_flows(path: &Path, start: chrono::DateTime<chrono::Utc>, out: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut records: Vec<Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let times = |r: &Value| {
+        ["first_seen", "last_seen"]
+            .into_iter()
+            .filter_map(|f| r[f].as_str())
+            .filter_map(|t| t.parse::<chrono::DateTime<chrono::Utc>>().ok())
+            .collect::<Vec<_>>()
+    };
+    let earliest = records.iter().flat_map(times).min().expect("timed records");
+    let by = start - earliest;
+    for r in &mut records {
+        for f in ["first_seen", "last_seen"] {
+            if let Some(t) = r[f].as_str() {
+                let t: chrono::DateTime<chrono::Utc> = t.parse().unwrap();
+                r[f] = Value::String((t + by).to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true));
+            }
+        }
+    }
+    let lines: Vec<String> = records.iter().map(Value::to_string).collect();
+    std::fs::write(out, lines.join("\n") + "\n").unwrap();
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("flowpol-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Creates `object` with kubectl; returns it as the server holds it.
+pub fn create(cp: &ControlPlane, object: &Value) -> Value {
+    let out = cp.kubectl_stdin(&["create", "-f", "-", "-o", "json"], &object.to_string());
+    assert!(
+        out.status.success(),
+        "kubectl create {}: {}",
+        object["metadata"]["name"],
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Writes a status through the status subresource, as a kubelet or controller does.
+pub fn set_status(cp: &ControlPlane, kind: &str, namespace: &str, name: &str, status: Value) {
+    let patch = serde_json::json!({ "status": status }).to_string();
+    cp.kubectl_ok(&[
+        "patch",
+        kind,
+        name,
+        "-n",
+        namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &patch,
+    ])
+    .unwrap();
+}
+
+/// A pod on `node` with a named container port, created, then running at `ip` (and Ready
+/// when `ready`) as its kubelet would report it. Returns the pod as created.
+pub fn running_pod(
+    cp: &ControlPlane,
+    namespace: &str,
+    name: &str,
+    labels: Value,
+    node: &str,
+    ip: &str,
+    ready: bool,
+) -> Value {
+    let created = create(
+        cp,
+        &serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": namespace, "labels": labels},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "x",
+                "ports": [{"containerPort": 8080, "name": "http"}]}]},
+        }),
+    );
+    let ready = if ready { "True" } else { "False" };
+    set_status(
+        cp,
+        "pod",
+        namespace,
+        name,
+        serde_json::json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": ready}, {"type": "ContainersReady", "status": ready}]}),
+    );
+    created
+}
