@@ -1,22 +1,24 @@
-//! The agent's cluster-wide store against the API server stand-in: server-side apply of each
-//! node's share, two nodes merging into one object, an outage that loses nothing, a restart
-//! that resumes from what the cluster holds, evictions that do not delete history, pacing;
-//! and `verify`/`suggest --from-cluster` reading the objects back, also as the kubectl plugin.
-mod apiserver;
+//! The agent's cluster-wide store against a real kube-apiserver with flowpol's CRD: each
+//! node's share server-side applied, two nodes merged into one object by the CRD's own
+//! list-map keys, an outage (the API server stopped) that loses nothing, a restart that
+//! resumes from what the cluster holds, a missing CRD named, evictions that do not delete
+//! history, pacing; and `verify`/`suggest --from-cluster` reading the objects back, also as
+//! the kubectl plugin through the built kubectl.
 mod common;
+mod k8s;
 
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use apiserver::{read_list, ApiServer};
 use flowpol::{
     agent::store::{field_manager, Writer},
     cluster::Workload,
     observed::Observed,
     record::{Endpoint, EndpointKind, FlowRecord, Identity, Observer, Protocol, Side, Verdict},
 };
+use k8s::{ControlPlane, Options};
 use serde_json::Value;
 
 fn pod(ip: &str, ns: &str, kind: &str, name: &str, node: &str) -> Endpoint {
@@ -57,10 +59,24 @@ fn web_to_db(node: &str, verdict: Verdict, count: u64, at: &str) -> FlowRecord {
     r
 }
 
-async fn client(server: &ApiServer, dir: &std::path::Path) -> kube::Client {
-    flowpol::cluster::watch::client(Some(&server.kubeconfig(dir)), Some("stand-in"))
-        .await
-        .unwrap()
+async fn client(cp: &ControlPlane) -> kube::Client {
+    k8s::connect(&cp.kubeconfig_path()).await.client
+}
+
+/// A control plane with the workloads' namespaces (ObservedTraffic objects live in them).
+fn with_namespaces() -> ControlPlane {
+    let cp = k8s::start(Options::default());
+    for ns in ["shop", "data"] {
+        cp.kubectl_ok(&["create", "namespace", ns]).unwrap();
+    }
+    cp
+}
+
+/// [`with_namespaces`] with flowpol's CRD installed.
+fn with_crd() -> ControlPlane {
+    let cp = with_namespaces();
+    k8s::install_crd(&cp);
+    cp
 }
 
 fn far() -> tokio::time::Instant {
@@ -93,20 +109,12 @@ fn run(f: impl std::future::Future<Output = ()>) {
         .block_on(f)
 }
 
-fn tempdir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("flowpol-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn two_nodes_share_one_object_and_a_restart_resumes() {
     run(async {
-        let dir = tempdir("store-merge");
-        let server = ApiServer::start(vec![], Duration::from_secs(60)).await;
-        let a = Writer::new(client(&server, &dir).await, "node-a", 100.0);
-        let b = Writer::new(client(&server, &dir).await, "node-b", 100.0);
+        let cp = with_crd();
+        let a = Writer::new(client(&cp).await, "node-a", 100.0);
+        let b = Writer::new(client(&cp).await, "node-b", 100.0);
         let seen_a = Mutex::new(Observed::new(100));
         let seen_b = Mutex::new(Observed::new(100));
         for _ in 0..3 {
@@ -127,10 +135,13 @@ fn two_nodes_share_one_object_and_a_restart_resumes() {
             "{fa:?} {fb:?}"
         );
         // Three records of one workload: one apply (batched), under the node's manager.
-        assert_eq!(server.applies(&field_manager("node-a")), 1);
-        let o = server
-            .observed("shop", "deployment-web")
-            .expect("object written");
+        assert_eq!(k8s::applies(&cp, &field_manager("node-a")), 1);
+        let o = k8s::observed(&cp, "shop", "deployment-web").expect("object written");
+        // The server merged the two shares and records who owns what.
+        assert_eq!(
+            k8s::appliers(&o),
+            vec![field_manager("node-a"), field_manager("node-b")]
+        );
         assert_eq!(o["spec"]["workload"]["name"], "web");
         assert_eq!(
             edges_of(&o, "node-a"),
@@ -163,7 +174,7 @@ fn two_nodes_share_one_object_and_a_restart_resumes() {
         restarted.lock().unwrap().add("node-a", &other);
         let f = a.flush(&restarted, far(), |_| {}).await;
         assert_eq!(f.written, 1, "{f:?}");
-        let o = server.observed("shop", "deployment-web").unwrap();
+        let o = k8s::observed(&cp, "shop", "deployment-web").unwrap();
         assert_eq!(
             edges_of(&o, "node-a"),
             vec![
@@ -194,28 +205,26 @@ fn two_nodes_share_one_object_and_a_restart_resumes() {
             &web_to_db("node-a", Verdict::Established, 1, "2026-01-01T12:00:00Z"),
         );
         a.flush(&restarted, far(), |_| {}).await;
-        let o = server.observed("shop", "deployment-web").unwrap();
+        let o = k8s::observed(&cp, "shop", "deployment-web").unwrap();
         assert_eq!(
             edges_of(&o, "node-a")[0].2,
             serde_json::json!({"established": 8})
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     });
 }
 
 #[test]
 fn an_outage_loses_nothing() {
     run(async {
-        let dir = tempdir("store-outage");
-        let server = ApiServer::start(vec![], Duration::from_secs(60)).await;
-        let a = Writer::new(client(&server, &dir).await, "node-a", 100.0);
+        let mut cp = with_crd();
+        let a = Writer::new(client(&cp).await, "node-a", 100.0);
         let seen = Mutex::new(Observed::new(100));
         seen.lock().unwrap().add(
             "node-a",
             &web_to_db("node-a", Verdict::Established, 1, "2026-01-01T10:00:00Z"),
         );
         assert_eq!(a.flush(&seen, far(), |_| {}).await.written, 1);
-        server.stop();
+        cp.stop_apiserver(0);
         // Traffic goes on while the API server is away; writes fail and are kept.
         for _ in 0..4 {
             seen.lock().unwrap().add(
@@ -228,15 +237,14 @@ fn an_outage_loses_nothing() {
             assert_eq!(outcomes, vec![false]);
             assert!(f.last_error.unwrap().contains("shop/deployment-web"));
         }
-        server.restart().await;
+        cp.start_apiserver(0).unwrap();
         let f = a.flush(&seen, far(), |_| {}).await;
         assert_eq!((f.written, f.pending), (1, 0), "{f:?}");
-        let o = server.observed("shop", "deployment-web").unwrap();
+        let o = k8s::observed(&cp, "shop", "deployment-web").unwrap();
         assert_eq!(
             edges_of(&o, "node-a")[0].2,
             serde_json::json!({"established": 5})
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     });
 }
 
@@ -245,10 +253,8 @@ fn an_outage_loses_nothing() {
 #[test]
 fn a_missing_crd_is_named_and_loses_nothing() {
     run(async {
-        let dir = tempdir("store-no-crd");
-        let server = ApiServer::start(vec![], Duration::from_secs(60)).await;
-        server.set_crd(false);
-        let a = Writer::new(client(&server, &dir).await, "node-a", 100.0);
+        let cp = with_namespaces();
+        let a = Writer::new(client(&cp).await, "node-a", 100.0);
         let seen = Mutex::new(Observed::new(100));
         seen.lock().unwrap().add(
             "node-a",
@@ -263,25 +269,84 @@ fn a_missing_crd_is_named_and_loses_nothing() {
                 && err.contains("is the ObservedTraffic CRD installed? kubectl apply -k deploy/"),
             "{err}"
         );
-        server.set_crd(true);
+        k8s::install_crd(&cp);
         let f = a.flush(&seen, far(), |_| {}).await;
         assert_eq!((f.written, f.pending), (1, 0), "{f:?}");
-        let o = server.observed("shop", "deployment-web").unwrap();
+        let o = k8s::observed(&cp, "shop", "deployment-web").unwrap();
         assert_eq!(
             edges_of(&o, "node-a")[0].2,
             serde_json::json!({"established": 2})
         );
-        std::fs::remove_dir_all(&dir).unwrap();
+    });
+}
+
+/// A stalled connection to the API server (bytes held, nothing closed) costs a write its
+/// round, not the agent its progress: the write is abandoned at the deadline and kept.
+#[test]
+fn a_stalled_api_server_does_not_hold_a_write_past_its_deadline() {
+    run(async {
+        let cp = with_crd();
+        let proxy = k8s::FaultProxy::start(cp.apiserver_addr(0)).unwrap();
+        let via_proxy = cp
+            .admin_kubeconfig_for("proxy.kubeconfig", &proxy.url())
+            .unwrap();
+        let a = Writer::new(k8s::connect(&via_proxy).await.client, "node-a", 100.0);
+        let seen = Mutex::new(Observed::new(100));
+        seen.lock().unwrap().add(
+            "node-a",
+            &web_to_db("node-a", Verdict::Established, 1, "2026-01-01T10:00:00Z"),
+        );
+        assert_eq!(a.flush(&seen, far(), |_| {}).await.written, 1);
+        seen.lock().unwrap().add(
+            "node-a",
+            &web_to_db("node-a", Verdict::Established, 1, "2026-01-01T10:01:00Z"),
+        );
+        proxy.set(k8s::Mode::Stall);
+        let started = std::time::Instant::now();
+        let soon = tokio::time::Instant::now() + Duration::from_secs(1);
+        let f = a.flush(&seen, soon, |_| {}).await;
+        let took = started.elapsed();
+        assert_eq!((f.written, f.failed, f.pending), (0, 1, 1), "{f:?}");
+        assert!(took < Duration::from_secs(10), "held for {took:?}");
+        assert!(f.last_error.unwrap().contains("no answer in time"));
+        proxy.set(k8s::Mode::Pass);
+        let f = a.flush(&seen, far(), |_| {}).await;
+        assert_eq!((f.written, f.pending), (1, 0), "{f:?}");
+        let o = k8s::observed(&cp, "shop", "deployment-web").unwrap();
+        assert_eq!(
+            edges_of(&o, "node-a")[0].2,
+            serde_json::json!({"established": 2})
+        );
+    });
+}
+
+/// A workload whose namespace was deleted: the error says so, not that the CRD is missing.
+#[test]
+fn a_gone_namespace_is_named_as_such() {
+    run(async {
+        let cp = k8s::start(Options::default());
+        k8s::install_crd(&cp);
+        let a = Writer::new(client(&cp).await, "node-a", 100.0);
+        let seen = Mutex::new(Observed::new(100));
+        seen.lock().unwrap().add(
+            "node-a",
+            &web_to_db("node-a", Verdict::Established, 1, "2026-01-01T10:00:00Z"),
+        );
+        let err = a.flush(&seen, far(), |_| {}).await.last_error.unwrap();
+        assert!(
+            err.contains("namespaces \"shop\" not found")
+                && err.ends_with("(the workload's namespace is gone)"),
+            "{err}"
+        );
     });
 }
 
 #[test]
 fn evicted_edges_stay_in_the_cluster_and_writes_are_paced() {
     run(async {
-        let dir = tempdir("store-evict");
-        let server = ApiServer::start(vec![], Duration::from_secs(60)).await;
+        let cp = with_crd();
         // One request per second, half a second to spend: one write, the rest wait.
-        let slow = Writer::new(client(&server, &dir).await, "node-a", 1.0);
+        let slow = Writer::new(client(&cp).await, "node-a", 1.0);
         let seen = Mutex::new(Observed::new(4));
         for (i, name) in ["web", "cart", "search"].iter().enumerate() {
             let mut r = web_to_db("node-a", Verdict::Established, 1, "2026-01-01T10:00:00Z");
@@ -292,8 +357,8 @@ fn evicted_edges_stay_in_the_cluster_and_writes_are_paced() {
         let soon = tokio::time::Instant::now() + Duration::from_millis(500);
         let f = slow.flush(&seen, soon, |_| {}).await;
         assert_eq!((f.written, f.pending), (1, 2), "{f:?}");
-        assert_eq!(server.applies(&field_manager("node-a")), 1);
-        let fast = Writer::new(client(&server, &dir).await, "node-a", 100.0);
+        assert_eq!(k8s::applies(&cp, &field_manager("node-a")), 1);
+        let fast = Writer::new(client(&cp).await, "node-a", 100.0);
         assert_eq!(fast.flush(&seen, far(), |_| {}).await.written, 2);
         // A flood of new edges for web: the written edges of cart and search are evicted
         // from memory, not from the cluster.
@@ -305,7 +370,7 @@ fn evicted_edges_stay_in_the_cluster_and_writes_are_paced() {
         let evicted = seen.lock().unwrap().evicted;
         assert!(evicted >= 2, "evicted {evicted}");
         fast.flush(&seen, far(), |_| {}).await;
-        let all = server.all_observed();
+        let all = k8s::all_observed(&cp);
         assert_eq!(all.len(), 3, "{all:#?}");
         for o in &all {
             let ports: Vec<u64> = edges_of(o, "node-a").iter().map(|e| e.1).collect();
@@ -317,7 +382,6 @@ fn evicted_edges_stay_in_the_cluster_and_writes_are_paced() {
             }
         }
         assert_eq!(seen.lock().unwrap().evicted_unwritten, 0);
-        std::fs::remove_dir_all(&dir).unwrap();
     });
 }
 
@@ -325,13 +389,16 @@ fn evicted_edges_stay_in_the_cluster_and_writes_are_paced() {
 /// traffic of the shop's recorded flows written by two nodes.
 #[test]
 fn verify_and_suggest_read_the_cluster_store() {
-    let dir = tempdir("store-cli");
+    let dir = k8s::TempDir::new("store-cli");
+    let dir = &dir.0;
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(ApiServer::start(
-        read_list(&common::fixtures().join("cluster-shop.yaml")),
-        Duration::from_secs(60),
+    let cp = k8s::start(Options::default());
+    k8s::install_crd(&cp);
+    rt.block_on(k8s::publish(
+        &cp,
+        &k8s::read_list(&common::fixtures().join("cluster-shop.yaml")),
     ));
-    let kubeconfig = server.kubeconfig(&dir);
+    let kubeconfig = cp.kubeconfig_path();
     // The shop's recorded flows, attributed and split by the node that saw them.
     let snapshot =
         flowpol::cluster::snapshot::load(&common::fixtures().join("cluster-shop.yaml")).unwrap();
@@ -339,7 +406,7 @@ fn verify_and_suggest_read_the_cluster_store() {
         flowpol::record::read_json_lines(&common::fixtures().join("flows-shop.jsonl")).unwrap();
     flowpol::attribute::enrich(&snapshot.cluster, &mut records);
     rt.block_on(async {
-        let c = client(&server, &dir).await;
+        let c = client(&cp).await;
         for node in ["node-a", "node-b"] {
             let seen = Arc::new(Mutex::new(Observed::new(10_000)));
             for r in records
@@ -354,13 +421,8 @@ fn verify_and_suggest_read_the_cluster_store() {
             assert_eq!(f.pending, 0, "{f:?}");
         }
     });
-    assert!(!server.all_observed().is_empty());
-    let kube = [
-        "--kubeconfig",
-        kubeconfig.to_str().unwrap(),
-        "--context",
-        "stand-in",
-    ];
+    assert!(!k8s::all_observed(&cp).is_empty());
+    let kube = ["--kubeconfig", kubeconfig.to_str().unwrap()];
     let from_file = common::flowpol_code(&[
         "verify",
         "--cluster",
@@ -428,20 +490,12 @@ fn verify_and_suggest_read_the_cluster_store() {
     assert_eq!(code, Some(0), "{err}");
     assert!(yaml.contains("kind: NetworkPolicy"), "{yaml}");
 
-    // As a kubectl plugin, through the real kubectl: the current context is the cluster.
+    // As a kubectl plugin, through the built kubectl: the current context is the cluster.
     let plugins = dir.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     std::os::unix::fs::symlink(
         env!("CARGO_BIN_EXE_flowpol"),
         plugins.join("kubectl-flowpol"),
-    )
-    .unwrap();
-    let current = dir.join("kubeconfig-current");
-    std::fs::write(
-        &current,
-        std::fs::read_to_string(&kubeconfig)
-            .unwrap()
-            .replace("current-context: nowhere", "current-context: stand-in"),
     )
     .unwrap();
     let kubectl = |args: &[&str]| {
@@ -450,12 +504,12 @@ fn verify_and_suggest_read_the_cluster_store() {
             plugins.display(),
             std::env::var("PATH").unwrap_or_default()
         );
-        let out = std::process::Command::new("kubectl")
+        let out = std::process::Command::new(&cp.binaries().kubectl)
             .args(args)
             .env("PATH", path)
-            .env("KUBECONFIG", &current)
+            .env("KUBECONFIG", &kubeconfig)
             .output()
-            .expect("kubectl runs (the machine's kubectl)");
+            .expect("the built kubectl runs");
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -488,6 +542,4 @@ fn verify_and_suggest_read_the_cluster_store() {
     ]);
     assert_eq!(via_snapshot.0, from_file.0, "{via_snapshot:?}");
     assert_eq!(kinds(&via_snapshot.1), expected);
-    drop(server);
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -46,6 +46,9 @@ pub struct Flushed {
     pub last_error: Option<String>,
 }
 
+/// The least time a write is given, however close the deadline.
+const MIN_WAIT: Duration = Duration::from_secs(2);
+
 pub struct Writer {
     client: Client,
     node: String,
@@ -89,7 +92,10 @@ impl Writer {
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), ns, &resource());
             let object_name = observed::object_name(kind, name);
-            let result = async {
+            // A stalled API server (or network) must not hold the round past its deadline:
+            // the write is abandoned there, and retried next round like any failure.
+            let limit = deadline.max(tokio::time::Instant::now() + MIN_WAIT);
+            let result = tokio::time::timeout_at(limit, async {
                 let carried = if p.read {
                     let edges = match api.get_opt(&object_name).await? {
                         Some(o) => {
@@ -117,14 +123,18 @@ impl Writer {
                     .await?;
                 lock(observed).written(&p.workload, generation);
                 Ok::<_, kube::Error>(())
-            }
+            })
             .await;
+            let result = match result {
+                Ok(r) => r.map_err(|e| explain(&e)),
+                Err(_) => Err("no answer in time (the API server or the network stalls)".into()),
+            };
             on_write(result.is_ok());
             match result {
                 Ok(()) => report.written += 1,
                 Err(e) => {
                     report.failed += 1;
-                    report.last_error = Some(format!("{ns}/{object_name}: {}", explain(&e)));
+                    report.last_error = Some(format!("{ns}/{object_name}: {e}"));
                     break;
                 }
             }
@@ -137,7 +147,13 @@ impl Writer {
 /// A write's failure, with what to do about the usual causes.
 fn explain(e: &kube::Error) -> String {
     match e {
-        // Apply creates objects: not found means the resource itself is unknown.
+        // The object lives in its workload's namespace, which may have been deleted since.
+        kube::Error::Api(s)
+            if s.code == 404 && s.details.as_ref().is_some_and(|d| d.kind == "namespaces") =>
+        {
+            format!("{e} (the workload's namespace is gone)")
+        }
+        // Apply creates objects: otherwise, not found means the resource itself is unknown.
         kube::Error::Api(s) if s.code == 404 => {
             format!("{e} (is the ObservedTraffic CRD installed? kubectl apply -k deploy/)")
         }

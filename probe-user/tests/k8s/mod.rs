@@ -78,7 +78,7 @@ pub fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
 
 /// Every ObservedTraffic object the server holds.
 pub fn all_observed(cp: &ControlPlane) -> Vec<Value> {
-    get_json(cp, &["observedtraffics", "-A"])["items"]
+    get_json(cp, &["observedtraffics", "-A", "--show-managed-fields"])["items"]
         .as_array()
         .cloned()
         .unwrap_or_default()
