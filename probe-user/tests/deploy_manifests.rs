@@ -209,15 +209,18 @@ fn the_daemonset_command_line_is_accepted() {
     );
 }
 
-/// `kubectl apply -k deploy/` builds: the machine's kubectl renders the kustomization into
+/// `kubectl apply -k deploy/` builds: kubectl renders the kustomization into
 /// exactly the documents of the listed files.
 #[test]
 fn kubectl_builds_the_kustomization() {
-    let out = std::process::Command::new("kubectl")
+    let kubectl = controlplane::Binaries::find()
+        .unwrap_or_else(|e| panic!("{e:#}"))
+        .kubectl;
+    let out = std::process::Command::new(kubectl)
         .arg("kustomize")
         .arg(deploy())
         .output()
-        .expect("kubectl runs (the machine's kubectl)");
+        .expect("the built kubectl runs");
     assert!(
         out.status.success(),
         "{}",

@@ -19,8 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need: rust-src, bpf-linker, nftables, bpftrace,
-    /// kubectl, podman.
+    /// Install what building and testing need: nightly with rust-src, bpf-linker, nftables,
+    /// bpftrace, podman (the control plane is `cargo xtask k8s build`).
     Setup,
     /// Set up, build, and run flowpol on the built-in lab scenario.
     Demo,

@@ -63,18 +63,33 @@ pub fn run() -> Result<()> {
     Ok(())
 }
 
+/// The nightly toolchain with what the eBPF build and its checks use: rust-src for
+/// `-Z build-std=core`, rustfmt and clippy. Installed when a machine lacks it.
 fn rust_src() -> Result<()> {
+    let toolchains = output("rustup", &["toolchain", "list"])
+        .context("the eBPF build needs rustup (https://rustup.rs)")?;
+    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
+        eprintln!("xtask: installing the nightly toolchain");
+        sh(
+            "rustup",
+            &[
+                "toolchain", "install", "nightly", "--profile", "minimal", "--component",
+                "rust-src,rustfmt,clippy",
+            ],
+        )?;
+    }
     let installed = output(
         "rustup",
         &["component", "list", "--toolchain", "nightly", "--installed"],
-    )
-    .context("the eBPF build needs the nightly toolchain (`rustup toolchain install nightly`)")?;
-    if !installed.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("xtask: installing rust-src for nightly");
-        sh(
-            "rustup",
-            &["component", "add", "rust-src", "--toolchain", "nightly"],
-        )?;
+    )?;
+    for component in ["rust-src", "rustfmt", "clippy"] {
+        if !installed.lines().any(|l| l.starts_with(component)) {
+            eprintln!("xtask: installing {component} for nightly");
+            sh(
+                "rustup",
+                &["component", "add", component, "--toolchain", "nightly"],
+            )?;
+        }
     }
     Ok(())
 }
@@ -140,8 +155,6 @@ fn system_tools() -> Result<()> {
         ("nft", "nftables"),
         ("ip", "iproute2"),
         ("bpftrace", "bpftrace"),
-        // The kubectl plugin and kustomization tests; Debian's is old but enough for both.
-        ("kubectl", "kubernetes-client"),
         // The container image (built and run by the tests); runc, as crun refuses hosts
         // with cgroup v1 controllers mounted beside cgroup2.
         ("podman", "podman"),
