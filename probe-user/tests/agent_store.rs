@@ -286,7 +286,7 @@ fn a_missing_crd_is_named_and_loses_nothing() {
 fn a_stalled_api_server_does_not_hold_a_write_past_its_deadline() {
     run(async {
         let cp = with_crd();
-        let proxy = k8s::FaultProxy::start(cp.apiserver_addr(0)).unwrap();
+        let proxy = controlplane::FaultProxy::start(cp.apiserver_addr(0)).unwrap();
         let via_proxy = cp
             .admin_kubeconfig_for("proxy.kubeconfig", &proxy.url())
             .unwrap();
@@ -301,7 +301,7 @@ fn a_stalled_api_server_does_not_hold_a_write_past_its_deadline() {
             "node-a",
             &web_to_db("node-a", Verdict::Established, 1, "2026-01-01T10:01:00Z"),
         );
-        proxy.set(k8s::Mode::Stall);
+        proxy.set(controlplane::Mode::Stall);
         let started = std::time::Instant::now();
         let soon = tokio::time::Instant::now() + Duration::from_secs(1);
         let f = a.flush(&seen, soon, |_| {}).await;
@@ -309,7 +309,7 @@ fn a_stalled_api_server_does_not_hold_a_write_past_its_deadline() {
         assert_eq!((f.written, f.failed, f.pending), (0, 1, 1), "{f:?}");
         assert!(took < Duration::from_secs(10), "held for {took:?}");
         assert!(f.last_error.unwrap().contains("no answer in time"));
-        proxy.set(k8s::Mode::Pass);
+        proxy.set(controlplane::Mode::Pass);
         let f = a.flush(&seen, far(), |_| {}).await;
         assert_eq!((f.written, f.pending), (1, 0), "{f:?}");
         let o = k8s::observed(&cp, "shop", "deployment-web").unwrap();

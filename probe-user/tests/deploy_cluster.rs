@@ -48,7 +48,10 @@ fn installed() -> ControlPlane {
 /// `kubectl apply -f -` of `object`: (success, stderr).
 fn apply(cp: &ControlPlane, object: &Value) -> (bool, String) {
     let out = cp.kubectl_stdin(&["apply", "-f", "-"], &object.to_string());
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn observed_traffic(edge: Value) -> Value {
@@ -65,13 +68,19 @@ fn edge() -> Value {
 #[test]
 fn the_schema_refuses_malformed_objects_and_prunes_unknown_fields() {
     let cp = installed();
-    assert!(apply(&cp, &observed_traffic(edge())).0, "a well-formed object is taken");
+    assert!(
+        apply(&cp, &observed_traffic(edge())).0,
+        "a well-formed object is taken"
+    );
     // What the real structural schema refuses, field by field.
     for (change, field) in [
         (json!({"direction": "sideways"}), "spec.edges[0].direction"),
         (json!({"port": 70000}), "spec.edges[0].port"),
         (json!({"protocol": "ICMP"}), "spec.edges[0].protocol"),
-        (json!({"verdicts": {"established": -1}}), "spec.edges[0].verdicts.established"),
+        (
+            json!({"verdicts": {"established": -1}}),
+            "spec.edges[0].verdicts.established",
+        ),
         (json!({"firstSeen": "yesterday"}), "spec.edges[0].firstSeen"),
     ] {
         let mut e = edge();
@@ -84,11 +93,17 @@ fn the_schema_refuses_malformed_objects_and_prunes_unknown_fields() {
     let mut missing = observed_traffic(edge());
     missing["spec"].as_object_mut().unwrap().remove("workload");
     let (ok, err) = apply(&cp, &missing);
-    assert!(!ok && err.contains("spec.workload: Required value"), "{err}");
+    assert!(
+        !ok && err.contains("spec.workload: Required value"),
+        "{err}"
+    );
     let mut keyless = edge();
     keyless.as_object_mut().unwrap().remove("peer");
     let (ok, err) = apply(&cp, &observed_traffic(keyless));
-    assert!(!ok && err.contains("peer"), "a list-map key is required: {err}");
+    assert!(
+        !ok && err.contains("peer"),
+        "a list-map key is required: {err}"
+    );
     // An unknown field: kubectl's strict validation refuses it; a client that does not ask
     // for validation has it pruned, as the schema is structural.
     let mut extra = edge();
@@ -99,7 +114,11 @@ fn the_schema_refuses_malformed_objects_and_prunes_unknown_fields() {
         &["apply", "--validate=false", "-f", "-"],
         &observed_traffic(extra).to_string(),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let held = k8s::get_json(&cp, &["observedtraffic", "deployment-web", "-n", "default"]);
     assert_eq!(held["spec"]["edges"][0].get("colour"), None, "pruned");
     assert_eq!(held["spec"]["edges"][0]["verdicts"]["established"], 3);
@@ -107,9 +126,20 @@ fn the_schema_refuses_malformed_objects_and_prunes_unknown_fields() {
 
 /// `kubectl auth can-i --as=<the agent's ServiceAccount>`: yes or no.
 fn can_i(cp: &ControlPlane, verb: &str, resource: &str) -> bool {
-    let out = cp.kubectl(&["auth", "can-i", verb, resource, "--all-namespaces", "--as", SA]);
+    let out = cp.kubectl(&[
+        "auth",
+        "can-i",
+        verb,
+        resource,
+        "--all-namespaces",
+        "--as",
+        SA,
+    ]);
     let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(answer == "yes" || answer == "no", "can-i {verb} {resource}: {answer}");
+    assert!(
+        answer == "yes" || answer == "no",
+        "can-i {verb} {resource}: {answer}"
+    );
     answer == "yes"
 }
 
@@ -148,7 +178,10 @@ fn kubectl_as(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> (bool, Str
         .args(args)
         .output()
         .unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -174,15 +207,27 @@ fn the_agents_service_account_can_do_what_it_needs_and_nothing_else() {
             assert!(can_i(&cp, verb, resource), "{verb} {resource}");
         }
         for verb in ["create", "update", "patch", "delete"] {
-            assert!(!can_i(&cp, verb, resource), "{verb} {resource} must be refused");
+            assert!(
+                !can_i(&cp, verb, resource),
+                "{verb} {resource} must be refused"
+            );
         }
     }
     for verb in ["get", "list", "watch", "create", "patch"] {
         assert!(can_i(&cp, verb, "observedtraffics.flowpol.io"), "{verb}");
     }
     assert!(!can_i(&cp, "delete", "observedtraffics.flowpol.io"));
-    for resource in ["secrets", "configmaps", "serviceaccounts", "deployments.apps", "clusterroles.rbac.authorization.k8s.io"] {
-        assert!(!can_i(&cp, "get", resource), "get {resource} must be refused");
+    for resource in [
+        "secrets",
+        "configmaps",
+        "serviceaccounts",
+        "deployments.apps",
+        "clusterroles.rbac.authorization.k8s.io",
+    ] {
+        assert!(
+            !can_i(&cp, "get", resource),
+            "get {resource} must be refused"
+        );
     }
 
     // Its own token, from the TokenRequest API, as the kubelet would mount it.
@@ -195,15 +240,24 @@ fn the_agents_service_account_can_do_what_it_needs_and_nothing_else() {
         live.ready(Duration::from_secs(60))
             .await
             .expect("every kind the model watches is listed and watched with the agent's rights");
-        assert!(live.model().unwrap().pod_by_name("shop", "web-5c7b9-x2x4k").is_some());
+        assert!(live
+            .model()
+            .unwrap()
+            .pod_by_name("shop", "web-5c7b9-x2x4k")
+            .is_some());
         let seen = std::sync::Mutex::new(Observed::new(100));
         seen.lock().unwrap().add("node-a", &web_to_db());
         let f = Writer::new(connection.client.clone(), "node-a", 100.0)
-            .flush(&seen, tokio::time::Instant::now() + Duration::from_secs(30), |_| {})
+            .flush(
+                &seen,
+                tokio::time::Instant::now() + Duration::from_secs(30),
+                |_| {},
+            )
             .await;
         assert_eq!((f.written, f.failed, f.pending), (2, 0, 0), "{f:?}");
     });
-    let written = k8s::observed(&cp, "shop", "deployment-web").expect("written with the agent's token");
+    let written =
+        k8s::observed(&cp, "shop", "deployment-web").expect("written with the agent's token");
     assert_eq!(k8s::appliers(&written), vec!["flowpol-agent/node-a"]);
     let (code, out, err) = common::flowpol_code(&[
         "verify",
@@ -213,15 +267,28 @@ fn the_agents_service_account_can_do_what_it_needs_and_nothing_else() {
         "--output",
         "json",
     ]);
-    assert_eq!(code, Some(0), "verify reads back with the agent's rights: {err}");
+    assert_eq!(
+        code,
+        Some(0),
+        "verify reads back with the agent's rights: {err}"
+    );
     assert!(out.contains("\"findings\""), "{out}");
     // Real attempts at what it must not do are refused by the server.
     for (args, what) in [
         (vec!["get", "secrets", "-A"], "secrets"),
         (vec!["get", "configmaps", "-n", "kube-system"], "configmaps"),
-        (vec!["delete", "networkpolicy", "web", "-n", "shop"], "networkpolicies"),
-        (vec!["delete", "observedtraffic", "deployment-web", "-n", "shop"], "observedtraffics"),
-        (vec!["label", "pod", "web-5c7b9-x2x4k", "-n", "shop", "x=y"], "pods"),
+        (
+            vec!["delete", "networkpolicy", "web", "-n", "shop"],
+            "networkpolicies",
+        ),
+        (
+            vec!["delete", "observedtraffic", "deployment-web", "-n", "shop"],
+            "observedtraffics",
+        ),
+        (
+            vec!["label", "pod", "web-5c7b9-x2x4k", "-n", "shop", "x=y"],
+            "pods",
+        ),
     ] {
         let (ok, err) = kubectl_as(&cp, &kubeconfig, &args);
         assert!(
@@ -240,7 +307,10 @@ fn the_agents_service_account_can_do_what_it_needs_and_nothing_else() {
         .spawn()
         .and_then(|mut c| {
             use std::io::Write;
-            c.stdin.take().unwrap().write_all(policy.to_string().as_bytes())?;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(policy.to_string().as_bytes())?;
             c.wait_with_output()
         })
         .unwrap();

@@ -140,8 +140,11 @@ fn suggestions_are_accepted_by_the_api_server_and_kubectl_flowpol_reads_the_clus
     // cluster.
     let plugins = dir.0.join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_flowpol"), plugins.join("kubectl-flowpol"))
-        .unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_flowpol"),
+        plugins.join("kubectl-flowpol"),
+    )
+    .unwrap();
     let kubectl = |args: &[&str], input: Option<&str>| {
         let path = format!(
             "{}:{}",
@@ -160,7 +163,9 @@ fn suggestions_are_accepted_by_the_api_server_and_kubectl_flowpol_reads_the_clus
         {
             use std::io::Write;
             let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(input.unwrap_or_default().as_bytes()).unwrap();
+            stdin
+                .write_all(input.unwrap_or_default().as_bytes())
+                .unwrap();
         }
         let out = child.wait_with_output().unwrap();
         (
@@ -183,12 +188,19 @@ fn suggestions_are_accepted_by_the_api_server_and_kubectl_flowpol_reads_the_clus
     );
     // What the server holds now is what was suggested: suggest --diff against the live
     // cluster has nothing left to add.
-    let (ok, diff, err) = kubectl(&["flowpol", "suggest", "--flows", p(&flows), "--diff"], None);
+    let (ok, diff, err) = kubectl(
+        &["flowpol", "suggest", "--flows", p(&flows), "--diff"],
+        None,
+    );
     assert!(ok, "{err}");
-    assert!(!diff.contains("kind: NetworkPolicy"), "nothing is missing any more: {diff}");
+    assert!(
+        !diff.contains("kind: NetworkPolicy"),
+        "nothing is missing any more: {diff}"
+    );
 
     // Cilium's own CRD, as its operator installs it; the suggestion in its format passes.
-    cp.kubectl_ok(&["apply", "-f", p(&cp.binaries().cilium_crd)]).unwrap();
+    cp.kubectl_ok(&["apply", "-f", p(&cp.binaries().cilium_crd)])
+        .unwrap();
     cp.kubectl_ok(&[
         "wait",
         "--for=condition=Established",
@@ -197,7 +209,14 @@ fn suggestions_are_accepted_by_the_api_server_and_kubectl_flowpol_reads_the_clus
     ])
     .unwrap();
     let (ok, cilium, err) = kubectl(
-        &["flowpol", "suggest", "--flows", p(&flows), "--format", "cilium"],
+        &[
+            "flowpol",
+            "suggest",
+            "--flows",
+            p(&flows),
+            "--format",
+            "cilium",
+        ],
         None,
     );
     assert!(ok, "{err}");
@@ -205,5 +224,9 @@ fn suggestions_are_accepted_by_the_api_server_and_kubectl_flowpol_reads_the_clus
     assert!(count > 5, "{cilium}");
     let (ok, applied, err) = kubectl(&["apply", "-f", "-"], Some(&cilium));
     assert!(ok, "the CRD's schema takes every policy: {err}");
-    assert_eq!(applied.matches("ciliumnetworkpolicy.cilium.io/").count(), count, "{applied}");
+    assert_eq!(
+        applied.matches("ciliumnetworkpolicy.cilium.io/").count(),
+        count,
+        "{applied}"
+    );
 }

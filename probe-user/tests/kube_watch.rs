@@ -10,8 +10,9 @@ mod k8s;
 use std::{future::Future, path::PathBuf, time::Duration};
 
 use chrono::{DateTime, Utc};
+use controlplane::{FaultProxy, Mode};
 use flowpol::cluster::{watch::Live, Cluster, Endpoint};
-use k8s::{ControlPlane, FaultProxy, Mode, Options};
+use k8s::{ControlPlane, Options};
 use serde_json::{json, Value};
 
 /// Long enough for any retry to land: the watchers' backoff (kube-runtime's default, as

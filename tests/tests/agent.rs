@@ -1,11 +1,12 @@
-//! `flowpol agent` on this node, against the API server stand-in serving the lab's cluster:
-//! the lab's traffic becomes ObservedTraffic objects with the same edges and counts as the
-//! lab's own recording; an API server outage loses nothing, even when the agent is stopped
-//! during it (its state directory keeps what it could not write, for the next agent); a new
-//! agent adds to the history; the metrics count what the agent wrote out, drops by reason
-//! included.
-#[path = "../../probe-user/tests/apiserver/mod.rs"]
-mod apiserver;
+//! `flowpol agent` on this node, against a real kube-apiserver holding the lab's cluster, with
+//! deploy/ applied and the agent running as the DaemonSet's ServiceAccount (a TokenRequest
+//! token): the lab's traffic becomes ObservedTraffic objects with the same edges and counts
+//! as the lab's own recording; an API server outage (the server stopped) loses nothing, even
+//! when the agent is stopped during it (its state directory keeps what it could not write,
+//! for the next agent); a new agent adds to the history; the metrics count what the agent
+//! wrote out, drops by reason included.
+#[path = "../../probe-user/tests/k8s/mod.rs"]
+mod k8s;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -16,7 +17,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use apiserver::{read_list, ApiServer};
 use flowpol::{
     attribute,
     lab::{cluster, scenario, EXAMPLE_SCENARIO},
@@ -24,6 +24,7 @@ use flowpol::{
     record::{self, FlowRecord},
 };
 use flowpol_e2e::{assert_no_leftovers, binary, privileged};
+use k8s::{ControlPlane, Options};
 use serde_json::Value;
 
 const NODE: &str = cluster::NODE;
@@ -71,10 +72,10 @@ fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 /// Waits until the API server holds `want` as `node`'s share; fails showing both.
-fn wait_for_edges(server: &ApiServer, node: &str, want: &Edges, limit: Duration) {
+fn wait_for_edges(cp: &ControlPlane, node: &str, want: &Edges, limit: Duration) {
     let mut got = Edges::new();
     eventually(limit, || {
-        got = edges(&server.all_observed(), node);
+        got = edges(&k8s::all_observed(cp), node);
         got == *want
     });
     assert_eq!(got, *want);
@@ -106,7 +107,7 @@ impl Agent {
         let port = free_port();
         let log = dir.join(format!("agent-{node}-{run}.log"));
         let child = Command::new(binary())
-            .args(["agent", "--context", "stand-in", "--node", node])
+            .args(["agent", "--node", node])
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -215,28 +216,32 @@ fn expected(recordings: &[&Vec<FlowRecord>], node: &str) -> Edges {
     edges(&objects, node)
 }
 
-/// The API server stand-in serving the lab's cluster, and a kubeconfig for it in `dir`.
+/// A real control plane holding the lab's cluster, with deploy/ applied (CRD, RBAC, the
+/// DaemonSet's ServiceAccount), and a kubeconfig with that ServiceAccount's token.
 struct LabApi {
-    server: ApiServer,
+    cp: ControlPlane,
     kubeconfig: PathBuf,
-    /// Runs the server's tasks; dropped after it.
-    rt: tokio::runtime::Runtime,
 }
 
 fn serve_lab(dir: &Path) -> LabApi {
+    let cp = k8s::start(Options::default());
+    cp.kubectl_ok(&["apply", "-k", k8s::deploy().to_str().unwrap()])
+        .unwrap();
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/observedtraffics.flowpol.io",
+    ])
+    .unwrap();
     let snapshot = dir.join("cluster.yaml");
     std::fs::write(&snapshot, cluster::snapshot_yaml(&lab_scenario())).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let server = rt.block_on(ApiServer::start(
-        read_list(&snapshot),
-        Duration::from_secs(5),
-    ));
-    let kubeconfig = server.kubeconfig(dir);
-    LabApi {
-        server,
-        kubeconfig,
-        rt,
-    }
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(k8s::publish(&cp, &k8s::read_list(&snapshot)));
+    let token = cp.token("flowpol-system", "flowpol-agent").unwrap();
+    let kubeconfig = cp.token_kubeconfig("agent.kubeconfig", &token).unwrap();
+    LabApi { cp, kubeconfig }
 }
 
 fn lab_scenario() -> scenario::Resolved {
@@ -268,11 +273,9 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
         .iter()
         .flat_map(|p| p.ips.clone())
         .collect();
-    let LabApi {
-        server,
-        kubeconfig,
-        rt,
-    } = serve_lab(&dir);
+    let LabApi { mut cp, kubeconfig } = serve_lab(&dir);
+    // The cluster is read through a second API server while the agent's is away.
+    let reader = cp.add_apiserver().unwrap();
     let output = dir.join("agent.jsonl");
 
     // 1. The agent records the lab; its objects hold what the lab recorded itself.
@@ -283,7 +286,7 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
         want.len() >= 5,
         "the shop has traffic between many workloads: {want:#?}"
     );
-    wait_for_edges(&server, NODE, &want, Duration::from_secs(60));
+    wait_for_edges(&cp, NODE, &want, Duration::from_secs(60));
 
     // The metrics count what the agent wrote out; the lab's drops are among them.
     std::thread::sleep(Duration::from_secs(2));
@@ -338,11 +341,11 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
     }
 
     // 2. The API server goes away while the lab runs again, and comes back.
-    server.stop();
+    cp.stop_apiserver(0);
     let second = lab(&dir, 2);
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(
-        edges(&server.all_observed(), NODE),
+        edges(&k8s::all_observed_at(&cp, reader), NODE),
         want,
         "nothing written while away"
     );
@@ -350,13 +353,13 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
         .unwrap()
         .1
         .contains("flowpol_store_writes_total{result=\"error\"}"));
-    rt.block_on(server.restart());
+    cp.start_apiserver(0).unwrap();
     let want = expected(&[&first, &second], NODE);
-    wait_for_edges(&server, NODE, &want, Duration::from_secs(90));
+    wait_for_edges(&cp, NODE, &want, Duration::from_secs(90));
 
     // 3. The API server goes away again and the agent is stopped before it could write: what
     // it holds is kept in its state directory, and the next agent on the node writes it.
-    server.stop();
+    cp.stop_apiserver(0);
     let third = lab(&dir, 3);
     std::thread::sleep(Duration::from_secs(2));
     let (ok, stderr) = agent.stop();
@@ -370,8 +373,8 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
     );
     let kept = dir.join(format!("state-{NODE}/observed-pending.json"));
     assert!(kept.exists());
-    assert_eq!(edges(&server.all_observed(), NODE), want);
-    rt.block_on(server.restart());
+    assert_eq!(edges(&k8s::all_observed_at(&cp, reader), NODE), want);
+    cp.start_apiserver(0).unwrap();
     let agent = Agent::start(&kubeconfig, &dir, NODE, &output, 2);
     assert!(!kept.exists(), "taken by the new agent");
     assert!(
@@ -380,24 +383,24 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
         agent.stderr()
     );
     let want = expected(&[&first, &second, &third], NODE);
-    wait_for_edges(&server, NODE, &want, Duration::from_secs(60));
+    wait_for_edges(&cp, NODE, &want, Duration::from_secs(60));
 
     // 4. The new agent adds to the history it did not see itself.
     let fourth = lab(&dir, 4);
     let want = expected(&[&first, &second, &third, &fourth], NODE);
-    wait_for_edges(&server, NODE, &want, Duration::from_secs(60));
+    wait_for_edges(&cp, NODE, &want, Duration::from_secs(60));
     let (ok, stderr) = agent.stop();
     assert!(ok, "{stderr}");
     assert!(stderr.contains("ObservedTraffic written"), "{stderr}");
 
-    drop(server);
+    drop(cp);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// `podman run` arguments for the DaemonSet's agent container as the manifest declares it:
 /// its capabilities, security options, host paths and environment (the state directory in
-/// `state` instead of the host's). Host network, unlike the pod: the API server stand-in
-/// listens on this machine's loopback, and capture does not depend on the pod's network.
+/// `state` instead of the host's). Host network, unlike the pod: the API server listens on
+/// this machine's loopback, and capture does not depend on the pod's network.
 fn pod_as_podman_args(ds: &Value, state: &Path) -> Vec<String> {
     let pod = &ds["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
@@ -484,11 +487,7 @@ fn the_daemonset_pod_runs_the_agent_from_its_image() {
     ))
     .unwrap();
     let ds: Value = serde_yaml::from_str(&text).unwrap();
-    let LabApi {
-        server,
-        kubeconfig,
-        rt: _rt,
-    } = serve_lab(&dir);
+    let LabApi { cp, kubeconfig } = serve_lab(&dir);
     let port = free_port();
     let name = format!("flowpol-e2e-{}", std::process::id());
     let mut agent_args: Vec<String> = ds["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -507,7 +506,6 @@ fn the_daemonset_pod_runs_the_agent_from_its_image() {
     agent_args.extend(
         [
             "--kubeconfig=/etc/flowpol/kubeconfig",
-            "--context=stand-in",
             "--round=1s",
             "--flush-every=1s",
             "--writes-per-second=100",
@@ -549,14 +547,14 @@ fn the_daemonset_pod_runs_the_agent_from_its_image() {
     let second = Agent::start(&kubeconfig, &dir, other, &dir.join("node-b.jsonl"), 1);
     let first = lab(&dir, 1);
     let want = expected(&[&first], NODE);
-    wait_for_edges(&server, NODE, &want, Duration::from_secs(60));
+    wait_for_edges(&cp, NODE, &want, Duration::from_secs(60));
     let want_other = expected(&[&first], other);
     assert_ne!(want_other, want, "the nodes' shares differ by the drops");
-    wait_for_edges(&server, other, &want_other, Duration::from_secs(60));
+    wait_for_edges(&cp, other, &want_other, Duration::from_secs(60));
     let (ok, err) = second.stop();
     assert!(ok, "{err}");
     // Both shares stand side by side in one object per workload, each under its manager.
-    assert!(server.all_observed().iter().any(|o| o["spec"]["edges"]
+    assert!(k8s::all_observed(&cp).iter().any(|o| o["spec"]["edges"]
         .as_array()
         .unwrap()
         .iter()
@@ -566,8 +564,8 @@ fn the_daemonset_pod_runs_the_agent_from_its_image() {
             .unwrap()
             .iter()
             .any(|e| e["node"] == other)));
-    assert!(server.applies(&format!("flowpol-agent/{other}")) > 0);
-    assert!(server.applies(&format!("flowpol-agent/{NODE}")) > 0);
+    assert!(k8s::applies(&cp, &format!("flowpol-agent/{other}")) > 0);
+    assert!(k8s::applies(&cp, &format!("flowpol-agent/{NODE}")) > 0);
     let records = record::read_json_lines(&dir.join("records.jsonl")).unwrap();
     assert!(
         records.iter().any(|r| r.drop_reason.is_some()),
@@ -581,7 +579,7 @@ fn the_daemonset_pod_runs_the_agent_from_its_image() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status}: {}", stderr());
     assert!(stderr().contains("ObservedTraffic written"), "{}", stderr());
-    drop(server);
+    drop(cp);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -596,11 +594,7 @@ fn more_edges_than_max_edges_stay_bounded_and_never_count_twice() {
     const MAX: f64 = 8.0;
     let dir = tempdir().join("bounded");
     std::fs::create_dir_all(&dir).unwrap();
-    let LabApi {
-        server,
-        kubeconfig,
-        rt: _rt,
-    } = serve_lab(&dir);
+    let LabApi { cp, kubeconfig } = serve_lab(&dir);
     let agent = Agent::start_with(
         &kubeconfig,
         &dir,
@@ -641,7 +635,7 @@ fn more_edges_than_max_edges_stay_bounded_and_never_count_twice() {
         "{lost} lost; {stderr}"
     );
     // What reached the cluster is part of the truth, never more.
-    let got = edges(&server.all_observed(), NODE);
+    let got = edges(&k8s::all_observed(&cp), NODE);
     assert!(!got.is_empty());
     for (object, edges) in &got {
         for (key, counts) in edges {
@@ -660,6 +654,6 @@ fn more_edges_than_max_edges_stay_bounded_and_never_count_twice() {
             }
         }
     }
-    drop(server);
+    drop(cp);
     std::fs::remove_dir_all(&dir).unwrap();
 }

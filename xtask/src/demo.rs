@@ -87,3 +87,107 @@ pub fn run() -> Result<()> {
     eprintln!("\nfiles are in {DIR}/");
     Ok(())
 }
+
+/// `cargo xtask demo --kube`: the same shop against a real control plane (built from the Go
+/// module proxy, started here and stopped at the end): deploy/ applied, the lab's pods
+/// published as Pod objects, the agent (as the DaemonSet's ServiceAccount) writing
+/// ObservedTraffic while the lab runs, then verify and suggest `--from-cluster`, and the
+/// suggestion applied with kubectl. Files land in `target/demo/kube/`.
+pub fn kube() -> Result<()> {
+    cargo(&["build", "--release", "--package", "probe-user"])?;
+    let bins = controlplane::Binaries::build()?;
+    let dir = std::path::Path::new("target/demo/kube");
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    let file = |name: &str| dir.join(name).display().to_string();
+    step("1. a control plane: kine, kube-apiserver and kube-controller-manager on 127.0.0.1");
+    let cp = controlplane::ControlPlane::start(controlplane::Options {
+        dir: Some(dir.join("k8s")),
+        ..controlplane::Options::default()
+    })?;
+    let admin = cp.kubeconfig_path().display().to_string();
+    let kubectl = |args: &[&str]| -> Result<()> {
+        let status = cp.kubectl_command().args(args).status()?;
+        anyhow::ensure!(status.success(), "kubectl {} failed", args.join(" "));
+        Ok(())
+    };
+    eprintln!(
+        "  {} at {}; KUBECONFIG={admin}",
+        controlplane::versions(),
+        cp.server()
+    );
+    step("2. kubectl apply -k deploy/: the CRD, the agent's RBAC and DaemonSet");
+    kubectl(&["apply", "-k", "deploy/"])?;
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/observedtraffics.flowpol.io",
+    ])?;
+    let token = cp.token("flowpol-system", "flowpol-agent")?;
+    let agent_kubeconfig = cp.token_kubeconfig("agent.kubeconfig", &token)?;
+    step("3. flowpol agent on this node, as the DaemonSet's ServiceAccount");
+    let log = std::fs::File::create(file("agent.log"))?;
+    let mut agent = std::process::Command::new(FLOWPOL)
+        .args(["agent", "--node", "lab-node", "--listen", "127.0.0.1:0"])
+        .arg("--kubeconfig")
+        .arg(&agent_kubeconfig)
+        .args(["--round", "1s", "--flush-every", "1s", "--no-records"])
+        .arg("--state-dir")
+        .arg(file("agent-state"))
+        .stderr(log)
+        .spawn()?;
+    step("4. the shop lab, published into the API server as Pods, its traffic recorded");
+    let ran = sh(
+        FLOWPOL,
+        &[
+            "lab",
+            "--kube",
+            "--kubeconfig",
+            &admin,
+            "--keep-published",
+            "-o",
+            &file("flows.jsonl"),
+        ],
+    );
+    // The agent's last writes, then SIGTERM as the kubelet would send.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(agent.id() as i32, libc::SIGTERM) };
+    let stopped = agent.wait()?;
+    ran?;
+    anyhow::ensure!(
+        stopped.success(),
+        "the agent failed; see {}",
+        file("agent.log")
+    );
+    step("5. what the agent wrote: kubectl get observedtraffics");
+    kubectl(&["get", "observedtraffics", "-A"])?;
+    step("6. verify --from-cluster: the cluster's own record held against its policies");
+    sh(
+        FLOWPOL,
+        &["verify", "--from-cluster", "--kubeconfig", &admin],
+    )?;
+    step("7. suggest --from-cluster, and the suggestion applied with kubectl");
+    let suggested = file("suggested.yaml");
+    sh(
+        FLOWPOL,
+        &[
+            "suggest",
+            "--from-cluster",
+            "--kubeconfig",
+            &admin,
+            "-o",
+            &suggested,
+        ],
+    )?;
+    kubectl(&["apply", "-f", &suggested])?;
+    kubectl(&["get", "networkpolicies", "-A"])?;
+    eprintln!(
+        "\nfiles are in {}/ (kubectl {} built in {})",
+        dir.display(),
+        controlplane::kubernetes_version(),
+        bins.bin_dir().display()
+    );
+    Ok(())
+}

@@ -23,7 +23,13 @@ enum Task {
     /// bpftrace, podman (the control plane is `cargo xtask k8s build`).
     Setup,
     /// Set up, build, and run flowpol on the built-in lab scenario.
-    Demo,
+    Demo {
+        /// The same loop against a real Kubernetes control plane (built from the Go module
+        /// proxy): pods published, the agent writing ObservedTraffic, verify and suggest
+        /// from the cluster, the suggestion applied with kubectl.
+        #[arg(long)]
+        kube: bool,
+    },
     /// Set up, then run formatting and lint checks, unit tests, and the privileged eBPF and
     /// lab end-to-end tests.
     Test,
@@ -49,9 +55,13 @@ enum Task {
 fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Setup => setup::run(),
-        Task::Demo => {
+        Task::Demo { kube } => {
             setup::run()?;
-            demo::run()
+            if kube {
+                demo::kube()
+            } else {
+                demo::run()
+            }
         }
         Task::Test => {
             setup::run()?;

@@ -73,7 +73,12 @@ fn rust_src() -> Result<()> {
         sh(
             "rustup",
             &[
-                "toolchain", "install", "nightly", "--profile", "minimal", "--component",
+                "toolchain",
+                "install",
+                "nightly",
+                "--profile",
+                "minimal",
+                "--component",
                 "rust-src,rustfmt,clippy",
             ],
         )?;

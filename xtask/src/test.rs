@@ -87,6 +87,14 @@ pub fn run() -> Result<()> {
             "warnings",
         ],
     )?;
+    // The kube-facing tests each start a real control plane from these binaries.
+    let started = std::time::Instant::now();
+    controlplane::Binaries::build()?;
+    eprintln!(
+        "xtask: control plane ({}) ready after {:.1} s",
+        controlplane::versions(),
+        started.elapsed().as_secs_f64()
+    );
     let mut tally = Tally::default();
     // Unit tests, then the privileged end-to-end tests one at a time: they share the kernel's
     // hooks, so parallel labs would see each other's traffic and load.

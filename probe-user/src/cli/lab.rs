@@ -3,7 +3,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
 use flowpol::{
-    cluster::snapshot,
+    cluster::{publish, snapshot, watch},
     lab::{
         cluster,
         enforce::{self, Fault},
@@ -45,6 +45,76 @@ pub struct Args {
     /// for `--cluster` of eval, enrich, verify and suggest.
     #[arg(long)]
     cluster_out: Option<PathBuf>,
+    /// Publish the lab's cluster (namespaces, node, pods with their status, policies) into
+    /// the API server for the run, so what reads a cluster (`flowpol agent`, an enforcer)
+    /// sees the lab as a cluster; removed at the end, also on errors and Ctrl-C. Meant for
+    /// a test cluster (`cargo xtask k8s up`).
+    #[arg(long)]
+    kube: bool,
+    /// Kubeconfig file to publish with (implies --kube).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to publish with (implies --kube).
+    #[arg(long)]
+    context: Option<String>,
+    /// With --kube: leave what was published in the cluster, to read it afterwards.
+    #[arg(long)]
+    keep_published: bool,
+}
+
+/// The lab's cluster published into the API server, and how to take it back.
+struct Published {
+    client: kube::Client,
+    published: publish::Published,
+}
+
+impl Published {
+    fn new(
+        rt: &tokio::runtime::Runtime,
+        args: &Args,
+        resolved: &scenario::Resolved,
+    ) -> anyhow::Result<Self> {
+        let objects: Vec<serde_json::Value> =
+            match serde_yaml::from_str::<serde_json::Value>(&cluster::snapshot_yaml(resolved))?
+                ["items"]
+                .as_array()
+            {
+                Some(items) => items.clone(),
+                None => Vec::new(),
+            };
+        rt.block_on(async {
+            let connection = watch::connect(args.kubeconfig.as_deref(), args.context.as_deref())
+                .await
+                .context("connecting to the Kubernetes API server")?;
+            let published = publish::publish(
+                &connection.client,
+                &objects,
+                std::time::Duration::from_secs(60),
+            )
+            .await
+            .context("publishing the lab's cluster")?;
+            eprintln!(
+                "flowpol lab: published {} objects into the API server{}",
+                published.created(),
+                if published.kept.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (kept the cluster's own {})", published.kept.join(", "))
+                }
+            );
+            anyhow::Ok(Published {
+                client: connection.client,
+                published,
+            })
+        })
+    }
+
+    fn remove(self, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+        rt.block_on(self.published.remove(&self.client))
+            .context("removing the lab's cluster from the API server")?;
+        eprintln!("flowpol lab: removed what it published");
+        Ok(())
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -96,7 +166,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let report = rt.block_on(run::run(resolved, super::record::hostname()))?;
+    let published = if args.kube || args.kubeconfig.is_some() || args.context.is_some() {
+        Some(Published::new(&rt, &args, &resolved)?)
+    } else {
+        None
+    };
+    let report = rt.block_on(run::run(resolved, super::record::hostname()));
+    if let Some(p) = published.filter(|_| !args.keep_published) {
+        match p.remove(&rt) {
+            Err(e) if report.is_ok() => return Err(e),
+            // The run's own failure is the one to report; this one is said on the way.
+            Err(e) => eprintln!("flowpol lab: {e:#}"),
+            Ok(()) => {}
+        }
+    }
+    let report = report?;
     output::emit_records(args.output.as_deref(), &report.records)?;
     eprintln!("{}\n\n{}", report.table(), report.summary);
     eprintln!(

@@ -61,7 +61,8 @@ fn command(plugin: bool) -> clap::Command {
     }
     let reading_clusters: Vec<String> = cmd
         .get_subcommands()
-        .filter(|s| s.get_arguments().any(|a| a.get_id() == "kube"))
+        // Not the lab: it would publish its pods into the user's cluster.
+        .filter(|s| s.get_name() != "lab" && s.get_arguments().any(|a| a.get_id() == "kube"))
         .map(|s| s.get_name().to_owned())
         .collect();
     let mut cmd = cmd.name("kubectl-flowpol").bin_name("kubectl flowpol");

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-pub use controlplane::{ControlPlane, FaultProxy, Mode, Options};
+pub use controlplane::{ControlPlane, Options};
 use serde_json::Value;
 
 pub fn fixtures() -> PathBuf {
@@ -78,10 +78,30 @@ pub fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
 
 /// Every ObservedTraffic object the server holds.
 pub fn all_observed(cp: &ControlPlane) -> Vec<Value> {
-    get_json(cp, &["observedtraffics", "-A", "--show-managed-fields"])["items"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    all_observed_at(cp, 0)
+}
+
+/// Every ObservedTraffic object, read through API server `index` (while another is down).
+pub fn all_observed_at(cp: &ControlPlane, index: usize) -> Vec<Value> {
+    let out = cp
+        .kubectl_at(index)
+        .args([
+            "get",
+            "observedtraffics",
+            "-A",
+            "--show-managed-fields",
+            "-o",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Value = serde_json::from_slice(&out.stdout).unwrap();
+    list["items"].as_array().cloned().unwrap_or_default()
 }
 
 /// One ObservedTraffic object, if the server holds it.
