@@ -146,6 +146,11 @@ impl Module {
         if self.built() {
             return Ok(());
         }
+        self.build_into(&self.entry(), &Go::default())
+    }
+
+    /// Builds the commands into `entry` with `go`.
+    fn build_into(&self, entry: &Path, go_cmd: &Go) -> Result<()> {
         let version = self.version();
         let dir = self.source();
         let names: Vec<&str> = self.commands.iter().map(|(c, _)| *c).collect();
@@ -153,26 +158,33 @@ impl Module {
             "controlplane: building {} ({} {version}) from the Go module proxy into {}",
             names.join(", "),
             self.upstream,
-            self.entry().display()
+            entry.display()
         );
         let go = |args: &[&str]| {
-            let mut c = Command::new("go");
+            let mut c = Command::new(&go_cmd.program);
             c.args(args)
                 .current_dir(&dir)
                 .env("CGO_ENABLED", "0")
-                .env("GOFLAGS", "-mod=readonly");
+                .env("GOFLAGS", "-mod=readonly")
+                .envs(go_cmd.env.iter().map(|(k, v)| (k, v)));
             c
         };
-        let out = go(&["version"]).output().context(
-            "building the Kubernetes control plane needs Go: `go` is not on PATH (install Go 1.26 or newer)",
-        )?;
+        let out = go(&["version"]).output().with_context(|| {
+            format!(
+                "building the Kubernetes control plane needs Go: `{}` cannot be run (install Go 1.26 or newer)",
+                go_cmd.program
+            )
+        })?;
         if !out.status.success() {
             bail!(
                 "`go version` failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let proxy = std::env::var("GOPROXY").unwrap_or_else(|_| "https://proxy.golang.org".into());
+        let proxy = go(&["env", "GOPROXY"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
         let out = go(&["mod", "download"])
             .output()
             .context("cannot run `go mod download`")?;
@@ -187,7 +199,6 @@ impl Module {
         let out = go(&["list", "-m", "-f", "{{.Time}}", self.upstream]).output()?;
         let time = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let time = chrono_like(&time);
-        let entry = self.entry();
         let tmp = entry.with_extension(format!("tmp-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(tmp.join("bin"))
@@ -212,8 +223,8 @@ impl Module {
             );
         }
         // Whole or not at all: a build cut short leaves no entry that looks complete.
-        let _ = std::fs::remove_dir_all(&entry);
-        std::fs::rename(&tmp, &entry)
+        let _ = std::fs::remove_dir_all(entry);
+        std::fs::rename(&tmp, entry)
             .with_context(|| format!("moving {} to {}", tmp.display(), entry.display()))?;
         Ok(())
     }
@@ -263,6 +274,21 @@ fn fetch_cilium_crd() -> Result<()> {
         .with_context(|| format!("{module}@{version} has no {file}"))?;
     std::fs::rename(&tmp, &dest)?;
     Ok(())
+}
+
+/// The go command and what its environment changes.
+struct Go {
+    program: String,
+    env: Vec<(String, String)>,
+}
+
+impl Default for Go {
+    fn default() -> Self {
+        Go {
+            program: "go".into(),
+            env: Vec::new(),
+        }
+    }
 }
 
 /// `2026-10-27 12:01:04 +0000 UTC` (Go's time format) as `2026-10-27T12:01:04Z`.
@@ -433,6 +459,43 @@ mod tests {
             chrono_like("2026-10-27 12:01:04 +0000 UTC"),
             "2026-10-27T12:01:04Z"
         );
+    }
+
+    #[test]
+    fn a_missing_go_or_proxy_is_named_and_leaves_no_entry() {
+        let tmp = std::env::temp_dir().join(format!("controlplane-nogo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let entry = tmp.join("entry");
+        let no_go = Go {
+            program: "/nonexistent/go".into(),
+            env: Vec::new(),
+        };
+        let err = format!("{:#}", KINE.build_into(&entry, &no_go).unwrap_err());
+        assert!(
+            err.contains("needs Go: `/nonexistent/go` cannot be run"),
+            "{err}"
+        );
+        // A machine that cannot reach the proxy (and has nothing cached).
+        let offline = Go {
+            program: "go".into(),
+            env: vec![
+                ("GOPROXY".into(), "off".into()),
+                (
+                    "GOMODCACHE".into(),
+                    tmp.join("modcache").display().to_string(),
+                ),
+            ],
+        };
+        let err = format!("{:#}", KINE.build_into(&entry, &offline).unwrap_err());
+        assert!(
+            err.contains("cannot download github.com/k3s-io/kine v0.17.5")
+                && err.contains("GOPROXY=off"),
+            "{err}"
+        );
+        assert!(!entry.exists(), "nothing half-built is left");
+        // Module caches are read-only; make them removable.
+        let _ = Command::new("chmod").args(["-R", "u+w"]).arg(&tmp).status();
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 
     #[test]

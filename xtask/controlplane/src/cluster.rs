@@ -86,7 +86,7 @@ pub struct ControlPlane {
     detached: bool,
 }
 
-/// Where test control planes live; each in `cp-<pid>-<n>` with an `owner` file.
+/// Where test control planes live, each in `cp-<pid of its owner>-<n>`.
 fn base() -> PathBuf {
     std::env::temp_dir().join("flowpol-k8s")
 }
@@ -97,16 +97,15 @@ fn reap() {
         return;
     };
     for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let owner = name
+            .strip_prefix("cp-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if owner.is_none_or(process::alive) {
+            continue;
+        }
         let dir = e.path();
-        let owner = std::fs::read_to_string(dir.join("owner"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok());
-        if owner.is_some_and(process::alive) {
-            continue;
-        }
-        if owner.is_none() && dir.join("state.json").exists() {
-            continue;
-        }
         kill_recorded(&dir);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -169,9 +168,6 @@ impl ControlPlane {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         // The dir is absolute from here on: process command lines name it (see reap).
         let dir = dir.canonicalize()?;
-        if !opts.detach {
-            write(&dir.join("owner"), &std::process::id().to_string())?;
-        }
         let pki = Pki::create(&dir.join("pki"), &[opts.advertise_address])?;
         let admin = pki.client("flowpol-admin", Some("system:masters"))?;
         write(
