@@ -33,17 +33,7 @@ use crate::{
 };
 
 /// Labels that change with every rollout or pod: never used in a selector.
-pub const VOLATILE_LABELS: &[&str] = &[
-    "pod-template-hash",
-    "controller-revision-hash",
-    "pod-template-generation",
-    "statefulset.kubernetes.io/pod-name",
-    "apps.kubernetes.io/pod-index",
-    "controller-uid",
-    "batch.kubernetes.io/controller-uid",
-    "job-name",
-    "batch.kubernetes.io/job-name",
-];
+pub use crate::cluster::CONTROLLER_LABELS as VOLATILE_LABELS;
 
 /// Label sets tried, in order, for a workload's selector; the first that selects exactly
 /// the workload's pods wins, else all its stable labels.

@@ -6,7 +6,7 @@
 mod common;
 mod k8s;
 
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use flowpol::{
     agent::store::Writer,
@@ -22,9 +22,7 @@ const SA: &str = "system:serviceaccount:flowpol-system:flowpol-agent";
 /// The cluster with deploy/ applied as its README says, and the shop published.
 fn installed() -> ControlPlane {
     let cp = k8s::start(Options::default());
-    let out = cp.kubectl_ok(&["apply", "-k", k8s::deploy().to_str().unwrap()]);
-    assert!(out.is_ok(), "{out:?}");
-    let out = out.unwrap();
+    let out = k8s::apply_deploy(&cp);
     for made in [
         "namespace/flowpol-system created",
         "customresourcedefinition.apiextensions.k8s.io/observedtraffics.flowpol.io created",
@@ -35,13 +33,6 @@ fn installed() -> ControlPlane {
     ] {
         assert!(out.contains(made), "{made}: {out}");
     }
-    cp.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/observedtraffics.flowpol.io",
-    ])
-    .unwrap();
     cp
 }
 
@@ -171,19 +162,6 @@ fn web_to_db() -> FlowRecord {
     r
 }
 
-fn kubectl_as(cp: &ControlPlane, kubeconfig: &Path, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(&cp.binaries().kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn the_agents_service_account_can_do_what_it_needs_and_nothing_else() {
     let cp = installed();
@@ -290,7 +268,7 @@ fn the_agents_service_account_can_do_what_it_needs_and_nothing_else() {
             "pods",
         ),
     ] {
-        let (ok, err) = kubectl_as(&cp, &kubeconfig, &args);
+        let (ok, _, err) = k8s::kubectl_with(&cp, &kubeconfig, &args, "");
         assert!(
             !ok && err.contains("Forbidden") && err.contains(SA) && err.contains(what),
             "{args:?}: {err}"
@@ -298,22 +276,11 @@ fn the_agents_service_account_can_do_what_it_needs_and_nothing_else() {
     }
     let policy = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
         "metadata": {"name": "sneaky", "namespace": "shop"}, "spec": {"podSelector": {}}});
-    let out = std::process::Command::new(&cp.binaries().kubectl)
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args(["create", "-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin
-                .take()
-                .unwrap()
-                .write_all(policy.to_string().as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("Forbidden"), "{err}");
+    let (ok, _, err) = k8s::kubectl_with(
+        &cp,
+        &kubeconfig,
+        &["create", "-f", "-"],
+        &policy.to_string(),
+    );
+    assert!(!ok && err.contains("Forbidden"), "{err}");
 }

@@ -29,6 +29,18 @@ fn shop() -> ControlPlane {
     cp
 }
 
+/// The shop's recorded flows in `dir`, as if they happened now: after the pods the server
+/// has just created.
+fn flows_now(dir: &k8s::TempDir) -> PathBuf {
+    let flows = dir.0.join("flows.jsonl");
+    k8s::shifted_flows(
+        &k8s::fixtures().join("flows-shop.jsonl"),
+        chrono::Utc::now() + chrono::Duration::seconds(5),
+        &flows,
+    );
+    flows
+}
+
 fn run(args: &[&str]) -> (Option<i32>, String, String) {
     let (code, out, err) = common::flowpol_code(args);
     (code, out, err)
@@ -42,13 +54,7 @@ fn p(path: &Path) -> &str {
 fn the_commands_say_the_same_from_the_cluster_as_from_its_snapshots() {
     let cp = shop();
     let dir = k8s::TempDir::new("kube-cli");
-    // The recorded traffic happened after the pods were created: now.
-    let flows = dir.0.join("flows.jsonl");
-    k8s::shifted_flows(
-        &k8s::fixtures().join("flows-shop.jsonl"),
-        chrono::Utc::now() + chrono::Duration::seconds(5),
-        &flows,
-    );
+    let flows = flows_now(&dir);
     // The snapshot a user takes of this cluster, as the README says.
     let taken = dir.0.join("taken.yaml");
     let yaml = cp
@@ -130,12 +136,7 @@ fn the_commands_say_the_same_from_the_cluster_as_from_its_snapshots() {
 fn suggestions_are_accepted_by_the_api_server_and_kubectl_flowpol_reads_the_cluster() {
     let cp = shop();
     let dir = k8s::TempDir::new("kube-apply");
-    let flows = dir.0.join("flows.jsonl");
-    k8s::shifted_flows(
-        &k8s::fixtures().join("flows-shop.jsonl"),
-        chrono::Utc::now() + chrono::Duration::seconds(5),
-        &flows,
-    );
+    let flows = flows_now(&dir);
     // `kubectl flowpol`, the plugin, through the built kubectl; the current context is the
     // cluster.
     let plugins = dir.0.join("plugins");
@@ -201,13 +202,7 @@ fn suggestions_are_accepted_by_the_api_server_and_kubectl_flowpol_reads_the_clus
     // Cilium's own CRD, as its operator installs it; the suggestion in its format passes.
     cp.kubectl_ok(&["apply", "-f", p(&cp.binaries().cilium_crd)])
         .unwrap();
-    cp.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/ciliumnetworkpolicies.cilium.io",
-    ])
-    .unwrap();
+    k8s::wait_established(&cp, "ciliumnetworkpolicies.cilium.io");
     let (ok, cilium, err) = kubectl(
         &[
             "flowpol",

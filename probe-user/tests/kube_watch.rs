@@ -569,22 +569,13 @@ fn an_api_server_restart_after_compaction_relists_and_loses_nothing() {
         let pod = json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "newcomer", "namespace": "shop"},
             "spec": {"nodeName": "node-b", "containers": [{"name": "c", "image": "x"}]}});
-        let out = cp
-            .kubectl_at(second)
-            .args(["create", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin
-                    .take()
-                    .unwrap()
-                    .write_all(pod.to_string().as_bytes())?;
-                c.wait()
-            })
-            .unwrap();
-        assert!(out.success());
+        let (ok, _, err) = k8s::kubectl_with(
+            &cp,
+            &cp.admin_kubeconfig(second),
+            &["create", "-f", "-"],
+            &pod.to_string(),
+        );
+        assert!(ok, "{err}");
         // The store's history is compacted past where the watchers were.
         eventually("kine compacts past the watch's resourceVersion", || {
             compacted_to(&cp) > watched

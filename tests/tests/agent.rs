@@ -225,15 +225,7 @@ struct LabApi {
 
 fn serve_lab(dir: &Path) -> LabApi {
     let cp = k8s::start(Options::default());
-    cp.kubectl_ok(&["apply", "-k", k8s::deploy().to_str().unwrap()])
-        .unwrap();
-    cp.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/observedtraffics.flowpol.io",
-    ])
-    .unwrap();
+    k8s::apply_deploy(&cp);
     let snapshot = dir.join("cluster.yaml");
     std::fs::write(&snapshot, cluster::snapshot_yaml(&lab_scenario())).unwrap();
     tokio::runtime::Runtime::new()
@@ -654,6 +646,88 @@ fn more_edges_than_max_edges_stay_bounded_and_never_count_twice() {
             }
         }
     }
+    drop(cp);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `flowpol lab --kube`: the lab's cluster is published for the run, as the scenario
+/// describes it (each pod Running and Ready at its lab addresses, so the endpointslice
+/// controller and enforcers see it as a cluster would), removed afterwards, and left with
+/// `--keep-published`; a later run keeps what the cluster already holds.
+#[test]
+fn the_lab_publishes_its_cluster_for_the_run() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempdir().join("publish");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lab_with = |cp: &ControlPlane, extra: &[&str]| -> String {
+        let out = Command::new(binary())
+            .args(["lab", "--kubeconfig"])
+            .arg(cp.kubeconfig_path())
+            .arg("--output")
+            .arg(dir.join("flows.jsonl"))
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        assert_no_leftovers();
+        err
+    };
+    let scenario = lab_scenario();
+    let pods: Vec<(String, String)> = scenario
+        .scenario
+        .pods
+        .iter()
+        .map(|p| (p.namespace.clone(), p.name.clone()))
+        .collect();
+    let pod_exists = |cp: &ControlPlane, ns: &str, name: &str| {
+        cp.kubectl(&["get", "pod", name, "-n", ns]).status.success()
+    };
+
+    let cp = k8s::start(Options::default());
+    let err = lab_with(&cp, &["--keep-published"]);
+    assert!(
+        err.contains("published") && err.contains("objects into the API server"),
+        "{err}"
+    );
+    for (ns, name) in &pods {
+        let pod = k8s::get_json(&cp, &["pod", name, "-n", ns]);
+        let host = scenario.host(&format!("{ns}/{name}")).unwrap();
+        assert_eq!(pod["spec"]["nodeName"], NODE);
+        assert_eq!(pod["status"]["phase"], "Running", "{ns}/{name}");
+        assert_eq!(
+            pod["status"]["podIPs"],
+            serde_json::json!([{"ip": host.ipv4.to_string()}, {"ip": host.ipv6.to_string()}])
+        );
+        let ready = pod["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True");
+        assert!(ready, "{ns}/{name} is Ready");
+    }
+    let policies = k8s::get_json(&cp, &["networkpolicies", "-A"]);
+    assert_eq!(
+        policies["items"].as_array().unwrap().len(),
+        scenario.scenario.policies.len()
+    );
+    let err = lab_with(&cp, &[]);
+    assert!(err.contains("kept the cluster's own"), "{err}");
+    assert!(
+        pods.iter().all(|(ns, name)| pod_exists(&cp, ns, name)),
+        "a run removes only what it published itself"
+    );
+    drop(cp);
+
+    let cp = k8s::start(Options::default());
+    let err = lab_with(&cp, &[]);
+    assert!(err.contains("removed what it published"), "{err}");
+    assert!(
+        pods.iter().all(|(ns, name)| !pod_exists(&cp, ns, name)),
+        "nothing of the lab is left in the cluster"
+    );
     drop(cp);
     std::fs::remove_dir_all(&dir).unwrap();
 }

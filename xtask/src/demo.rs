@@ -118,12 +118,7 @@ pub fn kube() -> Result<()> {
     );
     step("2. kubectl apply -k deploy/: the CRD, the agent's RBAC and DaemonSet");
     kubectl(&["apply", "-k", "deploy/"])?;
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/observedtraffics.flowpol.io",
-    ])?;
+    cp.wait_established("observedtraffics.flowpol.io")?;
     let token = cp.token("flowpol-system", "flowpol-agent")?;
     let agent_kubeconfig = cp.token_kubeconfig("agent.kubeconfig", &token)?;
     step("3. flowpol agent on this node, as the DaemonSet's ServiceAccount");

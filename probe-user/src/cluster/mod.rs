@@ -26,6 +26,21 @@ use crate::record::Protocol;
 
 pub type Labels = BTreeMap<String, String>;
 
+/// The labels workload controllers put on their pods, one value per rollout, revision or
+/// pod (never the workload's own).
+pub const CONTROLLER_LABELS: &[&str] = &[
+    "pod-template-hash",
+    "controller-revision-hash",
+    "pod-template-generation",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "controller-uid",
+    "batch.kubernetes.io/controller-uid",
+    "job-name",
+    "batch.kubernetes.io/job-name",
+    "batch.kubernetes.io/job-completion-index",
+];
+
 /// Something labels can be looked up in: a [`Labels`] map or a pod's compact [`LabelSet`].
 pub trait LabelLookup {
     fn label(&self, key: &str) -> Option<&str>;

@@ -132,20 +132,9 @@ fn template(labels: &Map<String, Value>, restart_never: bool) -> Value {
 /// The minimal valid `kind` named `name` whose pods carry `pod_labels`.
 fn make_owner(ns: &str, kind: &str, name: &str, pod_labels: &Map<String, Value>) -> Value {
     let mut labels = pod_labels.clone();
-    // The controllers' own labels: the server sets (and checks) them for the new owner.
-    for k in [
-        "pod-template-hash",
-        "controller-revision-hash",
-        "pod-template-generation",
-        "statefulset.kubernetes.io/pod-name",
-        "apps.kubernetes.io/pod-index",
-        "controller-uid",
-        "batch.kubernetes.io/controller-uid",
-        "job-name",
-        "batch.kubernetes.io/job-name",
-        "batch.kubernetes.io/job-completion-index",
-    ] {
-        labels.remove(k);
+    // The controllers' own labels: not the owner's (a Job's are set by the server).
+    for k in super::CONTROLLER_LABELS {
+        labels.remove(*k);
     }
     let selector = json!({"matchLabels": labels});
     let spec = match kind {

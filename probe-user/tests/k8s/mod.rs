@@ -54,18 +54,60 @@ pub async fn publish(cp: &ControlPlane, objects: &[Value]) {
         .unwrap_or_else(|e| panic!("publishing: {:#}\n{}", anyhow::Error::from(e), cp.logs()));
 }
 
+/// Waits until CRD `name` is Established (its resource served).
+pub fn wait_established(cp: &ControlPlane, name: &str) {
+    cp.wait_established(name)
+        .unwrap_or_else(|e| panic!("{e:#}"));
+}
+
 /// Installs flowpol's CRD from deploy/ and waits until it is Established.
 pub fn install_crd(cp: &ControlPlane) {
     let crd = deploy().join("crd.yaml");
     cp.kubectl_ok(&["apply", "-f", crd.to_str().unwrap()])
         .unwrap();
-    cp.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/observedtraffics.flowpol.io",
-    ])
-    .unwrap();
+    wait_established(cp, "observedtraffics.flowpol.io");
+}
+
+/// `kubectl apply -k deploy/`, as deploy/README.md says; returns what kubectl printed,
+/// once the CRD is Established.
+pub fn apply_deploy(cp: &ControlPlane) -> String {
+    let out = cp
+        .kubectl_ok(&["apply", "-k", deploy().to_str().unwrap()])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    wait_established(cp, "observedtraffics.flowpol.io");
+    out
+}
+
+/// The built kubectl with `kubeconfig` (another user, another API server), `input` on
+/// stdin: (success, stdout, stderr).
+pub fn kubectl_with(
+    cp: &ControlPlane,
+    kubeconfig: &Path,
+    args: &[&str],
+    input: &str,
+) -> (bool, String, String) {
+    use std::{io::Write, process::Stdio};
+    let mut child = std::process::Command::new(&cp.binaries().kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the built kubectl runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// `kubectl get ARGS -o json`, parsed.

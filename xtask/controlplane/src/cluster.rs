@@ -525,6 +525,31 @@ impl ControlPlane {
         child.wait_with_output().expect("kubectl ends")
     }
 
+    /// Waits until CRD `name` is Established (its resource served). Polls, as `kubectl
+    /// wait` fails instead of waiting while a new CRD has no conditions yet.
+    pub fn wait_established(&self, name: &str) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            let out = self.kubectl(&[
+                "get",
+                "crd",
+                name,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+            ]);
+            if String::from_utf8_lossy(&out.stdout).trim() == "True" {
+                return Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "CRD {name} is not Established after 60 s: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A token for service account `namespace/name` from the TokenRequest API.
     pub fn token(&self, namespace: &str, name: &str) -> Result<String> {
         Ok(self
