@@ -1,8 +1,9 @@
 //! Writes a snapshot's objects into an API server the way a cluster holds them, so a real
 //! control plane (or a NetworkPolicy implementation reading it) sees the lab or a recorded
 //! cluster as it would see its own: objects are created without the fields the server sets
-//! (uid, resourceVersion, timestamps, managedFields), their status is written through the
-//! status subresource as a kubelet or a controller would, owner references are pointed at
+//! (uid, resourceVersion, timestamps, managedFields), pods' and nodes' status is written
+//! through the status subresource as their kubelet would (other status is the controllers'
+//! or the server's), owner references are pointed at
 //! the owners' new uids, and an owner a snapshot lacks (the ReplicaSet of a pod, its
 //! Deployment) is created as the minimal object of its kind, so the garbage collector keeps
 //! the pod and the model names the same workload. EndpointSlices that the endpointslice
