@@ -86,23 +86,7 @@ pub fn kubectl_with(
     args: &[&str],
     input: &str,
 ) -> (bool, String, String) {
-    use std::{io::Write, process::Stdio};
-    let mut child = std::process::Command::new(&cp.binaries().kubectl)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("the built kubectl runs");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = cp.kubectl_with(kubeconfig, args, input);
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -506,10 +506,17 @@ impl ControlPlane {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `kubectl ARGS` with `input` on stdin (`apply -f -`).
+    /// `kubectl ARGS` as admin with `input` on stdin (`apply -f -`).
     pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
-        let mut child = self
-            .kubectl_command()
+        self.kubectl_with(&self.kubeconfig_path(), args, input)
+    }
+
+    /// `kubectl ARGS` with `kubeconfig` (another user, another API server), `input` on
+    /// stdin.
+    pub fn kubectl_with(&self, kubeconfig: &Path, args: &[&str], input: &str) -> Output {
+        let mut child = Command::new(&self.bins.kubectl)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
