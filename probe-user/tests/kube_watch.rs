@@ -111,24 +111,22 @@ fn pod_requests(cp: &ControlPlane, verb: &str) -> Vec<Value> {
 /// Deletes a pod through API server `server` as its kubelet does once the containers are
 /// gone (at once: no kubelet runs here to finish a graceful deletion).
 fn delete_pod(cp: &ControlPlane, server: usize, namespace: &str, name: &str) {
-    let out = cp
-        .kubectl_at(server)
-        .args([
-            "delete",
-            "pod",
-            name,
-            "-n",
-            namespace,
-            "--grace-period=0",
-            "--force",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let args = [
+        "delete",
+        "pod",
+        name,
+        "-n",
+        namespace,
+        "--grace-period=0",
+        "--force",
+    ];
+    kubectl_via(cp, server, &args, "");
+}
+
+/// kubectl as admin through API server `server`, `input` on stdin; fails the test if it fails.
+fn kubectl_via(cp: &ControlPlane, server: usize, args: &[&str], input: &str) {
+    let (ok, _, err) = k8s::kubectl_with(cp, &cp.admin_kubeconfig(server), args, input);
+    assert!(ok, "kubectl {args:?}: {err}");
 }
 
 fn created_at(object: &Value) -> DateTime<Utc> {
@@ -556,26 +554,17 @@ fn an_api_server_restart_after_compaction_relists_and_loses_nothing() {
         );
         // Meanwhile, through the other API server: a pod deleted, one created, a namespace
         // relabelled.
-        let via_second = |args: &[&str]| {
-            let out = cp.kubectl_at(second).args(args).output().unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
         delete_pod(&cp, second, "shop", "cart-0");
-        via_second(&["label", "namespace", "data", "tier=storage"]);
+        kubectl_via(
+            &cp,
+            second,
+            &["label", "namespace", "data", "tier=storage"],
+            "",
+        );
         let pod = json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "newcomer", "namespace": "shop"},
             "spec": {"nodeName": "node-b", "containers": [{"name": "c", "image": "x"}]}});
-        let (ok, _, err) = k8s::kubectl_with(
-            &cp,
-            &cp.admin_kubeconfig(second),
-            &["create", "-f", "-"],
-            &pod.to_string(),
-        );
-        assert!(ok, "{err}");
+        kubectl_via(&cp, second, &["create", "-f", "-"], &pod.to_string());
         // The store's history is compacted past where the watchers were.
         eventually("kine compacts past the watch's resourceVersion", || {
             compacted_to(&cp) > watched
