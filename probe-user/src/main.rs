@@ -1,4 +1,4 @@
-//! The `flowpol` command: a thin shell over the library.
+//! The `flowpol` command: parses the command line, calls the library crates and prints.
 use std::process::ExitCode;
 
 mod cli;

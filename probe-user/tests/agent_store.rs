@@ -12,12 +12,12 @@ use std::{
     time::Duration,
 };
 
-use flowpol::{
-    agent::store::{field_manager, Writer},
+use flowpol_analysis::{
     cluster::Workload,
     observed::Observed,
     record::{Endpoint, EndpointKind, FlowRecord, Identity, Observer, Protocol, Side, Verdict},
 };
+use flowpol_kube::store::{field_manager, Writer};
 use k8s::{ControlPlane, Options};
 use serde_json::Value;
 
@@ -401,10 +401,12 @@ fn verify_and_suggest_read_the_cluster_store() {
     let kubeconfig = cp.kubeconfig_path();
     // The shop's recorded flows, attributed and split by the node that saw them.
     let snapshot =
-        flowpol::cluster::snapshot::load(&common::fixtures().join("cluster-shop.yaml")).unwrap();
+        flowpol_analysis::cluster::snapshot::load(&common::fixtures().join("cluster-shop.yaml"))
+            .unwrap();
     let mut records =
-        flowpol::record::read_json_lines(&common::fixtures().join("flows-shop.jsonl")).unwrap();
-    flowpol::attribute::enrich(&snapshot.cluster, &mut records);
+        flowpol_analysis::record::read_json_lines(&common::fixtures().join("flows-shop.jsonl"))
+            .unwrap();
+    flowpol_analysis::attribute::enrich(&snapshot.cluster, &mut records);
     rt.block_on(async {
         let c = client(&cp).await;
         for node in ["node-a", "node-b"] {

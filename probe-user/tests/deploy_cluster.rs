@@ -8,12 +8,12 @@ mod k8s;
 
 use std::time::Duration;
 
-use flowpol::{
-    agent::store::Writer,
-    cluster::{watch::Live, Workload},
+use flowpol_analysis::{
+    cluster::Workload,
     observed::Observed,
     record::{Endpoint, EndpointKind, FlowRecord, Identity, Protocol, Verdict},
 };
+use flowpol_kube::{store::Writer, watch::Live};
 use k8s::{ControlPlane, Options};
 use serde_json::{json, Value};
 

@@ -120,7 +120,7 @@ fn rbac_reads_what_the_model_watches_and_writes_only_its_own_resource() {
             r.resources.iter().flatten().any(|x| x == resource) && r.verbs.iter().any(|v| v == verb)
         })
     };
-    for kind in flowpol::cluster::objects::Kind::ALL {
+    for kind in flowpol_analysis::cluster::objects::Kind::ALL {
         let resource = format!("{}s", kind.as_str().to_lowercase()).replace("policys", "policies");
         for verb in ["get", "list", "watch"] {
             assert!(
@@ -254,7 +254,7 @@ fn kubectl_builds_the_kustomization() {
 /// the list-map keys among them.
 #[test]
 fn observed_traffic_objects_fit_the_crd_schema() {
-    use flowpol::{
+    use flowpol_analysis::{
         observed::{Observed, API_VERSION, KIND},
         record::{Endpoint, EndpointKind, FlowRecord, Identity, Protocol, Verdict},
     };
@@ -281,7 +281,7 @@ fn observed_traffic_objects_fit_the_crd_schema() {
         identity: Identity {
             kind: Some(EndpointKind::Pod),
             namespace: Some(ns.into()),
-            workload: Some(flowpol::cluster::Workload {
+            workload: Some(flowpol_analysis::cluster::Workload {
                 kind: "Deployment".into(),
                 name: name.into(),
             }),

@@ -11,7 +11,8 @@ use std::{future::Future, path::PathBuf, time::Duration};
 
 use chrono::{DateTime, Utc};
 use controlplane::{FaultProxy, Mode};
-use flowpol::cluster::{watch::Live, Cluster, Endpoint};
+use flowpol_analysis::cluster::{Cluster, Endpoint};
+use flowpol_kube::watch::Live;
 use k8s::{ControlPlane, Options};
 use serde_json::{json, Value};
 

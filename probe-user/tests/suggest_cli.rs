@@ -4,7 +4,7 @@
 mod common;
 use common::{fixtures, flowpol, golden};
 
-use flowpol::{
+use flowpol_analysis::{
     attribute,
     cluster::snapshot,
     policy::{self, engine::Engine},

@@ -1,5 +1,5 @@
 //! Helpers for the privileged end-to-end tests (run by `cargo xtask test`, as root).
-use flowpol::lab::{
+use flowpol_lab::{
     enforce::{self, Fault},
     netns,
     run::{self, LabReport},
@@ -70,7 +70,7 @@ pub fn assert_no_leftovers() {
         .expect("nft runs");
     let tables = String::from_utf8_lossy(&tables.stdout);
     assert!(
-        !tables.contains(flowpol::lab::nft::TABLE),
+        !tables.contains(flowpol_lab::nft::TABLE),
         "a lab nft table leaked into the root namespace: {tables}"
     );
 }

@@ -17,17 +17,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use flowpol::{
+use flowpol_analysis::{
     attribute,
-    lab::{cluster, scenario, EXAMPLE_SCENARIO},
     observed::Observed,
     record::{self, FlowRecord},
 };
 use flowpol_e2e::{assert_no_leftovers, binary, privileged};
+use flowpol_lab::{objects, scenario, EXAMPLE_SCENARIO};
 use k8s::{ControlPlane, Options};
 use serde_json::Value;
 
-const NODE: &str = cluster::NODE;
+const NODE: &str = objects::NODE;
 
 fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("flowpol-agent-e2e-{}", std::process::id()));
@@ -199,7 +199,7 @@ fn edges(objects: &[Value], node: &str) -> Edges {
 /// The edges the lab's own recordings make for `node`'s agent, attributed from the lab's
 /// cluster (where every pod runs on [`NODE`]).
 fn expected(recordings: &[&Vec<FlowRecord>], node: &str) -> Edges {
-    let snapshot = cluster::model(&lab_scenario()).unwrap();
+    let snapshot = objects::model(&lab_scenario()).unwrap();
     let mut o = Observed::new(1 << 20);
     for records in recordings {
         let mut records = (*records).clone();
@@ -227,7 +227,7 @@ fn serve_lab(dir: &Path) -> LabApi {
     let cp = k8s::start(Options::default());
     k8s::apply_deploy(&cp);
     let snapshot = dir.join("cluster.yaml");
-    std::fs::write(&snapshot, cluster::snapshot_yaml(&lab_scenario())).unwrap();
+    std::fs::write(&snapshot, objects::snapshot_yaml(&lab_scenario())).unwrap();
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(k8s::publish(&cp, &k8s::read_list(&snapshot)));
@@ -258,7 +258,7 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
         return;
     }
     let dir = tempdir();
-    let lab_ips: BTreeSet<IpAddr> = cluster::model(&lab_scenario())
+    let lab_ips: BTreeSet<IpAddr> = objects::model(&lab_scenario())
         .unwrap()
         .cluster
         .pods()

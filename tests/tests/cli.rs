@@ -152,7 +152,7 @@ fn record_names_a_host_network_pod_by_its_cgroup() {
     let dir = std::env::temp_dir().join(format!("flowpol-cgroup-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let root = flowpol::kernel::cgroup2_root(&mountinfo).expect("a cgroup v2 hierarchy");
+    let root = flowpol_node::kernel::cgroup2_root(&mountinfo).expect("a cgroup v2 hierarchy");
     let top = root.join("kubepods-flowpol-e2e.slice");
     let pod_cgroup = top.join(format!("kubepods-pod{}.slice", UID.replace('-', "_")));
     std::fs::create_dir_all(&pod_cgroup).unwrap();
@@ -224,7 +224,7 @@ status: {{phase: Running, podIP: 10.99.0.1, podIPs: [{{ip: 10.99.0.1}}]}}\n"
 /// an enforcement gap.
 #[test]
 fn probe_runs_from_local_pods_namespaces_found_by_their_cgroups() {
-    use flowpol::lab::{cluster, enforce, scenario, Lab};
+    use flowpol_lab::{enforce, objects, scenario, Lab};
     if !privileged() {
         return;
     }
@@ -250,12 +250,12 @@ policies:
     let dir = std::env::temp_dir().join(format!("flowpol-node-probe-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let root = flowpol::kernel::cgroup2_root(&mountinfo).expect("a cgroup v2 hierarchy");
+    let root = flowpol_node::kernel::cgroup2_root(&mountinfo).expect("a cgroup v2 hierarchy");
     let top = root.join("kubepods-flowpol-probe.slice");
     // The client is the scenario's first pod.
     let pod_cgroup = top.join(format!(
         "kubepods-pod{}.slice",
-        cluster::uid(0).replace('-', "_")
+        objects::uid(0).replace('-', "_")
     ));
     for enforced in [true, false] {
         let mut resolved = scenario::parse("node-probe", yaml).unwrap();
@@ -263,7 +263,7 @@ policies:
             enforce::install(&mut resolved, &[]).unwrap();
         }
         let snapshot = dir.join("cluster.yaml");
-        std::fs::write(&snapshot, cluster::snapshot_yaml(&resolved)).unwrap();
+        std::fs::write(&snapshot, objects::snapshot_yaml(&resolved)).unwrap();
         let lab = Lab::up(resolved).unwrap();
         std::fs::create_dir_all(&pod_cgroup).unwrap();
         // The pod's process: in the client's namespace (once `ip` has entered it), then

@@ -1,14 +1,12 @@
 //! The probe, for real, on the netns lab.
-use flowpol::{
-    lab::EXAMPLE_SCENARIO,
-    record::{FlowRecord, Protocol, Side, Verdict},
-};
+use flowpol_analysis::record::{FlowRecord, Protocol, Side, Verdict};
 use flowpol_e2e::{privileged, run_lab};
+use flowpol_lab::EXAMPLE_SCENARIO;
 
 fn find<'a>(
     r: &'a [FlowRecord],
     host: &str,
-    report: &flowpol::lab::run::LabReport,
+    report: &flowpol_lab::run::LabReport,
     f: impl Fn(&FlowRecord) -> bool,
 ) -> Vec<&'a FlowRecord> {
     r.iter()

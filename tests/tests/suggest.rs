@@ -1,17 +1,17 @@
 //! Suggest, end to end in the lab: record the shop's traffic, suggest policies from it,
 //! enforce the suggestion with the lab's enforcer, replay the same traffic: what worked
 //! still works, what was blocked stays blocked, and a connection never observed is blocked.
-use flowpol::{
+use flowpol_analysis::{
     attribute,
-    lab::{
-        enforce,
-        scenario::{Close, Family, Traffic},
-        EXAMPLE_SCENARIO,
-    },
     record::{Protocol, Verdict},
     suggest::{self, Options},
 };
 use flowpol_e2e::{privileged, run_lab, run_resolved};
+use flowpol_lab::{
+    enforce,
+    scenario::{Close, Family, Traffic},
+    EXAMPLE_SCENARIO,
+};
 
 #[test]
 fn the_suggestion_enforced_keeps_what_worked_and_blocks_the_rest() {
@@ -52,7 +52,7 @@ fn the_suggestion_enforced_keeps_what_worked_and_blocks_the_rest() {
     let n = first.outcomes.len();
     for (before, after) in first.outcomes.iter().zip(&second.outcomes[..n]) {
         let t = &first.resolved.scenario.traffic[before.item];
-        let worked = |o: &flowpol::lab::traffic::Outcome| {
+        let worked = |o: &flowpol_lab::traffic::Outcome| {
             o.results.contains_key(&Verdict::Established)
                 || o.results.contains_key(&Verdict::Answered)
         };

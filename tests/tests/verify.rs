@@ -5,19 +5,19 @@
 //! must list exactly those cases.
 use std::collections::BTreeSet;
 
-use flowpol::{
+use flowpol_analysis::{
     attribute, compare,
-    lab::{
-        enforce::{self, Fault},
-        probing,
-        run::LabReport,
-        scenario, EXAMPLE_SCENARIO,
-    },
     policy::engine::Engine,
     record::{FlowRecord, Protocol},
     verify::{self, Finding, Kind},
 };
 use flowpol_e2e::{privileged, run_lab_with_faults, run_resolved};
+use flowpol_lab::{
+    enforce::{self, Fault},
+    probing,
+    run::LabReport,
+    scenario, EXAMPLE_SCENARIO,
+};
 
 type Case = (Kind, String, String, u16, &'static str);
 

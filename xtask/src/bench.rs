@@ -40,8 +40,14 @@ pub fn run(what: What) -> Result<()> {
     match what {
         What::Capture => capture(),
         What::Engine => engine(),
-        What::Suggest => cargo(&["bench", "--package", "probe-user", "--bench", "suggest"]),
-        What::Agent => cargo(&["bench", "--package", "probe-user", "--bench", "agent"]),
+        What::Suggest => cargo(&[
+            "bench",
+            "--package",
+            "flowpol-analysis",
+            "--bench",
+            "suggest",
+        ]),
+        What::Agent => cargo(&["bench", "--package", "flowpol-agent", "--bench", "agent"]),
     }
 }
 
@@ -364,7 +370,13 @@ fn phases(dir: &Path, scenario: &Path) -> Result<()> {
 /// against `flowpol eval --matrix` over every port the policies name plus one they do not
 /// (the same information, as a full pod-by-pod grid).
 fn engine() -> Result<()> {
-    cargo(&["bench", "--package", "probe-user", "--bench", "engine"])?;
+    cargo(&[
+        "bench",
+        "--package",
+        "flowpol-analysis",
+        "--bench",
+        "engine",
+    ])?;
     if Command::new("nca")
         .arg("--version")
         .output()
@@ -391,7 +403,7 @@ fn engine() -> Result<()> {
             "bench",
             "--quiet",
             "--package",
-            "probe-user",
+            "flowpol-analysis",
             "--bench",
             "engine",
             "--",

@@ -4,13 +4,13 @@
 use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use flowpol::{
-    agent::{self, http::Health, metrics::Metrics, Agent, Model, Sink},
+use flowpol_agent::{self as agent, http::Health, metrics::Metrics, Agent, Model, Sink};
+use flowpol_analysis::output::Rotating;
+use flowpol_kube::watch;
+use flowpol_node::{
     aggregate::{Aggregator, Clock},
     capture::{self, Probe},
-    cluster::watch,
     kernel,
-    output::Rotating,
     session::Session,
     shutdown::Shutdown,
 };

@@ -2,7 +2,7 @@
 //! others'), to measure what the probe costs the kernel. Needs `kernel.bpf_stats_enabled=1`.
 use std::process::ExitCode;
 
-use flowpol::capture;
+use flowpol_node::capture;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -3,7 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use flowpol::{attribute, cluster::snapshot, compare, record};
+use flowpol_analysis::{attribute, cluster::snapshot, compare, record};
 
 use super::Format;
 

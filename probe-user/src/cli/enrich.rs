@@ -2,7 +2,7 @@
 //! cluster.
 use std::{path::PathBuf, process::ExitCode};
 
-use flowpol::output;
+use flowpol_analysis::output;
 
 use super::source::FlowsFrom;
 

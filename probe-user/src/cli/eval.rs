@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 use super::source::Source;
 
 use anyhow::Context as _;
-use flowpol::{
+use flowpol_analysis::{
     attribute,
     cluster::PortRef,
     eval,

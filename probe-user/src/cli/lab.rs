@@ -2,14 +2,11 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
-use flowpol::{
-    cluster::{publish, snapshot, watch},
-    lab::{
-        cluster,
-        enforce::{self, Fault},
-        run, scenario, EXAMPLE_SCENARIO,
-    },
-    output,
+use flowpol_analysis::{cluster::snapshot, output};
+use flowpol_kube::{publish, watch};
+use flowpol_lab::{
+    enforce::{self, Fault},
+    objects, run, scenario, EXAMPLE_SCENARIO,
 };
 
 #[derive(clap::Args)]
@@ -75,7 +72,7 @@ impl Published {
         resolved: &scenario::Resolved,
     ) -> anyhow::Result<Self> {
         let objects: Vec<serde_json::Value> =
-            match serde_yaml::from_str::<serde_json::Value>(&cluster::snapshot_yaml(resolved))?
+            match serde_yaml::from_str::<serde_json::Value>(&objects::snapshot_yaml(resolved))?
                 ["items"]
                 .as_array()
             {
@@ -130,7 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         resolved.scenario.policies = read_policies(path)?;
     }
     if let Some(path) = &args.cluster_out {
-        let yaml = cluster::snapshot_yaml(&resolved);
+        let yaml = objects::snapshot_yaml(&resolved);
         output::write_atomic(path, |mut f| {
             std::io::Write::write_all(&mut f, yaml.as_bytes())
         })?;

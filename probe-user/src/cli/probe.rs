@@ -5,17 +5,16 @@ use std::{path::PathBuf, process::ExitCode};
 
 use super::source::Source;
 use anyhow::Context as _;
-use flowpol::{
-    kernel,
-    lab::{
-        cluster,
-        enforce::{self, Fault},
-        probing, run, scenario, EXAMPLE_SCENARIO,
-    },
-    node_probe, output,
+use flowpol_analysis::{
+    output,
+    plan::{self, Host},
     policy::engine::Engine,
-    probe::{self, Host},
 };
+use flowpol_lab::{
+    enforce::{self, Fault},
+    objects, probing, run, scenario, EXAMPLE_SCENARIO,
+};
+use flowpol_node::{kernel, probing as node_probing};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -64,7 +63,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if let Some(path) = &args.cluster_out {
-        let yaml = cluster::snapshot_yaml(&resolved);
+        let yaml = objects::snapshot_yaml(&resolved);
         output::write_atomic(path, |mut f| {
             std::io::Write::write_all(&mut f, yaml.as_bytes())
         })?;
@@ -104,7 +103,7 @@ fn on_node(args: Args) -> anyhow::Result<ExitCode> {
     let snap = args.source.load("probe")?;
     let policies = snap.compile("probe")?;
     let engine = Engine::new(&snap.cluster, policies);
-    let attempts = probe::plan(&engine, &[]);
+    let attempts = plan::plan(&engine, &[]);
     if args.plan {
         println!("{}", serde_json::to_string_pretty(&attempts)?);
         return Ok(ExitCode::SUCCESS);
@@ -112,9 +111,9 @@ fn on_node(args: Args) -> anyhow::Result<ExitCode> {
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let root = kernel::cgroup2_root(&mountinfo)
         .context("no cgroup v2 hierarchy is mounted: pods cannot be found by their cgroups")?;
-    let local = node_probe::local_pods(&snap.cluster, &root);
+    let local = node_probing::local_pods(&snap.cluster, &root);
     let total = attempts.len();
-    let here: Vec<probe::Attempt> = attempts
+    let here: Vec<plan::Attempt> = attempts
         .into_iter()
         .filter(|a| matches!(&a.from, Host::Pod(p) if local.contains_key(p)))
         .collect();
@@ -125,7 +124,7 @@ fn on_node(args: Args) -> anyhow::Result<ExitCode> {
         local.len()
     );
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let (verdicts, records, summary) = rt.block_on(node_probe::record_attempts(
+    let (verdicts, records, summary) = rt.block_on(node_probing::record_attempts(
         here,
         local,
         probing::PROBE_TIMEOUT,

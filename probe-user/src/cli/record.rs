@@ -3,11 +3,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use super::source::Source;
 use anyhow::Context as _;
-use flowpol::{
+use flowpol_analysis::{attribute, output};
+use flowpol_node::{
     aggregate::{Aggregator, Clock},
-    attribute,
     capture::{self, Probe},
-    kernel, output, podcgroup,
+    kernel, podcgroup,
     session::Session,
     shutdown::Shutdown,
 };

@@ -3,17 +3,14 @@
 use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use flowpol::{
+use flowpol_analysis::{
     attribute,
-    cluster::{
-        snapshot,
-        watch::{self, Live},
-        Cluster,
-    },
+    cluster::{snapshot, Cluster},
     observed,
     policy::{self, Policy},
     record::{self, FlowRecord},
 };
+use flowpol_kube::watch::{self, Live};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 /// Deleted pods are kept this long for attribution.
@@ -89,7 +86,7 @@ impl FlowsFrom {
             let client = connection.client.clone();
             let live = Live::start(&connection, self.source.deleted_pod_grace);
             let loaded = self.source.take(&live).await?;
-            let objects = flowpol::agent::store::list(&client)
+            let objects = flowpol_kube::store::list(&client)
                 .await
                 .context("listing ObservedTraffic objects (is the flowpol CRD installed? kubectl apply -k deploy/)")?;
             anyhow::Ok((loaded, objects))

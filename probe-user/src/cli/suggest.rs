@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, path::PathBuf, process::ExitCode};
 use super::source::FlowsFrom;
 
 use anyhow::bail;
-use flowpol::{
+use flowpol_analysis::{
     eval,
     policy::{
         self,
@@ -158,7 +158,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Format::Cilium => suggest::to_yaml(&s.cilium),
     };
     match &args.output {
-        Some(path) => flowpol::output::write_atomic(path, |mut f| {
+        Some(path) => flowpol_analysis::output::write_atomic(path, |mut f| {
             std::io::Write::write_all(&mut f, yaml.as_bytes())
         })?,
         None => print!("{yaml}"),
@@ -175,7 +175,7 @@ fn end(e: &record::Endpoint) -> String {
 
 /// Flows allowed today that the existing policies plus a default deny in `namespaces` deny.
 fn breaks_under_default_deny<'r>(
-    cluster: &flowpol::cluster::Cluster,
+    cluster: &flowpol_analysis::cluster::Cluster,
     existing: &[Policy],
     records: &'r [FlowRecord],
     namespaces: &BTreeSet<String>,

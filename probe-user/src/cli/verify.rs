@@ -3,7 +3,7 @@ use std::process::ExitCode;
 
 use super::source::FlowsFrom;
 
-use flowpol::{
+use flowpol_analysis::{
     policy::engine::Engine,
     verify::{self, Kind},
 };

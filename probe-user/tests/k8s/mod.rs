@@ -40,16 +40,16 @@ pub fn read_list(path: &Path) -> Vec<Value> {
 }
 
 /// A connection for `kubeconfig`, as flowpol makes its own.
-pub async fn connect(kubeconfig: &Path) -> flowpol::cluster::watch::Connection {
-    flowpol::cluster::watch::connect(Some(kubeconfig), None)
+pub async fn connect(kubeconfig: &Path) -> flowpol_kube::watch::Connection {
+    flowpol_kube::watch::connect(Some(kubeconfig), None)
         .await
         .expect("the control plane's kubeconfig is valid")
 }
 
-/// Writes `objects` into the cluster as a cluster holds them (see `cluster::publish`).
+/// Writes `objects` into the cluster as a cluster holds them (see `flowpol_kube::publish`).
 pub async fn publish(cp: &ControlPlane, objects: &[Value]) {
     let c = connect(&cp.kubeconfig_path()).await.client;
-    flowpol::cluster::publish::publish(&c, objects, Duration::from_secs(60))
+    flowpol_kube::publish::publish(&c, objects, Duration::from_secs(60))
         .await
         .unwrap_or_else(|e| panic!("publishing: {:#}\n{}", anyhow::Error::from(e), cp.logs()));
 }

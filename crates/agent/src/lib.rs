@@ -1,0 +1,396 @@
+//! `flowpol agent`: the node DaemonSet's long-running loop. Every round it takes what the
+//! probe saw since the last one ([`Session::take`]), names both ends from the cluster model,
+//! judges the records against the declared policies (continuous verify), writes them as JSON
+//! lines, counts them in the metrics and aggregates them into this node's share of the
+//! `ObservedTraffic` objects, which a separate task writes to the API server ([`store`]),
+//! so a slow or absent API server never holds up capture.
+pub mod http;
+pub mod metrics;
+pub mod state;
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::Client;
+
+use flowpol_analysis::{
+    attribute,
+    cluster::Cluster,
+    observed::{Observed, Spill},
+    output::{self, OutputError, Rotating},
+    policy::{self, engine::Engine},
+    record::{FlowRecord, Verdict},
+    verify::{self, Finding},
+};
+use flowpol_kube::{
+    store::{self, Flushed, Writer},
+    watch::Live,
+};
+use flowpol_node::{
+    capture::CaptureError,
+    podcgroup,
+    session::{Session, Summary},
+    shutdown::Shutdown,
+};
+use http::Health;
+
+/// Records held while the model is not complete yet (at start), so they are named rather
+/// than written out anonymous; past this many they go out unnamed.
+const HOLD_MAX: usize = 100_000;
+/// Distinct findings logged (each once); further ones are only counted in the metrics.
+const LOGGED_MAX: usize = 10_000;
+
+pub struct Config {
+    pub node: String,
+    /// How often records are taken, named, judged and written out.
+    pub round: Duration,
+    /// UDP flows and drops quiet this long are forgotten (in the kernel too).
+    pub idle: Duration,
+    /// Most edges held in memory.
+    pub max_edges: usize,
+    /// How often changed workloads are written to the cluster.
+    pub flush_every: Duration,
+    pub writes_per_second: f64,
+    /// How long the last write may take on shutdown.
+    pub shutdown_timeout: Duration,
+    /// The kubelet's cgroup tree, to name the local end of each record by its pod.
+    pub cgroup_root: PathBuf,
+    /// Stop after this long (else on SIGTERM or SIGINT).
+    pub duration: Option<Duration>,
+    /// Where what could not be written to the cluster before stopping is kept for the
+    /// next start ([`state`]).
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Where names and policies come from.
+pub enum Model {
+    /// The API server, watched.
+    Live(Live),
+    /// A snapshot read once.
+    Fixed {
+        cluster: Arc<Cluster>,
+        policies: Vec<NetworkPolicy>,
+    },
+}
+
+/// Where records go.
+pub enum Sink {
+    Stdout,
+    File(Rotating),
+    /// Nowhere (only metrics and the store).
+    Discard,
+}
+
+impl Sink {
+    fn write(&mut self, records: &[FlowRecord]) -> Result<(), OutputError> {
+        match self {
+            Sink::Stdout => output::write_json_lines(std::io::stdout().lock(), records)
+                .map_err(OutputError::Stdout),
+            Sink::File(f) => f.write(records),
+            Sink::Discard => Ok(()),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("capturing")]
+    Capture(#[from] CaptureError),
+    #[error("writing flow records")]
+    Output(#[from] OutputError),
+    #[error("keeping what could not be written to the cluster")]
+    State(#[from] state::StateError),
+}
+
+/// What the agent wrote out over its run (the session's own totals only cover what it still
+/// holds: each round drains it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Written {
+    pub records: u64,
+    /// Connections, packets and flows by verdict, as the records count them.
+    pub observations: BTreeMap<Verdict, u64>,
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl Written {
+    fn add(&mut self, records: &[FlowRecord]) {
+        for r in records {
+            self.records += 1;
+            if let Some(v) = r.verdict {
+                *self.observations.entry(v).or_default() += r.count;
+            }
+            if let Some(reason) = &r.drop_reason {
+                *self.drops.entry(reason.clone()).or_default() += r.count;
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Written {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} flow records written", self.records)?;
+        for (v, n) in &self.observations {
+            write!(f, "\n  {:<24} {n}", v.to_string())?;
+        }
+        for (reason, n) in &self.drops {
+            write!(f, "\n  {:<24} {n} packets", format!("dropped {reason}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// How the agent ended.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The capture's counters (events, losses).
+    pub summary: Summary,
+    pub written: Written,
+    /// The last write to the cluster, on shutdown (`None` without a store).
+    pub flushed: Option<Flushed>,
+    /// Edges evicted from memory before they were written.
+    pub evicted_unwritten: u64,
+    /// The file keeping the workloads the last write did not reach, and how many.
+    pub kept: Option<(PathBuf, usize)>,
+}
+
+pub struct Agent {
+    config: Config,
+    session: Session,
+    model: Model,
+    sink: Sink,
+    health: Arc<Health>,
+    observed: Arc<Mutex<Observed>>,
+    writer: Option<Arc<Writer>>,
+    held: Vec<FlowRecord>,
+    written: Written,
+    logged: HashSet<String>,
+    /// The model the exposures were last computed for.
+    exposures_of: Option<Arc<Cluster>>,
+}
+
+impl Agent {
+    /// `store`: the API server to write `ObservedTraffic` to, if any.
+    pub fn new(
+        config: Config,
+        session: Session,
+        model: Model,
+        store: Option<Client>,
+        sink: Sink,
+        health: Arc<Health>,
+    ) -> Self {
+        let writer =
+            store.map(|c| Arc::new(Writer::new(c, &config.node, config.writes_per_second)));
+        Self {
+            observed: Arc::new(Mutex::new(Observed::new(config.max_edges))),
+            config,
+            session,
+            model,
+            sink,
+            health,
+            writer,
+            held: Vec::new(),
+            written: Written::default(),
+            logged: HashSet::new(),
+            exposures_of: None,
+        }
+    }
+
+    /// Starts from what a previous agent on this node kept ([`state::take`]).
+    pub fn restore(mut self, spill: Spill) -> Self {
+        self.observed = Arc::new(Mutex::new(Observed::restore(self.config.max_edges, spill)));
+        self
+    }
+
+    /// Runs until SIGTERM/SIGINT (or the configured duration), then takes what is left,
+    /// writes it out and makes a last write to the cluster.
+    pub async fn run(mut self, mut shutdown: Shutdown) -> Result<Outcome, AgentError> {
+        let flusher = self.writer.clone().map(|w| {
+            let health = self.health.clone();
+            tokio::spawn(store::run(
+                w,
+                self.observed.clone(),
+                self.config.flush_every,
+                move |ok| health.metrics.write(ok),
+            ))
+        });
+        let end = self
+            .config
+            .duration
+            .map(|d| tokio::time::Instant::now() + d);
+        loop {
+            let round = self.config.round;
+            let stop = self
+                .session
+                .run(async {
+                    tokio::select! {
+                        _ = tokio::time::sleep(round) => false,
+                        _ = shutdown.requested() => true,
+                        _ = async { tokio::time::sleep_until(end.expect("guarded")).await }, if end.is_some() => true,
+                    }
+                })
+                .await?;
+            self.round(stop)?;
+            if stop {
+                break;
+            }
+        }
+        if let Some(f) = flusher {
+            f.abort();
+        }
+        let flushed = match &self.writer {
+            Some(w) => {
+                let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
+                let health = self.health.clone();
+                Some(
+                    w.flush(&self.observed, deadline, |ok| health.metrics.write(ok))
+                        .await,
+                )
+            }
+            None => None,
+        };
+        let kept = match (&flushed, &self.config.state_dir) {
+            (Some(f), Some(dir)) if f.pending > 0 => {
+                let spill = lock(&self.observed).spill(&self.config.node);
+                let n = spill.workloads.len();
+                Some((state::keep(dir, &spill)?, n))
+            }
+            _ => None,
+        };
+        let evicted_unwritten = lock(&self.observed).evicted_unwritten;
+        Ok(Outcome {
+            summary: self.session.summary(),
+            written: std::mem::take(&mut self.written),
+            flushed,
+            evicted_unwritten,
+            kept,
+        })
+    }
+
+    /// One round: take, name, judge, write out, aggregate. `last`: records are not held
+    /// back for a model that is not complete.
+    fn round(&mut self, last: bool) -> Result<(), AgentError> {
+        let mut records = self.session.take(self.config.idle);
+        let health = self.health.clone();
+        let m = &health.metrics;
+        m.probe(&self.session.summary());
+        let current = match &self.model {
+            Model::Fixed { cluster, policies } => Some((cluster.clone(), policies.clone())),
+            Model::Live(live) => {
+                let status = live.status();
+                m.watch(&status);
+                if status.ready {
+                    match live.model() {
+                        Ok(c) => Some((c, live.policies())),
+                        Err(e) => {
+                            tracing::warn!("cluster model: {e}");
+                            None
+                        }
+                    }
+                } else {
+                    self.health
+                        .set_ready(Some(format!("cluster model: {status}")));
+                    None
+                }
+            }
+        };
+        match current {
+            Some((cluster, policies)) => {
+                self.health.set_ready(None);
+                if !self.held.is_empty() {
+                    let mut held = std::mem::take(&mut self.held);
+                    held.append(&mut records);
+                    records = held;
+                }
+                let cgroups = podcgroup::scan(&self.config.cgroup_root);
+                attribute::enrich_on_node(&cluster, &mut records, &cgroups);
+                self.judge(&cluster, &policies, &records);
+                let mut observed = lock(&self.observed);
+                for r in &records {
+                    observed.add(&self.config.node, r);
+                }
+                m.observed(&observed, self.writer.is_some());
+            }
+            None if !last && self.held.len() + records.len() <= HOLD_MAX => {
+                self.held.append(&mut records);
+            }
+            None => {
+                // Out of patience: written out unnamed rather than lost.
+                let mut held = std::mem::take(&mut self.held);
+                held.append(&mut records);
+                records = held;
+            }
+        }
+        self.sink.write(&records)?;
+        m.records(&records);
+        self.written.add(&records);
+        self.health.round_done();
+        Ok(())
+    }
+
+    /// Continuous verify: counts the findings of this round's records, logs each new one
+    /// once, and recomputes the exposures when the model changed.
+    fn judge(
+        &mut self,
+        cluster: &Arc<Cluster>,
+        policies: &[NetworkPolicy],
+        records: &[FlowRecord],
+    ) {
+        let compiled = match policy::compile_all(policies) {
+            Ok(p) => p,
+            Err(errors) => {
+                // The API server validates policies; one that does not compile here is ours
+                // to fix, and must not stop attribution.
+                for e in &errors {
+                    tracing::warn!("NetworkPolicy not understood, verify skipped: {e}");
+                }
+                return;
+            }
+        };
+        let engine = Engine::new(cluster, compiled);
+        if !self
+            .exposures_of
+            .as_ref()
+            .is_some_and(|c| Arc::ptr_eq(c, cluster))
+        {
+            self.health.metrics.exposures(&verify::unprotected(&engine));
+            self.exposures_of = Some(cluster.clone());
+        }
+        if records.is_empty() {
+            return;
+        }
+        let report = verify::judge(&engine, records.to_vec());
+        self.health.metrics.findings(&report);
+        for f in &report.findings {
+            let (Finding::EnforcementGap(flow) | Finding::OverBlock(flow) | Finding::Refused(flow)) =
+                f
+            else {
+                continue;
+            };
+            let what = format!(
+                "{}: {} -> {} {}/{}",
+                f.kind().as_str(),
+                flow.src.name,
+                flow.dst.name,
+                flow.port,
+                flow.protocol
+            );
+            if self.logged.len() < LOGGED_MAX && self.logged.insert(what.clone()) {
+                tracing::warn!(
+                    observed = ?flow.observed,
+                    policy = flow.policy_verdict,
+                    reasons = %flow.explanation.reasons().join("; "),
+                    "{what}"
+                );
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

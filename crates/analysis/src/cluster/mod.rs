@@ -1,0 +1,927 @@
+//! The cluster model: namespaces, pods, nodes and services, as the policy engine, verify and
+//! suggest need them. Built from an offline snapshot ([`snapshot`]) or live from kube watchers
+//! (flowpol-kube); both fill one [`objects::Objects`] store. The model itself is pure data with
+//! indexes, no I/O.
+//!
+//! Which pods take part: a pod that has finished (phase `Succeeded` or `Failed`) no longer
+//! holds its IP, which may already belong to another pod, so it is not an endpoint. A pod
+//! without an IP (still `Pending`) cannot be reached by address either. Both stay in the
+//! model (policies may still select them) but are left out of address lookups and of the
+//! reachability matrix. hostNetwork pods are reached at their node's address, so an address
+//! they share with their node resolves to the node.
+pub mod objects;
+pub mod snapshot;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+};
+
+use chrono::{DateTime, Utc};
+
+use crate::record::Protocol;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// The labels workload controllers put on their pods, one value per rollout, revision or
+/// pod (never the workload's own).
+pub const CONTROLLER_LABELS: &[&str] = &[
+    "pod-template-hash",
+    "controller-revision-hash",
+    "pod-template-generation",
+    "statefulset.kubernetes.io/pod-name",
+    "apps.kubernetes.io/pod-index",
+    "controller-uid",
+    "batch.kubernetes.io/controller-uid",
+    "job-name",
+    "batch.kubernetes.io/job-name",
+    "batch.kubernetes.io/job-completion-index",
+];
+
+/// Something labels can be looked up in: a [`Labels`] map or a pod's compact [`LabelSet`].
+pub trait LabelLookup {
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl LabelLookup for Labels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+/// A pod's labels, compact: sorted pairs in one allocation, where a map of four labels
+/// takes a tree node sized for eleven. Shared (`Arc`) by pods of one template.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LabelSet(Box<[(Box<str>, Box<str>)]>);
+
+impl LabelSet {
+    /// An interned-ready shared set.
+    pub fn shared(labels: Labels) -> Arc<LabelSet> {
+        Arc::new(LabelSet::from(labels))
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .binary_search_by(|(k, _)| (**k).cmp(key))
+            .ok()
+            .map(|i| &*self.0[i].1)
+    }
+
+    pub fn to_map(&self) -> Labels {
+        self.0
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+impl From<Labels> for LabelSet {
+    fn from(labels: Labels) -> Self {
+        // BTreeMap iterates in key order: already sorted.
+        LabelSet(
+            labels
+                .into_iter()
+                .map(|(k, v)| (k.into_boxed_str(), v.into_boxed_str()))
+                .collect(),
+        )
+    }
+}
+
+impl LabelLookup for LabelSet {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key)
+    }
+}
+pub type Timestamp = DateTime<Utc>;
+
+/// The label every namespace carries (added by the API server since 1.21); added here when a
+/// snapshot lacks it, so `namespaceSelector`s on it work as they do in a cluster.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NsId(pub u32);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PodId(pub u32);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NodeId(pub u32);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: Labels,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PodPhase {
+    Pending,
+    #[default]
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// A controller reference (`metadata.ownerReferences` with `controller: true`).
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub struct OwnerRef {
+    pub kind: String,
+    pub name: String,
+}
+
+/// What runs a pod: the top of its owner chain (Deployment, StatefulSet, DaemonSet, CronJob,
+/// a Job or ReplicaSet of its own, ...), or the pod itself when nothing owns it.
+pub type Workload = OwnerRef;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub namespace: NsId,
+    /// Shared with the objects store.
+    pub name: Arc<str>,
+    pub uid: Arc<str>,
+    /// Shared with the objects store and with pods of the same template.
+    pub labels: Arc<LabelSet>,
+    /// Shared by the pods of one controller.
+    pub owner: Option<Arc<OwnerRef>>,
+    /// `metadata.creationTimestamp`: from when the pod may hold its addresses.
+    pub created: Option<Timestamp>,
+    /// When the pod was seen gone (watchers keep deleted pods for a while, for flows seen
+    /// while it still existed); `None` while it exists.
+    pub gone: Option<Timestamp>,
+    /// `status.podIPs` (one per family).
+    pub ips: Vec<IpAddr>,
+    pub node: Option<NodeId>,
+    pub host_network: bool,
+    pub phase: PodPhase,
+    /// Container ports of all containers (named ports resolve against these); shared like
+    /// the labels.
+    pub ports: Arc<[ContainerPort]>,
+}
+
+impl Pod {
+    /// Whether the pod holds its addresses now: it has them, exists and has not finished.
+    pub fn is_active(&self) -> bool {
+        !self.ips.is_empty()
+            && self.gone.is_none()
+            && !matches!(self.phase, PodPhase::Succeeded | PodPhase::Failed)
+    }
+}
+
+/// Everything the builder needs to add a pod; `..NewPod::default()` for the rest.
+#[derive(Clone, Debug, Default)]
+pub struct NewPod<'a> {
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+    pub labels: Arc<LabelSet>,
+    pub ips: Vec<IpAddr>,
+    pub node: Option<&'a str>,
+    pub host_network: bool,
+    pub phase: PodPhase,
+    pub ports: Arc<[ContainerPort]>,
+    /// Shared by the pods of one controller.
+    pub owner: Option<Arc<OwnerRef>>,
+    pub created: Option<Timestamp>,
+    pub gone: Option<Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    pub ips: Vec<IpAddr>,
+    pub labels: Labels,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+    /// Numeric or named target port (`None`: same as `port`).
+    pub target: Option<PortRef>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub namespace: NsId,
+    pub name: String,
+    pub cluster_ips: Vec<IpAddr>,
+    /// `spec.selector`; `None` for services without one (endpoints managed by hand).
+    pub selector: Option<Labels>,
+    pub ports: Vec<ServicePort>,
+    /// From the service's EndpointSlices: addresses and the ports they serve.
+    pub endpoints: Vec<EndpointGroup>,
+}
+
+/// One EndpointSlice's worth of backends: every address serves every port of the group.
+/// (Named target ports can resolve to different numbers on different pods; the EndpointSlice
+/// controller then writes one slice per resolution.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointGroup {
+    pub addresses: Vec<IpAddr>,
+    /// (port name, number, protocol): the name is the service port's name.
+    pub ports: Vec<(Option<String>, u16, Protocol)>,
+}
+
+impl Service {
+    /// `namespace/name`
+    pub fn id(&self, cluster: &Cluster) -> String {
+        format!("{}/{}", cluster.namespace(self.namespace).name, self.name)
+    }
+
+    /// The backends (address, target port) behind service port `port`/`protocol`.
+    pub fn backends(&self, port: u16, protocol: Protocol) -> Vec<(IpAddr, u16)> {
+        let Some(sp) = self
+            .ports
+            .iter()
+            .find(|p| p.port == port && p.protocol == protocol)
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for g in &self.endpoints {
+            // Slices name their ports after the service ports.
+            let target = g
+                .ports
+                .iter()
+                .find(|(name, _, proto)| *proto == protocol && *name == sp.name);
+            if let Some((_, number, _)) = target {
+                out.extend(g.addresses.iter().map(|a| (*a, *number)));
+            }
+        }
+        out
+    }
+}
+
+/// A port as policies and services name it: a number or a container port's name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum PortRef {
+    Number(u16),
+    Name(String),
+}
+
+/// What an address stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    Pod(PodId),
+    Node(NodeId),
+    External(IpAddr),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId(pub u32);
+
+/// An address held by `who` from `from` (None: since before anything we know) until `until`
+/// (None: still).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Tenure {
+    from: Option<Timestamp>,
+    until: Option<Timestamp>,
+    who: Endpoint,
+}
+
+impl Tenure {
+    fn covers(&self, t: Timestamp) -> bool {
+        self.from.is_none_or(|f| f <= t) && self.until.is_none_or(|u| t < u)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelError {
+    #[error("{kind} {name}: address {ip} is already held by {other}")]
+    AddressClash {
+        kind: &'static str,
+        name: String,
+        ip: IpAddr,
+        other: String,
+    },
+    #[error("{kind} {name} is declared twice")]
+    Duplicate { kind: &'static str, name: String },
+}
+
+/// The model with its indexes. Build it with [`ClusterBuilder`].
+#[derive(Clone, Debug, Default)]
+pub struct Cluster {
+    namespaces: Vec<Namespace>,
+    pods: Vec<Pod>,
+    nodes: Vec<Node>,
+    services: Vec<Service>,
+    ns_by_name: HashMap<String, NsId>,
+    node_by_name: HashMap<String, NodeId>,
+    /// Who held each address, and when; sorted by start.
+    by_ip: HashMap<IpAddr, Vec<Tenure>>,
+    pods_by_ns: Vec<Vec<PodId>>,
+    service_by_ip: HashMap<IpAddr, ServiceId>,
+    /// Controller of each ReplicaSet and Job: (namespace, kind, name) -> owner.
+    owners: HashMap<(NsId, String, String), OwnerRef>,
+}
+
+impl Cluster {
+    pub fn namespaces(&self) -> &[Namespace] {
+        &self.namespaces
+    }
+    pub fn pods(&self) -> &[Pod] {
+        &self.pods
+    }
+    pub fn nodes(&self) -> &[Node] {
+        &self.nodes
+    }
+    pub fn services(&self) -> &[Service] {
+        &self.services
+    }
+    pub fn namespace(&self, id: NsId) -> &Namespace {
+        &self.namespaces[id.0 as usize]
+    }
+    pub fn pod(&self, id: PodId) -> &Pod {
+        &self.pods[id.0 as usize]
+    }
+    pub fn node(&self, id: NodeId) -> &Node {
+        &self.nodes[id.0 as usize]
+    }
+    pub fn namespace_id(&self, name: &str) -> Option<NsId> {
+        self.ns_by_name.get(name).copied()
+    }
+    pub fn pods_in(&self, ns: NsId) -> &[PodId] {
+        &self.pods_by_ns[ns.0 as usize]
+    }
+    pub fn pod_ids(&self) -> impl Iterator<Item = PodId> + '_ {
+        (0..self.pods.len() as u32).map(PodId)
+    }
+    /// `namespace/name` of a pod.
+    pub fn pod_name(&self, id: PodId) -> String {
+        let p = self.pod(id);
+        format!("{}/{}", self.namespace(p.namespace).name, p.name)
+    }
+    pub fn pod_by_name(&self, namespace: &str, name: &str) -> Option<PodId> {
+        let ns = self.namespace_id(namespace)?;
+        self.pods_in(ns)
+            .iter()
+            .copied()
+            .find(|id| &*self.pod(*id).name == name)
+    }
+
+    pub fn service(&self, id: ServiceId) -> &Service {
+        &self.services[id.0 as usize]
+    }
+
+    /// What `ip` stands for now: an active pod, a node (or hostNetwork pod), or an outside
+    /// address.
+    pub fn endpoint(&self, ip: IpAddr) -> Endpoint {
+        self.by_ip
+            .get(&canonical(ip))
+            .and_then(|ts| ts.iter().rev().find(|t| t.until.is_none()))
+            .map(|t| t.who)
+            .unwrap_or(Endpoint::External(ip))
+    }
+
+    /// What `ip` stood for at `t`: the pod that held it then, also one deleted since, so a
+    /// reused address is not blamed on its new holder. Of overlapping tenures the one that
+    /// started last wins.
+    pub fn endpoint_at(&self, ip: IpAddr, t: Timestamp) -> Endpoint {
+        self.by_ip
+            .get(&canonical(ip))
+            .and_then(|ts| ts.iter().filter(|x| x.covers(t)).max_by_key(|x| x.from))
+            .map(|x| x.who)
+            .unwrap_or(Endpoint::External(ip))
+    }
+
+    /// The service whose cluster IP is `ip`.
+    pub fn service_at(&self, ip: IpAddr) -> Option<ServiceId> {
+        self.service_by_ip.get(&canonical(ip)).copied()
+    }
+
+    /// The pod's workload: its controller, followed from a ReplicaSet to its Deployment and
+    /// from a Job to its CronJob; the pod itself when nothing owns it. Without the
+    /// ReplicaSet object (a snapshot of pods only), a ReplicaSet named `<name>-<hash>` of a
+    /// pod labelled `pod-template-hash: <hash>` is taken to belong to Deployment `<name>`.
+    pub fn workload(&self, id: PodId) -> Workload {
+        let pod = self.pod(id);
+        let Some(owner) = &pod.owner else {
+            return Workload {
+                kind: "Pod".into(),
+                name: pod.name.to_string(),
+            };
+        };
+        if let Some(up) = self
+            .owners
+            .get(&(pod.namespace, owner.kind.clone(), owner.name.clone()))
+        {
+            return up.clone();
+        }
+        if owner.kind == "ReplicaSet" {
+            if let Some(hash) = pod.labels.get("pod-template-hash") {
+                if let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}")) {
+                    return Workload {
+                        kind: "Deployment".into(),
+                        name: deployment.into(),
+                    };
+                }
+            }
+        }
+        OwnerRef::clone(owner)
+    }
+}
+
+/// `text` as a Kubernetes object name (DNS-1123 subdomain): lowercase, characters other
+/// than letters, digits, `-` and `.` as `-`, at most 253 characters.
+pub fn object_name(text: &str) -> String {
+    let mut name: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(253);
+    name
+}
+
+/// IPv4-mapped IPv6 addresses are the IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// Collects objects, then indexes them. Pods name their namespace and node by name; missing
+/// namespaces are created with just their name label (a snapshot of pods only is usable).
+#[derive(Default)]
+pub struct ClusterBuilder {
+    cluster: Cluster,
+    /// Namespaces declared by a Namespace object (not just named by a pod).
+    declared: std::collections::HashSet<NsId>,
+    /// Let a newer pod take over an address another still holds (see [`Self::handover`]).
+    handover: bool,
+}
+
+impl ClusterBuilder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// With `true`, an address claimed while another pod still holds it passes to the pod
+    /// that started last instead of failing: the old holder must have released it, only the
+    /// news of its deletion has not arrived yet. For live data; snapshots keep the check.
+    pub fn handover(&mut self, on: bool) {
+        self.handover = on;
+    }
+
+    pub fn namespace(&mut self, name: &str, mut labels: Labels) -> Result<NsId, ModelError> {
+        labels
+            .entry(NAMESPACE_NAME_LABEL.into())
+            .or_insert_with(|| name.into());
+        let id = self.ns_or_implicit(name);
+        if !self.declared.insert(id) {
+            return Err(ModelError::Duplicate {
+                kind: "Namespace",
+                name: name.into(),
+            });
+        }
+        // An earlier pod may have created it implicitly: the real labels win.
+        self.cluster.namespaces[id.0 as usize].labels = labels;
+        Ok(id)
+    }
+
+    fn ns_or_implicit(&mut self, name: &str) -> NsId {
+        match self.cluster.ns_by_name.get(name) {
+            Some(id) => *id,
+            None => {
+                let id = NsId(self.cluster.namespaces.len() as u32);
+                let labels = Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned())]);
+                self.cluster.namespaces.push(Namespace {
+                    name: name.into(),
+                    labels,
+                });
+                self.cluster.ns_by_name.insert(name.into(), id);
+                self.cluster.pods_by_ns.push(Vec::new());
+                id
+            }
+        }
+    }
+
+    pub fn node(
+        &mut self,
+        name: &str,
+        ips: Vec<IpAddr>,
+        labels: Labels,
+    ) -> Result<NodeId, ModelError> {
+        if self.cluster.node_by_name.contains_key(name) {
+            return Err(ModelError::Duplicate {
+                kind: "Node",
+                name: name.into(),
+            });
+        }
+        let id = NodeId(self.cluster.nodes.len() as u32);
+        for ip in &ips {
+            self.claim(
+                *ip,
+                Tenure {
+                    from: None,
+                    until: None,
+                    who: Endpoint::Node(id),
+                },
+                "Node",
+                name,
+            )?;
+        }
+        self.cluster.nodes.push(Node {
+            name: name.into(),
+            ips,
+            labels,
+        });
+        self.cluster.node_by_name.insert(name.into(), id);
+        Ok(id)
+    }
+
+    /// Adds a pod. Its node is created (without addresses) if unknown.
+    pub fn pod(&mut self, p: NewPod) -> Result<PodId, ModelError> {
+        let (name, uid) = (p.name.into(), p.uid.into());
+        self.shared_pod(p, name, uid)
+    }
+
+    /// [`Self::pod`], with its name and UID as already held elsewhere (the objects store).
+    pub fn shared_pod(
+        &mut self,
+        p: NewPod,
+        name: Arc<str>,
+        uid: Arc<str>,
+    ) -> Result<PodId, ModelError> {
+        let ns = self.ns_or_implicit(p.namespace);
+        let full = format!("{}/{}", p.namespace, p.name);
+        let node = match p.node {
+            Some(n) => Some(match self.cluster.node_by_name.get(n) {
+                Some(id) => *id,
+                None => self.node(n, Vec::new(), Labels::new())?,
+            }),
+            None => None,
+        };
+        // A deleted pod may share its name with the one that replaced it (StatefulSets).
+        let clash = self.cluster.pods_by_ns[ns.0 as usize].iter().any(|id| {
+            let q = &self.cluster.pods[id.0 as usize];
+            *q.name == *p.name && q.gone.is_none() && p.gone.is_none()
+        });
+        if clash {
+            return Err(ModelError::Duplicate {
+                kind: "Pod",
+                name: full,
+            });
+        }
+        let id = PodId(self.cluster.pods.len() as u32);
+        let pod = Pod {
+            namespace: ns,
+            name,
+            uid,
+            labels: p.labels,
+            owner: p.owner,
+            created: p.created,
+            gone: p.gone,
+            ips: p.ips,
+            node,
+            host_network: p.host_network,
+            phase: p.phase,
+            ports: p.ports,
+        };
+        // hostNetwork pods use their node's addresses; finished pods hold none.
+        let holds = !pod.ips.is_empty()
+            && !pod.host_network
+            && !matches!(pod.phase, PodPhase::Succeeded | PodPhase::Failed);
+        if holds {
+            for ip in &pod.ips {
+                self.claim(
+                    *ip,
+                    Tenure {
+                        from: pod.created,
+                        until: pod.gone,
+                        who: Endpoint::Pod(id),
+                    },
+                    "Pod",
+                    &full,
+                )?;
+            }
+        }
+        self.cluster.pods.push(pod);
+        self.cluster.pods_by_ns[ns.0 as usize].push(id);
+
+        Ok(id)
+    }
+
+    /// Records the controller of a ReplicaSet or Job, for workload resolution.
+    pub fn owner(&mut self, namespace: &str, kind: &str, name: &str, owner: OwnerRef) {
+        let ns = self.ns_or_implicit(namespace);
+        self.cluster
+            .owners
+            .insert((ns, kind.into(), name.into()), owner);
+    }
+
+    pub fn service(&mut self, namespace: &str, service: impl FnOnce(NsId) -> Service) -> ServiceId {
+        let ns = self.ns_or_implicit(namespace);
+        let id = ServiceId(self.cluster.services.len() as u32);
+        let service = service(ns);
+        for ip in &service.cluster_ips {
+            self.cluster.service_by_ip.insert(canonical(*ip), id);
+        }
+        self.cluster.services.push(service);
+        id
+    }
+
+    /// Adds an EndpointSlice's backends to service `namespace/name` (ignored if unknown).
+    pub fn endpoints(&mut self, namespace: &str, service: &str, group: EndpointGroup) {
+        let Some(ns) = self.cluster.namespace_id(namespace) else {
+            return;
+        };
+        if let Some(s) = self
+            .cluster
+            .services
+            .iter_mut()
+            .find(|s| s.namespace == ns && s.name == service)
+        {
+            s.endpoints.push(group);
+        }
+    }
+
+    /// Records a tenure; two open-ended tenures of one address are a contradiction unless
+    /// handover is on.
+    fn claim(
+        &mut self,
+        ip: IpAddr,
+        tenure: Tenure,
+        kind: &'static str,
+        name: &str,
+    ) -> Result<(), ModelError> {
+        let ip = canonical(ip);
+        if tenure.until.is_none() && !self.handover {
+            let open = self
+                .cluster
+                .by_ip
+                .get(&ip)
+                .and_then(|ts| ts.iter().find(|t| t.until.is_none()).copied());
+            if let Some(other) = open {
+                let other = match other.who {
+                    Endpoint::Pod(p) => format!("Pod {}", self.cluster.pod_name(p)),
+                    Endpoint::Node(n) => format!("Node {}", self.cluster.node(n).name),
+                    Endpoint::External(_) => String::new(),
+                };
+                return Err(ModelError::AddressClash {
+                    kind,
+                    name: name.into(),
+                    ip,
+                    other,
+                });
+            }
+        }
+        // Most addresses have one holder: no room reserved for more.
+        let tenures = self
+            .cluster
+            .by_ip
+            .entry(ip)
+            .or_insert_with(|| Vec::with_capacity(1));
+        tenures.push(tenure);
+        tenures.sort_by_key(|t| t.from);
+        Ok(())
+    }
+
+    pub fn build(mut self) -> Cluster {
+        let c = &mut self.cluster;
+        c.pods.shrink_to_fit();
+        c.by_ip.shrink_to_fit();
+        c.pods_by_ns.iter_mut().for_each(Vec::shrink_to_fit);
+        self.cluster
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> Vec<IpAddr> {
+        vec![s.parse().unwrap()]
+    }
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn addresses_resolve_to_active_pods_nodes_or_outside() {
+        let mut b = ClusterBuilder::new();
+        b.node("n1", ip("192.168.1.10"), Labels::new()).unwrap();
+        let web = b
+            .pod(NewPod {
+                namespace: "a",
+                name: "web",
+                ips: ip("10.0.0.5"),
+                node: Some("n1"),
+                ..NewPod::default()
+            })
+            .unwrap();
+        b.pod(NewPod {
+            namespace: "a",
+            name: "agent",
+            ips: ip("192.168.1.10"),
+            node: Some("n1"),
+            host_network: true,
+            ..NewPod::default()
+        })
+        .unwrap();
+        b.pod(NewPod {
+            namespace: "a",
+            name: "done",
+            ips: ip("10.0.0.6"),
+            phase: PodPhase::Succeeded,
+            ..NewPod::default()
+        })
+        .unwrap();
+        let c = b.build();
+        assert_eq!(c.endpoint("10.0.0.5".parse().unwrap()), Endpoint::Pod(web));
+        assert_eq!(
+            c.endpoint("::ffff:10.0.0.5".parse().unwrap()),
+            Endpoint::Pod(web)
+        );
+        assert_eq!(
+            c.endpoint("192.168.1.10".parse().unwrap()),
+            Endpoint::Node(NodeId(0)),
+            "hostNetwork pod is its node"
+        );
+        assert!(
+            matches!(
+                c.endpoint("10.0.0.6".parse().unwrap()),
+                Endpoint::External(_)
+            ),
+            "finished pods hold no address"
+        );
+        let ns = c.namespace(c.namespace_id("a").unwrap());
+        assert_eq!(
+            ns.labels.get(NAMESPACE_NAME_LABEL).map(String::as_str),
+            Some("a")
+        );
+    }
+
+    #[test]
+    fn clashing_addresses_are_errors() {
+        let mut b = ClusterBuilder::new();
+        b.pod(NewPod {
+            namespace: "a",
+            name: "x",
+            ips: ip("10.0.0.5"),
+            ..NewPod::default()
+        })
+        .unwrap();
+        let err = b
+            .pod(NewPod {
+                namespace: "b",
+                name: "y",
+                ips: ip("10.0.0.5"),
+                ..NewPod::default()
+            })
+            .unwrap_err();
+        assert!(err.to_string().contains("a/x"), "{err}");
+    }
+
+    #[test]
+    fn a_reused_address_is_attributed_by_time_at_exact_boundaries() {
+        let mut b = ClusterBuilder::new();
+        let old = b
+            .pod(NewPod {
+                namespace: "a",
+                name: "old",
+                ips: ip("10.0.0.9"),
+                created: Some(at("2026-01-01T10:00:00Z")),
+                gone: Some(at("2026-01-01T11:00:00Z")),
+                ..NewPod::default()
+            })
+            .unwrap();
+        let new = b
+            .pod(NewPod {
+                namespace: "b",
+                name: "new",
+                ips: ip("10.0.0.9"),
+                created: Some(at("2026-01-01T11:00:00Z")),
+                ..NewPod::default()
+            })
+            .unwrap();
+        let c = b.build();
+        let addr = "10.0.0.9".parse().unwrap();
+        assert_eq!(
+            c.endpoint_at(addr, at("2026-01-01T09:59:59Z")),
+            Endpoint::External(addr),
+            "before anyone held it"
+        );
+        assert_eq!(
+            c.endpoint_at(addr, at("2026-01-01T10:00:00Z")),
+            Endpoint::Pod(old),
+            "from is inclusive"
+        );
+        assert_eq!(
+            c.endpoint_at(addr, at("2026-01-01T10:59:59.999999999Z")),
+            Endpoint::Pod(old)
+        );
+        assert_eq!(
+            c.endpoint_at(addr, at("2026-01-01T11:00:00Z")),
+            Endpoint::Pod(new),
+            "until is exclusive: the new holder from then"
+        );
+        assert_eq!(
+            c.endpoint(addr),
+            Endpoint::Pod(new),
+            "now: the current holder"
+        );
+        assert!(!c.pod(old).is_active());
+    }
+
+    #[test]
+    fn workloads_follow_owner_chains() {
+        let mut b = ClusterBuilder::new();
+        let owner = |kind: &str, name: &str| {
+            Some(Arc::new(OwnerRef {
+                kind: kind.into(),
+                name: name.into(),
+            }))
+        };
+        b.owner(
+            "a",
+            "ReplicaSet",
+            "web-5c7b9",
+            OwnerRef {
+                kind: "Deployment".into(),
+                name: "web".into(),
+            },
+        );
+        b.owner(
+            "a",
+            "Job",
+            "report-2891",
+            OwnerRef {
+                kind: "CronJob".into(),
+                name: "report".into(),
+            },
+        );
+        let web = b
+            .pod(NewPod {
+                namespace: "a",
+                name: "web-5c7b9-x",
+                owner: owner("ReplicaSet", "web-5c7b9"),
+                ..NewPod::default()
+            })
+            .unwrap();
+        let labels = Labels::from([("pod-template-hash".to_owned(), "77aa".to_owned())]);
+        let api = b
+            .pod(NewPod {
+                namespace: "a",
+                name: "api-77aa-y",
+                labels: LabelSet::shared(labels),
+                owner: owner("ReplicaSet", "api-77aa"),
+                ..NewPod::default()
+            })
+            .unwrap();
+        let job = b
+            .pod(NewPod {
+                namespace: "a",
+                name: "report-2891-z",
+                owner: owner("Job", "report-2891"),
+                ..NewPod::default()
+            })
+            .unwrap();
+        let db = b
+            .pod(NewPod {
+                namespace: "a",
+                name: "db-0",
+                owner: owner("StatefulSet", "db"),
+                ..NewPod::default()
+            })
+            .unwrap();
+        let bare = b
+            .pod(NewPod {
+                namespace: "a",
+                name: "debug",
+                ..NewPod::default()
+            })
+            .unwrap();
+        let c = b.build();
+        let w = |id| {
+            let w = c.workload(id);
+            format!("{}/{}", w.kind, w.name)
+        };
+        assert_eq!(w(web), "Deployment/web");
+        assert_eq!(
+            w(api),
+            "Deployment/api",
+            "inferred from pod-template-hash without the ReplicaSet"
+        );
+        assert_eq!(w(job), "CronJob/report");
+        assert_eq!(w(db), "StatefulSet/db");
+        assert_eq!(w(bare), "Pod/debug", "bare pods are their own workload");
+    }
+}

@@ -1,0 +1,139 @@
+//! The lab: a cluster stand-in made of network namespaces on one machine.
+//!
+//! A scenario becomes one namespace per pod (and per external host) on a bridge, listeners on
+//! the declared ports, and nftables rules for the declared drops. The traffic plan then runs
+//! while the probe records, and the records are checked against what the clients saw.
+pub mod check;
+pub mod enforce;
+pub mod netns;
+pub mod nft;
+pub mod objects;
+pub mod probing;
+pub mod run;
+pub mod scenario;
+pub mod traffic;
+
+use std::{
+    collections::HashMap,
+    sync::{atomic::AtomicBool, Arc},
+    thread::JoinHandle,
+};
+
+use netns::{LabNet, NetError};
+use scenario::Resolved;
+use traffic::Outcome;
+
+/// The shop scenario that `flowpol lab` runs when given none.
+pub const EXAMPLE_SCENARIO: &str = include_str!("../scenarios/shop.yaml");
+
+/// A running lab. Dropping it stops the listeners and deletes every namespace.
+pub struct Lab {
+    resolved: Resolved,
+    /// host id -> namespace name
+    namespaces: HashMap<String, String>,
+    stop: Arc<AtomicBool>,
+    listeners: Vec<JoinHandle<()>>,
+    // Declared last: dropped after the listeners are joined.
+    net: LabNet,
+}
+
+impl Lab {
+    /// Creates namespaces, addresses, drop rules and listeners.
+    pub fn up(resolved: Resolved) -> Result<Self, NetError> {
+        let net = LabNet::create()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        // From here on, an error drops `lab`, which stops what started and deletes the namespaces.
+        let mut lab = Self {
+            resolved,
+            namespaces: HashMap::new(),
+            stop,
+            listeners: Vec::new(),
+            net,
+        };
+        for host in lab.resolved.hosts.clone() {
+            let ns = lab.net.add_host(host.ipv4, host.ipv6)?;
+            let scripts = nft::render(&lab.resolved, &host.id)
+                .into_iter()
+                .chain(lab.resolved.enforced.get(&host.id).cloned());
+            for script in scripts {
+                netns::run(
+                    "ip",
+                    &["netns", "exec", &ns, "nft", "-f", "-"],
+                    Some(&script),
+                )?;
+            }
+            for (port, protocol, reply) in &host.ports {
+                lab.listeners.push(traffic::listen(
+                    ns.clone(),
+                    *port,
+                    *protocol,
+                    *reply,
+                    lab.stop.clone(),
+                )?);
+            }
+            lab.namespaces.insert(host.id.clone(), ns);
+        }
+        Ok(lab)
+    }
+
+    /// The network namespace (name under /run/netns) of host `id`.
+    pub fn namespace(&self, id: &str) -> Option<&str> {
+        self.namespaces.get(id).map(String::as_str)
+    }
+
+    pub fn resolved(&self) -> &Resolved {
+        &self.resolved
+    }
+
+    /// The stop flag: set it (e.g. on Ctrl-C) and clients and listeners wind down.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// Runs the traffic plan, `settings.concurrency` items at a time (in order when 1); each
+    /// item's clients run in its source's namespace. Outcomes come in plan order.
+    pub fn run_traffic(&self) -> Result<Vec<Outcome>, NetError> {
+        let items: Vec<(usize, &scenario::Traffic)> =
+            self.resolved.scenario.traffic.iter().enumerate().collect();
+        let at_once = self.resolved.scenario.settings.concurrency as usize;
+        flowpol_node::client::batched(&items, at_once, |&(i, t)| {
+            traffic::run_item(&self.resolved, &self.namespaces[&t.from], i, t, &self.stop)
+        })
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(NetError::Command {
+                    command: "traffic".into(),
+                    stderr: "a traffic runner panicked".into(),
+                })
+            })
+        })
+        .collect()
+    }
+
+    /// Netns inode -> host id, for every namespace of the lab (the node is `lab-node`).
+    pub fn inodes(&self) -> HashMap<u32, String> {
+        let mut map: HashMap<u32, String> = self
+            .namespaces
+            .iter()
+            .filter_map(|(id, ns)| LabNet::inode(ns).map(|ino| (ino, id.clone())))
+            .collect();
+        if let Some(ino) = LabNet::inode(self.net.node()) {
+            map.insert(ino, "lab-node".into());
+        }
+        map
+    }
+
+    pub fn prefix(&self) -> &str {
+        self.net.prefix()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for l in self.listeners.drain(..) {
+            let _ = l.join();
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! One lab run: probe up, lab up, traffic while recording, checks, everything torn down.
+use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+
+use super::{
+    check::{check, Mismatch},
+    netns::{self, NetError},
+    scenario::Resolved,
+    traffic::Outcome,
+    Lab,
+};
+use flowpol_analysis::record::FlowRecord;
+use flowpol_node::{
+    aggregate::{Aggregator, Clock},
+    capture::{CaptureError, Probe},
+    kernel::{self, KernelError},
+    session::{Session, Summary},
+    shutdown::Shutdown,
+};
+
+/// Time left after the traffic for the last events to arrive.
+const GRACE: Duration = Duration::from_millis(300);
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("inspecting the running kernel")]
+    Kernel(#[from] KernelError),
+    #[error("loading the eBPF probe")]
+    Capture(#[from] CaptureError),
+    #[error("the lab's traffic runner stopped unexpectedly")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+pub struct LabReport {
+    /// How long the traffic plan took.
+    pub traffic_time: Duration,
+    /// Records observed in the lab's namespaces only.
+    pub records: Vec<FlowRecord>,
+    pub summary: Summary,
+    pub outcomes: Vec<Outcome>,
+    pub mismatches: Vec<Mismatch>,
+    pub hosts_by_inode: HashMap<u32, String>,
+    pub resolved: Resolved,
+}
+
+/// Builds the lab, records while its traffic plan runs, and tears it down.
+pub async fn run(resolved: Resolved, node: Option<String>) -> Result<LabReport, LabError> {
+    netns::preflight()?;
+    flowpol_node::capture::check_privileges()?;
+    let mut shutdown = Shutdown::install().map_err(LabError::Signals)?;
+    let info = kernel::discover()?;
+    let probe = Probe::load(&info)?;
+    let mut session = Session::new(
+        probe,
+        Aggregator::new(node, Clock::system(), info.drop_reasons),
+    );
+    let lab = Arc::new(tokio::task::spawn_blocking(move || Lab::up(resolved)).await??);
+    let started = std::time::Instant::now();
+    let stop_flag = lab.stop_flag();
+    let traffic = tokio::task::spawn_blocking({
+        let lab = lab.clone();
+        move || lab.run_traffic()
+    });
+    let mut finished = None;
+    let mut traffic_time = Duration::ZERO;
+    let stop = async {
+        tokio::pin!(traffic);
+        let result = tokio::select! {
+            r = &mut traffic => {
+                traffic_time = started.elapsed();
+                r
+            },
+            _ = shutdown.requested() => {
+                stop_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = (&mut traffic).await;
+                finished = Some(Err(LabError::Interrupted));
+                return;
+            }
+        };
+        tokio::time::sleep(GRACE).await;
+        finished = Some(
+            result
+                .map_err(LabError::from)
+                .and_then(|r| r.map_err(LabError::from)),
+        );
+    };
+    session.run(stop).await?;
+    let outcomes = finished.unwrap_or(Err(LabError::Interrupted))?;
+    let (records, summary) = session.finish();
+    let hosts_by_inode = lab.inodes();
+    let records: Vec<FlowRecord> = records
+        .into_iter()
+        .filter(|r| {
+            r.observer
+                .as_ref()
+                .is_some_and(|o| hosts_by_inode.contains_key(&o.netns))
+        })
+        .collect();
+    let resolved = lab.resolved().clone();
+    let mismatches = check(&resolved, &outcomes, &records, &hosts_by_inode);
+    // Tear down now (listeners joined, namespaces deleted) rather than at some later drop.
+    drop(lab);
+    Ok(LabReport {
+        traffic_time,
+        records,
+        summary,
+        outcomes,
+        mismatches,
+        hosts_by_inode,
+        resolved,
+    })
+}
+
+/// Builds the lab and runs its traffic plan without recording: the load generator for
+/// benchmarks, which measure a separately running `flowpol record`.
+pub fn run_traffic_only(resolved: Resolved) -> Result<(Duration, Vec<Outcome>), LabError> {
+    netns::preflight()?;
+    let lab = Lab::up(resolved)?;
+    let started = std::time::Instant::now();
+    let outcomes = lab.run_traffic()?;
+    Ok((started.elapsed(), outcomes))
+}
+
+impl LabReport {
+    /// The records as a table with lab host names in place of addresses.
+    pub fn table(&self) -> String {
+        let name = |ip: IpAddr| -> String {
+            self.resolved
+                .hosts
+                .iter()
+                .find(|h| IpAddr::V4(h.ipv4) == ip || IpAddr::V6(h.ipv6) == ip)
+                .map(|h| h.id.clone())
+                .unwrap_or_else(|| ip.to_string())
+        };
+        let mut rows = vec![[
+            "SOURCE".to_owned(),
+            "DESTINATION".into(),
+            "PROTO".into(),
+            "VERDICT".into(),
+            "COUNT".into(),
+            "SEEN AT".into(),
+        ]];
+        for r in &self.records {
+            let seen = r
+                .observer
+                .as_ref()
+                .map(|o| {
+                    format!(
+                        "{:?} in {}",
+                        o.side,
+                        self.hosts_by_inode
+                            .get(&o.netns)
+                            .map(String::as_str)
+                            .unwrap_or("?")
+                    )
+                    .to_lowercase()
+                })
+                .unwrap_or_default();
+            let verdict = match (&r.verdict, &r.drop_reason) {
+                (Some(v), Some(reason)) => format!("{v} ({reason})"),
+                (Some(v), None) => v.to_string(),
+                (None, _) => String::new(),
+            };
+            rows.push([
+                name(r.src.ip),
+                format!(
+                    "{}:{}",
+                    name(r.dst.ip),
+                    r.dst.port.map(|p| p.to_string()).unwrap_or_default()
+                ),
+                r.protocol.to_string(),
+                verdict,
+                r.count.to_string(),
+                seen,
+            ]);
+        }
+        flowpol_analysis::output::columns(&rows)
+            .trim_end()
+            .to_owned()
+    }
+}

@@ -1,0 +1,523 @@
+//! The lab scenario file: pods, their ports, external hosts, a traffic plan and drop rules.
+//!
+//! Parsing is strict (unknown fields are errors) and validation names the offending place
+//! (`traffic[2].to`), so a typo never silently changes what the lab does.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::Path,
+    time::Duration,
+};
+
+use serde::Deserialize;
+
+use flowpol_analysis::record::{Protocol, Verdict};
+pub use flowpol_node::client::Close;
+
+/// Largest scenario file read, so a wrong path (a disk image, a log) fails fast.
+pub const MAX_SCENARIO_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("cannot read scenario {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("scenario {path} is {size} bytes; the limit is {MAX_SCENARIO_BYTES}")]
+    TooLarge { path: String, size: u64 },
+    #[error("cannot parse scenario {path}")]
+    Parse {
+        path: String,
+        #[source]
+        source: serde_yaml::Error,
+    },
+    #[error("scenario {path}: {place}: {problem}")]
+    Invalid {
+        path: String,
+        place: String,
+        problem: String,
+    },
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+    pub pods: Vec<Pod>,
+    /// Hosts outside the cluster (an "internet" server, a database VM, ...).
+    #[serde(default)]
+    pub externals: Vec<External>,
+    #[serde(default)]
+    pub traffic: Vec<Traffic>,
+    #[serde(default)]
+    pub drops: Vec<DropRule>,
+    /// NetworkPolicy objects, as `kubectl apply` takes them: what the lab's cluster declares
+    /// (and enforces when `flowpol lab --enforce` is given).
+    #[serde(default)]
+    pub policies: Vec<serde_yaml::Value>,
+    #[serde(default)]
+    pub settings: Settings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// How long a client waits for a TCP handshake or a UDP answer.
+    #[serde(default = "default_timeout", with = "humantime_serde_compat")]
+    pub timeout: Duration,
+    /// Traffic items run at once (each in its own threads); 1 runs the plan in order.
+    #[serde(default = "one")]
+    pub concurrency: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            timeout: default_timeout(),
+            concurrency: 1,
+        }
+    }
+}
+
+fn default_timeout() -> Duration {
+    Duration::from_secs(1)
+}
+
+/// `"1s"`-style durations in YAML.
+mod humantime_serde_compat {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Namespace {
+    pub name: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pod {
+    pub name: String,
+    pub namespace: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// IPv4 address; assigned from 10.244.0.0/24 when absent.
+    pub ip: Option<Ipv4Addr>,
+    /// IPv6 address; assigned from fd00:10:244::/64 when absent.
+    pub ipv6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct External {
+    pub name: String,
+    pub ip: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    #[serde(default)]
+    pub ports: Vec<Port>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Port {
+    pub port: u16,
+    #[serde(default = "tcp")]
+    pub protocol: Protocol,
+    pub name: Option<String>,
+    /// UDP only: answer each datagram (default true).
+    #[serde(default = "yes")]
+    pub reply: bool,
+}
+
+fn tcp() -> Protocol {
+    Protocol::TCP
+}
+fn yes() -> bool {
+    true
+}
+fn one() -> u32 {
+    1
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Family {
+    #[default]
+    Ipv4,
+    Ipv6,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Traffic {
+    /// `namespace/pod` or an external's name.
+    pub from: String,
+    /// `namespace/pod`, an external's name, or a literal IP address.
+    pub to: String,
+    pub port: u16,
+    #[serde(default = "tcp")]
+    pub protocol: Protocol,
+    #[serde(default = "one")]
+    pub count: u32,
+    #[serde(default)]
+    pub family: Family,
+    /// Client threads sharing the `count` attempts.
+    #[serde(default = "one")]
+    pub parallel: u32,
+    #[serde(default)]
+    pub close: Close,
+    /// What the client side must observe; checked by `flowpol lab --check`.
+    pub expect: Option<Verdict>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Ingress,
+    Egress,
+}
+
+/// Packets matching this rule are dropped by nftables inside `pod`'s network namespace.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropRule {
+    pub pod: String,
+    pub direction: Direction,
+    /// The other end: `namespace/pod`, an external's name or an IP; any peer when absent.
+    pub peer: Option<String>,
+    pub port: Option<u16>,
+    pub protocol: Option<Protocol>,
+}
+
+/// A host of the lab (pod or external) with its resolved addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Host {
+    /// `namespace/name` for pods, the name for externals.
+    pub id: String,
+    pub is_pod: bool,
+    pub ipv4: Ipv4Addr,
+    pub ipv6: Ipv6Addr,
+    pub ports: Vec<(u16, Protocol, bool)>,
+}
+
+/// A scenario checked and with every address assigned.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub scenario: Scenario,
+    pub hosts: Vec<Host>,
+    index: HashMap<String, usize>,
+    /// The policy enforcer's nftables script per host id (empty: policies not enforced);
+    /// see [`super::enforce`].
+    pub enforced: HashMap<String, String>,
+}
+
+impl Resolved {
+    pub fn host(&self, id: &str) -> Option<&Host> {
+        self.index.get(id).map(|&i| &self.hosts[i])
+    }
+
+    /// The address a reference (`ns/pod`, external name, literal IP) stands for.
+    pub fn address(&self, reference: &str, family: Family) -> Option<IpAddr> {
+        if let Ok(ip) = reference.parse::<IpAddr>() {
+            return Some(ip);
+        }
+        self.host(reference).map(|h| match family {
+            Family::Ipv4 => IpAddr::V4(h.ipv4),
+            Family::Ipv6 => IpAddr::V6(h.ipv6),
+        })
+    }
+}
+
+pub fn load(path: &Path) -> Result<Resolved, ScenarioError> {
+    let shown = path.display().to_string();
+    let meta = std::fs::metadata(path).map_err(|source| ScenarioError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    if meta.len() > MAX_SCENARIO_BYTES {
+        return Err(ScenarioError::TooLarge {
+            path: shown,
+            size: meta.len(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+        path: shown.clone(),
+        source,
+    })?;
+    parse(&shown, &text)
+}
+
+pub fn parse(path: &str, text: &str) -> Result<Resolved, ScenarioError> {
+    let scenario: Scenario = serde_yaml::from_str(text).map_err(|source| ScenarioError::Parse {
+        path: path.into(),
+        source,
+    })?;
+    resolve(path, scenario)
+}
+
+fn resolve(path: &str, scenario: Scenario) -> Result<Resolved, ScenarioError> {
+    let invalid = |place: String, problem: String| ScenarioError::Invalid {
+        path: path.into(),
+        place,
+        problem,
+    };
+    let namespaces: HashMap<&str, usize> = scenario
+        .namespaces
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.as_str(), i))
+        .collect();
+    let mut hosts = Vec::new();
+    let mut index = HashMap::new();
+    let mut used: HashMap<IpAddr, String> = HashMap::new();
+    let all = scenario
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            (
+                format!("pods[{i}]"),
+                format!("{}/{}", p.namespace, p.name),
+                true,
+                p.ip,
+                p.ipv6,
+                &p.ports,
+            )
+        })
+        .chain(scenario.externals.iter().enumerate().map(|(i, e)| {
+            (
+                format!("externals[{i}]"),
+                e.name.clone(),
+                false,
+                e.ip,
+                e.ipv6,
+                &e.ports,
+            )
+        }));
+    for (n, (place, id, is_pod, ip, ipv6, ports)) in all.enumerate() {
+        if is_pod {
+            let ns = id.split('/').next().unwrap_or_default();
+            if !namespaces.contains_key(ns) {
+                return Err(invalid(
+                    format!("{place}.namespace"),
+                    format!("namespace `{ns}` is not declared under `namespaces`"),
+                ));
+            }
+        } else if id.contains('/') {
+            return Err(invalid(
+                format!("{place}.name"),
+                "external names may not contain `/`".into(),
+            ));
+        }
+        if n > 240 {
+            return Err(invalid(place, "the lab holds at most 240 hosts".into()));
+        }
+        let ipv4 = ip.unwrap_or(Ipv4Addr::new(10, 244, 0, 10 + n as u8));
+        let ipv6 = ipv6.unwrap_or(Ipv6Addr::new(
+            0xfd00,
+            0x10,
+            0x244,
+            0,
+            0,
+            0,
+            0,
+            10 + n as u16,
+        ));
+        for addr in [IpAddr::V4(ipv4), IpAddr::V6(ipv6)] {
+            if let Some(other) = used.insert(addr, id.clone()) {
+                return Err(invalid(
+                    place.clone(),
+                    format!("address {addr} is already used by `{other}`"),
+                ));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (j, p) in ports.iter().enumerate() {
+            if p.port == 0 || !seen.insert((p.port, p.protocol)) {
+                return Err(invalid(
+                    format!("{place}.ports[{j}]"),
+                    format!("port {} {} is zero or repeated", p.port, p.protocol),
+                ));
+            }
+            if p.protocol == Protocol::SCTP {
+                return Err(invalid(
+                    format!("{place}.ports[{j}].protocol"),
+                    "the lab serves TCP and UDP only".into(),
+                ));
+            }
+        }
+        if index.insert(id.clone(), hosts.len()).is_some() {
+            return Err(invalid(place, format!("`{id}` is declared twice")));
+        }
+        hosts.push(Host {
+            id,
+            is_pod,
+            ipv4,
+            ipv6,
+            ports: ports
+                .iter()
+                .map(|p| (p.port, p.protocol, p.reply))
+                .collect(),
+        });
+    }
+    let resolved = Resolved {
+        scenario,
+        hosts,
+        index,
+        enforced: HashMap::new(),
+    };
+    let known = |r: &str| r.parse::<IpAddr>().is_ok() || resolved.host(r).is_some();
+    for (i, t) in resolved.scenario.traffic.iter().enumerate() {
+        if resolved.host(&t.from).is_none() {
+            return Err(invalid(
+                format!("traffic[{i}].from"),
+                format!("unknown pod or external `{}`", t.from),
+            ));
+        }
+        if !known(&t.to) {
+            return Err(invalid(
+                format!("traffic[{i}].to"),
+                format!("unknown pod, external or IP `{}`", t.to),
+            ));
+        }
+        if t.count == 0 || t.parallel == 0 || t.parallel > 64 {
+            return Err(invalid(
+                format!("traffic[{i}]"),
+                "count must be >= 1 and parallel 1..=64".into(),
+            ));
+        }
+        if t.protocol == Protocol::SCTP {
+            return Err(invalid(
+                format!("traffic[{i}].protocol"),
+                "the lab sends TCP and UDP only".into(),
+            ));
+        }
+        let verdict_ok = match (t.protocol, t.expect) {
+            (_, None) => true,
+            (Protocol::TCP, Some(v)) => matches!(
+                v,
+                Verdict::Established | Verdict::Refused | Verdict::Timeout
+            ),
+            (Protocol::UDP, Some(v)) => matches!(v, Verdict::Answered | Verdict::Sent),
+            (Protocol::SCTP, _) => false,
+        };
+        if !verdict_ok {
+            return Err(invalid(
+                format!("traffic[{i}].expect"),
+                format!(
+                    "`{}` cannot be expected of a {} client",
+                    t.expect.map(|v| v.to_string()).unwrap_or_default(),
+                    t.protocol
+                ),
+            ));
+        }
+    }
+    for (i, d) in resolved.scenario.drops.iter().enumerate() {
+        if resolved.host(&d.pod).is_none() {
+            return Err(invalid(
+                format!("drops[{i}].pod"),
+                format!("unknown pod or external `{}`", d.pod),
+            ));
+        }
+        if let Some(peer) = &d.peer {
+            if !known(peer) {
+                return Err(invalid(
+                    format!("drops[{i}].peer"),
+                    format!("unknown pod, external or IP `{peer}`"),
+                ));
+            }
+        }
+        if d.port.is_some() && d.protocol.is_none() {
+            return Err(invalid(
+                format!("drops[{i}].port"),
+                "a port needs a protocol".into(),
+            ));
+        }
+    }
+    Ok(resolved)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "
+name: t
+namespaces: [{name: a}]
+pods:
+  - {name: web, namespace: a, ports: [{port: 80}]}
+  - {name: dns, namespace: a, ip: 10.244.0.53, ports: [{port: 53, protocol: UDP}]}
+externals: [{name: internet, ip: 203.0.113.10}]
+traffic:
+  - {from: a/web, to: a/dns, port: 53, protocol: UDP, expect: answered}
+  - {from: a/dns, to: internet, port: 443, family: ipv6}
+drops:
+  - {pod: a/web, direction: ingress, peer: a/dns, port: 80, protocol: TCP}
+";
+
+    /// The error with its causes, as the CLI prints it.
+    fn err(text: &str) -> String {
+        let e = parse("s.yaml", text).expect_err("scenario must be rejected");
+        let mut out = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            out.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        out
+    }
+
+    #[test]
+    fn parses_and_assigns_addresses() {
+        let r = parse("s.yaml", MINIMAL).expect("valid scenario");
+        let web = r.host("a/web").unwrap();
+        assert_eq!(web.ipv4, Ipv4Addr::new(10, 244, 0, 10));
+        assert_eq!(r.host("a/dns").unwrap().ipv4, Ipv4Addr::new(10, 244, 0, 53));
+        assert_eq!(
+            r.address("internet", Family::Ipv4),
+            Some("203.0.113.10".parse().unwrap())
+        );
+        assert_eq!(
+            r.address("a/web", Family::Ipv6),
+            Some("fd00:10:244::a".parse().unwrap())
+        );
+        assert_eq!(
+            r.address("192.0.2.1", Family::Ipv4),
+            Some("192.0.2.1".parse().unwrap())
+        );
+        assert_eq!(r.scenario.settings.timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn errors_name_the_place() {
+        let e = err(&MINIMAL.replace("to: a/dns, port: 53", "to: a/nope, port: 53"));
+        assert!(e.contains("traffic[0].to") && e.contains("a/nope"), "{e}");
+        let e = err(&MINIMAL.replace(
+            "namespace: a, ports: [{port: 80}]",
+            "namespace: b, ports: [{port: 80}]",
+        ));
+        assert!(e.contains("pods[0].namespace"), "{e}");
+        let e = err(&MINIMAL.replace("ip: 10.244.0.53", "ip: 203.0.113.10"));
+        assert!(e.contains("already used"), "{e}");
+        let e = err(&MINIMAL.replace("expect: answered", "expect: established"));
+        assert!(e.contains("traffic[0].expect"), "{e}");
+        let e = err(&MINIMAL.replace("name: t", "name: t\ncolour: red"));
+        assert!(e.contains("colour"), "unknown fields are errors: {e}");
+        let e = err(&MINIMAL.replace("ip: 10.244.0.53", "ip: 10.244.0.999"));
+        assert!(e.contains("s.yaml"), "{e}");
+    }
+}
