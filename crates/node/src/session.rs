@@ -2,7 +2,7 @@
 //! as it goes (the agent).
 use std::{future::Future, time::Duration};
 
-use probe_common::FlowKey;
+use probe_common::{FlowKey, FlowStats};
 
 use crate::{
     aggregate::{monotonic_ns, Aggregator, Totals},
@@ -69,17 +69,57 @@ impl Summary {
     }
 }
 
+/// Where a session's events and kernel-side counters come from: the eBPF sensor
+/// ([`Probe`]), or a script in the tests.
+pub trait EventSource {
+    /// Waits up to `timeout` for events, then hands every pending one to `f`.
+    fn next_batch(
+        &mut self,
+        timeout: Duration,
+        f: impl FnMut(&[u8]),
+    ) -> impl Future<Output = Result<(), CaptureError>>;
+    /// Hands every pending event to `f` without waiting.
+    fn drain(&mut self, f: impl FnMut(&[u8]));
+    /// The kernel's counters of an aggregated flow, `None` once its map no longer holds it.
+    fn flow_stats(&self, key: &FlowKey) -> Option<FlowStats>;
+    /// Removes a flow from the kernel's map, so its next packet starts it anew.
+    fn forget(&mut self, key: &FlowKey);
+    fn stats(&self) -> ProbeStats;
+}
+
+impl EventSource for Probe {
+    fn next_batch(
+        &mut self,
+        timeout: Duration,
+        f: impl FnMut(&[u8]),
+    ) -> impl Future<Output = Result<(), CaptureError>> {
+        Probe::next_batch(self, timeout, f)
+    }
+    fn drain(&mut self, f: impl FnMut(&[u8])) {
+        Probe::drain(self, f)
+    }
+    fn flow_stats(&self, key: &FlowKey) -> Option<FlowStats> {
+        Probe::flow_stats(self, key)
+    }
+    fn forget(&mut self, key: &FlowKey) {
+        Probe::forget(self, key)
+    }
+    fn stats(&self) -> ProbeStats {
+        Probe::stats(self)
+    }
+}
+
 /// Runs capture until `stop` completes, then drains what is left.
-pub struct Session {
-    probe: Probe,
+pub struct Session<S = Probe> {
+    probe: S,
     agg: Aggregator,
     events: u64,
     decode_errors: u64,
     counters_evicted: u64,
 }
 
-impl Session {
-    pub fn new(probe: Probe, agg: Aggregator) -> Self {
+impl<S: EventSource> Session<S> {
+    pub fn new(probe: S, agg: Aggregator) -> Self {
         Self {
             probe,
             agg,
@@ -183,5 +223,171 @@ fn ingest(agg: &mut Aggregator, events: &mut u64, decode_errors: &mut u64, bytes
             *decode_errors += 1;
             tracing::warn!("undecodable probe event: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use flowpol_analysis::record::Verdict;
+    use probe_common::{EventKind, AF_INET, FLOW_KIND_UDP, IPPROTO_UDP, UDP_LOCAL_INITIATOR};
+
+    use super::*;
+    use crate::{
+        aggregate::Clock,
+        decode::tests::{bytes, event},
+    };
+
+    /// Events and kernel counters as a test sets them; what the session removes is noted.
+    #[derive(Default)]
+    struct Script {
+        pending: Vec<Vec<u8>>,
+        counters: HashMap<FlowKey, FlowStats>,
+        forgotten: Vec<FlowKey>,
+    }
+
+    impl EventSource for Script {
+        /// Like the ring buffer: what is pending at once, else after waiting `timeout`.
+        async fn next_batch(
+            &mut self,
+            timeout: Duration,
+            f: impl FnMut(&[u8]),
+        ) -> Result<(), CaptureError> {
+            if self.pending.is_empty() {
+                tokio::time::sleep(timeout).await;
+            }
+            self.drain(f);
+            Ok(())
+        }
+        fn drain(&mut self, mut f: impl FnMut(&[u8])) {
+            for e in self.pending.drain(..) {
+                f(&e);
+            }
+        }
+        fn flow_stats(&self, key: &FlowKey) -> Option<FlowStats> {
+            self.counters.get(key).copied()
+        }
+        fn forget(&mut self, key: &FlowKey) {
+            self.counters.remove(key);
+            self.forgotten.push(*key);
+        }
+        fn stats(&self) -> ProbeStats {
+            ProbeStats {
+                ring_full_per_cpu: vec![2, 1],
+                ..ProbeStats::default()
+            }
+        }
+    }
+
+    /// A UDP flow this node's client started, first seen at `ts_ns`, and its flow key.
+    fn udp(ts_ns: u64) -> (Vec<u8>, FlowKey) {
+        let mut ev = event(EventKind::Udp, AF_INET, IPPROTO_UDP);
+        ev.flags = UDP_LOCAL_INITIATOR;
+        ev.key.kind = FLOW_KIND_UDP;
+        ev.ts_ns = ts_ns;
+        (bytes(&ev), ev.key)
+    }
+
+    fn session(script: Script) -> Session<Script> {
+        Session::new(
+            script,
+            Aggregator::new(None, Clock::from_offset_ns(0), HashMap::new()),
+        )
+    }
+
+    fn counters(packets: u64, replies: u64, last_ns: u64) -> FlowStats {
+        FlowStats {
+            first_ns: 1_000,
+            last_ns,
+            packets,
+            replies,
+            flags: UDP_LOCAL_INITIATOR,
+            ..FlowStats::ZERO
+        }
+    }
+
+    #[test]
+    fn each_take_reports_the_packets_counted_in_the_kernel_since_the_last() {
+        let now = monotonic_ns();
+        let (ev, key) = udp(1_000);
+        let mut s = session(Script {
+            pending: vec![ev],
+            counters: HashMap::from([(key, counters(5, 2, now))]),
+            ..Script::default()
+        });
+        let first = s.take(Duration::from_secs(60));
+        assert_eq!(first.len(), 1);
+        assert_eq!((first[0].count, first[0].replies), (5, Some(2)));
+        assert_eq!(first[0].verdict, Some(Verdict::Sent), "no answer flag");
+        s.probe.counters.insert(key, counters(8, 2, now + 1));
+        let second = s.take(Duration::from_secs(60));
+        assert_eq!(second.len(), 1);
+        assert_eq!((second[0].count, second[0].replies), (3, Some(0)));
+        assert!(s.take(Duration::from_secs(60)).is_empty(), "nothing new");
+        assert!(s.probe.forgotten.is_empty(), "active within the idle time");
+    }
+
+    #[test]
+    fn a_flow_quiet_for_the_idle_time_is_forgotten_here_and_in_the_kernel() {
+        let (ev, key) = udp(1_000);
+        let mut s = session(Script {
+            pending: vec![ev],
+            counters: HashMap::from([(key, counters(1, 0, 1_000))]),
+            ..Script::default()
+        });
+        assert_eq!(s.take(Duration::from_secs(1)).len(), 1);
+        // Last packet at 1 µs after boot, long before now minus a second.
+        assert!(s.take(Duration::from_secs(1)).is_empty());
+        assert_eq!(s.probe.forgotten, vec![key]);
+        assert_eq!(s.agg.kernel_counted().count(), 0);
+        assert_eq!(s.summary().counters_evicted, 0, "retired, not evicted");
+    }
+
+    #[test]
+    fn a_flow_the_kernel_evicted_is_reported_once_and_counted() {
+        let (ev, _) = udp(1_000);
+        let mut s = session(Script {
+            pending: vec![ev],
+            ..Script::default()
+        });
+        let records = s.take(Duration::from_secs(60));
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].count, 1, "only the event is known");
+        assert_eq!(s.summary().counters_evicted, 1);
+        assert!(s.take(Duration::from_secs(60)).is_empty());
+        assert_eq!(s.summary().counters_evicted, 1);
+    }
+
+    #[test]
+    fn undecodable_events_and_kernel_losses_are_counted_not_dropped_silently() {
+        let (ev, key) = udp(1_000);
+        let s = session(Script {
+            pending: vec![ev, vec![1, 2, 3]],
+            counters: HashMap::from([(key, counters(4, 0, 2_000))]),
+            ..Script::default()
+        });
+        let (records, summary) = s.finish();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].count, 4, "final counters read at the end");
+        assert_eq!(summary.events, 2);
+        assert_eq!(summary.decode_errors, 1);
+        assert_eq!(summary.events_lost, 3);
+    }
+
+    #[tokio::test]
+    async fn run_stops_when_told_and_keeps_what_arrived() {
+        let (ev, key) = udp(1_000);
+        let mut s = session(Script {
+            pending: vec![ev],
+            counters: HashMap::from([(key, counters(2, 0, 2_000))]),
+            ..Script::default()
+        });
+        s.run(tokio::time::sleep(Duration::from_millis(20)))
+            .await
+            .unwrap();
+        let (records, summary) = s.finish();
+        assert_eq!(summary.events, 1);
+        assert_eq!(records[0].count, 2);
     }
 }
