@@ -1,7 +1,7 @@
 //! A probe plan run from this node: each attempt from inside its source pod's network
 //! namespace, entered through a process of the pod (found by the kubelet's pod cgroups), and
-//! recorded by the eBPF probe like any traffic. This is what the DaemonSet does on each node;
-//! the lab does the same with its own namespaces.
+//! recorded by the eBPF probe like any traffic: `flowpol probe --cluster/--kube` on a node (the
+//! agent does not probe). The lab runs its plans with its own namespaces.
 use std::{
     collections::HashMap,
     net::SocketAddr,

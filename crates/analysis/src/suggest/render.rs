@@ -159,7 +159,6 @@ type RuleParts = (
     Option<Vec<NetworkPolicyPort>>,
 );
 
-
 fn to_peer(own_ns: &str, peer: &Peer) -> NetworkPolicyPeer {
     match peer {
         Peer::Pods {
