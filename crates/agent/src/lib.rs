@@ -5,8 +5,11 @@
 //! `ObservedTraffic` objects, which a separate task writes to the API server ([`store`]),
 //! so a slow or absent API server never holds up capture.
 pub mod http;
+pub mod launch;
 pub mod metrics;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -32,12 +35,13 @@ use flowpol_kube::{
     watch::Live,
 };
 use flowpol_node::{
-    capture::CaptureError,
+    capture::{CaptureError, Probe},
     podcgroup,
-    session::{Session, Summary},
+    session::{EventSource, Session, Summary},
     shutdown::Shutdown,
 };
 use http::Health;
+use metrics::Metrics;
 
 /// Records held while the model is not complete yet (at start), so they are named rather
 /// than written out anonymous; past this many they go out unnamed.
@@ -67,15 +71,45 @@ pub struct Config {
     pub state_dir: Option<PathBuf>,
 }
 
-/// Where names and policies come from.
-pub enum Model {
-    /// The API server, watched.
-    Live(Live),
-    /// A snapshot read once.
-    Fixed {
-        cluster: Arc<Cluster>,
-        policies: Vec<NetworkPolicy>,
-    },
+/// Where each round's cluster model comes from: the live watchers, a fixed snapshot, or a
+/// script in the tests.
+pub trait ModelSource: Send + Sync {
+    /// The model now; rounds hold their records back while it is not complete.
+    fn current(&self, metrics: &Metrics) -> Current;
+}
+
+pub enum Current {
+    Complete(Arc<Cluster>, Vec<NetworkPolicy>),
+    /// Not listed in full yet: the agent is not ready, and says why.
+    Incomplete(String),
+    /// Listed, but the model could not be built from it.
+    Failed(String),
+}
+
+impl ModelSource for Live {
+    fn current(&self, metrics: &Metrics) -> Current {
+        let status = self.status();
+        metrics.watch(&status);
+        if !status.ready {
+            return Current::Incomplete(format!("cluster model: {status}"));
+        }
+        match self.model() {
+            Ok(c) => Current::Complete(c, self.policies()),
+            Err(e) => Current::Failed(format!("cluster model: {e}")),
+        }
+    }
+}
+
+/// A cluster read once (a snapshot file).
+pub struct Fixed {
+    pub cluster: Arc<Cluster>,
+    pub policies: Vec<NetworkPolicy>,
+}
+
+impl ModelSource for Fixed {
+    fn current(&self, _: &Metrics) -> Current {
+        Current::Complete(self.cluster.clone(), self.policies.clone())
+    }
 }
 
 /// Where records go.
@@ -158,27 +192,29 @@ pub struct Outcome {
     pub kept: Option<(PathBuf, usize)>,
 }
 
-pub struct Agent {
+pub struct Agent<S = Probe> {
     config: Config,
-    session: Session,
-    model: Model,
+    session: Session<S>,
+    model: Box<dyn ModelSource>,
     sink: Sink,
     health: Arc<Health>,
     observed: Arc<Mutex<Observed>>,
     writer: Option<Arc<Writer>>,
     held: Vec<FlowRecord>,
+    /// Most records held back while the model is incomplete.
+    hold_max: usize,
     written: Written,
     logged: HashSet<String>,
     /// The model the exposures were last computed for.
     exposures_of: Option<Arc<Cluster>>,
 }
 
-impl Agent {
+impl<S: EventSource> Agent<S> {
     /// `store`: the API server to write `ObservedTraffic` to, if any.
     pub fn new(
         config: Config,
-        session: Session,
-        model: Model,
+        session: Session<S>,
+        model: Box<dyn ModelSource>,
         store: Option<Client>,
         sink: Sink,
         health: Arc<Health>,
@@ -194,6 +230,7 @@ impl Agent {
             health,
             writer,
             held: Vec::new(),
+            hold_max: HOLD_MAX,
             written: Written::default(),
             logged: HashSet::new(),
             exposures_of: None,
@@ -278,24 +315,15 @@ impl Agent {
         let health = self.health.clone();
         let m = &health.metrics;
         m.probe(&self.session.summary());
-        let current = match &self.model {
-            Model::Fixed { cluster, policies } => Some((cluster.clone(), policies.clone())),
-            Model::Live(live) => {
-                let status = live.status();
-                m.watch(&status);
-                if status.ready {
-                    match live.model() {
-                        Ok(c) => Some((c, live.policies())),
-                        Err(e) => {
-                            tracing::warn!("cluster model: {e}");
-                            None
-                        }
-                    }
-                } else {
-                    self.health
-                        .set_ready(Some(format!("cluster model: {status}")));
-                    None
-                }
+        let current = match self.model.current(m) {
+            Current::Complete(cluster, policies) => Some((cluster, policies)),
+            Current::Incomplete(why) => {
+                self.health.set_ready(Some(why));
+                None
+            }
+            Current::Failed(why) => {
+                tracing::warn!("{why}");
+                None
             }
         };
         match current {
@@ -315,7 +343,7 @@ impl Agent {
                 }
                 m.observed(&observed, self.writer.is_some());
             }
-            None if !last && self.held.len() + records.len() <= HOLD_MAX => {
+            None if !last && self.held.len() + records.len() <= self.hold_max => {
                 self.held.append(&mut records);
             }
             None => {

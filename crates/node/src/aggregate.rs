@@ -475,9 +475,9 @@ pub struct Totals {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decode::{
-        decode,
-        tests::{bytes, event},
+    use crate::{
+        decode::decode,
+        script::{bytes, event},
     };
     use probe_common::{AF_INET, FLOW_KIND_UDP, IPPROTO_TCP, IPPROTO_UDP, UDP_LOCAL_RESPONDER};
 

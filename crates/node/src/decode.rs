@@ -95,52 +95,10 @@ pub fn decode(bytes: &[u8]) -> Result<Observation, DecodeError> {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::script::{bytes, event};
     use probe_common::IPPROTO_TCP;
-
-    pub(crate) fn event(kind: EventKind, family: u8, protocol: u8) -> Event {
-        let mut key = FlowKey {
-            saddr: [0; 16],
-            daddr: [0; 16],
-            cookie: 0,
-            netns: 4026531840,
-            sport: 0,
-            dport: 8080,
-            family,
-            protocol,
-            kind: 0,
-            _pad: 0,
-            reason: 0,
-        };
-        key.saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
-        key.daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
-        Event {
-            version: ABI_VERSION,
-            kind: kind as u8,
-            _pad0: 0,
-            errno: 0,
-            ts_ns: 2_000,
-            cgroup_id: 7,
-            flags: 0,
-            sport: 40000,
-            _pad1: 0,
-            netns: key.netns,
-            _pad2: 0,
-            key,
-        }
-    }
-
-    pub(crate) fn bytes(ev: &Event) -> Vec<u8> {
-        // SAFETY: `Event` is plain old data without uninitialised padding.
-        unsafe {
-            std::slice::from_raw_parts(
-                (ev as *const Event).cast::<u8>(),
-                std::mem::size_of::<Event>(),
-            )
-        }
-        .to_vec()
-    }
 
     #[test]
     fn decodes_a_tcp_event() {

@@ -14,5 +14,7 @@ pub mod kernel;
 pub mod netns;
 pub mod podcgroup;
 pub mod probing;
+#[cfg(any(test, feature = "script"))]
+pub mod script;
 pub mod session;
 pub mod shutdown;

@@ -231,63 +231,13 @@ mod tests {
     use std::collections::HashMap;
 
     use flowpol_analysis::record::Verdict;
-    use probe_common::{EventKind, AF_INET, FLOW_KIND_UDP, IPPROTO_UDP, UDP_LOCAL_INITIATOR};
+    use probe_common::UDP_LOCAL_INITIATOR;
 
     use super::*;
     use crate::{
         aggregate::Clock,
-        decode::tests::{bytes, event},
+        script::{udp, Script},
     };
-
-    /// Events and kernel counters as a test sets them; what the session removes is noted.
-    #[derive(Default)]
-    struct Script {
-        pending: Vec<Vec<u8>>,
-        counters: HashMap<FlowKey, FlowStats>,
-        forgotten: Vec<FlowKey>,
-    }
-
-    impl EventSource for Script {
-        /// Like the ring buffer: what is pending at once, else after waiting `timeout`.
-        async fn next_batch(
-            &mut self,
-            timeout: Duration,
-            f: impl FnMut(&[u8]),
-        ) -> Result<(), CaptureError> {
-            if self.pending.is_empty() {
-                tokio::time::sleep(timeout).await;
-            }
-            self.drain(f);
-            Ok(())
-        }
-        fn drain(&mut self, mut f: impl FnMut(&[u8])) {
-            for e in self.pending.drain(..) {
-                f(&e);
-            }
-        }
-        fn flow_stats(&self, key: &FlowKey) -> Option<FlowStats> {
-            self.counters.get(key).copied()
-        }
-        fn forget(&mut self, key: &FlowKey) {
-            self.counters.remove(key);
-            self.forgotten.push(*key);
-        }
-        fn stats(&self) -> ProbeStats {
-            ProbeStats {
-                ring_full_per_cpu: vec![2, 1],
-                ..ProbeStats::default()
-            }
-        }
-    }
-
-    /// A UDP flow this node's client started, first seen at `ts_ns`, and its flow key.
-    fn udp(ts_ns: u64) -> (Vec<u8>, FlowKey) {
-        let mut ev = event(EventKind::Udp, AF_INET, IPPROTO_UDP);
-        ev.flags = UDP_LOCAL_INITIATOR;
-        ev.key.kind = FLOW_KIND_UDP;
-        ev.ts_ns = ts_ns;
-        (bytes(&ev), ev.key)
-    }
 
     fn session(script: Script) -> Session<Script> {
         Session::new(
@@ -365,6 +315,10 @@ mod tests {
         let s = session(Script {
             pending: vec![ev, vec![1, 2, 3]],
             counters: HashMap::from([(key, counters(4, 0, 2_000))]),
+            stats: ProbeStats {
+                ring_full_per_cpu: vec![2, 1],
+                ..ProbeStats::default()
+            },
             ..Script::default()
         });
         let (records, summary) = s.finish();

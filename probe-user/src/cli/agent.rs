@@ -1,19 +1,15 @@
 //! `flowpol agent`: the node DaemonSet. Loads the probe, watches the cluster, and runs until
 //! SIGTERM: records as JSON lines, metrics and health on `--listen`, and this node's share of
 //! the `ObservedTraffic` objects written to the API server.
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context as _;
-use flowpol_agent::{self as agent, http::Health, metrics::Metrics, Agent, Model, Sink};
-use flowpol_analysis::output::Rotating;
-use flowpol_kube::watch;
-use flowpol_node::{
-    aggregate::{Aggregator, Clock},
-    capture::{self, Probe},
-    kernel,
-    session::Session,
-    shutdown::Shutdown,
+use flowpol_agent::{
+    self as agent,
+    launch::{self, Output, Settings},
+    Fixed, ModelSource,
 };
+use flowpol_kube::watch;
 
 use super::{record::hostname, source::Source};
 
@@ -78,127 +74,71 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.round.is_zero() || args.flush_every.is_zero() {
-        anyhow::bail!("--round and --flush-every must be longer than zero");
-    }
-    if args.writes_per_second.is_nan() || args.writes_per_second <= 0.0 {
-        anyhow::bail!("--writes-per-second must be above zero");
-    }
     let node = args
         .node
         .clone()
         .or_else(hostname)
         .context("no node name: pass --node or set NODE_NAME")?;
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(async move {
-        capture::check_privileges()?;
-        let sink = match (&args.output, args.no_records) {
-            (Some(path), _) => Sink::File(Rotating::open(
-                path,
-                args.output_max_mib.saturating_mul(1 << 20),
-                args.output_keep,
-            )?),
-            (None, true) => Sink::Discard,
-            (None, false) => Sink::Stdout,
-        };
-        let (model, client) = if args.source.cluster.is_some() {
-            let loaded = args.source.load("agent")?;
-            let model = Model::Fixed {
-                cluster: loaded.cluster,
-                policies: loaded.policies,
-            };
-            (model, None)
-        } else if args.source.live_requested() {
-            let connection = args.source.connect().await?;
-            let live = watch::Live::start(&connection, args.source.deleted_pod_grace);
-            (Model::Live(live), (!args.no_store).then_some(connection.client))
-        } else {
-            anyhow::bail!("name a cluster: --kube (the API server) or --cluster FILE (a snapshot)");
-        };
-        let info = kernel::discover().context("inspecting the running kernel")?;
-        let cgroup_root = args.cgroup_root.clone().unwrap_or(info.cgroup2.clone());
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        let health = Arc::new(Health::new(Metrics::new(), args.round));
-        let server = tokio::spawn(agent::http::serve(listener, health.clone()));
-        let shutdown = Shutdown::install().context("installing signal handlers")?;
-        let probe = Probe::load(&info).context("loading the eBPF probe")?;
-        let session = Session::new(
-            probe,
-            Aggregator::new(Some(node.clone()), Clock::system(), info.drop_reasons),
-        );
-        eprintln!(
-            "flowpol agent: node {node}, metrics on http://{}/metrics{}",
-            args.listen,
-            if client.is_some() {
-                ", writing ObservedTraffic"
-            } else {
-                ""
-            }
-        );
-        let config = agent::Config {
-            node,
+    let settings = Settings {
+        config: agent::Config {
+            node: node.clone(),
             round: args.round,
             idle: args.idle,
             max_edges: args.max_edges,
             flush_every: args.flush_every,
             writes_per_second: args.writes_per_second,
             shutdown_timeout: args.shutdown_timeout,
-            cgroup_root,
+            cgroup_root: PathBuf::new(),
             duration: args.duration,
             state_dir: args.state_dir.clone(),
+        },
+        listen: args.listen,
+        output: match (&args.output, args.no_records) {
+            (Some(path), _) => Output::File {
+                path: path.clone(),
+                max_bytes: args.output_max_mib.saturating_mul(1 << 20),
+                keep: args.output_keep,
+            },
+            (None, true) => Output::Discard,
+            (None, false) => Output::Stdout,
+        },
+        cgroup_root: args.cgroup_root.clone(),
+    };
+    settings.check()?;
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let (model, client): (Box<dyn ModelSource>, _) = if args.source.cluster.is_some() {
+            let loaded = args.source.load("agent")?;
+            let fixed = Fixed {
+                cluster: loaded.cluster,
+                policies: loaded.policies,
+            };
+            (Box::new(fixed), None)
+        } else if args.source.live_requested() {
+            let connection = args.source.connect().await?;
+            let live = watch::Live::start(&connection, args.source.deleted_pod_grace);
+            (Box::new(live), (!args.no_store).then_some(connection.client))
+        } else {
+            anyhow::bail!("name a cluster: --kube (the API server) or --cluster FILE (a snapshot)");
         };
-        if let Some(dir) = &args.state_dir {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating the state directory {}", dir.display()))?;
-        }
-        // Taken last, once nothing else can fail at start, and only when it will be written.
-        let restored = match (&args.state_dir, &client) {
-            (Some(dir), Some(_)) => agent::state::take(dir, &config.node)?,
-            _ => None,
-        };
-        let mut agent = Agent::new(config, session, model, client, sink, health);
-        if let Some(spill) = restored {
-            eprintln!(
-                "flowpol agent: {} workloads kept by the previous run are written with the next flush",
-                spill.workloads.len()
-            );
-            agent = agent.restore(spill);
-        }
-        let outcome = agent.run(shutdown).await?;
-        server.abort();
+        let writing = client.is_some();
+        let started = launch::start(settings, model, client).await?;
         eprintln!(
-            "flowpol agent: {}\n  {} events, lost {}",
-            outcome.written,
-            outcome.summary.events,
-            outcome.summary.losses()
+            "flowpol agent: node {node}, metrics on http://{}/metrics{}",
+            args.listen,
+            if writing { ", writing ObservedTraffic" } else { "" }
         );
-        let mut code = ExitCode::SUCCESS;
-        if outcome.evicted_unwritten > 0 {
+        if let Some(n) = started.restored {
             eprintln!(
-                "flowpol agent: {} edges were evicted from memory before they could be written (raise --max-edges)",
-                outcome.evicted_unwritten
+                "flowpol agent: {n} workloads kept by the previous run are written with the next flush"
             );
         }
-        if let Some(f) = outcome.flushed {
-            if let Some((path, n)) = &outcome.kept {
-                eprintln!(
-                    "flowpol agent: {n} workloads' ObservedTraffic could not be written before stopping ({}); kept in {} for the next start",
-                    f.last_error.as_deref().unwrap_or("out of time"),
-                    path.display()
-                );
-            } else if f.pending > 0 {
-                eprintln!(
-                    "flowpol agent: {} workloads' ObservedTraffic could not be written before stopping: {}",
-                    f.pending,
-                    f.last_error.as_deref().unwrap_or("out of time")
-                );
-                code = ExitCode::FAILURE;
-            } else {
-                eprintln!("flowpol agent: ObservedTraffic written ({} objects in the last write)", f.written);
-            }
-        }
-        Ok(code)
+        let (report, failed) = started.run().await?.report();
+        eprintln!("{report}");
+        Ok(if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        })
     })
 }
