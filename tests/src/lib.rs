@@ -6,26 +6,58 @@ use flowpol_lab::{
     scenario,
 };
 
-/// The binary under test: `cargo xtask test` builds it and names it in FLOWPOL_BIN.
+/// The binary under test, as just built: `cargo xtask test` builds it and names it in
+/// FLOWPOL_BIN; otherwise it is built here, once per test process, so a stale binary is
+/// never what runs.
 pub fn binary() -> String {
-    std::env::var("FLOWPOL_BIN").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/flowpol").to_owned()
-    })
+    static BUILT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            if let Ok(bin) = std::env::var("FLOWPOL_BIN") {
+                return bin;
+            }
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let status = std::process::Command::new(cargo)
+                .args(["build", "--package", "probe-user", "--bin", "flowpol"])
+                .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building flowpol failed");
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../target/debug/flowpol").to_owned()
+        })
+        .clone()
 }
 
-/// Whether privileged tests can run. Under `cargo xtask test` (FLOWPOL_E2E=required) a
-/// missing privilege is a failure, never a silent skip.
+/// Says that the calling test does not run, and why: on stderr, and in the file xtask's
+/// tally reads (FLOWPOL_SKIPS), so it is counted as skipped, not as passed. Under `cargo
+/// xtask test` (FLOWPOL_E2E=required) a skip is a failure.
+pub fn skip(why: &str) {
+    assert!(
+        std::env::var("FLOWPOL_E2E").as_deref() != Ok("required"),
+        "end-to-end tests are required, but {why}"
+    );
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_owned();
+    eprintln!("skipping {test}: {why}");
+    if let Some(path) = std::env::var_os("FLOWPOL_SKIPS") {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("the skip list opens");
+        writeln!(f, "{test}").expect("the skip list is written");
+    }
+}
+
+/// Whether privileged tests can run; when not, the test is [`skip`]ped.
 pub fn privileged() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     if !root {
-        assert!(
-            std::env::var("FLOWPOL_E2E").as_deref() != Ok("required"),
-            "end-to-end tests are required but this is not root"
-        );
-        eprintln!(
-            "skipping: end-to-end tests need root (they load eBPF and create network namespaces)"
-        );
+        skip("end-to-end tests need root (they load eBPF and create network namespaces)");
     }
     root
 }

@@ -8,12 +8,22 @@ use anyhow::{bail, Context, Result};
 
 use crate::setup::{cargo, sh};
 
-/// Passed and failed tests, summed over every `cargo test` run.
+/// Test outcomes, summed over every `cargo test` run. libtest counts a test that returned
+/// early as passed; the e2e helpers' `skip` lists such tests in [`SKIPS`], and they are
+/// moved from passed to skipped.
 #[derive(Default)]
 struct Tally {
     passed: u64,
     failed: u64,
+    ignored: u64,
 }
+
+/// Where skipped tests name themselves (FLOWPOL_SKIPS).
+const SKIPS: &str = "target/xtask-skipped-tests";
+
+/// What the pure core may not depend on: it builds and tests on stable Rust, without the
+/// eBPF toolchain or an API server.
+const NOT_IN_CORE: &[&str] = &["aya", "kube", "tokio", "probe-ebpf", "flowpol-node"];
 
 impl Tally {
     /// Runs `cargo test ARGS`, echoing its output and adding up its `test result:` lines.
@@ -27,9 +37,10 @@ impl Tally {
         for line in BufReader::new(child.stdout.take().context("stdout")?).lines() {
             let line = line?;
             println!("{line}");
-            if let Some((passed, failed)) = parse_result(&line) {
-                self.passed += passed;
-                self.failed += failed;
+            if let Some(r) = parse_result(&line) {
+                self.passed += r.passed;
+                self.failed += r.failed;
+                self.ignored += r.ignored;
             }
         }
         let status = child.wait()?;
@@ -40,8 +51,15 @@ impl Tally {
     }
 }
 
-/// `test result: ok. 26 passed; 0 failed; ...` -> (26, 0)
-fn parse_result(line: &str) -> Option<(u64, u64)> {
+#[derive(Debug, PartialEq, Eq)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+/// `test result: ok. 26 passed; 0 failed; 1 ignored; ...` -> 26, 0, 1
+fn parse_result(line: &str) -> Option<Counts> {
     let rest = line.strip_prefix("test result: ")?;
     let number = |word: &str| {
         rest.split("; ")
@@ -51,7 +69,39 @@ fn parse_result(line: &str) -> Option<(u64, u64)> {
             })
             .flatten()
     };
-    Some((number("passed")?, number("failed")?))
+    Some(Counts {
+        passed: number("passed")?,
+        failed: number("failed")?,
+        ignored: number("ignored").unwrap_or(0),
+    })
+}
+
+/// The crates the pure core depends on (normal and build dependencies), by name.
+fn core_dependencies() -> Result<Vec<String>> {
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "tree",
+            "--package",
+            "flowpol-analysis",
+            "--edges",
+            "normal,build",
+            "--prefix",
+            "none",
+            "--format",
+            "{p}",
+        ])
+        .output()
+        .context("cannot run cargo tree")?;
+    if !out.status.success() {
+        bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect())
 }
 
 pub fn run() -> Result<()> {
@@ -95,6 +145,18 @@ pub fn run() -> Result<()> {
         controlplane::versions(),
         started.elapsed().as_secs_f64()
     );
+    let impure: Vec<String> = core_dependencies()?
+        .into_iter()
+        .filter(|d| NOT_IN_CORE.contains(&d.as_str()))
+        .collect();
+    if !impure.is_empty() {
+        bail!(
+            "flowpol-analysis must stay pure, but depends on {}",
+            impure.join(", ")
+        );
+    }
+    let _ = std::fs::remove_file(SKIPS);
+    std::env::set_var("FLOWPOL_SKIPS", std::env::current_dir()?.join(SKIPS));
     let mut tally = Tally::default();
     // Unit tests, then the privileged end-to-end tests one at a time: they share the kernel's
     // hooks, so parallel labs would see each other's traffic and load.
@@ -120,12 +182,29 @@ pub fn run() -> Result<()> {
     std::env::set_var("FLOWPOL_IMAGE", crate::image::TEST_TAG);
     std::env::set_var("FLOWPOL_E2E", "required");
     tally.cargo_test(&["--package", "flowpol-e2e", "--", "--test-threads=1"])?;
+    let skipped: Vec<String> = std::fs::read_to_string(SKIPS)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let skips = skipped.len() as u64;
     println!(
-        "xtask test: {} passed, {} failed",
-        tally.passed, tally.failed
+        "xtask test: {} passed, {} failed, {skips} skipped, {} ignored",
+        tally.passed.saturating_sub(skips),
+        tally.failed,
+        tally.ignored
     );
+    for t in &skipped {
+        println!("  skipped: {t}");
+    }
     if tally.failed > 0 {
         bail!("{} tests failed", tally.failed);
+    }
+    if skips > 0 || tally.ignored > 0 {
+        bail!(
+            "every test must run: {skips} skipped, {} ignored",
+            tally.ignored
+        );
     }
     Ok(())
 }
@@ -134,11 +213,18 @@ pub fn run() -> Result<()> {
 mod tests {
     #[test]
     fn parses_cargo_test_result_lines() {
-        let line = "test result: ok. 26 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.08s";
-        assert_eq!(super::parse_result(line), Some((26, 0)));
+        let counts = |passed, failed, ignored| {
+            Some(super::Counts {
+                passed,
+                failed,
+                ignored,
+            })
+        };
+        let line = "test result: ok. 26 passed; 0 failed; 3 ignored; 0 measured; 0 filtered out; finished in 0.08s";
+        assert_eq!(super::parse_result(line), counts(26, 0, 3));
         assert_eq!(
             super::parse_result("test result: FAILED. 2 passed; 1 failed; 0 ignored"),
-            Some((2, 1))
+            counts(2, 1, 0)
         );
         assert_eq!(super::parse_result("running 3 tests"), None);
     }

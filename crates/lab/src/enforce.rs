@@ -358,6 +358,10 @@ mod tests {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/fixtures/golden/enforce-shop.nft");
         if std::env::var_os("FLOWPOL_BLESS").is_some() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "FLOWPOL_BLESS under CI: goldens are reviewed, never rewritten by CI"
+            );
             std::fs::write(&path, &text).unwrap();
         }
         assert_eq!(text, std::fs::read_to_string(&path).unwrap());

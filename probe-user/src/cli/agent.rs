@@ -73,7 +73,7 @@ pub struct Args {
     duration: Option<Duration>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let node = args
         .node
         .clone()
@@ -105,40 +105,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cgroup_root: args.cgroup_root.clone(),
     };
     settings.check()?;
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(async move {
-        let (model, client): (Box<dyn ModelSource>, _) = if args.source.cluster.is_some() {
-            let loaded = args.source.load("agent")?;
-            let fixed = Fixed {
-                cluster: loaded.cluster,
-                policies: loaded.policies,
-            };
-            (Box::new(fixed), None)
-        } else if args.source.live_requested() {
-            let connection = args.source.connect().await?;
-            let live = watch::Live::start(&connection, args.source.deleted_pod_grace);
-            (Box::new(live), (!args.no_store).then_some(connection.client))
-        } else {
-            anyhow::bail!("name a cluster: --kube (the API server) or --cluster FILE (a snapshot)");
+    let (model, client): (Box<dyn ModelSource>, _) = if args.source.cluster.is_some() {
+        let loaded = args.source.load("agent").await?;
+        let fixed = Fixed {
+            cluster: loaded.cluster,
+            policies: loaded.policies,
         };
-        let writing = client.is_some();
-        let started = launch::start(settings, model, client).await?;
-        eprintln!(
-            "flowpol agent: node {node}, metrics on http://{}/metrics{}",
-            args.listen,
-            if writing { ", writing ObservedTraffic" } else { "" }
-        );
-        if let Some(n) = started.restored {
-            eprintln!(
-                "flowpol agent: {n} workloads kept by the previous run are written with the next flush"
-            );
-        }
-        let (report, failed) = started.run().await?.report();
-        eprintln!("{report}");
-        Ok(if failed {
-            ExitCode::FAILURE
+        (Box::new(fixed), None)
+    } else if args.source.live_requested() {
+        let connection = args.source.connect().await?;
+        let live = watch::Live::start(&connection, args.source.deleted_pod_grace);
+        (
+            Box::new(live),
+            (!args.no_store).then_some(connection.client),
+        )
+    } else {
+        anyhow::bail!("name a cluster: --kube (the API server) or --cluster FILE (a snapshot)");
+    };
+    let writing = client.is_some();
+    let started = launch::start(settings, model, client).await?;
+    eprintln!(
+        "flowpol agent: node {node}, metrics on http://{}/metrics{}",
+        args.listen,
+        if writing {
+            ", writing ObservedTraffic"
         } else {
-            ExitCode::SUCCESS
-        })
+            ""
+        }
+    );
+    if let Some(n) = started.restored {
+        eprintln!(
+            "flowpol agent: {n} workloads kept by the previous run are written with the next flush"
+        );
+    }
+    let (report, failed) = started.run().await?.report();
+    eprintln!("{report}");
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     })
 }

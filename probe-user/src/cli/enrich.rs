@@ -15,8 +15,8 @@ pub struct Args {
     output: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (_, records) = args.input.load("enrich")?;
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (_, records) = args.input.load("enrich").await?;
     output::emit_records(args.output.as_deref(), &records)?;
     Ok(ExitCode::SUCCESS)
 }

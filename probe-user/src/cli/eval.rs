@@ -49,8 +49,8 @@ pub struct Args {
     output: Format,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let snap = args.source.load("eval")?;
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let snap = args.source.load("eval").await?;
     let policies = snap.compile("eval")?;
     let engine = Engine::new(&snap.cluster, policies);
     if args.matrix {

@@ -66,11 +66,7 @@ struct Published {
 }
 
 impl Published {
-    fn new(
-        rt: &tokio::runtime::Runtime,
-        args: &Args,
-        resolved: &scenario::Resolved,
-    ) -> anyhow::Result<Self> {
+    async fn new(args: &Args, resolved: &scenario::Resolved) -> anyhow::Result<Self> {
         let objects: Vec<serde_json::Value> =
             match serde_yaml::from_str::<serde_json::Value>(&objects::snapshot_yaml(resolved))?
                 ["items"]
@@ -79,42 +75,42 @@ impl Published {
                 Some(items) => items.clone(),
                 None => Vec::new(),
             };
-        rt.block_on(async {
-            let connection = watch::connect(args.kubeconfig.as_deref(), args.context.as_deref())
-                .await
-                .context("connecting to the Kubernetes API server")?;
-            let published = publish::publish(
-                &connection.client,
-                &objects,
-                std::time::Duration::from_secs(60),
-            )
+        let connection = watch::connect(args.kubeconfig.as_deref(), args.context.as_deref())
             .await
-            .context("publishing the lab's cluster")?;
-            eprintln!(
-                "flowpol lab: published {} objects into the API server{}",
-                published.created(),
-                if published.kept.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (kept the cluster's own {})", published.kept.join(", "))
-                }
-            );
-            anyhow::Ok(Published {
-                client: connection.client,
-                published,
-            })
+            .context("connecting to the Kubernetes API server")?;
+        let published = publish::publish(
+            &connection.client,
+            &objects,
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .context("publishing the lab's cluster")?;
+        eprintln!(
+            "flowpol lab: published {} objects into the API server{}",
+            published.created(),
+            if published.kept.is_empty() {
+                String::new()
+            } else {
+                format!(" (kept the cluster's own {})", published.kept.join(", "))
+            }
+        );
+        Ok(Published {
+            client: connection.client,
+            published,
         })
     }
 
-    fn remove(self, rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-        rt.block_on(self.published.remove(&self.client))
+    async fn remove(self) -> anyhow::Result<()> {
+        self.published
+            .remove(&self.client)
+            .await
             .context("removing the lab's cluster from the API server")?;
         eprintln!("flowpol lab: removed what it published");
         Ok(())
     }
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.print_example {
         print!("{EXAMPLE_SCENARIO}");
         return Ok(ExitCode::SUCCESS);
@@ -162,15 +158,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let published = if args.kube || args.kubeconfig.is_some() || args.context.is_some() {
-        Some(Published::new(&rt, &args, &resolved)?)
+        Some(Published::new(&args, &resolved).await?)
     } else {
         None
     };
-    let report = rt.block_on(run::run(resolved, super::record::hostname()));
+    let report = run::run(resolved, super::record::hostname()).await;
     if let Some(p) = published.filter(|_| !args.keep_published) {
-        match p.remove(&rt) {
+        match p.remove().await {
             Err(e) if report.is_ok() => return Err(e),
             // The run's own failure is the one to report; this one is said on the way.
             Err(e) => eprintln!("flowpol lab: {e:#}"),

@@ -100,18 +100,25 @@ pub fn main() -> ExitCode {
             .is_some_and(|n| n == "kubectl-flowpol")
     });
     let cli = Cli::from_arg_matches(&command(plugin).get_matches()).unwrap_or_else(|e| e.exit());
-    let result = match cli.command {
-        Command::Record(args) => record::run(args),
-        Command::Agent(args) => agent::run(args),
-        Command::Lab(args) => lab::run(args),
-        Command::BpfStats(args) => bpf_stats::run(args),
-        Command::Eval(args) => eval::run(args),
-        Command::Enrich(args) => enrich::run(args),
-        Command::Verify(args) => verify::run(args),
-        Command::Compare(args) => compare::run(args),
-        Command::Probe(args) => probe::run(args),
-        Command::Suggest(args) => suggest::run(args),
-    };
+    // One runtime for every command: the async ones run on it, the others on its thread.
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| {
+            rt.block_on(async {
+                match cli.command {
+                    Command::Record(args) => record::run(args).await,
+                    Command::Agent(args) => agent::run(args).await,
+                    Command::Lab(args) => lab::run(args).await,
+                    Command::BpfStats(args) => bpf_stats::run(args),
+                    Command::Eval(args) => eval::run(args).await,
+                    Command::Enrich(args) => enrich::run(args).await,
+                    Command::Verify(args) => verify::run(args).await,
+                    Command::Compare(args) => compare::run(args),
+                    Command::Probe(args) => probe::run(args).await,
+                    Command::Suggest(args) => suggest::run(args).await,
+                }
+            })
+        });
     match result {
         Ok(code) => code,
         Err(e) => {

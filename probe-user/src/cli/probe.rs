@@ -43,9 +43,9 @@ pub struct Args {
     cluster_out: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.source.cluster.is_some() || args.source.live_requested() {
-        return on_node(args);
+        return on_node(args).await;
     }
     let resolved = match &args.scenario {
         Some(path) => scenario::load(path)?,
@@ -79,8 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !args.no_enforce {
         enforce::install(&mut resolved, &args.fault)?;
     }
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let report = rt.block_on(run::run(resolved, super::record::hostname()))?;
+    let report = run::run(resolved, super::record::hostname()).await?;
     output::emit_records(args.output.as_deref(), &report.records)?;
     eprintln!(
         "flowpol probe: {} records in {:.1} s; judge them with `flowpol verify --flows`",
@@ -92,7 +91,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Probing from this node: the plan of the cluster's policies, the attempts whose source
 /// pod runs here, recorded.
-fn on_node(args: Args) -> anyhow::Result<ExitCode> {
+async fn on_node(args: Args) -> anyhow::Result<ExitCode> {
     if args.scenario.is_some()
         || !args.fault.is_empty()
         || args.no_enforce
@@ -100,7 +99,7 @@ fn on_node(args: Args) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("a scenario, --fault, --no-enforce and --cluster-out are for the lab; with --cluster or --kube the cluster's own CNI enforces");
     }
-    let snap = args.source.load("probe")?;
+    let snap = args.source.load("probe").await?;
     let policies = snap.compile("probe")?;
     let engine = Engine::new(&snap.cluster, policies);
     let attempts = plan::plan(&engine, &[]);
@@ -123,14 +122,14 @@ fn on_node(args: Args) -> anyhow::Result<ExitCode> {
         here.len(),
         local.len()
     );
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let (verdicts, records, summary) = rt.block_on(node_probing::record_attempts(
+    let (verdicts, records, summary) = node_probing::record_attempts(
         here,
         local,
         probing::PROBE_TIMEOUT,
         probing::PROBE_CONCURRENCY as usize,
         super::record::hostname(),
-    ))?;
+    )
+    .await?;
     output::emit_records(args.output.as_deref(), &records)?;
     let failed = verdicts.iter().filter(|v| v.is_none()).count();
     eprintln!("{summary}");

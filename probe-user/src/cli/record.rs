@@ -33,85 +33,82 @@ pub struct Args {
     no_kube: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(async move {
-        capture::check_privileges()?;
-        // Read the snapshot first: a bad file fails before anything is loaded.
-        let snapshot = match &args.source.cluster {
-            Some(_) => Some(args.source.load("record")?),
-            None => None,
-        };
-        let live = if snapshot.is_some() || args.no_kube {
-            None
-        } else if args.source.live_requested() {
-            Some(args.source.start().await?)
-        } else {
-            // Found a cluster by looking: use it, or carry on without names if there is none.
-            match args.source.start().await {
-                Ok(live) => Some(live),
-                Err(e) => {
-                    tracing::info!("no cluster to name records from: {e:#}");
-                    None
-                }
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    capture::check_privileges()?;
+    // Read the snapshot first: a bad file fails before anything is loaded.
+    let snapshot = match &args.source.cluster {
+        Some(_) => Some(args.source.load("record").await?),
+        None => None,
+    };
+    let live = if snapshot.is_some() || args.no_kube {
+        None
+    } else if args.source.live_requested() {
+        Some(args.source.start().await?)
+    } else {
+        // Found a cluster by looking: use it, or carry on without names if there is none.
+        match args.source.start().await {
+            Ok(live) => Some(live),
+            Err(e) => {
+                tracing::info!("no cluster to name records from: {e:#}");
+                None
             }
-        };
-        let info = kernel::discover().context("inspecting the running kernel")?;
-        // Pods' cgroups name the local end of each record; pods that end while recording
-        // take theirs along, so look before and after (when there is a model to name from).
-        let mut cgroups = match (&snapshot, &live) {
-            (None, None) => podcgroup::CgroupPods::new(),
-            _ => podcgroup::scan(&info.cgroup2),
-        };
-        let probe = Probe::load(&info).context("loading the eBPF probe")?;
-        let node = args.node.or_else(hostname);
-        let mut session = Session::new(
-            probe,
-            Aggregator::new(node, Clock::system(), info.drop_reasons),
-        );
-        eprintln!(
-            "flowpol: recording{}; Ctrl-C to stop",
-            match args.duration {
-                Some(d) => format!(" for {}", humantime::format_duration(d)),
-                None => String::new(),
-            }
-        );
-        let mut shutdown = Shutdown::install().context("installing signal handlers")?;
-        let stop = async {
-            match args.duration {
-                Some(d) => tokio::select! {
-                    _ = tokio::time::sleep(d) => {},
-                    _ = shutdown.requested() => {},
-                },
-                None => shutdown.requested().await,
-            }
-        };
-        session.run(stop).await.context("capturing")?;
-        let (mut records, summary) = session.finish();
-        // Records are never lost for want of names: without a model they go out as seen.
-        let mut code = ExitCode::SUCCESS;
-        let loaded = match (snapshot, &live) {
-            (Some(s), _) => Some(s),
-            (None, Some(live)) => match args.source.take(live).await {
-                Ok(l) => Some(l),
-                Err(e) => {
-                    eprintln!("flowpol record: records are not named: {e:#}");
-                    if args.source.live_requested() {
-                        code = ExitCode::FAILURE;
-                    }
-                    None
-                }
-            },
-            (None, None) => None,
-        };
-        if let Some(loaded) = &loaded {
-            cgroups.extend(podcgroup::scan(&info.cgroup2));
-            attribute::enrich_on_node(&loaded.cluster, &mut records, &cgroups);
         }
-        output::emit_records(args.output.as_deref(), &records)?;
-        eprintln!("{summary}");
-        Ok(code)
-    })
+    };
+    let info = kernel::discover().context("inspecting the running kernel")?;
+    // Pods' cgroups name the local end of each record; pods that end while recording
+    // take theirs along, so look before and after (when there is a model to name from).
+    let mut cgroups = match (&snapshot, &live) {
+        (None, None) => podcgroup::CgroupPods::new(),
+        _ => podcgroup::scan(&info.cgroup2),
+    };
+    let probe = Probe::load(&info).context("loading the eBPF probe")?;
+    let node = args.node.or_else(hostname);
+    let mut session = Session::new(
+        probe,
+        Aggregator::new(node, Clock::system(), info.drop_reasons),
+    );
+    eprintln!(
+        "flowpol: recording{}; Ctrl-C to stop",
+        match args.duration {
+            Some(d) => format!(" for {}", humantime::format_duration(d)),
+            None => String::new(),
+        }
+    );
+    let mut shutdown = Shutdown::install().context("installing signal handlers")?;
+    let stop = async {
+        match args.duration {
+            Some(d) => tokio::select! {
+                _ = tokio::time::sleep(d) => {},
+                _ = shutdown.requested() => {},
+            },
+            None => shutdown.requested().await,
+        }
+    };
+    session.run(stop).await.context("capturing")?;
+    let (mut records, summary) = session.finish();
+    // Records are never lost for want of names: without a model they go out as seen.
+    let mut code = ExitCode::SUCCESS;
+    let loaded = match (snapshot, &live) {
+        (Some(s), _) => Some(s),
+        (None, Some(live)) => match args.source.take(live).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("flowpol record: records are not named: {e:#}");
+                if args.source.live_requested() {
+                    code = ExitCode::FAILURE;
+                }
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    if let Some(loaded) = &loaded {
+        cgroups.extend(podcgroup::scan(&info.cgroup2));
+        attribute::enrich_on_node(&loaded.cluster, &mut records, &cgroups);
+    }
+    output::emit_records(args.output.as_deref(), &records)?;
+    eprintln!("{summary}");
+    Ok(code)
 }
 
 /// This host's name, as Kubernetes would name the node by default.

@@ -63,34 +63,29 @@ pub struct FlowsFrom {
 impl FlowsFrom {
     /// The cluster, and the records with both ends named from it. The flows are read first:
     /// a bad file fails before the API server is asked anything.
-    pub fn load(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
+    pub async fn load(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
         let Some(path) = &self.flows else {
-            return self.read_cluster_store(command);
+            return self.read_cluster_store(command).await;
         };
         let mut records = record::read_json_lines(path)?;
-        let loaded = self.source.load(command)?;
+        let loaded = self.source.load(command).await?;
         attribute::enrich(&loaded.cluster, &mut records);
         Ok((loaded, records))
     }
 
     /// The live cluster and the traffic its ObservedTraffic objects hold.
-    fn read_cluster_store(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
+    async fn read_cluster_store(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
         if !self.source.live_requested() {
             anyhow::bail!(
                 "--from-cluster reads the API server: add --kube (or --kubeconfig/--context)"
             );
         }
-        let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-        let (loaded, objects) = rt.block_on(async {
-            let connection = self.source.connect().await?;
-            let client = connection.client.clone();
-            let live = Live::start(&connection, self.source.deleted_pod_grace);
-            let loaded = self.source.take(&live).await?;
-            let objects = flowpol_kube::store::list(&client)
-                .await
-                .context("listing ObservedTraffic objects (is the flowpol CRD installed? kubectl apply -k deploy/)")?;
-            anyhow::Ok((loaded, objects))
-        })?;
+        let connection = self.source.connect().await?;
+        let live = Live::start(&connection, self.source.deleted_pod_grace);
+        let loaded = self.source.take(&live).await?;
+        let objects = flowpol_kube::store::list(&connection.client)
+            .await
+            .context("listing ObservedTraffic objects (is the flowpol CRD installed? kubectl apply -k deploy/)")?;
         let since = self.since.map(|d| {
             chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
         });
@@ -164,7 +159,7 @@ impl Source {
             .context("connecting to the Kubernetes API server")
     }
 
-    /// Connects and starts the watchers (needs a tokio runtime).
+    /// Connects and starts the watchers.
     pub async fn start(&self) -> anyhow::Result<Live> {
         Ok(Live::start(&self.connect().await?, self.deleted_pod_grace))
     }
@@ -185,7 +180,7 @@ impl Source {
     }
 
     /// The cluster from the snapshot, or from the API server once fully listed.
-    pub fn load(&self, command: &str) -> anyhow::Result<Loaded> {
+    pub async fn load(&self, command: &str) -> anyhow::Result<Loaded> {
         if let Some(path) = &self.cluster {
             let snap = snapshot::load(path)?;
             for (kind, n) in &snap.skipped {
@@ -200,10 +195,7 @@ impl Source {
         if !self.live_requested() {
             anyhow::bail!("name a cluster: --cluster FILE (a snapshot) or --kube (the API server)");
         }
-        let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-        rt.block_on(async {
-            let live = self.start().await?;
-            self.take(&live).await
-        })
+        let live = self.start().await?;
+        self.take(&live).await
     }
 }

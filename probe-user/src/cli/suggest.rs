@@ -43,8 +43,8 @@ pub struct Args {
     output: Option<PathBuf>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (snap, records) = args.input.load("suggest")?;
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (snap, records) = args.input.load("suggest").await?;
     let existing = snap.compile("suggest")?;
     let options = Options {
         namespaces: args.namespaces.clone(),

@@ -25,8 +25,8 @@ pub struct Args {
     fail_on: Vec<Kind>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (snap, records) = args.input.load("verify")?;
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let (snap, records) = args.input.load("verify").await?;
     let policies = snap.compile("verify")?;
     let engine = Engine::new(&snap.cluster, policies);
     let report = verify::verify(&engine, records);

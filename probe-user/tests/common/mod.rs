@@ -29,6 +29,10 @@ pub fn flowpol_code(args: &[&str]) -> (Option<i32>, String, String) {
 pub fn golden(name: &str, actual: &str) {
     let path = fixtures().join("golden").join(name);
     if std::env::var_os("FLOWPOL_BLESS").is_some() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "FLOWPOL_BLESS under CI: goldens are reviewed, never rewritten by CI"
+        );
         std::fs::write(&path, actual).unwrap();
     }
     let want = std::fs::read_to_string(&path).unwrap_or_else(|_| {
