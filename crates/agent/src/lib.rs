@@ -410,7 +410,7 @@ impl<S: EventSource> Agent<S> {
             if self.logged.len() < LOGGED_MAX && self.logged.insert(what.clone()) {
                 tracing::warn!(
                     observed = ?flow.observed,
-                    policy = flow.policy_verdict,
+                    policy = flow.policy_verdict.as_str(),
                     reasons = %flow.explanation.reasons().join("; "),
                     "{what}"
                 );

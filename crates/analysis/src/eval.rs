@@ -3,7 +3,7 @@
 use serde::Serialize;
 
 use crate::{
-    policy::engine::{Connection, Decision, Engine},
+    policy::engine::{Connection, Decision, Engine, PolicyVerdict},
     record::FlowRecord,
 };
 
@@ -12,8 +12,7 @@ use crate::{
 pub struct Evaluated {
     #[serde(flatten)]
     pub record: FlowRecord,
-    /// `allow` or `deny`.
-    pub policy_verdict: &'static str,
+    pub policy_verdict: PolicyVerdict,
     pub explanation: Decision,
 }
 
@@ -56,7 +55,7 @@ pub fn evaluate(engine: &Engine, records: Vec<FlowRecord>) -> Vec<Evaluated> {
                 None => decisions[0].clone(),
             };
             Evaluated {
-                policy_verdict: if allowed { "allow" } else { "deny" },
+                policy_verdict: PolicyVerdict::of(allowed),
                 explanation,
                 record,
             }
@@ -88,7 +87,7 @@ pub fn table(rows: &[Evaluated]) -> String {
                 .verdict
                 .map(|v| v.to_string())
                 .unwrap_or_else(|| "-".into()),
-            e.policy_verdict.into(),
+            e.policy_verdict.to_string(),
             reasons.join("; "),
         ]);
     }

@@ -29,6 +29,25 @@ impl Protocol {
     }
 }
 
+/// A protocol name that is not one of Kubernetes' (TCP, UDP, SCTP: case matters, as in the
+/// API).
+#[derive(Debug, thiserror::Error)]
+#[error("unknown protocol `{0}` (TCP, UDP or SCTP)")]
+pub struct UnknownProtocol(pub String);
+
+impl std::str::FromStr for Protocol {
+    type Err = UnknownProtocol;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "TCP" => Ok(Self::TCP),
+            "UDP" => Ok(Self::UDP),
+            "SCTP" => Ok(Self::SCTP),
+            other => Err(UnknownProtocol(other.to_owned())),
+        }
+    }
+}
+
 impl std::fmt::Display for Protocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

@@ -66,9 +66,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let protocols = args
             .protocols
             .iter()
+            // As the flow records take them: `tcp` as well as `TCP`.
             .map(|p| {
-                serde_json::from_value::<Protocol>(serde_json::Value::String(p.clone()))
-                    .with_context(|| format!("--protocols: unknown protocol `{p}`"))
+                p.to_ascii_uppercase()
+                    .parse::<Protocol>()
+                    .context("--protocols")
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
         let family = match args.family {

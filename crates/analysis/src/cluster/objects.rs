@@ -40,15 +40,9 @@ fn ip(text: &str, field: &str) -> Result<IpAddr, FieldError> {
 }
 
 fn protocol(p: Option<&str>, field: &str) -> Result<Protocol, FieldError> {
-    match p.unwrap_or("TCP") {
-        "TCP" => Ok(Protocol::TCP),
-        "UDP" => Ok(Protocol::UDP),
-        "SCTP" => Ok(Protocol::SCTP),
-        other => Err(invalid(
-            field,
-            format!("unknown protocol `{other}` (TCP, UDP or SCTP)"),
-        )),
-    }
+    p.unwrap_or("TCP")
+        .parse()
+        .map_err(|e: crate::record::UnknownProtocol| invalid(field, e.to_string()))
 }
 
 fn port(n: i32, field: &str) -> Result<u16, FieldError> {

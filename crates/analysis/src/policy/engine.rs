@@ -77,7 +77,7 @@ impl Serialize for Side {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct Json<'a> {
-            verdict: &'static str,
+            verdict: PolicyVerdict,
             reason: &'static str,
             #[serde(skip_serializing_if = "Option::is_none")]
             endpoint: Option<&'a str>,
@@ -97,13 +97,44 @@ impl Serialize for Side {
             }
         };
         Json {
-            verdict: if self.allows() { "allow" } else { "deny" },
+            verdict: PolicyVerdict::of(self.allows()),
             reason,
             endpoint,
             rules,
             isolated_by,
         }
         .serialize(s)
+    }
+}
+
+/// What the declared policies say about a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyVerdict {
+    Allow,
+    Deny,
+}
+
+impl PolicyVerdict {
+    pub fn of(allowed: bool) -> Self {
+        if allowed {
+            Self::Allow
+        } else {
+            Self::Deny
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyVerdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

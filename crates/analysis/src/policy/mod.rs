@@ -256,17 +256,9 @@ fn ports(
     let mut out = Vec::new();
     for (i, p) in list.unwrap_or_default().iter().enumerate() {
         let field = format!("{field}[{i}]");
-        let protocol = match p.protocol.as_deref().unwrap_or("TCP") {
-            "TCP" => Protocol::TCP,
-            "UDP" => Protocol::UDP,
-            "SCTP" => Protocol::SCTP,
-            other => {
-                return Err(err(
-                    format!("{field}.protocol"),
-                    format!("unknown protocol `{other}` (TCP, UDP or SCTP)"),
-                ))
-            }
-        };
+        let protocol: Protocol = p.protocol.as_deref().unwrap_or("TCP").parse().map_err(
+            |e: crate::record::UnknownProtocol| err(format!("{field}.protocol"), e.to_string()),
+        )?;
         let number = |n: i32, f: &str| {
             u16::try_from(n).ok().filter(|n| *n != 0).ok_or_else(|| {
                 err(

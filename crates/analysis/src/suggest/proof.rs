@@ -14,7 +14,7 @@ use crate::{
     eval,
     policy::{
         self,
-        engine::{Engine, Side},
+        engine::{Engine, PolicyVerdict, Side},
         Policy, PolicyError,
     },
     record::{FlowRecord, Protocol},
@@ -162,7 +162,7 @@ pub fn denied<'r>(engine: &Engine, records: &'r [FlowRecord]) -> Vec<&'r FlowRec
     traffic
         .into_iter()
         .zip(judged)
-        .filter(|(_, e)| e.policy_verdict == "deny")
+        .filter(|(_, e)| e.policy_verdict == PolicyVerdict::Deny)
         .map(|(r, _)| r)
         .collect()
 }

@@ -21,12 +21,9 @@ use std::{
 use serde::Serialize;
 
 use crate::{
-    cluster::{Cluster, PodId, Timestamp},
+    cluster::Timestamp,
     eval::{self, Evaluated},
-    policy::{
-        engine::{Connection, Decision, Engine},
-        Direction, Peer,
-    },
+    policy::engine::{Decision, Engine, PolicyVerdict},
     record::{Endpoint, EndpointKind, FlowRecord, Protocol, Verdict},
 };
 
@@ -112,7 +109,7 @@ pub struct FlowFinding {
     pub port: u16,
     pub protocol: Protocol,
     /// What the policies say: `allow` or `deny`.
-    pub policy_verdict: &'static str,
+    pub policy_verdict: PolicyVerdict,
     /// What was observed, by verdict: counts of connections, datagrams or packets.
     pub observed: BTreeMap<Verdict, u64>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
@@ -293,7 +290,7 @@ fn report(engine: &Engine, records: Vec<FlowRecord>, exposures: bool) -> Report 
                 widen(&mut u.first_seen, &mut u.last_seen, &e.record);
             }
         }
-        let allowed = e.policy_verdict == "allow";
+        let allowed = e.policy_verdict == PolicyVerdict::Allow;
         let kind = match (fate(&e.record), allowed) {
             (Fate::Passed, false) => Kind::EnforcementGap,
             (Fate::Blocked, true) => Kind::OverBlock,
@@ -426,302 +423,10 @@ fn add(
     f.nodes.extend(r.node.clone());
 }
 
-/// The exposures of the declared policies: pods not isolated, namespaces without a default
-/// deny, pods allowed to the API server or to any outside address.
-pub fn unprotected(engine: &Engine) -> Vec<Unprotected> {
-    let cluster = engine.cluster();
-    let mut out = Vec::new();
-    let api = api_server(cluster);
-    for ns in cluster.namespaces() {
-        let Some(ns_id) = cluster.namespace_id(&ns.name) else {
-            continue;
-        };
-        let pods: Vec<PodId> = cluster
-            .pods_in(ns_id)
-            .iter()
-            .copied()
-            .filter(|&p| {
-                let pod = cluster.pod(p);
-                pod.is_active() && !pod.host_network
-            })
-            .collect();
-        if pods.is_empty() {
-            continue;
-        }
-        let name = |p: &PodId| cluster.pod(*p).name.to_string();
-        let mut group = |exposure: Exposure, pods: Vec<String>, detail: String| {
-            out.push(Unprotected {
-                exposure,
-                namespace: ns.name.clone(),
-                pods,
-                detail,
-            })
-        };
-        for (dir, exposure) in [
-            (Direction::Ingress, Exposure::IngressNotIsolated),
-            (Direction::Egress, Exposure::EgressNotIsolated),
-        ] {
-            let open: Vec<String> = pods
-                .iter()
-                .filter(|&&p| engine.selecting(p, dir).next().is_none())
-                .map(name)
-                .collect();
-            if !open.is_empty() {
-                group(
-                    exposure,
-                    open,
-                    format!(
-                        "no NetworkPolicy selects them for {}",
-                        format!("{dir:?}").to_lowercase()
-                    ),
-                );
-            }
-        }
-        for (dir, exposure) in [
-            (Direction::Ingress, Exposure::NoDefaultDenyIngress),
-            (Direction::Egress, Exposure::NoDefaultDenyEgress),
-        ] {
-            let has = engine.policies().iter().any(|p| {
-                p.namespace == ns.name
-                    && p.pod_selector.is_empty()
-                    && p.rules(dir).is_some_and(|r| r.is_empty())
-            });
-            if !has {
-                group(
-                    exposure,
-                    Vec::new(),
-                    format!(
-                        "no policy with an empty podSelector and no {} rules",
-                        format!("{dir:?}").to_lowercase()
-                    ),
-                );
-            }
-        }
-        if let Some((api_name, targets)) = &api {
-            let reach: Vec<String> = pods
-                .iter()
-                .filter(|&&p| {
-                    let Some(&src) = cluster.pod(p).ips.first() else {
-                        return false;
-                    };
-                    targets.iter().any(|&(dst, port)| {
-                        engine.allows(&Connection {
-                            src,
-                            dst,
-                            port,
-                            protocol: Protocol::TCP,
-                            at: None,
-                        })
-                    })
-                })
-                .map(name)
-                .collect();
-            if !reach.is_empty() {
-                group(
-                    Exposure::ReachesApiServer,
-                    reach,
-                    format!("egress allowed to {api_name}'s endpoints"),
-                );
-            }
-        }
-        // The whole internet: a rule with no peer restriction or a /0 block, any port.
-        let mut by_reason: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for &p in &pods {
-            let mut selecting = engine.selecting(p, Direction::Egress).peekable();
-            if selecting.peek().is_none() {
-                by_reason
-                    .entry("egress not isolated".into())
-                    .or_default()
-                    .push(name(&p));
-                continue;
-            }
-            let opener = selecting.find_map(|pol| {
-                pol.egress.iter().flatten().enumerate().find_map(|(i, r)| {
-                    let world = r.peers.is_empty()
-                        || r.peers.iter().any(
-                            |peer| matches!(peer, Peer::IpBlock { cidr, .. } if cidr.prefix_len() == 0),
-                        );
-                    world.then(|| format!("allowed by {}#{i}", pol.id()))
-                })
-            });
-            if let Some(reason) = opener {
-                by_reason.entry(reason).or_default().push(name(&p));
-            }
-        }
-        for (reason, pods) in by_reason {
-            group(Exposure::ReachesInternet, pods, reason);
-        }
-    }
-    out
-}
+mod exposures;
+mod render;
+#[cfg(test)]
+mod tests;
 
-/// `default/kubernetes` and its endpoints (address, port), if the model has them.
-fn api_server(cluster: &Cluster) -> Option<(String, Vec<(IpAddr, u16)>)> {
-    let svc = cluster
-        .services()
-        .iter()
-        .find(|s| s.name == "kubernetes" && cluster.namespace(s.namespace).name == "default")?;
-    let mut targets: Vec<(IpAddr, u16)> = svc
-        .ports
-        .iter()
-        .flat_map(|p| svc.backends(p.port, p.protocol))
-        .collect();
-    if targets.is_empty() {
-        // No endpoints known: the service address itself, as a pod would dial it.
-        targets = svc
-            .cluster_ips
-            .iter()
-            .flat_map(|ip| svc.ports.iter().map(move |p| (*ip, p.port)))
-            .collect();
-    }
-    Some((svc.id(cluster), targets))
-}
-
-/// The report for people: a summary line, then each kind of finding as its own section,
-/// most traffic first.
-pub fn render(report: &Report) -> String {
-    let s = &report.summary;
-    let mut out = format!(
-        "verified {} records: {} consistent with the policies, {} disagreeing, {} inconclusive\n",
-        s.records, s.consistent, s.disagreeing, s.inconclusive
-    );
-    for kind in Kind::ALL {
-        let of_kind: Vec<&Finding> = report
-            .findings
-            .iter()
-            .filter(|f| f.kind() == kind)
-            .collect();
-        if of_kind.is_empty() {
-            continue;
-        }
-        out.push_str(&format!(
-            "\n{} ({}): {}\n",
-            kind.as_str().to_uppercase(),
-            of_kind.len(),
-            heading(kind)
-        ));
-        if kind == Kind::Unprotected {
-            out.push_str(&exposures(&of_kind));
-            continue;
-        }
-        for f in of_kind {
-            out.push_str(&line(f));
-        }
-    }
-    if report.findings.is_empty() {
-        out.push_str("no findings\n");
-    }
-    out
-}
-
-fn exposure_words(e: Exposure) -> &'static str {
-    match e {
-        Exposure::IngressNotIsolated => "ingress not isolated",
-        Exposure::EgressNotIsolated => "egress not isolated",
-        Exposure::NoDefaultDenyIngress => "no default deny for ingress",
-        Exposure::NoDefaultDenyEgress => "no default deny for egress",
-        Exposure::ReachesApiServer => "can reach the API server",
-        Exposure::ReachesInternet => "can reach the whole internet",
-    }
-}
-
-/// A namespace's own exposures, and each of its pods' (with details).
-type NamespaceExposures<'a> = (Vec<&'static str>, BTreeMap<&'a str, Vec<String>>);
-
-/// Exposures, one block per namespace: its own first, then each pod with all of its.
-fn exposures(findings: &[&Finding]) -> String {
-    let mut by_ns: BTreeMap<&str, NamespaceExposures> = BTreeMap::new();
-    for f in findings {
-        let Finding::Unprotected(u) = f else { continue };
-        let (own, pods) = by_ns.entry(&u.namespace).or_default();
-        let what = exposure_words(u.exposure);
-        if u.pods.is_empty() {
-            own.push(what);
-        }
-        for p in &u.pods {
-            let said = match u.exposure {
-                Exposure::ReachesInternet | Exposure::ReachesApiServer => {
-                    format!("{what} ({})", u.detail)
-                }
-                _ => what.to_owned(),
-            };
-            pods.entry(p).or_default().push(said);
-        }
-    }
-    let mut out = String::new();
-    for (ns, (own, pods)) in by_ns {
-        out.push_str(&format!("  namespace {ns}"));
-        if !own.is_empty() {
-            out.push_str(&format!(": {}", own.join(", ")));
-        }
-        out.push('\n');
-        for (pod, said) in pods {
-            out.push_str(&format!("    {pod}: {}\n", said.join(", ")));
-        }
-    }
-    out
-}
-
-fn heading(kind: Kind) -> &'static str {
-    match kind {
-        Kind::EnforcementGap => "got through although the policies deny it",
-        Kind::OverBlock => "blocked although the policies allow it",
-        Kind::Refused => "refused by the destination (nothing listening): not a policy drop",
-        Kind::Unprotected => "left open by the declared policies",
-        Kind::Unattributed => "cluster-looking addresses the model could not name",
-    }
-}
-
-fn line(f: &Finding) -> String {
-    match f {
-        Finding::EnforcementGap(x) | Finding::OverBlock(x) | Finding::Refused(x) => {
-            let observed: Vec<String> =
-                x.observed.iter().map(|(v, n)| format!("{n} {v}")).collect();
-            let reasons: Vec<String> = x
-                .drop_reasons
-                .iter()
-                .map(|(r, n)| format!("{n} {r}"))
-                .collect();
-            let show = |e: &End| match &e.service {
-                Some(svc) => format!("{} (via service {svc})", e.name),
-                None => e.name.clone(),
-            };
-            let mut s = format!(
-                "  {} -> {} {}/{}: observed {}{}; policy {}\n",
-                show(&x.src),
-                show(&x.dst),
-                x.protocol,
-                x.port,
-                observed.join(", "),
-                if reasons.is_empty() {
-                    String::new()
-                } else {
-                    format!(" (drops: {})", reasons.join(", "))
-                },
-                x.policy_verdict,
-            );
-            s.push_str(&format!("      why: {}\n", explain(&x.explanation)));
-            s
-        }
-        Finding::Unprotected(_) => exposures(&[f]),
-        Finding::Unattributed(u) => {
-            let peers: Vec<String> = u.peers.iter().map(|p| p.to_string()).collect();
-            format!(
-                "  {} in {} record(s), talking to {}\n",
-                u.ip,
-                u.records,
-                peers.join(", ")
-            )
-        }
-    }
-}
-
-/// The engine's decision in one line: which side decided, and by which rule or policy.
-fn explain(d: &Decision) -> String {
-    let reasons = d.reasons();
-    if reasons.is_empty() {
-        "neither end is a pod: no policy applies".into()
-    } else {
-        reasons.join("; ")
-    }
-}
+pub use exposures::unprotected;
+pub use render::render;
