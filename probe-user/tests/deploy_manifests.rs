@@ -250,8 +250,8 @@ fn kubectl_builds_the_kustomization() {
     assert_eq!(rendered, written);
 }
 
-/// What the agent writes fits the CRD's schema: the same fields, the required ones present,
-/// the list-map keys among them.
+/// What the agent writes fits the CRD's schema (deploy/crd.yaml, as committed): the same
+/// fields, the required ones present, the list-map keys among them.
 #[test]
 fn observed_traffic_objects_fit_the_crd_schema() {
     use flowpol_analysis::{
@@ -305,7 +305,11 @@ fn observed_traffic_objects_fit_the_crd_schema() {
     let objects: Vec<serde_json::Value> = o
         .pending()
         .iter()
-        .map(|p| o.object("node-a", &p.workload, &[]).unwrap().1)
+        // As the agent applies them: the typed custom resource, serialized.
+        .map(|p| {
+            let object = o.object("node-a", &p.workload, &[]).unwrap().1;
+            serde_json::to_value(flowpol_kube::crd::ObservedTraffic::from(object)).unwrap()
+        })
         .collect();
     assert!(objects[0].to_string().contains("dropReasons"));
     assert_eq!(objects.len(), 2, "offline records: both ends' workloads");

@@ -211,7 +211,7 @@ fn expected(recordings: &[&Vec<FlowRecord>], node: &str) -> Edges {
     let objects: Vec<Value> = o
         .pending()
         .iter()
-        .filter_map(|p| o.object(node, &p.workload, &[]).map(|(_, v)| v))
+        .filter_map(|p| o.object(node, &p.workload, &[]).map(|(_, v)| v.to_value()))
         .collect();
     edges(&objects, node)
 }

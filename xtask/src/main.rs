@@ -43,6 +43,8 @@ enum Task {
         #[command(subcommand)]
         action: k8s::Action,
     },
+    /// Write deploy/crd.yaml from the ObservedTraffic type (crates/kube/src/crd.rs).
+    Crd,
     /// Build the container image the DaemonSet runs and save it as an OCI archive.
     Image {
         #[arg(long, default_value = concat!("ghcr.io/flowpol/flowpol:", env!("CARGO_PKG_VERSION")))]
@@ -72,6 +74,12 @@ fn main() -> Result<()> {
             bench::run(what)
         }
         Task::K8s { action } => k8s::run(action),
+        Task::Crd => {
+            let path = "deploy/crd.yaml";
+            std::fs::write(path, flowpol_kube::crd::crd_yaml())?;
+            println!("xtask: wrote {path}");
+            Ok(())
+        }
         Task::Image { tag, output } => {
             setup::run()?;
             image::run(&tag, &output)

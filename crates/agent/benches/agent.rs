@@ -130,7 +130,7 @@ fn main() {
     let bytes: usize = pending
         .iter()
         .filter_map(|p| observed.object("node-0", &p.workload, &[]))
-        .map(|(_, o)| serde_json::to_vec(&o).expect("serializes").len())
+        .map(|(_, o)| serde_json::to_vec(&o.to_value()).expect("serializes").len())
         .sum();
     let write_pass = t.elapsed();
     // The state file kept on shutdown when the API server is away, and taken back.

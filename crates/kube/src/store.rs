@@ -11,21 +11,18 @@ use std::{
 };
 
 use kube::{
-    api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams},
+    api::{ApiResource, DynamicObject, ListParams, Patch, PatchParams},
     Api, Client,
 };
-use serde_json::Value;
 
-use flowpol_analysis::observed::{self, Observed};
+use flowpol_analysis::observed::{self, Observed, TrafficObject};
 
+use crate::crd::ObservedTraffic;
+
+/// Objects are read untyped, each then checked on its own: one malformed object is
+/// reported by name and field instead of failing the whole list.
 fn resource() -> ApiResource {
-    let (group, version) = observed::API_VERSION
-        .split_once('/')
-        .expect("API_VERSION is group/version");
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(group, version, observed::KIND),
-        "observedtraffics",
-    )
+    ApiResource::erase::<ObservedTraffic>(&())
 }
 
 /// The field manager of `node`'s agent.
@@ -91,6 +88,7 @@ impl Writer {
             let (ns, kind, name) = &p.workload;
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), ns, &resource());
+            let typed: Api<ObservedTraffic> = Api::namespaced(self.client.clone(), ns);
             let object_name = observed::object_name(kind, name);
             // A stalled API server (or network) must not hold the round past its deadline:
             // the write is abandoned there, and retried next round like any failure.
@@ -100,8 +98,8 @@ impl Writer {
                     let edges = match api.get_opt(&object_name).await? {
                         Some(o) => {
                             let value = serde_json::to_value(o).map_err(kube::Error::SerdeError)?;
-                            match observed::share_of(&value, Some(&self.node)) {
-                                Ok((_, edges)) => edges,
+                            match TrafficObject::parse(&value) {
+                                Ok(o) => o.edges_of(&self.node),
                                 Err(e) => {
                                     tracing::warn!(object = %format!("{ns}/{object_name}"), "unreadable ObservedTraffic, overwriting this node's share: {e}");
                                     Vec::new()
@@ -119,7 +117,12 @@ impl Writer {
                 else {
                     return Ok(());
                 };
-                api.patch(&object_name, &self.params, &Patch::Apply(&object))
+                typed
+                    .patch(
+                        &object_name,
+                        &self.params,
+                        &Patch::Apply(&ObservedTraffic::from(object)),
+                    )
                     .await?;
                 lock(observed).written(&p.workload, generation);
                 Ok::<_, kube::Error>(())
@@ -168,15 +171,31 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The `ObservedTraffic` objects of a cluster.
+#[derive(Debug, Default)]
+pub struct Listed {
+    pub objects: Vec<TrafficObject>,
+    /// Objects without the CRD's shape: `namespace/name: field: cause`.
+    pub invalid: Vec<String>,
+}
+
 /// Every `ObservedTraffic` object in the cluster, read page by page.
-pub async fn list(client: &Client) -> Result<Vec<Value>, kube::Error> {
+pub async fn list(client: &Client) -> Result<Listed, kube::Error> {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource());
-    let mut out = Vec::new();
+    let mut out = Listed::default();
     let mut params = ListParams::default().limit(500);
     loop {
         let page = api.list(&params).await?;
         for o in page.items {
-            out.push(serde_json::to_value(o).map_err(kube::Error::SerdeError)?);
+            let value = serde_json::to_value(&o).map_err(kube::Error::SerdeError)?;
+            match TrafficObject::parse(&value) {
+                Ok(t) => out.objects.push(t),
+                Err(e) => out.invalid.push(format!(
+                    "{}/{}: {e}",
+                    o.metadata.namespace.as_deref().unwrap_or("?"),
+                    o.metadata.name.as_deref().unwrap_or("?")
+                )),
+            }
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),

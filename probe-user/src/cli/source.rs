@@ -83,26 +83,26 @@ impl FlowsFrom {
         let connection = self.source.connect().await?;
         let live = Live::start(&connection, self.source.deleted_pod_grace);
         let loaded = self.source.take(&live).await?;
-        let objects = flowpol_kube::store::list(&connection.client)
+        let listed = flowpol_kube::store::list(&connection.client)
             .await
             .context("listing ObservedTraffic objects (is the flowpol CRD installed? kubectl apply -k deploy/)")?;
         let since = self.since.map(|d| {
             chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
         });
-        let (records, unread) = observed::records(&loaded.cluster, &objects, since);
-        if !unread.invalid.is_empty() {
-            for e in &unread.invalid {
+        if !listed.invalid.is_empty() {
+            for e in &listed.invalid {
                 eprintln!("flowpol {command}: ObservedTraffic {e}");
             }
             anyhow::bail!(
                 "{} ObservedTraffic object(s) cannot be read",
-                unread.invalid.len()
+                listed.invalid.len()
             );
         }
+        let (records, unread) = observed::records(&loaded.cluster, &listed.objects, since);
         eprintln!(
             "flowpol {command}: {} records from {} ObservedTraffic objects{}{}",
             records.len(),
-            objects.len(),
+            listed.objects.len(),
             if unread.gone > 0 {
                 format!(
                     "; {} edges of workloads no longer in the cluster left out",
