@@ -11,7 +11,7 @@ use std::{future::Future, path::PathBuf, time::Duration};
 
 use chrono::{DateTime, Utc};
 use controlplane::{FaultProxy, Mode};
-use flowpol_analysis::cluster::{Cluster, Endpoint};
+use flowpol_analysis::cluster::{AddressHolder, Cluster};
 use flowpol_kube::watch::Live;
 use k8s::{ControlPlane, Options};
 use serde_json::{json, Value};
@@ -94,9 +94,9 @@ async fn eventually(what: &str, check: impl Fn() -> bool) {
         .unwrap_or_else(|_| panic!("timed out waiting for: {what}"));
 }
 
-fn pod_named(c: &Cluster, who: Endpoint) -> String {
+fn pod_named(c: &Cluster, who: AddressHolder) -> String {
     match who {
-        Endpoint::Pod(p) => c.pod_name(p),
+        AddressHolder::Pod(p) => c.pod_name(p),
         other => format!("{other:?}"),
     }
 }
@@ -169,7 +169,7 @@ fn pods_come_and_go_and_a_reused_address_is_named_by_the_time_of_the_flow() {
         let before = Utc::now();
         delete_pod(&cp, 0, "shop", "web-5c7b9-x2x4k");
         until(&live, "the deleted pod's address is free", |c| {
-            matches!(c.endpoint(web), Endpoint::External(_))
+            matches!(c.endpoint(web), AddressHolder::External(_))
         })
         .await;
         // Creation times have a resolution of one second.
@@ -252,7 +252,7 @@ fn a_jobs_pod_hands_its_address_back_when_it_completes() {
         until(
             &live,
             "the completed pod no longer holds its address",
-            |c| matches!(c.endpoint(addr), Endpoint::External(_)),
+            |c| matches!(c.endpoint(addr), AddressHolder::External(_)),
         )
         .await;
         let held = k8s::get_json(&cp, &["pod", "report-x1", "-n", "shop"]);
@@ -577,7 +577,7 @@ fn an_api_server_restart_after_compaction_relists_and_loses_nothing() {
         until(
             &live,
             "the relist drops the pod deleted during the outage",
-            |c| matches!(c.endpoint(cart), Endpoint::External(_)),
+            |c| matches!(c.endpoint(cart), AddressHolder::External(_)),
         )
         .await;
         until(&live, "and brings what changed", |c| {

@@ -52,7 +52,7 @@ fn the_suggestion_enforced_keeps_what_worked_and_blocks_the_rest() {
     let n = first.outcomes.len();
     for (before, after) in first.outcomes.iter().zip(&second.outcomes[..n]) {
         let t = &first.resolved.scenario.traffic[before.item];
-        let worked = |o: &flowpol_lab::traffic::Outcome| {
+        let worked = |o: &flowpol_lab::traffic::ClientSaw| {
             o.results.contains_key(&Verdict::Established)
                 || o.results.contains_key(&Verdict::Answered)
         };

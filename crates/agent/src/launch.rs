@@ -8,7 +8,7 @@ use kube::Client;
 use flowpol_analysis::output::{OutputError, Rotating};
 use flowpol_node::{
     aggregate::{Aggregator, Clock},
-    capture::{self, CaptureError, Probe},
+    capture::{self, CaptureError, Sensor},
     kernel::{self, KernelError},
     session::Session,
     shutdown::Shutdown,
@@ -18,7 +18,7 @@ use crate::{
     http::{self, Health},
     metrics::Metrics,
     state::{self, StateError},
-    Agent, AgentError, Config, ModelSource, Outcome, Sink,
+    Agent, AgentError, Config, Exit, ModelSource, Sink,
 };
 
 /// Where flow records go.
@@ -62,7 +62,7 @@ pub enum LaunchError {
     #[error("installing signal handlers")]
     Signals(#[source] std::io::Error),
     #[error("loading the eBPF probe")]
-    Probe(#[source] CaptureError),
+    Sensor(#[source] CaptureError),
     #[error("creating the state directory {}", path.display())]
     StateDir {
         path: PathBuf,
@@ -137,7 +137,7 @@ pub async fn start(
     let health = Arc::new(Health::new(Metrics::new(), config.round));
     let server = tokio::spawn(http::serve(listener, health.clone()));
     let shutdown = Shutdown::install().map_err(LaunchError::Signals)?;
-    let probe = Probe::load(&info).map_err(LaunchError::Probe)?;
+    let probe = Sensor::load(&info).map_err(LaunchError::Sensor)?;
     let session = Session::new(
         probe,
         Aggregator::new(
@@ -175,14 +175,14 @@ pub async fn start(
 
 impl Started {
     /// Runs until SIGTERM, Ctrl-C or the configured duration.
-    pub async fn run(self) -> Result<Outcome, AgentError> {
+    pub async fn run(self) -> Result<Exit, AgentError> {
         let outcome = self.agent.run(self.shutdown).await;
         self.server.abort();
         outcome
     }
 }
 
-impl Outcome {
+impl Exit {
     /// What the agent says when it stops, and whether that is a failure: ObservedTraffic
     /// that could be neither written nor kept is lost.
     pub fn report(&self) -> (String, bool) {
@@ -268,8 +268,8 @@ mod tests {
         }
     }
 
-    fn outcome(flushed: Option<Flushed>, kept: Option<(PathBuf, usize)>) -> Outcome {
-        Outcome {
+    fn outcome(flushed: Option<Flushed>, kept: Option<(PathBuf, usize)>) -> Exit {
+        Exit {
             summary: Summary::default(),
             written: Written::default(),
             flushed,

@@ -35,7 +35,7 @@ use flowpol_kube::{
     watch::Live,
 };
 use flowpol_node::{
-    capture::{CaptureError, Probe},
+    capture::{CaptureError, Sensor},
     podcgroup,
     session::{EventSource, Session, Summary},
     shutdown::Shutdown,
@@ -180,7 +180,7 @@ impl std::fmt::Display for Written {
 
 /// How the agent ended.
 #[derive(Debug)]
-pub struct Outcome {
+pub struct Exit {
     /// The capture's counters (events, losses).
     pub summary: Summary,
     pub written: Written,
@@ -192,7 +192,7 @@ pub struct Outcome {
     pub kept: Option<(PathBuf, usize)>,
 }
 
-pub struct Agent<S = Probe> {
+pub struct Agent<S = Sensor> {
     config: Config,
     session: Session<S>,
     model: Box<dyn ModelSource>,
@@ -245,7 +245,7 @@ impl<S: EventSource> Agent<S> {
 
     /// Runs until SIGTERM/SIGINT (or the configured duration), then takes what is left,
     /// writes it out and makes a last write to the cluster.
-    pub async fn run(mut self, mut shutdown: Shutdown) -> Result<Outcome, AgentError> {
+    pub async fn run(mut self, mut shutdown: Shutdown) -> Result<Exit, AgentError> {
         let flusher = self.writer.clone().map(|w| {
             let health = self.health.clone();
             tokio::spawn(store::run(
@@ -299,7 +299,7 @@ impl<S: EventSource> Agent<S> {
             _ => None,
         };
         let evicted_unwritten = lock(&self.observed).evicted_unwritten;
-        Ok(Outcome {
+        Ok(Exit {
             summary: self.session.summary(),
             written: std::mem::take(&mut self.written),
             flushed,

@@ -10,7 +10,7 @@
 use std::{collections::HashMap, net::IpAddr};
 
 use crate::{
-    cluster::{Cluster, Endpoint as ModelEndpoint, PodId, Timestamp},
+    cluster::{AddressHolder, Cluster, PodId, Timestamp},
     record::{Endpoint, EndpointKind, FlowRecord, Identity, Protocol, Side},
 };
 
@@ -24,13 +24,13 @@ pub fn identify(cluster: &Cluster, ip: IpAddr, t: Option<Timestamp>) -> Identity
         None => cluster.endpoint(ip),
     };
     match who {
-        ModelEndpoint::Pod(id) => pod_identity(cluster, id),
-        ModelEndpoint::Node(n) => Identity {
+        AddressHolder::Pod(id) => pod_identity(cluster, id),
+        AddressHolder::Node(n) => Identity {
             kind: Some(EndpointKind::Node),
             node: Some(cluster.node(n).name.clone()),
             ..Identity::default()
         },
-        ModelEndpoint::External(_) => Identity {
+        AddressHolder::External(_) => Identity {
             kind: Some(EndpointKind::External),
             ..Identity::default()
         },

@@ -5,7 +5,7 @@ use std::{
     net::IpAddr,
 };
 
-use super::{scenario::Resolved, traffic::Outcome};
+use super::{scenario::Resolved, traffic::ClientSaw};
 use flowpol_analysis::record::{FlowRecord, Protocol, Side, Verdict};
 
 /// One disagreement, phrased for a person.
@@ -25,7 +25,7 @@ type Flow = (String, IpAddr, u16, Protocol, Verdict, Side);
 /// server side) with the expectation. Counts must match exactly.
 pub fn check(
     resolved: &Resolved,
-    outcomes: &[Outcome],
+    outcomes: &[ClientSaw],
     records: &[FlowRecord],
     hosts_by_inode: &HashMap<u32, String>,
 ) -> Vec<Mismatch> {
@@ -133,7 +133,7 @@ mod tests {
             "name: t\nnamespaces: [{name: a}]\npods: [{name: c, namespace: a}, {name: s, namespace: a, ports: [{port: 80}]}]\ntraffic: [{from: a/c, to: a/s, port: 80, count: 3, expect: established}]\n",
         )
         .unwrap();
-        let outcome = Outcome {
+        let outcome = ClientSaw {
             item: 0,
             target: Some("10.244.0.11".parse().unwrap()),
             results: BTreeMap::from([(Verdict::Established, 3)]),

@@ -21,7 +21,7 @@ use std::{
 
 use netns::{LabNet, NetError};
 use scenario::Resolved;
-use traffic::Outcome;
+use traffic::ClientSaw;
 
 /// The shop scenario that `flowpol lab` runs when given none.
 pub const EXAMPLE_SCENARIO: &str = include_str!("../scenarios/shop.yaml");
@@ -92,7 +92,7 @@ impl Lab {
 
     /// Runs the traffic plan, `settings.concurrency` items at a time (in order when 1); each
     /// item's clients run in its source's namespace. Outcomes come in plan order.
-    pub fn run_traffic(&self) -> Result<Vec<Outcome>, NetError> {
+    pub fn run_traffic(&self) -> Result<Vec<ClientSaw>, NetError> {
         let items: Vec<(usize, &scenario::Traffic)> =
             self.resolved.scenario.traffic.iter().enumerate().collect();
         let at_once = self.resolved.scenario.settings.concurrency as usize;

@@ -87,7 +87,7 @@ pub fn model(resolved: &Resolved) -> Result<Snapshot, SnapshotError> {
 mod tests {
     use super::*;
     use crate::scenario::parse;
-    use flowpol_analysis::cluster::Endpoint;
+    use flowpol_analysis::cluster::AddressHolder;
 
     #[test]
     fn the_lab_reads_as_a_cluster() {
@@ -108,11 +108,11 @@ policies:
         .unwrap();
         let snap = model(&r).unwrap();
         let c = &snap.cluster;
-        let Endpoint::Pod(db) = c.endpoint("10.244.0.10".parse().unwrap()) else {
+        let AddressHolder::Pod(db) = c.endpoint("10.244.0.10".parse().unwrap()) else {
             panic!("the pod's IPv4 address names it");
         };
         assert!(
-            matches!(c.endpoint("fd00:10:244::a".parse().unwrap()), Endpoint::Pod(p) if p == db)
+            matches!(c.endpoint("fd00:10:244::a".parse().unwrap()), AddressHolder::Pod(p) if p == db)
         );
         assert_eq!(c.pod_name(db), "a/db");
         assert_eq!(c.pod(db).ports[0].name.as_deref(), Some("pg"));

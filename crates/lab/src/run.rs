@@ -5,13 +5,13 @@ use super::{
     check::{check, Mismatch},
     netns::{self, NetError},
     scenario::Resolved,
-    traffic::Outcome,
+    traffic::ClientSaw,
     Lab,
 };
 use flowpol_analysis::record::FlowRecord;
 use flowpol_node::{
     aggregate::{Aggregator, Clock},
-    capture::{CaptureError, Probe},
+    capture::{CaptureError, Sensor},
     kernel::{self, KernelError},
     session::{Session, Summary},
     shutdown::Shutdown,
@@ -42,7 +42,7 @@ pub struct LabReport {
     /// Records observed in the lab's namespaces only.
     pub records: Vec<FlowRecord>,
     pub summary: Summary,
-    pub outcomes: Vec<Outcome>,
+    pub outcomes: Vec<ClientSaw>,
     pub mismatches: Vec<Mismatch>,
     pub hosts_by_inode: HashMap<u32, String>,
     pub resolved: Resolved,
@@ -54,7 +54,7 @@ pub async fn run(resolved: Resolved, node: Option<String>) -> Result<LabReport, 
     flowpol_node::capture::check_privileges()?;
     let mut shutdown = Shutdown::install().map_err(LabError::Signals)?;
     let info = kernel::discover()?;
-    let probe = Probe::load(&info)?;
+    let probe = Sensor::load(&info)?;
     let mut session = Session::new(
         probe,
         Aggregator::new(node, Clock::system(), info.drop_reasons),
@@ -118,7 +118,7 @@ pub async fn run(resolved: Resolved, node: Option<String>) -> Result<LabReport, 
 
 /// Builds the lab and runs its traffic plan without recording: the load generator for
 /// benchmarks, which measure a separately running `flowpol record`.
-pub fn run_traffic_only(resolved: Resolved) -> Result<(Duration, Vec<Outcome>), LabError> {
+pub fn run_traffic_only(resolved: Resolved) -> Result<(Duration, Vec<ClientSaw>), LabError> {
     netns::preflight()?;
     let lab = Lab::up(resolved)?;
     let started = std::time::Instant::now();

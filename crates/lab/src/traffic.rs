@@ -128,7 +128,7 @@ pub fn listen(
 
 /// What the client application saw for one traffic item.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Outcome {
+pub struct ClientSaw {
     pub item: usize,
     pub target: Option<IpAddr>,
     /// Attempts by result: established/refused/timeout for TCP, answered/sent for UDP.
@@ -142,7 +142,7 @@ pub fn run_item(
     item: usize,
     t: &Traffic,
     stop: &Arc<AtomicBool>,
-) -> Result<Outcome, NetError> {
+) -> Result<ClientSaw, NetError> {
     let target = resolved
         .address(&t.to, t.family)
         .filter(|a| a.is_ipv4() == (t.family == Family::Ipv4));
@@ -177,7 +177,7 @@ pub fn run_item(
             })
         })
         .collect();
-    let mut outcome = Outcome {
+    let mut outcome = ClientSaw {
         item,
         target: Some(target),
         results: BTreeMap::new(),

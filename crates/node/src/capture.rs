@@ -1,8 +1,10 @@
-//! Loading the probe into the kernel and reading from it: the only code that touches aya.
+//! The eBPF sensor (probe-ebpf) loaded into the kernel and read from: the only code that
+//! touches aya. "Sensor" is the word for what observes; "probing" is flowpol's active
+//! attempts ([`crate::probing`]).
 //!
-//! [`Probe::load`] hands the kernel-specific offsets to the probe, loads and attaches every
+//! [`Sensor::load`] hands the kernel-specific offsets to the eBPF programs, loads and attaches every
 //! program, and gives access to the ring buffer, the flow map and the loss counters. Dropping
-//! the [`Probe`] detaches everything.
+//! the [`Sensor`] detaches everything.
 #![expect(
     unsafe_code,
     reason = "the probe is loaded and read through aya; ring buffer fd registration"
@@ -77,7 +79,7 @@ pub enum CaptureError {
 
 /// Counters of the probe's own troubles.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
-pub struct ProbeStats {
+pub struct SensorStats {
     /// Events lost because the ring buffer was full, per CPU.
     pub ring_full_per_cpu: Vec<u64>,
     /// Runs of the probe's programs the kernel skipped because one was already running on
@@ -87,14 +89,15 @@ pub struct ProbeStats {
     pub drop_unparsed: u64,
 }
 
-impl ProbeStats {
+impl SensorStats {
     /// Every event the kernel produced that did not reach userspace.
     pub fn events_lost(&self) -> u64 {
         self.ring_full_per_cpu.iter().sum::<u64>() + self.recursion_misses
     }
 }
 
-pub struct Probe {
+/// The loaded eBPF programs and their maps.
+pub struct Sensor {
     // Owns the programs and their links; dropped last so maps stay valid until then.
     ring: AsyncFd<RingBuf<MapData>>,
     flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
@@ -155,7 +158,7 @@ where
     })
 }
 
-impl Probe {
+impl Sensor {
     /// Loads and attaches every program. Needs a tokio runtime (for the ring buffer and logs).
     pub fn load(info: &KernelInfo) -> Result<Self, CaptureError> {
         let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -211,7 +214,7 @@ impl Probe {
         }
         let ring: RingBuf<MapData> = take(&mut ebpf, MAP_EVENTS)?;
         // SAFETY: the ring buffer owns its file descriptor and is neither closed nor replaced
-        // while registered: it lives inside the AsyncFd until the Probe is dropped.
+        // while registered: it lives inside the AsyncFd until the Sensor is dropped.
         let ring =
             unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Poll(e.into_parts().1))?;
         let flows = take(&mut ebpf, MAP_FLOWS)?;
@@ -285,14 +288,14 @@ impl Probe {
         let _ = self.flows.remove(key);
     }
 
-    pub fn stats(&self) -> ProbeStats {
+    pub fn stats(&self) -> SensorStats {
         let read = |stat: Stat| -> Vec<u64> {
             self.stats
                 .get(&(stat as u32), 0)
                 .map(|v| v.iter().copied().collect())
                 .unwrap_or_default()
         };
-        ProbeStats {
+        SensorStats {
             ring_full_per_cpu: read(Stat::RingFull),
             recursion_misses: self
                 ._ebpf

@@ -13,7 +13,7 @@ use std::{
 
 use crate::{
     aggregate::{Aggregator, Clock},
-    capture::{self, CaptureError, Probe},
+    capture::{self, CaptureError, Sensor},
     client::{self, Close},
     kernel::{self, KernelError},
     netns, podcgroup,
@@ -112,7 +112,7 @@ pub async fn record_attempts(
 ) -> Result<(Vec<Option<Verdict>>, Vec<FlowRecord>, Summary), NodeProbeError> {
     capture::check_privileges()?;
     let info = kernel::discover()?;
-    let probe = Probe::load(&info)?;
+    let probe = Sensor::load(&info)?;
     let mut session = Session::new(
         probe,
         Aggregator::new(node, Clock::system(), info.drop_reasons),

@@ -13,7 +13,7 @@ use probe_common::{
 };
 
 use crate::{
-    capture::{CaptureError, ProbeStats},
+    capture::{CaptureError, SensorStats},
     session::EventSource,
 };
 
@@ -23,7 +23,7 @@ pub struct Script {
     pub pending: Vec<Vec<u8>>,
     pub counters: HashMap<FlowKey, FlowStats>,
     pub forgotten: Vec<FlowKey>,
-    pub stats: ProbeStats,
+    pub stats: SensorStats,
 }
 
 impl EventSource for Script {
@@ -51,7 +51,7 @@ impl EventSource for Script {
         self.counters.remove(key);
         self.forgotten.push(*key);
     }
-    fn stats(&self) -> ProbeStats {
+    fn stats(&self) -> SensorStats {
         self.stats.clone()
     }
 }

@@ -6,7 +6,7 @@ use probe_common::{FlowKey, FlowStats};
 
 use crate::{
     aggregate::{monotonic_ns, Aggregator, Totals},
-    capture::{CaptureError, Probe, ProbeStats},
+    capture::{CaptureError, Sensor, SensorStats},
     decode::decode,
 };
 use flowpol_analysis::record::FlowRecord;
@@ -27,7 +27,7 @@ pub struct Summary {
     /// kernel skipped on recursion.
     pub events_lost: u64,
     #[serde(flatten)]
-    pub probe: ProbeStats,
+    pub probe: SensorStats,
     /// Events that did not decode (a probe/userspace mismatch; never expected).
     pub decode_errors: u64,
     /// Aggregated flows whose kernel counters were evicted before the final read.
@@ -70,7 +70,7 @@ impl Summary {
 }
 
 /// Where a session's events and kernel-side counters come from: the eBPF sensor
-/// ([`Probe`]), or a script in the tests.
+/// ([`Sensor`]), or a script in the tests.
 pub trait EventSource {
     /// Waits up to `timeout` for events, then hands every pending one to `f`.
     fn next_batch(
@@ -84,33 +84,33 @@ pub trait EventSource {
     fn flow_stats(&self, key: &FlowKey) -> Option<FlowStats>;
     /// Removes a flow from the kernel's map, so its next packet starts it anew.
     fn forget(&mut self, key: &FlowKey);
-    fn stats(&self) -> ProbeStats;
+    fn stats(&self) -> SensorStats;
 }
 
-impl EventSource for Probe {
+impl EventSource for Sensor {
     fn next_batch(
         &mut self,
         timeout: Duration,
         f: impl FnMut(&[u8]),
     ) -> impl Future<Output = Result<(), CaptureError>> {
-        Probe::next_batch(self, timeout, f)
+        Sensor::next_batch(self, timeout, f)
     }
     fn drain(&mut self, f: impl FnMut(&[u8])) {
-        Probe::drain(self, f)
+        Sensor::drain(self, f)
     }
     fn flow_stats(&self, key: &FlowKey) -> Option<FlowStats> {
-        Probe::flow_stats(self, key)
+        Sensor::flow_stats(self, key)
     }
     fn forget(&mut self, key: &FlowKey) {
-        Probe::forget(self, key)
+        Sensor::forget(self, key)
     }
-    fn stats(&self) -> ProbeStats {
-        Probe::stats(self)
+    fn stats(&self) -> SensorStats {
+        Sensor::stats(self)
     }
 }
 
 /// Runs capture until `stop` completes, then drains what is left.
-pub struct Session<S = Probe> {
+pub struct Session<S = Sensor> {
     probe: S,
     agg: Aggregator,
     events: u64,
@@ -315,9 +315,9 @@ mod tests {
         let s = session(Script {
             pending: vec![ev, vec![1, 2, 3]],
             counters: HashMap::from([(key, counters(4, 0, 2_000))]),
-            stats: ProbeStats {
+            stats: SensorStats {
                 ring_full_per_cpu: vec![2, 1],
-                ..ProbeStats::default()
+                ..SensorStats::default()
             },
             ..Script::default()
         });

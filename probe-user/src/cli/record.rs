@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use flowpol_analysis::{attribute, output};
 use flowpol_node::{
     aggregate::{Aggregator, Clock},
-    capture::{self, Probe},
+    capture::{self, Sensor},
     kernel, podcgroup,
     session::Session,
     shutdown::Shutdown,
@@ -61,7 +61,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         (None, None) => podcgroup::CgroupPods::new(),
         _ => podcgroup::scan(&info.cgroup2),
     };
-    let probe = Probe::load(&info).context("loading the eBPF probe")?;
+    let probe = Sensor::load(&info).context("loading the eBPF probe")?;
     let node = args.node.or_else(hostname);
     let mut session = Session::new(
         probe,

@@ -76,7 +76,7 @@ impl ClusterBuilder {
                 Tenure {
                     from: None,
                     until: None,
-                    who: Endpoint::Node(id),
+                    who: AddressHolder::Node(id),
                 },
                 "Node",
                 name,
@@ -150,7 +150,7 @@ impl ClusterBuilder {
                     Tenure {
                         from: pod.created,
                         until: pod.gone,
-                        who: Endpoint::Pod(id),
+                        who: AddressHolder::Pod(id),
                     },
                     "Pod",
                     &full,
@@ -215,9 +215,9 @@ impl ClusterBuilder {
                 .and_then(|ts| ts.iter().find(|t| t.until.is_none()).copied());
             if let Some(other) = open {
                 let other = match other.who {
-                    Endpoint::Pod(p) => format!("Pod {}", self.cluster.pod_name(p)),
-                    Endpoint::Node(n) => format!("Node {}", self.cluster.node(n).name),
-                    Endpoint::External(_) => String::new(),
+                    AddressHolder::Pod(p) => format!("Pod {}", self.cluster.pod_name(p)),
+                    AddressHolder::Node(n) => format!("Node {}", self.cluster.node(n).name),
+                    AddressHolder::External(_) => String::new(),
                 };
                 return Err(ModelError::AddressClash {
                     kind,

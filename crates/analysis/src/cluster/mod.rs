@@ -274,7 +274,7 @@ pub enum PortRef {
 
 /// What an address stands for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Endpoint {
+pub enum AddressHolder {
     Pod(PodId),
     Node(NodeId),
     External(IpAddr),
@@ -289,7 +289,7 @@ pub struct ServiceId(pub u32);
 struct Tenure {
     from: Option<Timestamp>,
     until: Option<Timestamp>,
-    who: Endpoint,
+    who: AddressHolder,
 }
 
 impl Tenure {
@@ -378,23 +378,23 @@ impl Cluster {
 
     /// What `ip` stands for now: an active pod, a node (or hostNetwork pod), or an outside
     /// address.
-    pub fn endpoint(&self, ip: IpAddr) -> Endpoint {
+    pub fn endpoint(&self, ip: IpAddr) -> AddressHolder {
         self.by_ip
             .get(&canonical(ip))
             .and_then(|ts| ts.iter().rev().find(|t| t.until.is_none()))
             .map(|t| t.who)
-            .unwrap_or(Endpoint::External(ip))
+            .unwrap_or(AddressHolder::External(ip))
     }
 
     /// What `ip` stood for at `t`: the pod that held it then, also one deleted since, so a
     /// reused address is not blamed on its new holder. Of overlapping tenures the one that
     /// started last wins.
-    pub fn endpoint_at(&self, ip: IpAddr, t: Timestamp) -> Endpoint {
+    pub fn endpoint_at(&self, ip: IpAddr, t: Timestamp) -> AddressHolder {
         self.by_ip
             .get(&canonical(ip))
             .and_then(|ts| ts.iter().filter(|x| x.covers(t)).max_by_key(|x| x.from))
             .map(|x| x.who)
-            .unwrap_or(Endpoint::External(ip))
+            .unwrap_or(AddressHolder::External(ip))
     }
 
     /// The service whose cluster IP is `ip`.

@@ -242,7 +242,7 @@ struct MetaOnly {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{cluster::Endpoint, record::Protocol};
+    use crate::{cluster::AddressHolder, record::Protocol};
 
     const MULTI: &str = "
 apiVersion: v1
@@ -273,7 +273,7 @@ metadata: {name: s, namespace: prod}
         let pod = c.pod_by_name("prod", "api-0").expect("pod read");
         assert_eq!(
             c.endpoint("fd00::5".parse().unwrap()),
-            Endpoint::Pod(pod),
+            AddressHolder::Pod(pod),
             "IPv6 from status.podIPs"
         );
         let ns = c.namespace(c.namespace_id("prod").unwrap());

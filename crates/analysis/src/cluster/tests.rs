@@ -39,20 +39,23 @@ fn addresses_resolve_to_active_pods_nodes_or_outside() {
     })
     .unwrap();
     let c = b.build();
-    assert_eq!(c.endpoint("10.0.0.5".parse().unwrap()), Endpoint::Pod(web));
+    assert_eq!(
+        c.endpoint("10.0.0.5".parse().unwrap()),
+        AddressHolder::Pod(web)
+    );
     assert_eq!(
         c.endpoint("::ffff:10.0.0.5".parse().unwrap()),
-        Endpoint::Pod(web)
+        AddressHolder::Pod(web)
     );
     assert_eq!(
         c.endpoint("192.168.1.10".parse().unwrap()),
-        Endpoint::Node(NodeId(0)),
+        AddressHolder::Node(NodeId(0)),
         "hostNetwork pod is its node"
     );
     assert!(
         matches!(
             c.endpoint("10.0.0.6".parse().unwrap()),
-            Endpoint::External(_)
+            AddressHolder::External(_)
         ),
         "finished pods hold no address"
     );
@@ -110,26 +113,26 @@ fn a_reused_address_is_attributed_by_time_at_exact_boundaries() {
     let addr = "10.0.0.9".parse().unwrap();
     assert_eq!(
         c.endpoint_at(addr, at("2026-01-01T09:59:59Z")),
-        Endpoint::External(addr),
+        AddressHolder::External(addr),
         "before anyone held it"
     );
     assert_eq!(
         c.endpoint_at(addr, at("2026-01-01T10:00:00Z")),
-        Endpoint::Pod(old),
+        AddressHolder::Pod(old),
         "from is inclusive"
     );
     assert_eq!(
         c.endpoint_at(addr, at("2026-01-01T10:59:59.999999999Z")),
-        Endpoint::Pod(old)
+        AddressHolder::Pod(old)
     );
     assert_eq!(
         c.endpoint_at(addr, at("2026-01-01T11:00:00Z")),
-        Endpoint::Pod(new),
+        AddressHolder::Pod(new),
         "until is exclusive: the new holder from then"
     );
     assert_eq!(
         c.endpoint(addr),
-        Endpoint::Pod(new),
+        AddressHolder::Pod(new),
         "now: the current holder"
     );
     assert!(!c.pod(old).is_active());

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use super::{Direction, Peer, Policy, PortMatch, PortSpec, Rule};
 use crate::{
-    cluster::{Cluster, Endpoint, NsId, PodId, Timestamp},
+    cluster::{AddressHolder, Cluster, NsId, PodId, Timestamp},
     record::Protocol,
 };
 
@@ -52,7 +52,7 @@ pub struct RuleRef {
 
 /// One direction's decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Side {
+pub enum Ruling {
     /// This end is not a pod of the cluster: no policy applies to it.
     NotAPod { endpoint: String },
     /// No policy selects the pod for this direction.
@@ -67,13 +67,13 @@ pub enum Side {
     Denied { isolated_by: Vec<String> },
 }
 
-impl Side {
+impl Ruling {
     pub fn allows(&self) -> bool {
-        !matches!(self, Side::Denied { .. })
+        !matches!(self, Ruling::Denied { .. })
     }
 }
 
-impl Serialize for Side {
+impl Serialize for Ruling {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct Json<'a> {
@@ -87,12 +87,12 @@ impl Serialize for Side {
             isolated_by: Option<&'a [String]>,
         }
         let (reason, endpoint, rules, isolated_by) = match self {
-            Side::NotAPod { endpoint } => ("not_a_pod", Some(endpoint.as_str()), None, None),
-            Side::NotIsolated => ("not_isolated", None, None, None),
-            Side::OwnNode => ("own_node", None, None, None),
-            Side::Loopback => ("loopback", None, None, None),
-            Side::Allowed { rules } => ("rule", None, Some(rules.as_slice()), None),
-            Side::Denied { isolated_by } => {
+            Ruling::NotAPod { endpoint } => ("not_a_pod", Some(endpoint.as_str()), None, None),
+            Ruling::NotIsolated => ("not_isolated", None, None, None),
+            Ruling::OwnNode => ("own_node", None, None, None),
+            Ruling::Loopback => ("loopback", None, None, None),
+            Ruling::Allowed { rules } => ("rule", None, Some(rules.as_slice()), None),
+            Ruling::Denied { isolated_by } => {
                 ("no_rule_matched", None, None, Some(isolated_by.as_slice()))
             }
         };
@@ -145,21 +145,21 @@ pub struct Decision {
     /// What each end is: `pod ns/name`, `node name`, `external`.
     pub src: String,
     pub dst: String,
-    pub egress: Side,
-    pub ingress: Side,
+    pub egress: Ruling,
+    pub ingress: Ruling,
 }
 
 impl Decision {
     /// Why, per direction that has a say, in words: `egress: allowed by ns/name#0`,
     /// `ingress: isolated by ns/a, ns/b, no rule matched`, `ingress: not isolated`.
     pub fn reasons(&self) -> Vec<String> {
-        let why = |side: &Side, dir: &str| -> Option<String> {
+        let why = |side: &Ruling, dir: &str| -> Option<String> {
             Some(match side {
-                Side::NotAPod { .. } => return None,
-                Side::NotIsolated => format!("{dir}: not isolated"),
-                Side::OwnNode => format!("{dir}: own node"),
-                Side::Loopback => format!("{dir}: loopback"),
-                Side::Allowed { rules } => format!(
+                Ruling::NotAPod { .. } => return None,
+                Ruling::NotIsolated => format!("{dir}: not isolated"),
+                Ruling::OwnNode => format!("{dir}: own node"),
+                Ruling::Loopback => format!("{dir}: loopback"),
+                Ruling::Allowed { rules } => format!(
                     "{dir}: allowed by {}",
                     rules
                         .iter()
@@ -167,7 +167,7 @@ impl Decision {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ),
-                Side::Denied { isolated_by } => format!(
+                Ruling::Denied { isolated_by } => format!(
                     "{dir}: isolated by {}, no rule matched",
                     isolated_by.join(", ")
                 ),
@@ -252,43 +252,43 @@ impl<'c> Engine<'c> {
                     && pod
                         .ips
                         .iter()
-                        .any(|ip| self.peer_matches(policy, peer, Endpoint::Pod(id), *ip))
+                        .any(|ip| self.peer_matches(policy, peer, AddressHolder::Pod(id), *ip))
             })
             .collect()
     }
 
-    pub fn describe(&self, e: Endpoint) -> String {
+    pub fn describe(&self, e: AddressHolder) -> String {
         match e {
-            Endpoint::Pod(p) => format!("pod {}", self.cluster.pod_name(p)),
-            Endpoint::Node(n) => format!("node {}", self.cluster.node(n).name),
-            Endpoint::External(_) => "external".into(),
+            AddressHolder::Pod(p) => format!("pod {}", self.cluster.pod_name(p)),
+            AddressHolder::Node(n) => format!("node {}", self.cluster.node(n).name),
+            AddressHolder::External(_) => "external".into(),
         }
     }
 
     pub fn evaluate(&self, c: &Connection) -> Decision {
         let c = &c.canonical();
         let (src, dst) = (self.resolve(c.src, c.at), self.resolve(c.dst, c.at));
-        if let (Endpoint::Pod(a), Endpoint::Pod(b)) = (src, dst) {
+        if let (AddressHolder::Pod(a), AddressHolder::Pod(b)) = (src, dst) {
             if a == b {
                 let d = self.describe(src);
                 return Decision {
                     allowed: true,
                     src: d.clone(),
                     dst: d,
-                    egress: Side::Loopback,
-                    ingress: Side::Loopback,
+                    egress: Ruling::Loopback,
+                    ingress: Ruling::Loopback,
                 };
             }
         }
         let egress = match src {
-            Endpoint::Pod(p) => self.side(p, Direction::Egress, dst, c.dst, dst, c),
-            other => Side::NotAPod {
+            AddressHolder::Pod(p) => self.side(p, Direction::Egress, dst, c.dst, dst, c),
+            other => Ruling::NotAPod {
                 endpoint: self.describe(other),
             },
         };
         let ingress = match dst {
-            Endpoint::Pod(p) => self.side(p, Direction::Ingress, src, c.src, dst, c),
-            other => Side::NotAPod {
+            AddressHolder::Pod(p) => self.side(p, Direction::Ingress, src, c.src, dst, c),
+            other => Ruling::NotAPod {
                 endpoint: self.describe(other),
             },
         };
@@ -305,10 +305,10 @@ impl<'c> Engine<'c> {
     pub fn allows(&self, c: &Connection) -> bool {
         let c = &c.canonical();
         let (src, dst) = (self.resolve(c.src, c.at), self.resolve(c.dst, c.at));
-        if matches!((src, dst), (Endpoint::Pod(a), Endpoint::Pod(b)) if a == b) {
+        if matches!((src, dst), (AddressHolder::Pod(a), AddressHolder::Pod(b)) if a == b) {
             return true;
         }
-        let side_allows = |pod: PodId, dir: Direction, remote: Endpoint, remote_ip: IpAddr| {
+        let side_allows = |pod: PodId, dir: Direction, remote: AddressHolder, remote_ip: IpAddr| {
             let sel = &self.selected[pod.0 as usize][dir as usize];
             sel.is_empty()
                 || self.own_node(pod, remote)
@@ -321,23 +321,23 @@ impl<'c> Engine<'c> {
                 })
         };
         (match src {
-            Endpoint::Pod(p) => side_allows(p, Direction::Egress, dst, c.dst),
+            AddressHolder::Pod(p) => side_allows(p, Direction::Egress, dst, c.dst),
             _ => true,
         }) && (match dst {
-            Endpoint::Pod(p) => side_allows(p, Direction::Ingress, src, c.src),
+            AddressHolder::Pod(p) => side_allows(p, Direction::Ingress, src, c.src),
             _ => true,
         })
     }
 
-    fn resolve(&self, ip: IpAddr, at: Option<Timestamp>) -> Endpoint {
+    fn resolve(&self, ip: IpAddr, at: Option<Timestamp>) -> AddressHolder {
         match at {
             Some(t) => self.cluster.endpoint_at(ip, t),
             None => self.cluster.endpoint(ip),
         }
     }
 
-    fn own_node(&self, pod: PodId, remote: Endpoint) -> bool {
-        matches!(remote, Endpoint::Node(n) if self.cluster.pod(pod).node == Some(n))
+    fn own_node(&self, pod: PodId, remote: AddressHolder) -> bool {
+        matches!(remote, AddressHolder::Node(n) if self.cluster.pod(pod).node == Some(n))
     }
 
     /// The decision for `pod`'s `direction`, where the other end is `remote` at `remote_ip`
@@ -346,17 +346,17 @@ impl<'c> Engine<'c> {
         &self,
         pod: PodId,
         direction: Direction,
-        remote: Endpoint,
+        remote: AddressHolder,
         remote_ip: IpAddr,
-        dst: Endpoint,
+        dst: AddressHolder,
         c: &Connection,
-    ) -> Side {
+    ) -> Ruling {
         let sel = &self.selected[pod.0 as usize][direction as usize];
         if sel.is_empty() {
-            return Side::NotIsolated;
+            return Ruling::NotIsolated;
         }
         if self.own_node(pod, remote) {
-            return Side::OwnNode;
+            return Ruling::OwnNode;
         }
         let mut rules = Vec::new();
         for &pi in sel {
@@ -371,14 +371,14 @@ impl<'c> Engine<'c> {
             }
         }
         if rules.is_empty() {
-            Side::Denied {
+            Ruling::Denied {
                 isolated_by: sel
                     .iter()
                     .map(|&i| self.policies[i as usize].id())
                     .collect(),
             }
         } else {
-            Side::Allowed { rules }
+            Ruling::Allowed { rules }
         }
     }
 
@@ -386,9 +386,9 @@ impl<'c> Engine<'c> {
         &self,
         policy: usize,
         rule: &Rule,
-        remote: Endpoint,
+        remote: AddressHolder,
         remote_ip: IpAddr,
-        dst: Endpoint,
+        dst: AddressHolder,
         c: &Connection,
     ) -> bool {
         (rule.ports.is_empty() || rule.ports.iter().any(|m| self.port_matches(m, dst, c)))
@@ -399,7 +399,7 @@ impl<'c> Engine<'c> {
                     .any(|peer| self.peer_matches(policy, peer, remote, remote_ip)))
     }
 
-    fn port_matches(&self, m: &PortMatch, dst: Endpoint, c: &Connection) -> bool {
+    fn port_matches(&self, m: &PortMatch, dst: AddressHolder, c: &Connection) -> bool {
         if m.protocol != c.protocol {
             return false;
         }
@@ -408,7 +408,7 @@ impl<'c> Engine<'c> {
             Some(PortSpec::Range(a, b)) => (*a..=*b).contains(&c.port),
             // A named port means the destination pod's container port of that name and protocol.
             Some(PortSpec::Named(name)) => match dst {
-                Endpoint::Pod(p) => self.cluster.pod(p).ports.iter().any(|cp| {
+                AddressHolder::Pod(p) => self.cluster.pod(p).ports.iter().any(|cp| {
                     cp.name.as_deref() == Some(name)
                         && cp.protocol == c.protocol
                         && cp.port == c.port
@@ -422,7 +422,7 @@ impl<'c> Engine<'c> {
         &self,
         policy: usize,
         peer: &Peer,
-        remote: Endpoint,
+        remote: AddressHolder,
         remote_ip: IpAddr,
     ) -> bool {
         match peer {
@@ -430,7 +430,7 @@ impl<'c> Engine<'c> {
                 cidr.contains(&remote_ip) && !except.iter().any(|e| e.contains(&remote_ip))
             }
             Peer::Pods { pods, namespaces } => {
-                let Endpoint::Pod(r) = remote else {
+                let AddressHolder::Pod(r) = remote else {
                     return false;
                 };
                 let pod = self.cluster.pod(r);

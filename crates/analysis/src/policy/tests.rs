@@ -3,7 +3,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use super::{
     compile,
-    engine::{Connection, Engine, Side},
+    engine::{Connection, Engine, Ruling},
     Policy,
 };
 use crate::{
@@ -198,10 +198,10 @@ fn default_deny_ingress_isolates_only_ingress() {
     let c = cluster();
     let e = Engine::new(&c, vec![policy(deny)]);
     let d = e.evaluate(&tcp(YA, XB, 80));
-    assert_eq!(d.egress, Side::NotIsolated);
+    assert_eq!(d.egress, Ruling::NotIsolated);
     assert_eq!(
         d.ingress,
-        Side::Denied {
+        Ruling::Denied {
             isolated_by: vec!["x/deny".into()]
         }
     );
@@ -399,7 +399,7 @@ fn a_pod_may_always_reach_itself() {
     );
     let c = cluster();
     let e = Engine::new(&c, vec![policy(deny_both)]);
-    assert_eq!(e.evaluate(&tcp(XA, XA, 80)).ingress, Side::Loopback);
+    assert_eq!(e.evaluate(&tcp(XA, XA, 80)).ingress, Ruling::Loopback);
 }
 
 #[test]

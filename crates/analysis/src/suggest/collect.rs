@@ -63,10 +63,10 @@ impl<'a> Suggester<'a> {
     /// the rule); `None` when no rule is needed (the pod's own node).
     fn peer(&mut self, ip: IpAddr, at: Option<Timestamp>, local: PodId) -> Option<Peer> {
         match endpoint(self.cluster, ip, at) {
-            ModelEndpoint::Pod(p) if !self.cluster.pod(p).host_network => Some(self.pod_peer(p)),
-            ModelEndpoint::Pod(p) => self.node_peer(ip, self.cluster.pod(p).node, local),
-            ModelEndpoint::Node(n) => self.node_peer(ip, Some(n), local),
-            ModelEndpoint::External(_) => Some(Peer::Block {
+            AddressHolder::Pod(p) if !self.cluster.pod(p).host_network => Some(self.pod_peer(p)),
+            AddressHolder::Pod(p) => self.node_peer(ip, self.cluster.pod(p).node, local),
+            AddressHolder::Node(n) => self.node_peer(ip, Some(n), local),
+            AddressHolder::External(_) => Some(Peer::Block {
                 cidr: host_net(ip, self.options.cidr_aggregate),
                 except: Vec::new(),
                 note: None,
@@ -124,13 +124,13 @@ impl<'a> Suggester<'a> {
                 .collect()
         };
         let src = match endpoint(self.cluster, r.src.ip, at) {
-            ModelEndpoint::Pod(p) if !self.cluster.pod(p).host_network => Some(p),
+            AddressHolder::Pod(p) if !self.cluster.pod(p).host_network => Some(p),
             _ => None,
         };
         let service = r.dst.identity.service.clone();
         for (ip, port) in targets {
             let dst = match endpoint(self.cluster, ip, at) {
-                ModelEndpoint::Pod(p) if !self.cluster.pod(p).host_network => Some(p),
+                AddressHolder::Pod(p) if !self.cluster.pod(p).host_network => Some(p),
                 _ => None,
             };
             if let (Some(s), Some(d)) = (src, dst) {

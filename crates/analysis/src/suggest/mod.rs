@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::{
-    cluster::{Cluster, Endpoint as ModelEndpoint, Labels, PodId, Timestamp, Workload},
+    cluster::{AddressHolder, Cluster, Labels, PodId, Timestamp, Workload},
     policy::Direction,
     record::{FlowRecord, Protocol},
     verify::{fate, Fate},
@@ -160,7 +160,7 @@ pub struct Suggestion {
     pub flows_used: u64,
 }
 
-fn endpoint(cluster: &Cluster, ip: IpAddr, at: Option<Timestamp>) -> ModelEndpoint {
+fn endpoint(cluster: &Cluster, ip: IpAddr, at: Option<Timestamp>) -> AddressHolder {
     match at {
         Some(t) => cluster.endpoint_at(ip, t),
         None => cluster.endpoint(ip),

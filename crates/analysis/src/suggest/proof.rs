@@ -10,11 +10,11 @@ use super::{
     default_deny, endpoint, is_traffic, live, suggest, Options, Port, Suggestion, WorkloadKey,
 };
 use crate::{
-    cluster::{Cluster, Endpoint as ModelEndpoint, PodId, Timestamp},
+    cluster::{AddressHolder, Cluster, PodId, Timestamp},
     eval,
     policy::{
         self,
-        engine::{Engine, PolicyVerdict, Side},
+        engine::{Engine, PolicyVerdict, Ruling},
         Policy, PolicyError,
     },
     record::{FlowRecord, Protocol},
@@ -69,7 +69,7 @@ pub fn prove(
     // (the suggestion isolates it).
     let basis: Vec<FlowRecord> = if diff {
         let engine = Engine::new(cluster, existing.to_vec());
-        let by_rule = |side: &Side| !matches!(side, Side::NotIsolated | Side::Denied { .. });
+        let by_rule = |side: &Ruling| !matches!(side, Ruling::NotIsolated | Ruling::Denied { .. });
         eval::evaluate(&engine, records.to_vec())
             .into_iter()
             .filter(|e| !(by_rule(&e.explanation.egress) && by_rule(&e.explanation.ingress)))
@@ -187,7 +187,7 @@ pub fn excess(
     }
     let name = |w: &WorkloadKey| format!("{}/{}/{}", w.0, w.1.kind, w.1.name);
     let key_of = |ip: IpAddr, at: Option<Timestamp>| match endpoint(cluster, ip, at) {
-        ModelEndpoint::Pod(p) => Some((
+        AddressHolder::Pod(p) => Some((
             cluster.namespace(cluster.pod(p).namespace).name.clone(),
             cluster.workload(p),
         )),

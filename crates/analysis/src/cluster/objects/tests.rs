@@ -1,5 +1,5 @@
 use super::*;
-use crate::cluster::Endpoint;
+use crate::cluster::AddressHolder;
 
 const T10: &str = "2026-01-01T10:00:00Z";
 const T11: &str = "2026-01-01T11:00:00Z";
@@ -28,7 +28,7 @@ fn pod(name: &str, uid: &str, ip: &str, phase: PodPhase, created: &str) -> Objec
 
 fn who(c: &Cluster, ip: &str, t: &str) -> String {
     match c.endpoint_at(ip.parse().unwrap(), at(t)) {
-        Endpoint::Pod(p) => c.pod_name(p),
+        AddressHolder::Pod(p) => c.pod_name(p),
         other => format!("{other:?}"),
     }
 }
@@ -51,7 +51,7 @@ fn a_relist_retires_pods_deleted_unseen() {
     assert_eq!(who(&c, "10.0.0.1", "2026-01-01T11:59:59Z"), "a/old");
     assert!(matches!(
         c.endpoint("10.0.0.1".parse().unwrap()),
-        Endpoint::External(_)
+        AddressHolder::External(_)
     ));
     o.expire(at("2026-01-01T12:00:01Z"));
     assert!(o.gone.is_empty(), "forgotten after the grace period");
@@ -104,7 +104,7 @@ fn live_data_hands_an_address_over_a_snapshot_refuses() {
     assert_eq!(who(&c, "10.0.0.1", "2026-01-01T10:30:00Z"), "a/old");
     assert_eq!(who(&c, "10.0.0.1", T11), "a/new");
     match c.endpoint("10.0.0.1".parse().unwrap()) {
-        Endpoint::Pod(p) => assert_eq!(c.pod_name(p), "a/new"),
+        AddressHolder::Pod(p) => assert_eq!(c.pod_name(p), "a/new"),
         other => panic!("{other:?}"),
     }
 }
