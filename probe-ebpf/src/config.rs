@@ -12,8 +12,10 @@ pub static CONFIG: ProbeConfig = ProbeConfig::zeroed();
 /// Reads one offset. Volatile, so the compiler cannot fold the all-zero initial value.
 macro_rules! off {
     ($field:ident) => {{
-        // Callers are often inside `unsafe` already; the block must stand on its own anyway.
-        #[allow(unused_unsafe)]
+        #[allow(
+            unused_unsafe,
+            reason = "callers are often inside `unsafe` already; the block must stand on its own"
+        )]
         // SAFETY: reading a field of an immutable static.
         let v = unsafe { core::ptr::read_volatile(&raw const $crate::config::CONFIG.$field) };
         v as usize

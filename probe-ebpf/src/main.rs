@@ -6,6 +6,10 @@
 //! running kernel's BTF and tracefs and writes them into [`config::CONFIG`] before load.
 #![no_std]
 #![no_main]
+#![allow(
+    unreachable_pub,
+    reason = "the loader reaches programs, maps and CONFIG by symbol name, not through Rust paths"
+)]
 
 mod config;
 mod drop;

@@ -21,7 +21,7 @@ use serde_json::Value;
 use crate::setup::cargo;
 
 #[derive(Clone, Copy, clap::ValueEnum)]
-pub enum What {
+pub(crate) enum What {
     /// Connection rate, eBPF cost per hook, userspace CPU per event; against bpftrace.
     Capture,
     /// Policy engine: model build, memory, verdicts/s; against network-config-analyzer.
@@ -36,7 +36,7 @@ pub enum What {
 const CONNECTIONS: u32 = 200_000;
 const BPFTRACE: &str = "tracepoint:sock:inet_sock_set_state { @transitions = count(); }";
 
-pub fn run(what: What) -> Result<()> {
+pub(crate) fn run(what: What) -> Result<()> {
     match what {
         What::Capture => capture(),
         What::Engine => engine(),

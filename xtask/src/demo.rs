@@ -13,7 +13,7 @@ fn step(title: &str) {
     eprintln!("\n=== {title}");
 }
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     cargo(&["build", "--release", "--package", "probe-user"])?;
     std::fs::create_dir_all(DIR)?;
     let file = |name: &str| format!("{DIR}/{name}");
@@ -93,7 +93,7 @@ pub fn run() -> Result<()> {
 /// published as Pod objects, the agent (as the DaemonSet's ServiceAccount) writing
 /// ObservedTraffic while the lab runs, then verify and suggest `--from-cluster`, and the
 /// suggestion applied with kubectl. Files land in `target/demo/kube/`.
-pub fn kube() -> Result<()> {
+pub(crate) fn kube() -> Result<()> {
     cargo(&["build", "--release", "--package", "probe-user"])?;
     let bins = controlplane::Binaries::build()?;
     let dir = std::path::Path::new("target/demo/kube");

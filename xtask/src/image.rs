@@ -13,13 +13,13 @@ use anyhow::{bail, Context, Result};
 use crate::setup::{cargo, sh};
 
 /// The tag `cargo xtask test` builds for the end-to-end tests.
-pub const TEST_TAG: &str = "localhost/flowpol:test";
+pub(crate) const TEST_TAG: &str = "localhost/flowpol:test";
 
 /// The CA certificates, where Debian keeps them and rustls looks for them.
 const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Builds the release binary, the image `tag`, and saves it to `output`.
-pub fn run(tag: &str, output: &Path) -> Result<()> {
+pub(crate) fn run(tag: &str, output: &Path) -> Result<()> {
     cargo(&["build", "--release", "--package", "probe-user"])?;
     build(Path::new("target/release/flowpol"), tag)?;
     if let Some(dir) = output.parent() {
@@ -38,7 +38,7 @@ pub fn run(tag: &str, output: &Path) -> Result<()> {
 }
 
 /// Builds the image `tag` holding `binary` (debug information stripped).
-pub fn build(binary: &Path, tag: &str) -> Result<()> {
+pub(crate) fn build(binary: &Path, tag: &str) -> Result<()> {
     let context = PathBuf::from("target/image");
     let rootfs = context.join("rootfs");
     if rootfs.exists() {

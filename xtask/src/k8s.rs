@@ -10,7 +10,7 @@ use clap::Subcommand;
 use controlplane::{Binaries, ControlPlane, Options};
 
 #[derive(Subcommand)]
-pub enum Action {
+pub(crate) enum Action {
     /// Build kube-apiserver, kube-controller-manager, kubectl and kine into the cache.
     Build,
     /// Start the control plane (idempotent: one already running is kept).
@@ -22,7 +22,7 @@ pub enum Action {
 }
 
 /// Where `up` keeps the control plane of this checkout.
-pub fn dir() -> PathBuf {
+pub(crate) fn dir() -> PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask is a folder of the workspace")
@@ -37,7 +37,7 @@ fn env_lines(state: &serde_json::Value) -> String {
     )
 }
 
-pub fn run(action: Action) -> Result<()> {
+pub(crate) fn run(action: Action) -> Result<()> {
     let dir = dir();
     match action {
         Action::Build => {

@@ -7,7 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 /// Runs a command, failing with the command line when it fails.
-pub fn sh(program: &str, args: &[&str]) -> Result<()> {
+pub(crate) fn sh(program: &str, args: &[&str]) -> Result<()> {
     let status = Command::new(program)
         .args(args)
         .status()
@@ -18,7 +18,7 @@ pub fn sh(program: &str, args: &[&str]) -> Result<()> {
     Ok(())
 }
 
-pub fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     sh(
         &std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()),
         args,
@@ -49,14 +49,14 @@ fn have(tool: &str) -> bool {
 }
 
 /// The LLVM major version a toolchain was built with (`LLVM version: 22.1.4` -> 22).
-pub fn llvm_major(rustc_vv: &str) -> Option<u32> {
+pub(crate) fn llvm_major(rustc_vv: &str) -> Option<u32> {
     rustc_vv
         .lines()
         .find_map(|l| l.strip_prefix("LLVM version:"))
         .and_then(|v| v.trim().split('.').next()?.parse().ok())
 }
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     system_tools()?;

@@ -104,7 +104,7 @@ fn core_dependencies() -> Result<Vec<String>> {
         .collect())
 }
 
-pub fn run() -> Result<()> {
+pub(crate) fn run() -> Result<()> {
     cargo(&["fmt", "--all", "--", "--check"])?;
     sh(
         "sh",

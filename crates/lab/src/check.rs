@@ -1,7 +1,7 @@
 //! Does the capture agree with what the lab's clients saw? Pure: the lab hands in the
 //! outcomes, the records and which namespace inode belongs to which host.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::IpAddr,
 };
 
@@ -22,7 +22,12 @@ type Flow = (String, IpAddr, u16, Protocol, Verdict, Side);
 
 /// Compares, for every traffic item with an `expect`, the client's own results and the
 /// records captured on the client side (and, for completed exchanges with a lab host, on the
-/// server side) with the expectation. Counts must match exactly.
+/// server side) with the expectation. Counts must match exactly, both ways: a record captured
+/// in a lab host that no expectation accounts for (a phantom, or a verdict no client saw) is
+/// a mismatch too. Left out of that second direction: traffic items without an `expect`
+/// (nothing to hold them to), drops on the path (what the drop rules make, not a flow's
+/// end), and datagrams a server received without answering (the client's `sent` cannot say
+/// whether they arrived).
 pub fn check(
     resolved: &Resolved,
     outcomes: &[ClientSaw],
@@ -31,8 +36,23 @@ pub fn check(
 ) -> Vec<Mismatch> {
     let mut problems = Vec::new();
     let mut want: BTreeMap<Flow, u64> = BTreeMap::new();
+    // (host, address, port, protocol) of traffic held to no expectation, on either end.
+    let mut unchecked: HashSet<(String, IpAddr, u16, Protocol)> = HashSet::new();
+    let server_of = |target: IpAddr| {
+        resolved
+            .hosts
+            .iter()
+            .find(|h| IpAddr::V4(h.ipv4) == target || IpAddr::V6(h.ipv6) == target)
+    };
     for (t, o) in resolved.scenario.traffic.iter().zip(outcomes) {
-        let (Some(expect), Some(target)) = (t.expect, o.target) else {
+        let Some(target) = o.target else {
+            continue;
+        };
+        let Some(expect) = t.expect else {
+            unchecked.insert((t.from.clone(), target, t.port, t.protocol));
+            if let Some(server) = server_of(target) {
+                unchecked.insert((server.id.clone(), target, t.port, t.protocol));
+            }
             continue;
         };
         let got = o.results.get(&expect).copied().unwrap_or(0);
@@ -52,11 +72,9 @@ pub fn check(
                 Side::Client,
             ))
             .or_default() += u64::from(t.count);
-        let server = resolved
-            .hosts
-            .iter()
-            .find(|h| IpAddr::V4(h.ipv4) == target || IpAddr::V6(h.ipv6) == target);
-        if let (Some(server), Verdict::Established | Verdict::Answered) = (server, expect) {
+        if let (Some(server), Verdict::Established | Verdict::Answered) =
+            (server_of(target), expect)
+        {
             *want
                 .entry((
                     server.id.clone(),
@@ -88,6 +106,22 @@ pub fn check(
                 "captured {seen} x {verdict} for {proto} to {ip}:{port} on the {side:?} side in {host}, expected {n}"
             )));
         }
+    }
+    let mut phantoms: Vec<(&Flow, u64)> = got
+        .iter()
+        .filter(|(flow, _)| !want.contains_key(*flow))
+        .filter(|((host, ip, port, proto, verdict, side), _)| {
+            !(*side == Side::Path
+                || (*side == Side::Server && *verdict == Verdict::Received)
+                || unchecked.contains(&(host.clone(), *ip, *port, *proto)))
+        })
+        .map(|(flow, n)| (flow, *n))
+        .collect();
+    phantoms.sort();
+    for ((host, ip, port, proto, verdict, side), n) in phantoms {
+        problems.push(Mismatch(format!(
+            "captured {n} x {verdict} for {proto} to {ip}:{port} on the {side:?} side in {host}, which no traffic item expects"
+        )));
     }
     problems
 }
@@ -151,8 +185,47 @@ mod tests {
         let problems = check(&r, std::slice::from_ref(&outcome), &short, &hosts);
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].0.contains("captured 2"), "{}", problems[0]);
-        let mut refused = outcome;
+        let mut refused = outcome.clone();
         refused.results = BTreeMap::from([(Verdict::Refused, 3)]);
         assert_eq!(check(&r, &[refused], &good, &hosts).len(), 1);
+        // The other way: what was captured must all be expected.
+        let phantom = [
+            good[0].clone(),
+            good[1].clone(),
+            record("10.244.0.11", 80, Verdict::Timeout, Side::Client, 1, 1),
+            record("10.244.0.12", 443, Verdict::Established, Side::Server, 2, 1),
+        ];
+        let problems = check(&r, std::slice::from_ref(&outcome), &phantom, &hosts);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems
+            .iter()
+            .all(|p| p.0.contains("which no traffic item expects")));
+        // Drops on the path, and records outside the lab's hosts, are not flows it plans.
+        let mut drop = record("10.244.0.11", 80, Verdict::Dropped, Side::Path, 2, 4);
+        drop.drop_reason = Some("NETFILTER_DROP".into());
+        let elsewhere = record("10.244.0.11", 80, Verdict::Timeout, Side::Client, 99, 1);
+        let with_others = [good[0].clone(), good[1].clone(), drop, elsewhere];
+        assert!(check(&r, std::slice::from_ref(&outcome), &with_others, &hosts).is_empty());
+    }
+
+    #[test]
+    fn traffic_without_an_expectation_is_not_held_to_one() {
+        let r = parse(
+            "t",
+            "name: t\nnamespaces: [{name: a}]\npods: [{name: c, namespace: a}, {name: s, namespace: a, ports: [{port: 80}]}]\ntraffic: [{from: a/c, to: a/s, port: 80, count: 2}]\n",
+        )
+        .unwrap();
+        let outcome = ClientSaw {
+            item: 0,
+            target: Some("10.244.0.11".parse().unwrap()),
+            results: BTreeMap::from([(Verdict::Established, 1), (Verdict::Timeout, 1)]),
+        };
+        let hosts = HashMap::from([(1, "a/c".to_owned()), (2, "a/s".to_owned())]);
+        let captured = [
+            record("10.244.0.11", 80, Verdict::Established, Side::Client, 1, 1),
+            record("10.244.0.11", 80, Verdict::Timeout, Side::Client, 1, 1),
+            record("10.244.0.11", 80, Verdict::Established, Side::Server, 2, 1),
+        ];
+        assert!(check(&r, &[outcome], &captured, &hosts).is_empty());
     }
 }

@@ -14,7 +14,7 @@ use flowpol_kube::watch;
 use super::{record::hostname, source::Source};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// This node's name: records carry it, and the agent writes this node's share of the
     /// ObservedTraffic objects under the field manager `flowpol-agent/<node>`.
     #[arg(long, env = "NODE_NAME")]
@@ -73,7 +73,7 @@ pub struct Args {
     duration: Option<Duration>,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let node = args
         .node
         .clone()

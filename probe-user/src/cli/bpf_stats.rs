@@ -5,13 +5,13 @@ use std::process::ExitCode;
 use flowpol_node::capture;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Print JSON (one array) instead of a table.
     #[arg(long)]
     json: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     capture::check_privileges()?;
     let stats = capture::program_stats()?;
     if args.json {

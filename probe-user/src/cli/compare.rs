@@ -8,7 +8,7 @@ use flowpol_analysis::{attribute, cluster::snapshot, compare, record};
 use super::Format;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Flow records of the first run (JSON lines from `record`, `lab` or `probe`).
     a: PathBuf,
     /// Flow records of the second run.
@@ -29,7 +29,7 @@ pub struct Args {
     fail_on_difference: bool,
 }
 
-pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
     let load =
         |flows: &PathBuf, cluster: Option<&PathBuf>| -> anyhow::Result<Vec<record::FlowRecord>> {
             let mut records = record::read_json_lines(flows)?;

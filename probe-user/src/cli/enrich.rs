@@ -7,7 +7,7 @@ use flowpol_analysis::output;
 use super::source::FlowsFrom;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(flatten)]
     input: FlowsFrom,
     /// Write here instead of stdout (replaced atomically).
@@ -15,7 +15,7 @@ pub struct Args {
     output: Option<PathBuf>,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (_, records) = args.input.load("enrich").await?;
     output::emit_records(args.output.as_deref(), &records)?;
     Ok(ExitCode::SUCCESS)

@@ -22,7 +22,7 @@ enum Family {
 }
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(flatten)]
     source: Source,
     /// Flow records (JSON lines) to evaluate.
@@ -49,7 +49,7 @@ pub struct Args {
     output: Format,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let snap = args.source.load("eval").await?;
     let policies = snap.compile("eval")?;
     let engine = Engine::new(&snap.cluster, policies);

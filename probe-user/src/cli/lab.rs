@@ -10,7 +10,7 @@ use flowpol_lab::{
 };
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Scenario file (YAML); the built-in shop scenario when absent.
     scenario: Option<PathBuf>,
     /// Write the records as JSON lines here instead of stdout.
@@ -110,7 +110,7 @@ impl Published {
     }
 }
 
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.print_example {
         print!("{EXAMPLE_SCENARIO}");
         return Ok(ExitCode::SUCCESS);

@@ -84,7 +84,7 @@ enum Format {
     Table,
 }
 
-pub fn main() -> ExitCode {
+pub(crate) fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         // Colours for people at a terminal, not for log collectors (kubectl logs).

@@ -17,7 +17,7 @@ use flowpol_lab::{
 use flowpol_node::{kernel, probing as node_probing};
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Lab scenario (YAML) whose pods, outside hosts and NetworkPolicies are probed; the
     /// built-in shop scenario when absent.
     scenario: Option<PathBuf>,
@@ -43,7 +43,7 @@ pub struct Args {
     cluster_out: Option<PathBuf>,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.source.cluster.is_some() || args.source.live_requested() {
         return on_node(args).await;
     }

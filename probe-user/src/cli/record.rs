@@ -13,7 +13,7 @@ use flowpol_node::{
 };
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Stop after this long (e.g. `30s`, `5m`); without it, run until Ctrl-C.
     #[arg(long, value_parser = humantime::parse_duration)]
     duration: Option<Duration>,
@@ -33,7 +33,7 @@ pub struct Args {
     no_kube: bool,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     capture::check_privileges()?;
     // Read the snapshot first: a bad file fails before anything is loaded.
     let snapshot = match &args.source.cluster {
@@ -112,7 +112,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// This host's name, as Kubernetes would name the node by default.
-pub fn hostname() -> Option<String> {
+pub(super) fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|s| s.trim().to_owned())

@@ -17,7 +17,7 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 const GRACE_DEFAULT: &str = "10m";
 
 #[derive(clap::Args, Clone)]
-pub struct Source {
+pub(super) struct Source {
     /// Cluster snapshot: `kubectl get namespaces,nodes,pods,services,endpointslices,replicasets,jobs,networkpolicies -A -o yaml` (or -o json).
     #[arg(long, conflicts_with_all = ["kube", "kubeconfig", "context"])]
     pub cluster: Option<PathBuf>,
@@ -41,7 +41,7 @@ pub struct Source {
 
 /// Recorded flows and the cluster that names their ends, for commands that judge them.
 #[derive(clap::Args, Clone)]
-pub struct FlowsFrom {
+pub(super) struct FlowsFrom {
     #[command(flatten)]
     pub source: Source,
     /// Flow records (JSON lines), as `flowpol record`, `lab`, `probe` or `agent` write them.
@@ -63,7 +63,7 @@ pub struct FlowsFrom {
 impl FlowsFrom {
     /// The cluster, and the records with both ends named from it. The flows are read first:
     /// a bad file fails before the API server is asked anything.
-    pub async fn load(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
+    pub(super) async fn load(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
         let Some(path) = &self.flows else {
             return self.read_cluster_store(command).await;
         };
@@ -122,7 +122,7 @@ impl FlowsFrom {
 }
 
 /// A cluster read once, for commands that work on a fixed picture.
-pub struct Loaded {
+pub(super) struct Loaded {
     pub cluster: Arc<Cluster>,
     pub policies: Vec<NetworkPolicy>,
     /// Where it came from, for messages.
@@ -132,7 +132,7 @@ pub struct Loaded {
 impl Loaded {
     /// The policies compiled for the engine; every invalid one is reported, then refused
     /// together (the API server would not have accepted them).
-    pub fn compile(&self, command: &str) -> anyhow::Result<Vec<Policy>> {
+    pub(super) fn compile(&self, command: &str) -> anyhow::Result<Vec<Policy>> {
         policy::compile_all(&self.policies).or_else(|errors| {
             for e in &errors {
                 eprintln!("flowpol {command}: {}: invalid {e}", self.origin);
@@ -147,25 +147,25 @@ impl Loaded {
 }
 
 impl Source {
-    pub fn live_requested(&self) -> bool {
+    pub(super) fn live_requested(&self) -> bool {
         // A snapshot wins over `--kube` as a default (the kubectl plugin's).
         self.cluster.is_none() && (self.kube || self.kubeconfig.is_some() || self.context.is_some())
     }
 
     /// A connection to the API server, configured as kubectl would be.
-    pub async fn connect(&self) -> anyhow::Result<watch::Connection> {
+    pub(super) async fn connect(&self) -> anyhow::Result<watch::Connection> {
         watch::connect(self.kubeconfig.as_deref(), self.context.as_deref())
             .await
             .context("connecting to the Kubernetes API server")
     }
 
     /// Connects and starts the watchers.
-    pub async fn start(&self) -> anyhow::Result<Live> {
+    pub(super) async fn start(&self) -> anyhow::Result<Live> {
         Ok(Live::start(&self.connect().await?, self.deleted_pod_grace))
     }
 
     /// Waits for the live model to be complete and takes it.
-    pub async fn take(&self, live: &Live) -> anyhow::Result<Loaded> {
+    pub(super) async fn take(&self, live: &Live) -> anyhow::Result<Loaded> {
         live.ready(self.kube_timeout).await.map_err(|status| {
             anyhow::anyhow!(
                 "the cluster model is not complete after {}: {status}",
@@ -180,7 +180,7 @@ impl Source {
     }
 
     /// The cluster from the snapshot, or from the API server once fully listed.
-    pub async fn load(&self, command: &str) -> anyhow::Result<Loaded> {
+    pub(super) async fn load(&self, command: &str) -> anyhow::Result<Loaded> {
         if let Some(path) = &self.cluster {
             let snap = snapshot::load(path)?;
             for (kind, n) in &snap.skipped {

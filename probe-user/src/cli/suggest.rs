@@ -16,7 +16,7 @@ enum Format {
 }
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(flatten)]
     input: FlowsFrom,
     #[arg(long, value_enum, default_value = "networkpolicy")]
@@ -43,7 +43,7 @@ pub struct Args {
     output: Option<PathBuf>,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (snap, records) = args.input.load("suggest").await?;
     let existing = snap.compile("suggest")?;
     let options = Options {

@@ -9,12 +9,12 @@ use flowpol_analysis::{
 };
 
 /// Exit status when a finding of a `--fail-on` kind is present (1 is for errors).
-pub const FINDINGS_EXIT: u8 = 3;
+pub(super) const FINDINGS_EXIT: u8 = 3;
 
 use super::Format;
 
 #[derive(clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(flatten)]
     input: FlowsFrom,
     #[arg(long, value_enum, default_value = "table")]
@@ -25,7 +25,7 @@ pub struct Args {
     fail_on: Vec<Kind>,
 }
 
-pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (snap, records) = args.input.load("verify").await?;
     let policies = snap.compile("verify")?;
     let engine = Engine::new(&snap.cluster, policies);

@@ -2,18 +2,18 @@
 //! Running the `flowpol` binary on the fixtures, and golden files.
 use std::{path::PathBuf, process::Command};
 
-pub fn fixtures() -> PathBuf {
+pub(crate) fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
 /// Runs flowpol in the fixtures directory: (success, stdout, stderr).
-pub fn flowpol(args: &[&str]) -> (bool, String, String) {
+pub(crate) fn flowpol(args: &[&str]) -> (bool, String, String) {
     let (code, out, err) = flowpol_code(args);
     (code == Some(0), out, err)
 }
 
 /// Like [`flowpol`], with the exit code.
-pub fn flowpol_code(args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) fn flowpol_code(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_flowpol"))
         .args(args)
         .current_dir(fixtures())
@@ -26,7 +26,7 @@ pub fn flowpol_code(args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
-pub fn golden(name: &str, actual: &str) {
+pub(crate) fn golden(name: &str, actual: &str) {
     let path = fixtures().join("golden").join(name);
     if std::env::var_os("FLOWPOL_BLESS").is_some() {
         assert!(

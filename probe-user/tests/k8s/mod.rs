@@ -9,24 +9,24 @@ use std::{
     time::Duration,
 };
 
-pub use controlplane::{ControlPlane, Options};
+pub(crate) use controlplane::{ControlPlane, Options};
 use serde_json::Value;
 
-pub fn fixtures() -> PathBuf {
+pub(crate) fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
-pub fn deploy() -> PathBuf {
+pub(crate) fn deploy() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
 /// A control plane for one test; fails the test, naming the remedy, when it cannot start.
-pub fn start(opts: Options) -> ControlPlane {
+pub(crate) fn start(opts: Options) -> ControlPlane {
     ControlPlane::start(opts).unwrap_or_else(|e| panic!("starting the control plane: {e:#}"))
 }
 
 /// The items of a `kubectl get -o yaml` List (or multi-document YAML) file.
-pub fn read_list(path: &Path) -> Vec<Value> {
+pub(crate) fn read_list(path: &Path) -> Vec<Value> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
@@ -40,14 +40,14 @@ pub fn read_list(path: &Path) -> Vec<Value> {
 }
 
 /// A connection for `kubeconfig`, as flowpol makes its own.
-pub async fn connect(kubeconfig: &Path) -> flowpol_kube::watch::Connection {
+pub(crate) async fn connect(kubeconfig: &Path) -> flowpol_kube::watch::Connection {
     flowpol_kube::watch::connect(Some(kubeconfig), None)
         .await
         .expect("the control plane's kubeconfig is valid")
 }
 
 /// Writes `objects` into the cluster as a cluster holds them (see `flowpol_kube::publish`).
-pub async fn publish(cp: &ControlPlane, objects: &[Value]) {
+pub(crate) async fn publish(cp: &ControlPlane, objects: &[Value]) {
     let c = connect(&cp.kubeconfig_path()).await.client;
     flowpol_kube::publish::publish(&c, objects, Duration::from_secs(60))
         .await
@@ -55,13 +55,13 @@ pub async fn publish(cp: &ControlPlane, objects: &[Value]) {
 }
 
 /// Waits until CRD `name` is Established (its resource served).
-pub fn wait_established(cp: &ControlPlane, name: &str) {
+pub(crate) fn wait_established(cp: &ControlPlane, name: &str) {
     cp.wait_established(name)
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
 /// Installs flowpol's CRD from deploy/ and waits until it is Established.
-pub fn install_crd(cp: &ControlPlane) {
+pub(crate) fn install_crd(cp: &ControlPlane) {
     let crd = deploy().join("crd.yaml");
     cp.kubectl_ok(&["apply", "-f", crd.to_str().unwrap()])
         .unwrap();
@@ -70,7 +70,7 @@ pub fn install_crd(cp: &ControlPlane) {
 
 /// `kubectl apply -k deploy/`, as deploy/README.md says; returns what kubectl printed,
 /// once the CRD is Established.
-pub fn apply_deploy(cp: &ControlPlane) -> String {
+pub(crate) fn apply_deploy(cp: &ControlPlane) -> String {
     let out = cp
         .kubectl_ok(&["apply", "-k", deploy().to_str().unwrap()])
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -80,7 +80,7 @@ pub fn apply_deploy(cp: &ControlPlane) -> String {
 
 /// The built kubectl with `kubeconfig` (another user, another API server), `input` on
 /// stdin: (success, stdout, stderr).
-pub fn kubectl_with(
+pub(crate) fn kubectl_with(
     cp: &ControlPlane,
     kubeconfig: &Path,
     args: &[&str],
@@ -95,7 +95,7 @@ pub fn kubectl_with(
 }
 
 /// `kubectl get ARGS -o json`, parsed.
-pub fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
+pub(crate) fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
     let mut all = vec!["get"];
     all.extend(args);
     all.extend(["-o", "json"]);
@@ -103,12 +103,12 @@ pub fn get_json(cp: &ControlPlane, args: &[&str]) -> Value {
 }
 
 /// Every ObservedTraffic object the server holds.
-pub fn all_observed(cp: &ControlPlane) -> Vec<Value> {
+pub(crate) fn all_observed(cp: &ControlPlane) -> Vec<Value> {
     all_observed_at(cp, 0)
 }
 
 /// Every ObservedTraffic object, read through API server `index` (while another is down).
-pub fn all_observed_at(cp: &ControlPlane, index: usize) -> Vec<Value> {
+pub(crate) fn all_observed_at(cp: &ControlPlane, index: usize) -> Vec<Value> {
     let out = cp
         .kubectl_at(index)
         .args([
@@ -131,14 +131,14 @@ pub fn all_observed_at(cp: &ControlPlane, index: usize) -> Vec<Value> {
 }
 
 /// One ObservedTraffic object, if the server holds it.
-pub fn observed(cp: &ControlPlane, namespace: &str, name: &str) -> Option<Value> {
+pub(crate) fn observed(cp: &ControlPlane, namespace: &str, name: &str) -> Option<Value> {
     all_observed(cp)
         .into_iter()
         .find(|o| o["metadata"]["namespace"] == namespace && o["metadata"]["name"] == name)
 }
 
 /// The field managers that applied (server-side) to `object`, as its managedFields record.
-pub fn appliers(object: &Value) -> Vec<String> {
+pub(crate) fn appliers(object: &Value) -> Vec<String> {
     let mut m: Vec<String> = object["metadata"]["managedFields"]
         .as_array()
         .into_iter()
@@ -152,7 +152,12 @@ pub fn appliers(object: &Value) -> Vec<String> {
 
 /// Audited requests matching `verb` on `resource` (ResponseComplete or, for watches,
 /// ResponseStarted: one entry per request), whose URI contains `uri_part`.
-pub fn requests(cp: &ControlPlane, verb: &str, resource: &str, uri_part: &str) -> Vec<Value> {
+pub(crate) fn requests(
+    cp: &ControlPlane,
+    verb: &str,
+    resource: &str,
+    uri_part: &str,
+) -> Vec<Value> {
     cp.audit()
         .into_iter()
         .filter(|e| e["verb"] == verb && e["objectRef"]["resource"] == resource)
@@ -175,7 +180,7 @@ pub fn requests(cp: &ControlPlane, verb: &str, resource: &str, uri_part: &str) -
 
 /// Server-side applies of ObservedTraffic by `manager` (the field manager, URL-encoded as
 /// the request carries it).
-pub fn applies(cp: &ControlPlane, manager: &str) -> usize {
+pub(crate) fn applies(cp: &ControlPlane, manager: &str) -> usize {
     let encoded = manager.replace('/', "%2F");
     requests(
         cp,
@@ -188,7 +193,7 @@ pub fn applies(cp: &ControlPlane, manager: &str) -> usize {
 
 /// The flow records of `path` moved in time so the first is at `start`, gaps kept: the
 /// fixtures' traffic as if it happened now, after the pods the real server created just now.
-pub fn shifted_flows(path: &Path, start: chrono::DateTime<chrono::Utc>, out: &Path) {
+pub(crate) fn shifted_flows(path: &Path, start: chrono::DateTime<chrono::Utc>, out: &Path) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut records: Vec<Value> = text
         .lines()
@@ -217,10 +222,10 @@ pub fn shifted_flows(path: &Path, start: chrono::DateTime<chrono::Utc>, out: &Pa
 }
 
 /// A temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
+pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         let p = std::env::temp_dir().join(format!("flowpol-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
@@ -235,7 +240,7 @@ impl Drop for TempDir {
 }
 
 /// Creates `object` with kubectl; returns it as the server holds it.
-pub fn create(cp: &ControlPlane, object: &Value) -> Value {
+pub(crate) fn create(cp: &ControlPlane, object: &Value) -> Value {
     let out = cp.kubectl_stdin(&["create", "-f", "-", "-o", "json"], &object.to_string());
     assert!(
         out.status.success(),
@@ -247,7 +252,13 @@ pub fn create(cp: &ControlPlane, object: &Value) -> Value {
 }
 
 /// Writes a status through the status subresource, as a kubelet or controller does.
-pub fn set_status(cp: &ControlPlane, kind: &str, namespace: &str, name: &str, status: Value) {
+pub(crate) fn set_status(
+    cp: &ControlPlane,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+    status: Value,
+) {
     let patch = serde_json::json!({ "status": status }).to_string();
     cp.kubectl_ok(&[
         "patch",
@@ -265,7 +276,7 @@ pub fn set_status(cp: &ControlPlane, kind: &str, namespace: &str, name: &str, st
 
 /// A pod on `node` with a named container port, created, then running at `ip` (and Ready
 /// when `ready`) as its kubelet would report it. Returns the pod as created.
-pub fn running_pod(
+pub(crate) fn running_pod(
     cp: &ControlPlane,
     namespace: &str,
     name: &str,

@@ -19,16 +19,16 @@ use serde_json::Value;
 
 use super::k8s::{self, ControlPlane, Options};
 
-pub const NODE: &str = objects::NODE;
+pub(crate) const NODE: &str = objects::NODE;
 
-pub fn tempdir() -> PathBuf {
+pub(crate) fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("flowpol-agent-e2e-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -37,7 +37,7 @@ pub fn free_port() -> u16 {
 }
 
 /// (status, body) of a plain HTTP GET.
-pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
+pub(crate) fn get(port: u16, path: &str) -> Option<(u16, String)> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     write!(
         s,
@@ -52,7 +52,7 @@ pub fn get(port: u16, path: &str) -> Option<(u16, String)> {
 }
 
 /// Whether `check` holds within `limit`.
-pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while !check() {
         if start.elapsed() > limit {
@@ -64,7 +64,7 @@ pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 /// Waits until the API server holds `want` as `node`'s share; fails showing both.
-pub fn wait_for_edges(cp: &ControlPlane, node: &str, want: &Edges, limit: Duration) {
+pub(crate) fn wait_for_edges(cp: &ControlPlane, node: &str, want: &Edges, limit: Duration) {
     let mut got = Edges::new();
     eventually(limit, || {
         got = edges(&k8s::all_observed(cp), node);
@@ -73,7 +73,7 @@ pub fn wait_for_edges(cp: &ControlPlane, node: &str, want: &Edges, limit: Durati
     assert_eq!(got, *want);
 }
 
-pub struct Agent {
+pub(crate) struct Agent {
     pub child: Child,
     pub port: u16,
     /// Its stderr (a file: a pipe nobody reads would stall its logging when full).
@@ -83,12 +83,18 @@ pub struct Agent {
 impl Agent {
     /// Starts `node`'s agent keeping its state in `dir/state-<node>`, and waits until it is
     /// ready.
-    pub fn start(kubeconfig: &Path, dir: &Path, node: &str, output: &Path, run: usize) -> Agent {
+    pub(crate) fn start(
+        kubeconfig: &Path,
+        dir: &Path,
+        node: &str,
+        output: &Path,
+        run: usize,
+    ) -> Agent {
         Agent::start_with(kubeconfig, dir, node, output, run, &[])
     }
 
     /// [`Agent::start`] with more arguments.
-    pub fn start_with(
+    pub(crate) fn start_with(
         kubeconfig: &Path,
         dir: &Path,
         node: &str,
@@ -132,12 +138,12 @@ impl Agent {
         agent
     }
 
-    pub fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// SIGTERM, as the kubelet stops a pod; returns (success, stderr).
-    pub fn stop(mut self) -> (bool, String) {
+    pub(crate) fn stop(mut self) -> (bool, String) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait().unwrap();
@@ -146,7 +152,7 @@ impl Agent {
 }
 
 /// Runs the built-in shop lab (policies enforced), recording with its own probe.
-pub fn lab(dir: &Path, run: usize) -> Vec<FlowRecord> {
+pub(crate) fn lab(dir: &Path, run: usize) -> Vec<FlowRecord> {
     let out = dir.join(format!("lab-{run}.jsonl"));
     let status = Command::new(binary())
         .args(["lab", "--output"])
@@ -160,9 +166,9 @@ pub fn lab(dir: &Path, run: usize) -> Vec<FlowRecord> {
 }
 
 /// One node's edges per object: name -> {(direction, peer, port, protocol) -> verdicts}.
-pub type Edges = BTreeMap<String, BTreeMap<String, Value>>;
+pub(crate) type Edges = BTreeMap<String, BTreeMap<String, Value>>;
 
-pub fn edges(objects: &[Value], node: &str) -> Edges {
+pub(crate) fn edges(objects: &[Value], node: &str) -> Edges {
     let mut out = Edges::new();
     for o in objects {
         let name = format!(
@@ -190,7 +196,7 @@ pub fn edges(objects: &[Value], node: &str) -> Edges {
 
 /// The edges the lab's own recordings make for `node`'s agent, attributed from the lab's
 /// cluster (where every pod runs on [`NODE`]).
-pub fn expected(recordings: &[&Vec<FlowRecord>], node: &str) -> Edges {
+pub(crate) fn expected(recordings: &[&Vec<FlowRecord>], node: &str) -> Edges {
     let snapshot = objects::model(&lab_scenario()).unwrap();
     let mut o = Observed::new(1 << 20);
     for records in recordings {
@@ -210,12 +216,12 @@ pub fn expected(recordings: &[&Vec<FlowRecord>], node: &str) -> Edges {
 
 /// A real control plane holding the lab's cluster, with deploy/ applied (CRD, RBAC, the
 /// DaemonSet's ServiceAccount), and a kubeconfig with that ServiceAccount's token.
-pub struct LabApi {
+pub(crate) struct LabApi {
     pub cp: ControlPlane,
     pub kubeconfig: PathBuf,
 }
 
-pub fn serve_lab(dir: &Path) -> LabApi {
+pub(crate) fn serve_lab(dir: &Path) -> LabApi {
     let cp = k8s::start(Options::default());
     k8s::apply_deploy(&cp);
     let snapshot = dir.join("cluster.yaml");
@@ -228,12 +234,12 @@ pub fn serve_lab(dir: &Path) -> LabApi {
     LabApi { cp, kubeconfig }
 }
 
-pub fn lab_scenario() -> scenario::Resolved {
+pub(crate) fn lab_scenario() -> scenario::Resolved {
     scenario::parse("shop", EXAMPLE_SCENARIO).unwrap()
 }
 
 /// A metric's samples: label set -> value.
-pub fn samples(metrics: &str, name: &str) -> BTreeMap<String, f64> {
+pub(crate) fn samples(metrics: &str, name: &str) -> BTreeMap<String, f64> {
     metrics
         .lines()
         .filter_map(|l| l.strip_prefix(name))
@@ -244,7 +250,7 @@ pub fn samples(metrics: &str, name: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-pub fn pod_as_podman_args(ds: &Value, state: &Path) -> Vec<String> {
+pub(crate) fn pod_as_podman_args(ds: &Value, state: &Path) -> Vec<String> {
     let pod = &ds["spec"]["template"]["spec"];
     let c = &pod["containers"][0];
     let sc = &c["securityContext"];

@@ -15,12 +15,12 @@ use rcgen::{
 
 /// A certificate and its key, PEM.
 #[derive(Clone, Debug)]
-pub struct CertKey {
+pub(crate) struct CertKey {
     pub cert: String,
     pub key: String,
 }
 
-pub struct Pki {
+pub(crate) struct Pki {
     pub dir: PathBuf,
     pub ca: CertKey,
     /// The CA's key, parsed, to sign more client certificates.
@@ -50,7 +50,7 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf> {
 impl Pki {
     /// Creates the CA, the API server's serving certificate (valid for loopback, `addresses`
     /// and the in-cluster names) and the service-account key pair in `dir`.
-    pub fn create(dir: &Path, addresses: &[IpAddr]) -> Result<Pki> {
+    pub(crate) fn create(dir: &Path, addresses: &[IpAddr]) -> Result<Pki> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let ca_key = KeyPair::generate()?;
         let ca_cert = ca_params().self_signed(&ca_key)?;
@@ -91,7 +91,7 @@ impl Pki {
 
     /// A client certificate for user `name` in `group` (the API server reads the common
     /// name as the user and the organization as the group), signed by the CA.
-    pub fn client(&self, name: &str, group: Option<&str>) -> Result<CertKey> {
+    pub(crate) fn client(&self, name: &str, group: Option<&str>) -> Result<CertKey> {
         self.sign(name, group, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)
     }
 
@@ -119,7 +119,7 @@ impl Pki {
         })
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
 }

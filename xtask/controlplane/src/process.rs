@@ -14,7 +14,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-pub struct Proc {
+pub(crate) struct Proc {
     pub name: String,
     child: Child,
     pub log: PathBuf,
@@ -23,7 +23,7 @@ pub struct Proc {
 impl Proc {
     /// Starts `program` in `cwd` with its stdout and stderr appended to `log`. `detach`: in a
     /// session of its own, so it outlives the terminal's Ctrl-C and whoever started it.
-    pub fn spawn(
+    pub(crate) fn spawn(
         name: &str,
         program: &Path,
         args: &[String],
@@ -61,17 +61,17 @@ impl Proc {
         })
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
     /// Whether it still runs (false once it exited, with its status reaped).
-    pub fn running(&mut self) -> bool {
+    pub(crate) fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGTERM, then SIGKILL after `grace`; waits for it.
-    pub fn stop(&mut self, grace: Duration) {
+    pub(crate) fn stop(&mut self, grace: Duration) {
         if !self.running() {
             return;
         }
@@ -87,13 +87,13 @@ impl Proc {
     }
 
     /// The last `lines` lines of its log.
-    pub fn tail(&self, lines: usize) -> String {
+    pub(crate) fn tail(&self, lines: usize) -> String {
         tail(&self.log, lines)
     }
 }
 
 /// The last `lines` lines of a file (read from its last 64 KiB).
-pub fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let Ok(mut f) = File::open(path) else {
         return String::new();
     };
@@ -110,13 +110,13 @@ fn signal(pid: u32, sig: i32) -> bool {
     unsafe { libc::kill(pid as i32, sig) == 0 }
 }
 
-pub fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     signal(pid, 0)
 }
 
 /// Kills `pid` if it is one of ours: its command line names `marker` (the control plane's
 /// folder), so a reused pid of an unrelated process is left alone.
-pub fn kill_ours(pid: u32, marker: &Path) {
+pub(crate) fn kill_ours(pid: u32, marker: &Path) {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let marker = marker.to_string_lossy();
     if String::from_utf8_lossy(&cmdline).contains(marker.as_ref()) {
@@ -125,7 +125,7 @@ pub fn kill_ours(pid: u32, marker: &Path) {
 }
 
 /// A port on 127.0.0.1 nobody listens on now.
-pub fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")
         .context("binding a port on 127.0.0.1")?
         .local_addr()?
@@ -133,7 +133,7 @@ pub fn free_port() -> Result<u16> {
 }
 
 /// Waits until something accepts connections on `127.0.0.1:port`, while `proc` runs.
-pub fn wait_listening(proc: &mut Proc, port: u16, limit: Duration) -> Result<()> {
+pub(crate) fn wait_listening(proc: &mut Proc, port: u16, limit: Duration) -> Result<()> {
     let start = Instant::now();
     loop {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {

@@ -6,10 +6,10 @@ use std::{
     sync::atomic::{AtomicUsize, Ordering},
 };
 
-pub struct Counting;
-pub static HELD: AtomicUsize = AtomicUsize::new(0);
+pub(crate) struct Counting;
+pub(crate) static HELD: AtomicUsize = AtomicUsize::new(0);
 /// The most ever held at once (reset by storing the current `HELD`).
-pub static PEAK: AtomicUsize = AtomicUsize::new(0);
+pub(crate) static PEAK: AtomicUsize = AtomicUsize::new(0);
 
 // SAFETY: forwards to the system allocator, only counting.
 unsafe impl GlobalAlloc for Counting {
@@ -30,25 +30,25 @@ unsafe impl GlobalAlloc for Counting {
 static ALLOC: Counting = Counting;
 
 /// A deterministic pseudo-random sequence (xorshift).
-pub struct Rng(pub u64);
+pub(crate) struct Rng(pub u64);
 impl Rng {
-    pub fn step(&mut self) -> u64 {
+    pub(crate) fn step(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         self.0
     }
-    pub fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.step() % n as u64) as usize
     }
 }
 
-pub fn pod_ip(k: usize) -> String {
+pub(crate) fn pod_ip(k: usize) -> String {
     format!("10.1.{}.{}", (k + 1) >> 8, (k + 1) & 255)
 }
 
 /// Namespaces, nodes, pods and policies as a kubectl `List` in YAML.
-pub fn cluster_yaml(namespaces: usize, pods: usize, policies: usize) -> String {
+pub(crate) fn cluster_yaml(namespaces: usize, pods: usize, policies: usize) -> String {
     let per_ns = pods.div_ceil(namespaces);
     let nodes = (pods / 200).max(1);
     let mut y = String::from("apiVersion: v1\nkind: List\nitems:\n");

@@ -91,7 +91,7 @@ pub struct DnsRule {
 }
 
 /// Every policy of the plan.
-pub fn policies(plan: &Plan, options: &Options) -> Vec<CiliumNetworkPolicy> {
+pub(super) fn policies(plan: &Plan, options: &Options) -> Vec<CiliumNetworkPolicy> {
     let mut out = Vec::new();
     for ns in &plan.namespaces {
         out.push(default_deny(&ns.name));
