@@ -19,6 +19,11 @@ fn main() -> anyhow::Result<()> {
         .into_iter()
         .find(|Package { name, .. }| name == "probe-ebpf")
         .ok_or_else(|| anyhow!("probe-ebpf is not in the workspace"))?;
+    // The host's flags (a fuzzer's sanitizers, a profiler's instrumentation) are not for
+    // the bpf target: the nested cargo would otherwise inherit them.
+    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS"] {
+        std::env::remove_var(var);
+    }
     aya_build::build_ebpf([probe])
 }
 

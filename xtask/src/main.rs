@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod fuzz;
 mod image;
 mod k8s;
 mod setup;
@@ -45,6 +46,13 @@ enum Task {
     },
     /// Write deploy/crd.yaml from the ObservedTraffic type (crates/kube/src/crd.rs).
     Crd,
+    /// Run the cargo-fuzz targets of crates/fuzz (all when none is named).
+    Fuzz {
+        targets: Vec<String>,
+        /// How long each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
     /// Build the container image the DaemonSet runs and save it as an OCI archive.
     Image {
         #[arg(long, default_value = concat!("ghcr.io/flowpol/flowpol:", env!("CARGO_PKG_VERSION")))]
@@ -74,6 +82,10 @@ fn main() -> Result<()> {
             bench::run(what)
         }
         Task::K8s { action } => k8s::run(action),
+        Task::Fuzz { targets, seconds } => {
+            setup::run()?;
+            fuzz::run(&targets, seconds)
+        }
         Task::Crd => {
             let path = "deploy/crd.yaml";
             std::fs::write(path, flowpol_kube::crd::crd_yaml())?;

@@ -18,6 +18,9 @@ struct Tally {
     ignored: u64,
 }
 
+/// How long `cargo xtask test` runs each fuzz target.
+const FUZZ_SECONDS: u32 = 20;
+
 /// Where skipped tests name themselves (FLOWPOL_SKIPS).
 const SKIPS: &str = "target/xtask-skipped-tests";
 
@@ -182,6 +185,8 @@ pub(crate) fn run() -> Result<()> {
     std::env::set_var("FLOWPOL_IMAGE", crate::image::TEST_TAG);
     std::env::set_var("FLOWPOL_E2E", "required");
     tally.cargo_test(&["--package", "flowpol-e2e", "--", "--test-threads=1"])?;
+    // Every fuzz target, briefly: what reads untrusted bytes must not panic on them.
+    crate::fuzz::run(&[], FUZZ_SECONDS)?;
     let skipped: Vec<String> = std::fs::read_to_string(SKIPS)
         .unwrap_or_default()
         .lines()
