@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use flowpol_analysis::record::{self};
+use flowpol_analysis::record::{self, FlowRecord};
 use flowpol_e2e::{assert_no_leftovers, binary, privileged, skip};
 use flowpol_lab::objects;
 use k8s::{ControlPlane, Options};
@@ -54,23 +54,31 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
     );
     wait_for_edges(&cp, NODE, &want, Duration::from_secs(60));
 
-    // The metrics count what the agent wrote out; the lab's drops are among them.
-    std::thread::sleep(Duration::from_secs(2));
-    let metrics = get(agent.port, "/metrics").unwrap().1;
-    let written = record::read_json_lines(&output).unwrap();
-    let mut by_verdict: BTreeMap<String, f64> = BTreeMap::new();
-    let mut drops: BTreeMap<String, f64> = BTreeMap::new();
-    for r in &written {
-        let labels = format!(
-            "{{protocol=\"{}\",verdict=\"{}\"}}",
-            r.protocol,
-            r.verdict.unwrap()
-        );
-        *by_verdict.entry(labels).or_default() += r.count as f64;
-        if let Some(reason) = &r.drop_reason {
-            *drops.entry(format!("{{reason=\"{reason}\"}}")).or_default() += r.count as f64;
+    // The metrics count what the agent wrote out; the lab's drops are among them. A round
+    // writes the file, then counts: read both once a round has done both.
+    let tally = |written: &[FlowRecord]| {
+        let mut by_verdict: BTreeMap<String, f64> = BTreeMap::new();
+        let mut drops: BTreeMap<String, f64> = BTreeMap::new();
+        for r in written {
+            let labels = format!(
+                "{{protocol=\"{}\",verdict=\"{}\"}}",
+                r.protocol,
+                r.verdict.unwrap()
+            );
+            *by_verdict.entry(labels).or_default() += r.count as f64;
+            if let Some(reason) = &r.drop_reason {
+                *drops.entry(format!("{{reason=\"{reason}\"}}")).or_default() += r.count as f64;
+            }
         }
-    }
+        (by_verdict, drops)
+    };
+    let (mut metrics, mut written) = (String::new(), Vec::new());
+    eventually(Duration::from_secs(30), || {
+        metrics = get(agent.port, "/metrics").unwrap().1;
+        written = record::read_json_lines(&output).unwrap();
+        samples(&metrics, "flowpol_observations_total") == tally(&written).0
+    });
+    let (by_verdict, drops) = tally(&written);
     assert_eq!(
         samples(&metrics, "flowpol_observations_total"),
         by_verdict,
@@ -109,7 +117,16 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
     // 2. The API server goes away while the lab runs again, and comes back.
     cp.stop_apiserver(0);
     let second = lab(&dir, 2);
-    std::thread::sleep(Duration::from_secs(3));
+    let failing = eventually(Duration::from_secs(30), || {
+        get(agent.port, "/metrics")
+            .unwrap()
+            .1
+            .contains("flowpol_store_writes_total{result=\"error\"}")
+    });
+    assert!(
+        failing,
+        "the agent tried to write while the API server was away"
+    );
     assert_eq!(
         edges(&k8s::all_observed_at(&cp, reader), NODE),
         want,
@@ -126,8 +143,16 @@ fn lab_traffic_becomes_observed_traffic_through_outage_and_restart() {
     // 3. The API server goes away again and the agent is stopped before it could write: what
     // it holds is kept in its state directory, and the next agent on the node writes it.
     cp.stop_apiserver(0);
+    let before = record::read_json_lines(&output).unwrap().len();
     let third = lab(&dir, 3);
-    std::thread::sleep(Duration::from_secs(2));
+    // Stopped once a round has taken the third run in (its records are written out).
+    let taken = eventually(Duration::from_secs(30), || {
+        record::read_json_lines(&output).unwrap().len() > before
+    });
+    assert!(
+        taken,
+        "the agent's rounds go on while the API server is away"
+    );
     let (ok, stderr) = agent.stop();
     assert!(ok, "{stderr}");
     assert!(stderr.contains("for the next start"), "{stderr}");

@@ -7,9 +7,16 @@ fn flowpol() -> Command {
     Command::new(binary())
 }
 
-/// `flowpol record` for three seconds into `output`, given time to attach its probe.
-fn record_briefly(extra: &[&std::ffi::OsStr], output: &std::path::Path) -> std::process::Child {
-    let child = flowpol()
+/// `flowpol record` for three seconds into `output`.
+struct Recording {
+    child: std::process::Child,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+/// Starts [`Recording`] and returns once its sensor is attached (it says "recording").
+fn record_briefly(extra: &[&std::ffi::OsStr], output: &std::path::Path) -> Recording {
+    use std::io::BufRead;
+    let mut child = flowpol()
         .args(["record", "--duration", "3s"])
         .args(extra)
         .arg("--output")
@@ -17,8 +24,30 @@ fn record_briefly(extra: &[&std::ffi::OsStr], output: &std::path::Path) -> std::
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
-    child
+    let (attached, wait) = std::sync::mpsc::channel();
+    let pipe = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+            if line.starts_with("flowpol: recording") {
+                let _ = attached.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    // Disconnected (it ended before recording) is the same signal: the caller sees why.
+    let _ = wait.recv_timeout(std::time::Duration::from_secs(60));
+    Recording { child, stderr }
+}
+
+impl Recording {
+    /// Waits for the end: the exit status and everything it said.
+    fn finish(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        (status, self.stderr.join().unwrap())
+    }
 }
 
 #[test]
@@ -55,12 +84,11 @@ fn record_captures_and_exits_cleanly() {
     let dir = std::env::temp_dir().join(format!("flowpol-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out_file = dir.join("records.jsonl");
-    let child = record_briefly(&[], &out_file);
+    let recording = record_briefly(&[], &out_file);
     // A connection to a closed loopback port: refused.
     let _ = std::net::TcpStream::connect("127.0.0.1:9");
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    let (status, stderr) = recording.finish();
+    assert!(status.success(), "{stderr}");
     assert!(
         stderr.contains("events lost      0"),
         "summary reports losses: {stderr}"
@@ -172,7 +200,7 @@ status: {{phase: Running, podIP: 10.99.0.1, podIPs: [{{ip: 10.99.0.1}}]}}\n"
     let port = listener.local_addr().unwrap().port();
     let accepter = std::thread::spawn(move || listener.accept().map(|_| ()));
     let out_file = dir.join("records.jsonl");
-    let child = record_briefly(&["--cluster".as_ref(), snapshot.as_os_str()], &out_file);
+    let recording = record_briefly(&["--cluster".as_ref(), snapshot.as_os_str()], &out_file);
     // A process of the pod: joins the pod's cgroup, then connects.
     let procs = pod_cgroup.join("cgroup.procs");
     let status = Command::new("bash")
@@ -185,8 +213,7 @@ status: {{phase: Running, podIP: 10.99.0.1, podIPs: [{{ip: 10.99.0.1}}]}}\n"
         .unwrap();
     assert!(status.success());
     accepter.join().unwrap().unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, stderr) = recording.finish();
     // An exited task leaves its cgroup a moment after it was reaped.
     for _ in 0..100 {
         if std::fs::remove_dir(&pod_cgroup).is_ok() {
@@ -195,7 +222,7 @@ status: {{phase: Running, podIP: 10.99.0.1, podIPs: [{{ip: 10.99.0.1}}]}}\n"
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     std::fs::remove_dir(&top).unwrap();
-    assert!(out.status.success(), "{stderr}");
+    assert!(status.success(), "{stderr}");
     let text = std::fs::read_to_string(&out_file).unwrap();
     let records: Vec<serde_json::Value> = text
         .lines()

@@ -14,19 +14,7 @@ use flowpol_node::{
 
 use super::*;
 
-const CLUSTER: &str = "
-apiVersion: v1
-kind: Pod
-metadata: {name: web-1, namespace: a, labels: {app: web}}
-spec: {containers: [{name: c}]}
-status: {phase: Running, podIP: 10.0.0.1}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: api-1, namespace: a, labels: {app: api}}
-spec: {containers: [{name: c, ports: [{containerPort: 8080}]}]}
-status: {phase: Running, podIP: 10.0.0.2}
-";
+const CLUSTER: &str = include_str!("../../../tests/fixtures/web-api.yaml");
 
 const DENY_API_INGRESS: &str = "
 ---

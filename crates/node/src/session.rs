@@ -152,6 +152,18 @@ impl<S: EventSource> Session<S> {
         }
     }
 
+    /// Decodes and aggregates every pending event.
+    fn drain(&mut self) {
+        let Self {
+            probe,
+            agg,
+            events,
+            decode_errors,
+            ..
+        } = self;
+        probe.drain(|bytes| ingest(agg, events, decode_errors, bytes));
+    }
+
     /// Reads the kernel's counters of every flow; returns the flows it no longer holds.
     fn sync_counters(&mut self) -> Vec<FlowKey> {
         let keys: Vec<_> = self.agg.kernel_counted().copied().collect();
@@ -168,14 +180,7 @@ impl<S: EventSource> Session<S> {
     /// What was seen since the last call (see [`Aggregator::take`]), for a process that
     /// runs for days; flows quiet for `idle` are forgotten here and in the kernel.
     pub fn take(&mut self, idle: Duration) -> Vec<FlowRecord> {
-        let Self {
-            probe,
-            agg,
-            events,
-            decode_errors,
-            ..
-        } = self;
-        probe.drain(|bytes| ingest(agg, events, decode_errors, bytes));
+        self.drain();
         let gone = self.sync_counters();
         self.counters_evicted += gone.len() as u64;
         let idle_before = monotonic_ns().saturating_sub(idle.as_nanos() as u64);
@@ -201,14 +206,7 @@ impl<S: EventSource> Session<S> {
 
     /// Drains the ring buffer, reads the final counters and returns the records.
     pub fn finish(mut self) -> (Vec<FlowRecord>, Summary) {
-        let Self {
-            probe,
-            agg,
-            events,
-            decode_errors,
-            ..
-        } = &mut self;
-        probe.drain(|bytes| ingest(agg, events, decode_errors, bytes));
+        self.drain();
         let evicted = self.sync_counters();
         self.counters_evicted += evicted.len() as u64;
         (self.agg.records(), self.summary())

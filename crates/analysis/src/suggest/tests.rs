@@ -246,15 +246,11 @@ fn diff_mode_writes_only_what_todays_policies_lack() {
         with_port("a", "web-1", "10.0.0.1", "{app: web}", 80),
         with_port("a", "api-1", "10.0.0.2", "{app: api}", 8080),
         with_port("a", "db-1", "10.0.0.4", "{app: db}", 5432),
+        format!(
+            "---\n{}",
+            include_str!("../../../../tests/fixtures/api-from-web.yaml")
+        ),
         "---
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: api-from-web, namespace: a}
-spec:
-  podSelector: {matchLabels: {app: api}}
-  policyTypes: [Ingress]
-  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 8080}]}]
----
 apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata: {name: web-to-api, namespace: a}

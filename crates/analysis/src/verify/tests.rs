@@ -8,27 +8,8 @@ use crate::{
     record::{Endpoint as RecordEnd, FlowRecord},
 };
 
-const CLUSTER: &str = "
-apiVersion: v1
-kind: Pod
-metadata: {name: web-1, namespace: a, labels: {app: web}}
-spec: {containers: [{name: c}]}
-status: {phase: Running, podIP: 10.0.0.1}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: api-1, namespace: a, labels: {app: api}}
-spec: {containers: [{name: c, ports: [{containerPort: 8080}]}]}
-status: {phase: Running, podIP: 10.0.0.2}
----
-apiVersion: networking.k8s.io/v1
-kind: NetworkPolicy
-metadata: {name: api-from-web, namespace: a}
-spec:
-  podSelector: {matchLabels: {app: api}}
-  policyTypes: [Ingress]
-  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 8080}]}]
-";
+const PODS: &str = include_str!("../../../../tests/fixtures/web-api.yaml");
+const API_FROM_WEB: &str = include_str!("../../../../tests/fixtures/api-from-web.yaml");
 
 fn record(protocol: Protocol, port: u16, verdict: Verdict, drop: Option<&str>) -> FlowRecord {
     let mut r = FlowRecord::new(
@@ -42,7 +23,7 @@ fn record(protocol: Protocol, port: u16, verdict: Verdict, drop: Option<&str>) -
 }
 
 fn judged(records: Vec<FlowRecord>, exposures: bool) -> Report {
-    let snap = snapshot::parse("t", CLUSTER).unwrap();
+    let snap = snapshot::parse("t", &format!("{PODS}---\n{API_FROM_WEB}")).unwrap();
     let mut records = records;
     attribute::enrich(&snap.cluster, &mut records);
     let engine = Engine::new(&snap.cluster, policy::compile_all(&snap.policies).unwrap());
