@@ -15,6 +15,55 @@ fn eval_explains_every_flow() {
     ]);
     assert!(ok, "{err}");
     golden("eval-shop.jsonl", &out);
+    // Beside the golden, what the shop's policies (tests/fixtures/cluster-shop.yaml) say,
+    // worked by hand.
+    let verdict_of = |src: &str, dst: &str, port: u16, observed: &str| -> String {
+        out.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|e| {
+                e["src"]["ip"] == src
+                    && e["dst"]["ip"] == dst
+                    && e["dst"]["port"] == port
+                    && e["verdict"] == observed
+            })
+            .unwrap_or_else(|| panic!("no {src} -> {dst}:{port} {observed} in\n{out}"))
+            ["policy_verdict"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // shop/web admits ingress-nginx's pods on its named port http (8080), nothing else.
+    assert_eq!(
+        verdict_of("10.244.0.10", "10.244.0.11", 8080, "established"),
+        "allow"
+    );
+    assert_eq!(
+        verdict_of("10.244.0.10", "10.244.0.11", 9090, "established"),
+        "deny"
+    );
+    // web's egress reaches cart and DNS only: not the database.
+    assert_eq!(
+        verdict_of("10.244.0.11", "10.244.1.14", 5432, "timeout"),
+        "deny"
+    );
+    // checkout may reach 203.0.113.0/24 on 443 except 203.0.113.128/25.
+    assert_eq!(
+        verdict_of("10.244.1.13", "203.0.113.10", 443, "established"),
+        "allow"
+    );
+    assert_eq!(
+        verdict_of("10.244.1.13", "203.0.113.200", 443, "established"),
+        "deny"
+    );
+    // A pod's own node always may; another node is held to the policy.
+    assert_eq!(
+        verdict_of("192.168.10.11", "10.244.0.11", 8080, "established"),
+        "allow"
+    );
+    assert_eq!(
+        verdict_of("192.168.10.12", "10.244.0.11", 8080, "dropped"),
+        "deny"
+    );
     let (ok, table, _) = flowpol(&[
         "eval",
         "--cluster",
@@ -86,6 +135,22 @@ fn matrix_between_all_pods() {
         6,
         "running pods with addresses, no hostNetwork, no finished or pending pods: {pods:?}"
     );
+    // Beside the golden, pairs worked by hand from the shop's policies (source row,
+    // destination column), on TCP/8080.
+    let at = |name: &str| {
+        pods.iter()
+            .position(|p| p.as_str().unwrap().starts_with(name))
+            .unwrap_or_else(|| panic!("no pod {name} in {pods:?}"))
+    };
+    let allowed = |src: &str, dst: &str| v["cases"][0]["allowed"][at(src)][at(dst)].clone();
+    assert_eq!(v["cases"][0]["port"], "8080");
+    // web admits ingress-nginx on http (8080), and nobody else.
+    assert_eq!(allowed("ingress-nginx/", "shop/web-"), true);
+    assert_eq!(allowed("data/postgres-0", "shop/web-"), false);
+    // postgres admits cart on its named port (5432) only.
+    assert_eq!(allowed("shop/cart-0", "data/postgres-0"), false);
+    // Neither end of postgres -> ingress-nginx is isolated.
+    assert_eq!(allowed("data/postgres-0", "ingress-nginx/"), true);
 }
 
 /// Writes a variant of the shop snapshot with `from` replaced by `to`.
@@ -172,4 +237,31 @@ fn enrich_names_both_ends() {
     ]);
     assert!(ok, "{err}");
     golden("enrich-shop.jsonl", &out);
+    // Beside the golden, names worked by hand from the fixture's objects.
+    let records: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let end = |ip: &str| {
+        records
+            .iter()
+            .flat_map(|r| [&r["src"], &r["dst"]])
+            .find(|e| e["ip"] == ip)
+            .unwrap_or_else(|| panic!("no end {ip}"))
+            .clone()
+    };
+    // A pod: its namespace, name and workload (the ReplicaSet's Deployment).
+    let web = end("10.244.0.11");
+    assert_eq!(
+        (web["kind"].as_str(), web["namespace"].as_str()),
+        (Some("pod"), Some("shop"))
+    );
+    assert_eq!(web["workload"]["kind"], "Deployment", "{web}");
+    // A service address: the service, and the backend that answered.
+    let svc = end("10.96.12.40");
+    assert_eq!(svc["service"], "shop/web", "{svc}");
+    assert_eq!(svc["backends"][0]["ip"], "10.244.0.11", "{svc}");
+    // A node, and an outside address.
+    assert_eq!(end("192.168.10.11")["node"], "node-a");
+    assert_eq!(end("198.51.100.7")["kind"], "external");
 }

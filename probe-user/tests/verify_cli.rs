@@ -32,6 +32,35 @@ fn verify_reports_grouped_and_ranked() {
     let (ok, table, err) = flowpol(&ARGS);
     assert!(ok, "{err}");
     golden("verify-shop.txt", &table);
+    // Beside the golden: the table says what the JSON report says, kinds in reading order.
+    let r = report();
+    let s = &r["summary"];
+    assert!(
+        table.starts_with(&format!(
+            "verified {} records: {} consistent with the policies, {} disagreeing, {} inconclusive\n",
+            s["records"], s["consistent"], s["disagreeing"], s["inconclusive"]
+        )),
+        "{table}"
+    );
+    let mut last = 0;
+    for kind in [
+        "enforcement_gap",
+        "over_block",
+        "refused",
+        "unprotected",
+        "unattributed",
+    ] {
+        let heading = format!("\n{} ({}): ", kind.to_uppercase(), s["findings"][kind]);
+        let at = table
+            .find(&heading)
+            .unwrap_or_else(|| panic!("no section {heading:?} in\n{table}"));
+        assert!(at > last, "{kind} out of order:\n{table}");
+        last = at;
+    }
+    assert!(
+        table.contains("shop/cart-0") && table.contains("data/postgres-0"),
+        "{table}"
+    );
 }
 
 #[test]
