@@ -5,6 +5,7 @@
 //! while the probe records, and the records are checked against what the clients saw.
 pub mod check;
 pub mod enforce;
+pub mod in_cluster;
 pub mod netns;
 pub mod nft;
 pub mod objects;

@@ -20,6 +20,12 @@ pub fn uid(index: usize) -> String {
 
 /// The lab's cluster as a List (YAML), for `--cluster` of the other commands.
 pub fn snapshot_yaml(resolved: &Resolved) -> String {
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": snapshot_items(resolved)});
+    serde_yaml::to_string(&list).expect("a JSON value serializes as YAML")
+}
+
+/// The objects of the lab's cluster: its namespaces, node, pods and declared policies.
+pub fn snapshot_items(resolved: &Resolved) -> Vec<Value> {
     let s = &resolved.scenario;
     let mut items: Vec<Value> = Vec::new();
     for ns in &s.namespaces {
@@ -70,8 +76,7 @@ pub fn snapshot_yaml(resolved: &Resolved) -> String {
     for np in &s.policies {
         items.push(serde_json::to_value(np).unwrap_or(Value::Null));
     }
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": items});
-    serde_yaml::to_string(&list).expect("a JSON value serializes as YAML")
+    items
 }
 
 /// The lab's cluster model and declared policies. A policy the API server would reject is

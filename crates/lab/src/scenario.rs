@@ -11,7 +11,10 @@ use std::{
 
 use serde::Deserialize;
 
-use flowpol_analysis::record::{Protocol, Verdict};
+use flowpol_analysis::{
+    cluster::snapshot::{self, SnapshotError},
+    record::{Protocol, Verdict},
+};
 pub use flowpol_node::client::Close;
 
 /// Largest scenario file read, so a wrong path (a disk image, a log) fails fast.
@@ -463,9 +466,67 @@ fn resolve(path: &str, scenario: Scenario) -> Result<Resolved, ScenarioError> {
     Ok(resolved)
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum PoliciesFileError {
+    #[error(transparent)]
+    Read(#[from] SnapshotError),
+    #[error("{0}: holds objects other than NetworkPolicies; give a file of policies only")]
+    NotOnlyPolicies(String),
+}
+
+/// The NetworkPolicies of a file (multi-document YAML or a List, as `flowpol suggest` writes
+/// them), read like any snapshot; anything else in it is refused. For `flowpol lab
+/// --policies`.
+pub fn read_policies(path: &Path) -> Result<Vec<serde_yaml::Value>, PoliciesFileError> {
+    let snap = snapshot::load(path)?;
+    let c = &snap.cluster;
+    let others = c.namespaces().len() + c.nodes().len() + c.pods().len() + c.services().len();
+    if others > 0 || !snap.skipped.is_empty() {
+        return Err(PoliciesFileError::NotOnlyPolicies(
+            path.display().to_string(),
+        ));
+    }
+    Ok(snap
+        .policies
+        .iter()
+        .map(|np| serde_yaml::to_value(np).expect("a NetworkPolicy encodes"))
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_policies_file_holds_policies_only() {
+        let dir = std::env::temp_dir().join(format!("flowpol-policies-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: a}\nspec: {podSelector: {}}\n";
+        let only = dir.join("only.yaml");
+        std::fs::write(
+            &only,
+            format!("{policy}---\n{}", policy.replace("deny", "other")),
+        )
+        .unwrap();
+        let read = read_policies(&only).unwrap();
+        let names: Vec<&str> = read
+            .iter()
+            .map(|p| p["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["deny", "other"]);
+        let mixed = dir.join("mixed.yaml");
+        std::fs::write(
+            &mixed,
+            format!("{policy}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: a}}\n"),
+        )
+        .unwrap();
+        let err = read_policies(&mixed).unwrap_err().to_string();
+        assert!(
+            err.contains("holds objects other than NetworkPolicies"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn a_policy_the_cluster_would_refuse_is_refused_with_the_scenario() {

@@ -1,11 +1,10 @@
 //! `flowpol lab`: build the namespace lab from a scenario, run its traffic while recording.
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::Context as _;
-use flowpol_analysis::{cluster::snapshot, output};
-use flowpol_kube::{publish, watch};
+use flowpol_analysis::output;
 use flowpol_lab::{
     enforce::{self, Fault},
+    in_cluster::Published,
     objects, run, scenario, EXAMPLE_SCENARIO,
 };
 
@@ -59,57 +58,6 @@ pub(super) struct Args {
     keep_published: bool,
 }
 
-/// The lab's cluster published into the API server, and how to take it back.
-struct Published {
-    client: kube::Client,
-    published: publish::Published,
-}
-
-impl Published {
-    async fn new(args: &Args, resolved: &scenario::Resolved) -> anyhow::Result<Self> {
-        let objects: Vec<serde_json::Value> =
-            match serde_yaml::from_str::<serde_json::Value>(&objects::snapshot_yaml(resolved))?
-                ["items"]
-                .as_array()
-            {
-                Some(items) => items.clone(),
-                None => Vec::new(),
-            };
-        let connection = watch::connect(args.kubeconfig.as_deref(), args.context.as_deref())
-            .await
-            .context("connecting to the Kubernetes API server")?;
-        let published = publish::publish(
-            &connection.client,
-            &objects,
-            std::time::Duration::from_secs(60),
-        )
-        .await
-        .context("publishing the lab's cluster")?;
-        eprintln!(
-            "flowpol lab: published {} objects into the API server{}",
-            published.created(),
-            if published.kept.is_empty() {
-                String::new()
-            } else {
-                format!(" (kept the cluster's own {})", published.kept.join(", "))
-            }
-        );
-        Ok(Published {
-            client: connection.client,
-            published,
-        })
-    }
-
-    async fn remove(self) -> anyhow::Result<()> {
-        self.published
-            .remove(&self.client)
-            .await
-            .context("removing the lab's cluster from the API server")?;
-        eprintln!("flowpol lab: removed what it published");
-        Ok(())
-    }
-}
-
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if args.print_example {
         print!("{EXAMPLE_SCENARIO}");
@@ -120,7 +68,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         None => scenario::parse("<built-in shop scenario>", EXAMPLE_SCENARIO)?,
     };
     if let Some(path) = &args.policies {
-        resolved.scenario.policies = read_policies(path)?;
+        resolved.scenario.policies = scenario::read_policies(path)?;
     }
     if let Some(path) = &args.cluster_out {
         let yaml = objects::snapshot_yaml(&resolved);
@@ -159,17 +107,32 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let published = if args.kube || args.kubeconfig.is_some() || args.context.is_some() {
-        Some(Published::new(&args, &resolved).await?)
+        let p = Published::new(
+            args.kubeconfig.as_deref(),
+            args.context.as_deref(),
+            &resolved,
+        )
+        .await?;
+        eprintln!(
+            "flowpol lab: published {} objects into the API server{}",
+            p.created(),
+            if p.kept().is_empty() {
+                String::new()
+            } else {
+                format!(" (kept the cluster's own {})", p.kept().join(", "))
+            }
+        );
+        Some(p)
     } else {
         None
     };
     let report = run::run(resolved, super::record::hostname()).await;
     if let Some(p) = published.filter(|_| !args.keep_published) {
         match p.remove().await {
-            Err(e) if report.is_ok() => return Err(e),
+            Ok(()) => eprintln!("flowpol lab: removed what it published"),
+            Err(e) if report.is_ok() => return Err(e.into()),
             // The run's own failure is the one to report; this one is said on the way.
-            Err(e) => eprintln!("flowpol lab: {e:#}"),
-            Ok(()) => {}
+            Err(e) => eprintln!("flowpol lab: {:#}", anyhow::Error::from(e)),
         }
     }
     let report = report?;
@@ -204,22 +167,4 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// The NetworkPolicies of a file (multi-document YAML or a List), read like any snapshot;
-/// anything else in it is refused.
-fn read_policies(path: &std::path::Path) -> anyhow::Result<Vec<serde_yaml::Value>> {
-    let snap = snapshot::load(path)?;
-    let c = &snap.cluster;
-    let others = c.namespaces().len() + c.nodes().len() + c.pods().len() + c.services().len();
-    if others > 0 || !snap.skipped.is_empty() {
-        anyhow::bail!(
-            "{}: holds objects other than NetworkPolicies; give a file of policies only",
-            path.display()
-        );
-    }
-    snap.policies
-        .iter()
-        .map(|np| serde_yaml::to_value(np).context("re-encoding a NetworkPolicy"))
-        .collect()
 }
