@@ -79,6 +79,28 @@ fn parse_result(line: &str) -> Option<Counts> {
     })
 }
 
+/// Longest Rust file: past it a module holds more than one thing.
+const MAX_LINES: usize = 600;
+
+/// Tracked Rust files longer than [`MAX_LINES`], with their length.
+fn long_files() -> Result<Vec<(String, usize)>> {
+    let out = Command::new("git")
+        .args(["ls-files", "*.rs"])
+        .output()
+        .context("cannot run git ls-files")?;
+    let mut long = Vec::new();
+    for path in String::from_utf8_lossy(&out.stdout).lines() {
+        let lines = std::fs::read_to_string(path)
+            .with_context(|| format!("reading {path}"))?
+            .lines()
+            .count();
+        if lines > MAX_LINES {
+            long.push((path.to_owned(), lines));
+        }
+    }
+    Ok(long)
+}
+
 /// The crates the pure core depends on (normal and build dependencies), by name.
 fn core_dependencies() -> Result<Vec<String>> {
     let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -156,6 +178,14 @@ pub(crate) fn run() -> Result<()> {
         bail!(
             "flowpol-analysis must stay pure, but depends on {}",
             impure.join(", ")
+        );
+    }
+    let long = long_files()?;
+    if !long.is_empty() {
+        let listed: Vec<String> = long.iter().map(|(p, n)| format!("{p} ({n})")).collect();
+        bail!(
+            "Rust files over {MAX_LINES} lines: {}; split them by what they hold",
+            listed.join(", ")
         );
     }
     let _ = std::fs::remove_file(SKIPS);

@@ -179,3 +179,33 @@ fn take_hands_out_each_connection_and_packet_once_and_retires_idle_flows() {
     assert_eq!(a.take(8_000, &[]), (vec![], vec![key]));
     assert!(a.records().is_empty());
 }
+
+/// Same connection, two errnos: the order is the records', not the hash map's.
+#[test]
+fn records_come_out_in_one_order_whatever_the_arrival() {
+    let failed = |errno: u32| {
+        obs(EventKind::TcpFailed, IPPROTO_TCP, |e| {
+            e.errno = errno;
+        })
+    };
+    let (timedout, unreachable) = (
+        failed(libc::ETIMEDOUT as u32),
+        failed(libc::EHOSTUNREACH as u32),
+    );
+    let mut a = agg();
+    a.add(timedout.clone());
+    a.add(unreachable.clone());
+    let mut b = agg();
+    b.add(unreachable);
+    b.add(timedout);
+    let errors = |records: Vec<FlowRecord>| -> Vec<Option<String>> {
+        records.into_iter().map(|r| r.error).collect()
+    };
+    let want = vec![
+        Some("EHOSTUNREACH".to_owned()),
+        Some("ETIMEDOUT".to_owned()),
+    ];
+    assert_eq!(errors(a.records()), want);
+    assert_eq!(errors(b.records()), want);
+    assert_eq!(errors(a.take(u64::MAX, &[]).0), want);
+}
