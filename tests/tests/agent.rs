@@ -347,7 +347,11 @@ fn more_edges_than_max_edges_stay_bounded_and_never_count_twice() {
     });
     assert!(taken, "{metrics}");
     assert!(one(&metrics, "flowpol_observed_edges").unwrap() <= MAX);
-    std::thread::sleep(Duration::from_secs(3));
+    // A round has written what it holds.
+    let written = eventually(Duration::from_secs(60), || {
+        !edges(&k8s::all_observed(&cp), NODE).is_empty()
+    });
+    assert!(written, "nothing reached the cluster");
     let metrics = get(agent.port, "/metrics").unwrap().1;
     let lost = samples(&metrics, "flowpol_observed_edges_evicted_total")
         .get("{written=\"false\"}")

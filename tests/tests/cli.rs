@@ -151,7 +151,20 @@ fn ctrl_c_during_a_lab_run_cleans_up() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // Interrupted once its lab is being built (its signal handler is installed before):
+    // the namespaces carry the process id.
+    let own = format!("{}{}-", flowpol_lab::netns::NETNS_PREFIX, child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !flowpol_lab::netns::leftovers()
+        .iter()
+        .any(|n| n.starts_with(&own))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lab never built its namespaces"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let out = child.wait_with_output().unwrap();

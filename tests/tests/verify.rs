@@ -7,11 +7,12 @@ use std::collections::BTreeSet;
 
 use flowpol_analysis::{
     attribute, compare,
+    plan::Host,
     policy::engine::Engine,
     record::{FlowRecord, Protocol},
     verify::{self, Finding, Kind},
 };
-use flowpol_e2e::{privileged, run_lab_with_faults, run_resolved};
+use flowpol_e2e::{privileged, run_lab_with_faults};
 use flowpol_lab::{
     enforce::{self, Fault},
     probing,
@@ -155,9 +156,11 @@ fn each_cni_fault_is_reported_with_exactly_the_flows_it_affects() {
 }
 
 /// `flowpol probe` on the lab: the plan derived from the shop's policies, run for real.
-/// Faithful enforcement passes it; each fault shows up as findings of the kind it causes.
+/// Faithful enforcement passes it; under each fault, the findings are exactly the attempts
+/// whose client saw the opposite of what the policies say (the lab's own sockets, not the
+/// capture or verify, say what got through), each of the kind the fault causes.
 #[test]
-fn the_probe_plan_catches_every_cni_fault() {
+fn the_probe_plan_catches_every_cni_fault_with_the_flows_it_affects() {
     if !privileged() {
         return;
     }
@@ -176,11 +179,53 @@ fn the_probe_plan_catches_every_cni_fault() {
         (Some(Fault::IgnoreNamedPorts), Some(Kind::OverBlock)),
         (Some(Fault::EnforceNothing), Some(Kind::EnforcementGap)),
     ];
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     for (fault, kind) in cases {
         let faults: Vec<Fault> = fault.into_iter().collect();
-        let report = run_resolved(probing::as_traffic(resolved.clone(), &attempts), &faults);
+        let report = rt
+            .block_on(probing::run(
+                resolved.clone(),
+                &attempts,
+                Some(&faults),
+                Some("test-node".into()),
+            ))
+            .unwrap_or_else(|e| panic!("probe run failed: {e}"));
+        flowpol_e2e::assert_no_leftovers();
         assert_eq!(report.summary.events_lost, 0);
-        let kinds: BTreeSet<Kind> = findings(&report).into_iter().map(|c| c.0).collect();
+        // What each attempt's client saw, against what the declared policies say.
+        let mut wrong = BTreeSet::new();
+        for saw in &report.outcomes {
+            let a = &attempts[saw.item];
+            let got_through = saw.results.keys().any(|v| {
+                matches!(
+                    v,
+                    flowpol_analysis::record::Verdict::Established
+                        | flowpol_analysis::record::Verdict::Answered
+                )
+            });
+            if got_through != a.expect_allowed {
+                let kind = if got_through {
+                    Kind::EnforcementGap
+                } else {
+                    Kind::OverBlock
+                };
+                let to = match &a.to {
+                    Host::Pod(name) => name.clone(),
+                    Host::Outside(_) => a.address.to_string(),
+                };
+                wrong.insert((
+                    kind,
+                    a.from.name().to_owned(),
+                    to,
+                    a.port,
+                    proto(a.protocol),
+                ));
+            }
+        }
+        assert_eq!(report.outcomes.len(), attempts.len(), "fault {fault:?}");
+        let found = findings(&report);
+        assert_eq!(found, wrong, "fault {fault:?}\n{}", report.table());
+        let kinds: BTreeSet<Kind> = found.iter().map(|c| c.0).collect();
         let want: BTreeSet<Kind> = kind.into_iter().collect();
         assert_eq!(kinds, want, "fault {fault:?}\n{}", report.table());
     }

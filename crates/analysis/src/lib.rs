@@ -16,4 +16,5 @@ pub mod plan;
 pub mod policy;
 pub mod record;
 pub mod suggest;
+pub mod validation;
 pub mod verify;

@@ -12,6 +12,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::IpAddr,
+    time::Duration,
 };
 
 use serde::Serialize;
@@ -24,6 +25,11 @@ use crate::{
     },
     record::Protocol,
 };
+
+/// How long an attempt waits for an answer: denied attempts cost this much each.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Attempts run at once.
+pub const ATTEMPT_CONCURRENCY: u32 = 8;
 
 /// An address outside the cluster that can answer probes (a lab external host).
 #[derive(Clone, Debug)]

@@ -5,7 +5,10 @@ use kube::{CustomResource, CustomResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use flowpol_analysis::observed::{TrafficObject, WireEdge, WorkloadRef, EDGE_KEYS};
+use flowpol_analysis::{
+    cluster::Workload,
+    observed::{TrafficObject, WireEdge, EDGE_KEYS},
+};
 
 /// What one workload's pods were seen doing, aggregated per node. Each agent writes its
 /// node's share with server-side apply under its own field manager
@@ -25,7 +28,8 @@ use flowpol_analysis::observed::{TrafficObject, WireEdge, WorkloadRef, EDGE_KEYS
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 pub struct ObservedTrafficSpec {
-    pub workload: WorkloadRef,
+    /// The workload an object is about.
+    pub workload: Workload,
     #[serde(default)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = EDGE_KEYS))]
     pub edges: Vec<WireEdge>,

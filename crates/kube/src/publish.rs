@@ -29,8 +29,19 @@ use serde_json::{json, Map, Value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    #[error("{object}: {problem}")]
-    Invalid { object: String, problem: String },
+    #[error("{object}: an object needs a kind and metadata.name")]
+    Unnamed { object: String },
+    #[error("{object}: not an object: {error}")]
+    NotAnObject {
+        object: String,
+        error: serde_json::Error,
+    },
+    #[error("{object}: its owner {kind} {name} is not in the snapshot, and only a {} can be made in its place", plan::MADE_KINDS.join(", "))]
+    OwnerMissing {
+        object: String,
+        kind: String,
+        name: String,
+    },
     #[error("{object}: {action}")]
     Api {
         object: String,
@@ -181,9 +192,9 @@ pub async fn publish(
             object["metadata"]["ownerReferences"] = json!(refs);
         }
         let typed: DynamicObject =
-            serde_json::from_value(object).map_err(|e| PublishError::Invalid {
+            serde_json::from_value(object).map_err(|error| PublishError::NotAnObject {
                 object: shown(&k),
-                problem: format!("not an object: {e}"),
+                error,
             })?;
         let err = |action: &'static str| {
             let object = shown(&k);

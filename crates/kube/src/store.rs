@@ -15,7 +15,11 @@ use kube::{
     Api, Client,
 };
 
-use flowpol_analysis::observed::{self, Observed, TrafficObject};
+use flowpol_analysis::{
+    cluster::Cluster,
+    observed::{self, Observed, TrafficObject, Unread},
+    record::FlowRecord,
+};
 
 use crate::crd::ObservedTraffic;
 
@@ -85,11 +89,11 @@ impl Writer {
             }
             tokio::time::sleep_until(next).await;
             next = tokio::time::Instant::now() + self.spacing;
-            let (ns, kind, name) = &p.workload;
+            let ns = &p.workload.namespace;
             let api: Api<DynamicObject> =
                 Api::namespaced_with(self.client.clone(), ns, &resource());
             let typed: Api<ObservedTraffic> = Api::namespaced(self.client.clone(), ns);
-            let object_name = observed::object_name(kind, name);
+            let object_name = observed::object_name(&p.workload.workload);
             // A stalled API server (or network) must not hold the round past its deadline:
             // the write is abandoned there, and retried next round like any failure.
             let limit = deadline.max(tokio::time::Instant::now() + MIN_WAIT);
@@ -202,6 +206,49 @@ pub async fn list(client: &Client) -> Result<Listed, kube::Error> {
             None => return Ok(out),
         }
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(
+        "listing ObservedTraffic objects (is the flowpol CRD installed? kubectl apply -k deploy/)"
+    )]
+    List(#[source] kube::Error),
+    /// Each as `namespace/name: field: cause`.
+    #[error("{} ObservedTraffic object(s) cannot be read", .0.len())]
+    Invalid(Vec<String>),
+}
+
+/// What the store holds, as records.
+#[derive(Debug)]
+pub struct Traffic {
+    pub records: Vec<FlowRecord>,
+    /// Objects read.
+    pub objects: usize,
+    pub unread: Unread,
+}
+
+/// The traffic the agents aggregated, as flow records with both ends named from `cluster`;
+/// edges last seen more than `within` ago are left out. One unreadable object fails the
+/// read, naming every such object: a partial picture would pass for the whole one.
+pub async fn read_traffic(
+    client: &Client,
+    cluster: &Cluster,
+    within: Option<Duration>,
+) -> Result<Traffic, ReadError> {
+    let listed = list(client).await.map_err(ReadError::List)?;
+    if !listed.invalid.is_empty() {
+        return Err(ReadError::Invalid(listed.invalid));
+    }
+    let since = within.map(|d| {
+        chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+    });
+    let (records, unread) = observed::records(cluster, &listed.objects, since);
+    Ok(Traffic {
+        records,
+        objects: listed.objects.len(),
+        unread,
+    })
 }
 
 /// Runs [`Writer::flush`] every `every` until dropped.

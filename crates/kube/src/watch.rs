@@ -35,9 +35,12 @@ use kube::{
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
-use flowpol_analysis::cluster::{
-    objects::{self, FieldError, Kind, Object, Objects},
-    Cluster, ModelError,
+use flowpol_analysis::{
+    cluster::{
+        objects::{self, Kind, Object, Objects},
+        Cluster, ModelError,
+    },
+    validation::FieldError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -244,19 +247,32 @@ impl Shared {
         kind: Kind,
         k: K,
         convert: fn(K) -> Result<Object, FieldError>,
-    ) -> Result<Object, (String, String)> {
-        let key = key(&k);
+    ) -> Result<Object, ObjectKey> {
+        let rejected = ObjectKey::of(&k);
         convert(k).map_err(|e| {
-            tracing::warn!(%kind, object = %format!("{}/{}", key.0, key.1), error = %e, "object ignored");
+            let object = format!("{}/{}", rejected.namespace, rejected.name);
+            tracing::warn!(%kind, %object, error = %e, "object ignored");
             self.lock().health.entry(kind).or_default().rejected += 1;
-            key
+            rejected
         })
     }
 }
 
-/// (namespace, name) of an object; the namespace is empty for cluster-scoped kinds.
-fn key<K: Resource>(k: &K) -> (String, String) {
-    (k.namespace().unwrap_or_default(), k.name_any())
+/// Which object an event is about (for one the model could not read: so that what it was
+/// can be forgotten).
+struct ObjectKey {
+    /// Empty for cluster-scoped kinds.
+    namespace: String,
+    name: String,
+}
+
+impl ObjectKey {
+    fn of<K: Resource>(k: &K) -> Self {
+        Self {
+            namespace: k.namespace().unwrap_or_default(),
+            name: k.name_any(),
+        }
+    }
 }
 
 /// The cluster as the watchers see it. Dropping it stops them.
@@ -523,15 +539,15 @@ where
                         match converted {
                             Ok(o) => objects.apply(o, now),
                             // What it became cannot be read: forget what it was.
-                            Err((ns, name)) => objects.delete(kind, &ns, &name, now),
+                            Err(r) => objects.delete(kind, &r.namespace, &r.name, now),
                         }
                     });
                 }
                 Ok(Event::Delete(k)) => {
-                    let (ns, name) = key(&k);
+                    let gone = ObjectKey::of(&k);
                     shared.update(kind, |objects, health| {
                         health.events += 1;
-                        objects.delete(kind, &ns, &name, now);
+                        objects.delete(kind, &gone.namespace, &gone.name, now);
                     });
                 }
                 Err(e) => shared.failed(kind, &e),

@@ -1,20 +1,16 @@
 //! `flowpol probe` on the lab: the probe plan of the scenario's declared policies replaces
 //! its traffic, and runs from inside the pods' (and outside hosts') network namespaces.
-use std::{net::IpAddr, time::Duration};
+use std::net::IpAddr;
 
 use super::{
-    enforce::{self, EnforceError},
+    enforce::{self, EnforceError, Fault},
+    run::{self, LabError, LabReport},
     scenario::{Close, Family, Resolved, Traffic},
 };
 use flowpol_analysis::{
     plan::{self, Attempt, Outside},
     policy::engine::Engine,
 };
-
-/// How long a probe waits for an answer: denied attempts cost this much each.
-pub const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
-/// Attempts run at once.
-pub const PROBE_CONCURRENCY: u32 = 8;
 
 /// The probe plan of the scenario's declared policies.
 pub fn plan(resolved: &Resolved) -> Result<Vec<Attempt>, EnforceError> {
@@ -32,8 +28,32 @@ pub fn plan(resolved: &Resolved) -> Result<Vec<Attempt>, EnforceError> {
     Ok(plan::plan(&engine, &outside))
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(transparent)]
+    Enforce(#[from] EnforceError),
+    #[error(transparent)]
+    Run(#[from] LabError),
+}
+
+/// Runs the plan's attempts as the scenario's traffic and records them. The lab's enforcer
+/// installs the declared policies, broken by `faults` (none: faithfully), unless `faults`
+/// is `None`: then nothing is enforced.
+pub async fn run(
+    resolved: Resolved,
+    attempts: &[Attempt],
+    faults: Option<&[Fault]>,
+    node: Option<String>,
+) -> Result<LabReport, ProbeError> {
+    let mut resolved = as_traffic(resolved, attempts);
+    if let Some(faults) = faults {
+        enforce::install(&mut resolved, faults)?;
+    }
+    Ok(run::run(resolved, node).await?)
+}
+
 /// The scenario with `attempts` as its traffic, run concurrently with short timeouts.
-pub fn as_traffic(mut resolved: Resolved, attempts: &[Attempt]) -> Resolved {
+fn as_traffic(mut resolved: Resolved, attempts: &[Attempt]) -> Resolved {
     resolved.scenario.traffic = attempts
         .iter()
         .map(|a| Traffic {
@@ -52,7 +72,7 @@ pub fn as_traffic(mut resolved: Resolved, attempts: &[Attempt]) -> Resolved {
             expect: None,
         })
         .collect();
-    resolved.scenario.settings.timeout = PROBE_TIMEOUT;
-    resolved.scenario.settings.concurrency = PROBE_CONCURRENCY;
+    resolved.scenario.settings.timeout = plan::ATTEMPT_TIMEOUT;
+    resolved.scenario.settings.concurrency = plan::ATTEMPT_CONCURRENCY;
     resolved
 }

@@ -40,8 +40,54 @@ pub enum ScenarioError {
     Invalid {
         path: String,
         place: String,
-        problem: String,
+        problem: Problem,
     },
+}
+
+/// What is wrong at a place in a scenario.
+#[derive(Debug, thiserror::Error)]
+pub enum Problem {
+    #[error("namespace `{0}` is not declared under `namespaces`")]
+    UndeclaredNamespace(String),
+    #[error("external names may not contain `/`")]
+    SlashInName,
+    #[error("the lab holds at most 240 hosts")]
+    TooManyHosts,
+    #[error("address {address} is already used by `{by}`")]
+    AddressTaken { address: IpAddr, by: String },
+    #[error("port {port} {protocol} is zero or repeated")]
+    BadPort { port: u16, protocol: Protocol },
+    #[error("the lab serves TCP and UDP only")]
+    ServesTcpUdpOnly,
+    #[error("`{0}` is declared twice")]
+    DeclaredTwice(String),
+    #[error("unknown pod or external `{0}`")]
+    UnknownHost(String),
+    #[error("unknown pod, external or IP `{0}`")]
+    UnknownPeer(String),
+    #[error("count must be >= 1 and parallel 1..=64")]
+    BadCount,
+    #[error("the lab sends TCP and UDP only")]
+    SendsTcpUdpOnly,
+    #[error("`{expect}` cannot be expected of a {protocol} client")]
+    Unexpected { expect: String, protocol: Protocol },
+    #[error("a port needs a protocol")]
+    PortWithoutProtocol,
+    /// What the cluster would refuse (a policy of another apiVersion, an invalid selector or
+    /// CIDR), with its causes.
+    #[error("{}", causes(.0))]
+    Refused(Box<crate::enforce::EnforceError>),
+}
+
+/// An error and its sources, on one line.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -273,7 +319,7 @@ pub fn parse(path: &str, text: &str) -> Result<Resolved, ScenarioError> {
 }
 
 fn resolve(path: &str, scenario: Scenario) -> Result<Resolved, ScenarioError> {
-    let invalid = |place: String, problem: String| ScenarioError::Invalid {
+    let invalid = |place: String, problem: Problem| ScenarioError::Invalid {
         path: path.into(),
         place,
         problem,
@@ -317,17 +363,14 @@ fn resolve(path: &str, scenario: Scenario) -> Result<Resolved, ScenarioError> {
             if !namespaces.contains_key(ns) {
                 return Err(invalid(
                     format!("{place}.namespace"),
-                    format!("namespace `{ns}` is not declared under `namespaces`"),
+                    Problem::UndeclaredNamespace(ns.to_owned()),
                 ));
             }
         } else if id.contains('/') {
-            return Err(invalid(
-                format!("{place}.name"),
-                "external names may not contain `/`".into(),
-            ));
+            return Err(invalid(format!("{place}.name"), Problem::SlashInName));
         }
         if n > 240 {
-            return Err(invalid(place, "the lab holds at most 240 hosts".into()));
+            return Err(invalid(place, Problem::TooManyHosts));
         }
         let ipv4 = ip.unwrap_or(Ipv4Addr::new(10, 244, 0, 10 + n as u8));
         let ipv6 = ipv6.unwrap_or(Ipv6Addr::new(
@@ -344,7 +387,10 @@ fn resolve(path: &str, scenario: Scenario) -> Result<Resolved, ScenarioError> {
             if let Some(other) = used.insert(addr, id.clone()) {
                 return Err(invalid(
                     place.clone(),
-                    format!("address {addr} is already used by `{other}`"),
+                    Problem::AddressTaken {
+                        address: addr,
+                        by: other,
+                    },
                 ));
             }
         }
@@ -353,18 +399,21 @@ fn resolve(path: &str, scenario: Scenario) -> Result<Resolved, ScenarioError> {
             if p.port == 0 || !seen.insert((p.port, p.protocol)) {
                 return Err(invalid(
                     format!("{place}.ports[{j}]"),
-                    format!("port {} {} is zero or repeated", p.port, p.protocol),
+                    Problem::BadPort {
+                        port: p.port,
+                        protocol: p.protocol,
+                    },
                 ));
             }
             if p.protocol == Protocol::SCTP {
                 return Err(invalid(
                     format!("{place}.ports[{j}].protocol"),
-                    "the lab serves TCP and UDP only".into(),
+                    Problem::ServesTcpUdpOnly,
                 ));
             }
         }
         if index.insert(id.clone(), hosts.len()).is_some() {
-            return Err(invalid(place, format!("`{id}` is declared twice")));
+            return Err(invalid(place, Problem::DeclaredTwice(id)));
         }
         hosts.push(Host {
             id,
@@ -388,25 +437,22 @@ fn resolve(path: &str, scenario: Scenario) -> Result<Resolved, ScenarioError> {
         if resolved.host(&t.from).is_none() {
             return Err(invalid(
                 format!("traffic[{i}].from"),
-                format!("unknown pod or external `{}`", t.from),
+                Problem::UnknownHost(t.from.clone()),
             ));
         }
         if !known(&t.to) {
             return Err(invalid(
                 format!("traffic[{i}].to"),
-                format!("unknown pod, external or IP `{}`", t.to),
+                Problem::UnknownPeer(t.to.clone()),
             ));
         }
         if t.count == 0 || t.parallel == 0 || t.parallel > 64 {
-            return Err(invalid(
-                format!("traffic[{i}]"),
-                "count must be >= 1 and parallel 1..=64".into(),
-            ));
+            return Err(invalid(format!("traffic[{i}]"), Problem::BadCount));
         }
         if t.protocol == Protocol::SCTP {
             return Err(invalid(
                 format!("traffic[{i}].protocol"),
-                "the lab sends TCP and UDP only".into(),
+                Problem::SendsTcpUdpOnly,
             ));
         }
         let verdict_ok = match (t.protocol, t.expect) {
@@ -421,11 +467,10 @@ fn resolve(path: &str, scenario: Scenario) -> Result<Resolved, ScenarioError> {
         if !verdict_ok {
             return Err(invalid(
                 format!("traffic[{i}].expect"),
-                format!(
-                    "`{}` cannot be expected of a {} client",
-                    t.expect.map(|v| v.to_string()).unwrap_or_default(),
-                    t.protocol
-                ),
+                Problem::Unexpected {
+                    expect: t.expect.map(|v| v.to_string()).unwrap_or_default(),
+                    protocol: t.protocol,
+                },
             ));
         }
     }
@@ -433,36 +478,29 @@ fn resolve(path: &str, scenario: Scenario) -> Result<Resolved, ScenarioError> {
         if resolved.host(&d.pod).is_none() {
             return Err(invalid(
                 format!("drops[{i}].pod"),
-                format!("unknown pod or external `{}`", d.pod),
+                Problem::UnknownHost(d.pod.clone()),
             ));
         }
         if let Some(peer) = &d.peer {
             if !known(peer) {
                 return Err(invalid(
                     format!("drops[{i}].peer"),
-                    format!("unknown pod, external or IP `{peer}`"),
+                    Problem::UnknownPeer(peer.clone()),
                 ));
             }
         }
         if d.port.is_some() && d.protocol.is_none() {
             return Err(invalid(
                 format!("drops[{i}].port"),
-                "a port needs a protocol".into(),
+                Problem::PortWithoutProtocol,
             ));
         }
     }
     // The scenario is a cluster too: what the snapshot reader or the policy checks would
     // refuse (a policy of another apiVersion, an invalid selector or CIDR) is refused now,
     // not when the lab is half built. Found by the scenario fuzz target.
-    crate::enforce::declared(&resolved).map_err(|e| {
-        let mut problem = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(cause) = source {
-            problem.push_str(&format!(": {cause}"));
-            source = cause.source();
-        }
-        invalid("policies".into(), problem)
-    })?;
+    crate::enforce::declared(&resolved)
+        .map_err(|e| invalid("policies".into(), Problem::Refused(Box::new(e))))?;
     Ok(resolved)
 }
 

@@ -21,7 +21,7 @@ use crate::{
 };
 use flowpol_analysis::{
     cluster::Cluster,
-    plan::{Attempt, Host},
+    plan::{Attempt, Host, ATTEMPT_CONCURRENCY, ATTEMPT_TIMEOUT},
     record::{FlowRecord, Verdict},
 };
 
@@ -39,6 +39,8 @@ pub struct LocalPod {
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeProbeError {
+    #[error("no cgroup v2 hierarchy is mounted: pods cannot be found by their cgroups")]
+    NoCgroup2,
     #[error("inspecting the running kernel")]
     Kernel(#[from] KernelError),
     #[error("loading the eBPF probe")]
@@ -49,7 +51,7 @@ pub enum NodeProbeError {
 
 /// The model's pods (by `namespace/name`) that run here with their own network namespace:
 /// a process in the pod's cgroups under `cgroup_root` whose namespace is not the node's.
-pub fn local_pods(cluster: &Cluster, cgroup_root: &Path) -> HashMap<String, LocalPod> {
+fn local_pods(cluster: &Cluster, cgroup_root: &Path) -> HashMap<String, LocalPod> {
     let node_ns = std::fs::metadata("/proc/self/ns/net").map(|m| m.ino()).ok();
     let pids = podcgroup::pids(cgroup_root);
     let mut out = HashMap::new();
@@ -78,7 +80,7 @@ pub fn local_pods(cluster: &Cluster, cgroup_root: &Path) -> HashMap<String, Loca
 
 /// Runs `attempts` (all from pods in `local`), `concurrency` at a time, each from inside
 /// its source's namespace: the client's verdict per attempt, in order.
-pub fn run_attempts(
+fn run_attempts(
     attempts: &[Attempt],
     local: &HashMap<String, LocalPod>,
     timeout: Duration,
@@ -101,9 +103,67 @@ pub fn run_attempts(
     .collect()
 }
 
+/// The attempts of a probe plan this node runs: those whose source pod is here.
+pub struct Share {
+    /// Attempts in the whole plan.
+    pub planned: usize,
+    pub attempts: Vec<Attempt>,
+    /// The cluster's pods running here, by `namespace/name`.
+    pub local: HashMap<String, LocalPod>,
+}
+
+/// What running a share gave: the records seen in the source pods' namespaces.
+pub struct Probed {
+    pub records: Vec<FlowRecord>,
+    pub summary: Summary,
+    /// Attempts that could not enter their pod's network namespace (the pod went away).
+    pub unentered: usize,
+}
+
+impl Share {
+    /// The plan's attempts from pods on this node, found by the kubelet's pod cgroups under
+    /// the cgroup v2 hierarchy that `mountinfo` (`/proc/self/mountinfo`) names.
+    pub fn of_node(
+        cluster: &Cluster,
+        plan: Vec<Attempt>,
+        mountinfo: &str,
+    ) -> Result<Self, NodeProbeError> {
+        let root = kernel::cgroup2_root(mountinfo).ok_or(NodeProbeError::NoCgroup2)?;
+        let local = local_pods(cluster, &root);
+        let planned = plan.len();
+        let attempts = plan
+            .into_iter()
+            .filter(|a| matches!(&a.from, Host::Pod(p) if local.contains_key(p)))
+            .collect();
+        Ok(Self {
+            planned,
+            attempts,
+            local,
+        })
+    }
+
+    /// Loads the eBPF probe and runs the attempts while it records, `node` naming the
+    /// records' observer.
+    pub async fn record(self, node: Option<String>) -> Result<Probed, NodeProbeError> {
+        let (verdicts, records, summary) = record_attempts(
+            self.attempts,
+            self.local,
+            ATTEMPT_TIMEOUT,
+            ATTEMPT_CONCURRENCY as usize,
+            node,
+        )
+        .await?;
+        Ok(Probed {
+            records,
+            summary,
+            unentered: verdicts.iter().filter(|v| v.is_none()).count(),
+        })
+    }
+}
+
 /// Loads the eBPF probe, runs the attempts while it records, and returns the records seen
 /// in the source pods' namespaces.
-pub async fn record_attempts(
+async fn record_attempts(
     attempts: Vec<Attempt>,
     local: HashMap<String, LocalPod>,
     timeout: Duration,

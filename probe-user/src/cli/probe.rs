@@ -4,17 +4,9 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use super::source::Source;
-use anyhow::Context as _;
-use flowpol_analysis::{
-    output,
-    plan::{self, Host},
-    policy::engine::Engine,
-};
-use flowpol_lab::{
-    enforce::{self, Fault},
-    objects, probing, run, scenario, EXAMPLE_SCENARIO,
-};
-use flowpol_node::{kernel, probing as node_probing};
+use flowpol_analysis::{output, plan, policy::engine::Engine};
+use flowpol_lab::{enforce::Fault, objects, probing, scenario, EXAMPLE_SCENARIO};
+use flowpol_node::probing as node_probing;
 
 #[derive(clap::Args)]
 pub(super) struct Args {
@@ -75,11 +67,8 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         resolved.scenario.policies.len(),
         attempts.len() - allowed
     );
-    let mut resolved = probing::as_traffic(resolved, &attempts);
-    if !args.no_enforce {
-        enforce::install(&mut resolved, &args.fault)?;
-    }
-    let report = run::run(resolved, super::record::hostname()).await?;
+    let faults = (!args.no_enforce).then_some(args.fault.as_slice());
+    let report = probing::run(resolved, &attempts, faults, super::record::hostname()).await?;
     output::emit_records(args.output.as_deref(), &report.records)?;
     eprintln!(
         "flowpol probe: {} records in {:.1} s; judge them with `flowpol verify --flows`",
@@ -108,33 +97,22 @@ async fn on_node(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let root = kernel::cgroup2_root(&mountinfo)
-        .context("no cgroup v2 hierarchy is mounted: pods cannot be found by their cgroups")?;
-    let local = node_probing::local_pods(&snap.cluster, &root);
-    let total = attempts.len();
-    let here: Vec<plan::Attempt> = attempts
-        .into_iter()
-        .filter(|a| matches!(&a.from, Host::Pod(p) if local.contains_key(p)))
-        .collect();
+    let share = node_probing::Share::of_node(&snap.cluster, attempts, &mountinfo)?;
     eprintln!(
-        "flowpol probe: {total} attempts in the plan of {} policies; {} from the {} pod(s) on this node",
+        "flowpol probe: {} attempts in the plan of {} policies; {} from the {} pod(s) on this node",
+        share.planned,
         snap.policies.len(),
-        here.len(),
-        local.len()
+        share.attempts.len(),
+        share.local.len()
     );
-    let (verdicts, records, summary) = node_probing::record_attempts(
-        here,
-        local,
-        probing::PROBE_TIMEOUT,
-        probing::PROBE_CONCURRENCY as usize,
-        super::record::hostname(),
-    )
-    .await?;
-    output::emit_records(args.output.as_deref(), &records)?;
-    let failed = verdicts.iter().filter(|v| v.is_none()).count();
-    eprintln!("{summary}");
-    if failed > 0 {
-        anyhow::bail!("{failed} attempt(s) could not enter their pod's network namespace");
+    let probed = share.record(super::record::hostname()).await?;
+    output::emit_records(args.output.as_deref(), &probed.records)?;
+    eprintln!("{}", probed.summary);
+    if probed.unentered > 0 {
+        anyhow::bail!(
+            "{} attempt(s) could not enter their pod's network namespace",
+            probed.unentered
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

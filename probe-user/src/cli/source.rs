@@ -6,11 +6,13 @@ use anyhow::Context as _;
 use flowpol_analysis::{
     attribute,
     cluster::{snapshot, Cluster},
-    observed,
     policy::{self, Policy},
     record::{self, FlowRecord},
 };
-use flowpol_kube::watch::{self, Live};
+use flowpol_kube::{
+    store,
+    watch::{self, Live},
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 /// Deleted pods are kept this long for attribution.
@@ -83,26 +85,20 @@ impl FlowsFrom {
         let connection = self.source.connect().await?;
         let live = Live::start(&connection, self.source.deleted_pod_grace);
         let loaded = self.source.take(&live).await?;
-        let listed = flowpol_kube::store::list(&connection.client)
+        let traffic = store::read_traffic(&connection.client, &loaded.cluster, self.since)
             .await
-            .context("listing ObservedTraffic objects (is the flowpol CRD installed? kubectl apply -k deploy/)")?;
-        let since = self.since.map(|d| {
-            chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-        });
-        if !listed.invalid.is_empty() {
-            for e in &listed.invalid {
-                eprintln!("flowpol {command}: ObservedTraffic {e}");
-            }
-            anyhow::bail!(
-                "{} ObservedTraffic object(s) cannot be read",
-                listed.invalid.len()
-            );
-        }
-        let (records, unread) = observed::records(&loaded.cluster, &listed.objects, since);
+            .inspect_err(|e| {
+                if let store::ReadError::Invalid(objects) = e {
+                    for o in objects {
+                        eprintln!("flowpol {command}: ObservedTraffic {o}");
+                    }
+                }
+            })?;
+        let unread = &traffic.unread;
         eprintln!(
             "flowpol {command}: {} records from {} ObservedTraffic objects{}{}",
-            records.len(),
-            listed.objects.len(),
+            traffic.records.len(),
+            traffic.objects,
             if unread.gone > 0 {
                 format!(
                     "; {} edges of workloads no longer in the cluster left out",
@@ -117,6 +113,7 @@ impl FlowsFrom {
                 String::new()
             }
         );
+        let records = traffic.records;
         Ok((loaded, records))
     }
 }

@@ -166,9 +166,11 @@ impl ClusterBuilder {
     /// Records the controller of a ReplicaSet or Job, for workload resolution.
     pub fn owner(&mut self, namespace: &str, kind: &str, name: &str, owner: OwnerRef) {
         let ns = self.ns_or_implicit(namespace);
-        self.cluster
-            .owners
-            .insert((ns, kind.into(), name.into()), owner);
+        let owned = OwnerRef {
+            kind: kind.into(),
+            name: name.into(),
+        };
+        self.cluster.owners.insert((ns, owned), owner);
     }
 
     pub fn service(&mut self, namespace: &str, service: impl FnOnce(NsId) -> Service) -> ServiceId {

@@ -12,8 +12,10 @@
 mod builder;
 pub mod objects;
 pub mod snapshot;
+mod workload;
 
 pub use builder::ClusterBuilder;
+pub use workload::{OwnerRef, Workload, WorkloadKey, WorkloadKind};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -131,19 +133,6 @@ pub struct ContainerPort {
     pub port: u16,
     pub protocol: Protocol,
 }
-
-/// A controller reference (`metadata.ownerReferences` with `controller: true`).
-#[derive(
-    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
-)]
-pub struct OwnerRef {
-    pub kind: String,
-    pub name: String,
-}
-
-/// What runs a pod: the top of its owner chain (Deployment, StatefulSet, DaemonSet, CronJob,
-/// a Job or ReplicaSet of its own, ...), or the pod itself when nothing owns it.
-pub type Workload = OwnerRef;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pod {
@@ -324,8 +313,8 @@ pub struct Cluster {
     by_ip: HashMap<IpAddr, Vec<Tenure>>,
     pods_by_ns: Vec<Vec<PodId>>,
     service_by_ip: HashMap<IpAddr, ServiceId>,
-    /// Controller of each ReplicaSet and Job: (namespace, kind, name) -> owner.
-    owners: HashMap<(NsId, String, String), OwnerRef>,
+    /// Controller of each ReplicaSet and Job, by namespace and the owned object.
+    owners: HashMap<(NsId, OwnerRef), OwnerRef>,
 }
 
 impl Cluster {
@@ -410,27 +399,32 @@ impl Cluster {
         let pod = self.pod(id);
         let Some(owner) = &pod.owner else {
             return Workload {
-                kind: "Pod".into(),
+                kind: WorkloadKind::Pod,
                 name: pod.name.to_string(),
             };
         };
-        if let Some(up) = self
-            .owners
-            .get(&(pod.namespace, owner.kind.clone(), owner.name.clone()))
-        {
+        if let Some(up) = self.owners.get(&(pod.namespace, OwnerRef::clone(owner))) {
             return up.clone();
         }
-        if owner.kind == "ReplicaSet" {
+        if owner.kind == WorkloadKind::ReplicaSet {
             if let Some(hash) = pod.labels.get("pod-template-hash") {
                 if let Some(deployment) = owner.name.strip_suffix(&format!("-{hash}")) {
                     return Workload {
-                        kind: "Deployment".into(),
+                        kind: WorkloadKind::Deployment,
                         name: deployment.into(),
                     };
                 }
             }
         }
         OwnerRef::clone(owner)
+    }
+
+    /// The pod's workload with its namespace.
+    pub fn workload_key(&self, id: PodId) -> WorkloadKey {
+        WorkloadKey {
+            namespace: self.namespace(self.pod(id).namespace).name.clone(),
+            workload: self.workload(id),
+        }
     }
 }
 

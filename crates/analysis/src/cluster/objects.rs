@@ -17,46 +17,34 @@ use super::{
     Cluster, ClusterBuilder, ContainerPort, EndpointGroup, LabelSet, Labels, ModelError, NewPod,
     OwnerRef, PodPhase, PortRef, Service, ServicePort, Timestamp,
 };
-use crate::record::Protocol;
-
-/// A field that does not hold what the API reference says it must.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{field}: {problem}")]
-pub struct FieldError {
-    pub field: String,
-    pub problem: String,
-}
-
-fn invalid(field: impl Into<String>, problem: impl Into<String>) -> FieldError {
-    FieldError {
-        field: field.into(),
-        problem: problem.into(),
-    }
-}
+use crate::{
+    record::Protocol,
+    validation::{FieldError, Problem},
+};
 
 fn ip(text: &str, field: &str) -> Result<IpAddr, FieldError> {
     text.parse()
-        .map_err(|_| invalid(field, format!("`{text}` is not an IP address")))
+        .map_err(|_| FieldError::new(field, Problem::NotAnIp(text.to_owned())))
 }
 
 fn protocol(p: Option<&str>, field: &str) -> Result<Protocol, FieldError> {
     p.unwrap_or("TCP")
         .parse()
-        .map_err(|e: crate::record::UnknownProtocol| invalid(field, e.to_string()))
+        .map_err(|e: crate::record::UnknownProtocol| FieldError::new(field, e.into()))
 }
 
 fn port(n: i32, field: &str) -> Result<u16, FieldError> {
     u16::try_from(n)
         .ok()
         .filter(|p| *p != 0)
-        .ok_or_else(|| invalid(field, format!("{n} is not a port (1-65535)")))
+        .ok_or_else(|| FieldError::new(field, Problem::NotAPort(n)))
 }
 
 pub fn name(meta: &ObjectMeta) -> Result<String, FieldError> {
     meta.name
         .clone()
         .filter(|n| !n.is_empty())
-        .ok_or_else(|| invalid("metadata.name", "is missing"))
+        .ok_or_else(|| FieldError::new("metadata.name", Problem::Missing))
 }
 
 fn namespace(meta: &ObjectMeta) -> String {
@@ -74,7 +62,7 @@ fn controller(meta: &ObjectMeta) -> Option<OwnerRef> {
         .flatten()
         .find(|o| o.controller == Some(true))
         .map(|o| OwnerRef {
-            kind: o.kind.clone(),
+            kind: o.kind.as_str().into(),
             name: o.name.clone(),
         })
 }

@@ -15,6 +15,7 @@ use super::{
     objects::{self, Object, Objects},
     Cluster, ModelError, Timestamp,
 };
+use crate::validation::FieldError;
 
 /// Largest snapshot read (a multi-thousand-node cluster's objects stay well below it).
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
@@ -36,12 +37,14 @@ pub enum SnapshotError {
         #[source]
         source: serde_yaml::Error,
     },
-    #[error("cluster snapshot {path}: {what}: {problem}")]
+    #[error("cluster snapshot {path}: {what}: {error}")]
     Object {
         path: String,
         what: String,
-        problem: String,
+        error: FieldError,
     },
+    #[error("cluster snapshot {path}: {what}: declared twice")]
+    Duplicate { path: String, what: String },
     #[error("cluster snapshot {path}: {what}")]
     Decode {
         path: String,
@@ -171,16 +174,15 @@ pub fn parse(path: &str, text: &str) -> Result<Snapshot, SnapshotError> {
                 continue;
             }
         };
-        let o = converted.map_err(|e| SnapshotError::Object {
+        let o = converted.map_err(|error| SnapshotError::Object {
             path: path.into(),
             what: what.clone(),
-            problem: e.to_string(),
+            error,
         })?;
         if is_duplicate(&store, &o) {
-            return Err(SnapshotError::Object {
+            return Err(SnapshotError::Duplicate {
                 path: path.into(),
                 what,
-                problem: "declared twice".into(),
             });
         }
         store.apply(o, Timestamp::default());

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    cluster::{Timestamp, Workload},
+    cluster::{Timestamp, WorkloadKey},
     policy::Direction,
     record::{Endpoint, EndpointKind, FlowRecord, Side},
 };
@@ -25,12 +25,8 @@ mod wire;
 pub use records::{records, Unread};
 pub use spill::{Spill, SpilledEdge, SpilledShare, SPILL_VERSION};
 pub use wire::{
-    object_name, EdgeKey, EdgeStats, Tally, TrafficObject, WireEdge, WorkloadRef, API_VERSION,
-    EDGE_KEYS, KIND,
+    object_name, EdgeKey, EdgeStats, Tally, TrafficObject, WireEdge, API_VERSION, EDGE_KEYS, KIND,
 };
-
-/// A workload: its namespace, kind and name.
-pub type WorkloadKey = (String, String, String);
 
 #[derive(Clone, Debug, Default)]
 struct Edge {
@@ -275,14 +271,10 @@ impl Observed {
             }))
             .collect();
         edges.sort_by(|a, b| a.key.cmp(&b.key));
-        let (namespace, kind, name) = w;
         let object = TrafficObject {
-            namespace: namespace.clone(),
-            name: object_name(kind, name),
-            workload: WorkloadRef {
-                kind: kind.clone(),
-                name: name.clone(),
-            },
+            namespace: w.namespace.clone(),
+            name: object_name(&w.workload),
+            workload: w.workload.clone(),
             edges,
         };
         Some((share.generation, object))
@@ -315,9 +307,10 @@ fn runs_on(e: &Endpoint, node: &str) -> bool {
 fn workload_of(e: &Endpoint) -> Option<WorkloadKey> {
     let id = &e.identity;
     match (id.kind, &id.namespace, &id.workload) {
-        (Some(EndpointKind::Pod), Some(ns), Some(Workload { kind, name })) => {
-            Some((ns.clone(), kind.clone(), name.clone()))
-        }
+        (Some(EndpointKind::Pod), Some(ns), Some(workload)) => Some(WorkloadKey {
+            namespace: ns.clone(),
+            workload: workload.clone(),
+        }),
         _ => None,
     }
 }
@@ -325,8 +318,8 @@ fn workload_of(e: &Endpoint) -> Option<WorkloadKey> {
 /// The peer as the CRD names it. `service` is the record's destination (a service address
 /// whose backend is unknown is named after the service).
 fn peer_name(e: &Endpoint, service: &Endpoint) -> String {
-    if let Some((ns, kind, name)) = workload_of(e) {
-        return format!("{ns}/{kind}/{name}");
+    if let Some(w) = workload_of(e) {
+        return w.to_string();
     }
     if std::ptr::eq(e, service) {
         if let Some(svc) = &service.identity.service {

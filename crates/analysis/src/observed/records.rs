@@ -40,7 +40,10 @@ pub fn records(
             continue;
         }
         let w = cluster.workload(id);
-        let key = (cluster.namespace(p.namespace).name.clone(), w.kind, w.name);
+        let key = WorkloadKey {
+            namespace: cluster.namespace(p.namespace).name.clone(),
+            workload: w,
+        };
         match pods.get(&key) {
             Some(held) if cluster.pod(*held).is_active() || !p.is_active() => {}
             _ => {
@@ -60,7 +63,7 @@ pub fn records(
         match parts.as_slice() {
             // Kinds are capitalized; namespaces (even one called "service") are not.
             [ns, kind, name] if kind.starts_with(|c: char| c.is_ascii_uppercase()) => {
-                pod_end(&(ns.to_string(), kind.to_string(), name.to_string()))
+                pod_end(&WorkloadKey::new(*ns, (*kind).into(), *name))
             }
             ["service", ns, name] => {
                 let svc = cluster

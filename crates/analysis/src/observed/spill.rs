@@ -2,6 +2,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{Edge, EdgeKey, EdgeStats, Observed};
+use crate::cluster::{WorkloadKey, WorkloadKind};
 
 /// The workloads an agent could not write before it stopped (the API server was away), kept
 /// in its state directory so the next start writes them: each share as it stood in memory,
@@ -21,7 +22,7 @@ pub const SPILL_VERSION: u32 = 1;
 #[serde(deny_unknown_fields)]
 pub struct SpilledShare {
     pub namespace: String,
-    pub kind: String,
+    pub kind: WorkloadKind,
     pub name: String,
     /// The share held every edge the cluster has for it (see [`Share`]).
     pub complete: bool,
@@ -43,10 +44,10 @@ impl Observed {
             .workloads
             .iter()
             .filter(|(_, s)| s.dirty())
-            .map(|((namespace, kind, name), s)| SpilledShare {
-                namespace: namespace.clone(),
-                kind: kind.clone(),
-                name: name.clone(),
+            .map(|(w, s)| SpilledShare {
+                namespace: w.namespace.clone(),
+                kind: w.workload.kind.clone(),
+                name: w.workload.name.clone(),
                 complete: s.complete,
                 edges: s
                     .edges
@@ -73,7 +74,7 @@ impl Observed {
         for s in spill.workloads {
             let share = o
                 .workloads
-                .entry((s.namespace, s.kind, s.name))
+                .entry(WorkloadKey::new(s.namespace, s.kind, s.name))
                 .or_default();
             share.complete = s.complete;
             share.generation += 1;

@@ -1,7 +1,10 @@
 use serde_json::{json, Value};
 
 use super::{wire::slot, *};
-use crate::record::{Identity, Observer, Protocol, Verdict};
+use crate::{
+    cluster::{Workload, WorkloadKind},
+    record::{Identity, Observer, Protocol, Verdict},
+};
 
 #[test]
 fn a_tally_counts_each_verdict_in_its_slot() {
@@ -64,7 +67,7 @@ fn objects(o: &Observed, node: &str) -> Vec<Value> {
 }
 
 fn web() -> WorkloadKey {
-    ("shop".to_owned(), "Deployment".to_owned(), "web".to_owned())
+    WorkloadKey::new("shop", WorkloadKind::Deployment, "web")
 }
 
 #[test]
@@ -215,7 +218,7 @@ fn a_share_read_back_adds_up_and_is_written_whole() {
 
 #[test]
 fn a_spilled_store_resumes_as_it_stood() {
-    let db = || ("data".to_owned(), "StatefulSet".to_owned(), "db".to_owned());
+    let db = || WorkloadKey::new("data", WorkloadKind::StatefulSet, "db");
     // The cluster holds web's share from an earlier process.
     let mut earlier = Observed::new(10);
     earlier.add(

@@ -7,9 +7,8 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use super::WorkloadKey;
 use crate::{
-    cluster::Timestamp,
+    cluster::{Timestamp, Workload, WorkloadKey},
     policy::Direction,
     record::{FlowRecord, Protocol, Verdict},
 };
@@ -145,13 +144,6 @@ impl EdgeStats {
     }
 }
 
-/// The workload an object is about.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct WorkloadRef {
-    pub kind: String,
-    pub name: String,
-}
-
 /// One entry of `spec.edges`: its key and its counts, side by side.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct WireEdge {
@@ -166,17 +158,16 @@ pub struct WireEdge {
 pub struct TrafficObject {
     pub namespace: String,
     pub name: String,
-    pub workload: WorkloadRef,
+    pub workload: Workload,
     pub edges: Vec<WireEdge>,
 }
 
 impl TrafficObject {
     pub fn workload_key(&self) -> WorkloadKey {
-        (
-            self.namespace.clone(),
-            self.workload.kind.clone(),
-            self.workload.name.clone(),
-        )
+        WorkloadKey {
+            namespace: self.namespace.clone(),
+            workload: self.workload.clone(),
+        }
     }
 
     /// The edges `node` wrote.
@@ -198,8 +189,10 @@ impl TrafficObject {
         };
         let namespace = text(&object["metadata"]["namespace"], "metadata.namespace")?;
         let name = text(&object["metadata"]["name"], "metadata.name")?;
-        let workload = WorkloadRef {
-            kind: text(&object["spec"]["workload"]["kind"], "spec.workload.kind")?,
+        let workload = Workload {
+            kind: text(&object["spec"]["workload"]["kind"], "spec.workload.kind")?
+                .as_str()
+                .into(),
             name: text(&object["spec"]["workload"]["name"], "spec.workload.name")?,
         };
         let listed = match &object["spec"]["edges"] {
@@ -232,8 +225,8 @@ impl TrafficObject {
 }
 
 /// The object name for a workload: `<kind>-<name>`, lowercased, DNS-1123.
-pub fn object_name(kind: &str, name: &str) -> String {
-    crate::cluster::object_name(&format!("{kind}-{name}"))
+pub fn object_name(w: &Workload) -> String {
+    crate::cluster::object_name(&format!("{}-{}", w.kind, w.name))
 }
 
 /// A port: 0 (unknown) to 65535.

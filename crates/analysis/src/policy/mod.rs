@@ -17,16 +17,19 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 
-use crate::record::Protocol;
+use crate::{
+    record::Protocol,
+    validation::{FieldError, Problem},
+};
 use selector::Selector;
 
 /// A policy that breaks the API's validation rules, named with the offending field.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("NetworkPolicy {policy}: {field}: {problem}")]
+#[error("NetworkPolicy {policy}: {error}")]
 pub struct PolicyError {
+    /// `namespace/name`.
     pub policy: String,
-    pub field: String,
-    pub problem: String,
+    pub error: FieldError,
 }
 
 #[derive(
@@ -133,14 +136,13 @@ pub fn compile(np: &NetworkPolicy) -> Result<Policy, PolicyError> {
         .clone()
         .unwrap_or_else(|| "default".into());
     let name = np.metadata.name.clone().unwrap_or_default();
-    let err = |field: String, problem: String| PolicyError {
+    let err = |field: String, problem: Problem| PolicyError {
         policy: format!("{namespace}/{name}"),
-        field,
-        problem,
+        error: FieldError::new(field, problem),
     };
     let spec = np.spec.clone().unwrap_or_default();
     let pod_selector = Selector::compile(&spec.pod_selector.unwrap_or_default())
-        .map_err(|(f, p)| err(format!("spec.podSelector.{f}"), p))?;
+        .map_err(|e| err(format!("spec.podSelector.{}", e.field), e.problem))?;
     let ingress_rules = spec.ingress.unwrap_or_default();
     let egress_rules = spec.egress.unwrap_or_default();
     // Defaulting, as the API server does it: Ingress always, Egress if there are egress rules.
@@ -158,7 +160,7 @@ pub fn compile(np: &NetworkPolicy) -> Result<Policy, PolicyError> {
         if t != "Ingress" && t != "Egress" {
             return Err(err(
                 format!("spec.policyTypes[{i}]"),
-                format!("unknown policy type `{t}` (Ingress or Egress)"),
+                Problem::UnknownPolicyType(t.clone()),
             ));
         }
     }
@@ -198,7 +200,7 @@ pub fn compile(np: &NetworkPolicy) -> Result<Policy, PolicyError> {
 fn peers(
     list: Option<&[NetworkPolicyPeer]>,
     field: &str,
-    err: &impl Fn(String, String) -> PolicyError,
+    err: &impl Fn(String, Problem) -> PolicyError,
 ) -> Result<Vec<Peer>, PolicyError> {
     let mut out = Vec::new();
     for (i, p) in list.unwrap_or_default().iter().enumerate() {
@@ -209,17 +211,14 @@ fn peers(
                 s.as_ref()
                     .map(Selector::compile)
                     .transpose()
-                    .map_err(|(f, problem)| err(format!("{field}.{name}.{f}"), problem))
+                    .map_err(|e| err(format!("{field}.{name}.{}", e.field), e.problem))
             };
         let pods = selector(&p.pod_selector, "podSelector")?;
         let namespaces = selector(&p.namespace_selector, "namespaceSelector")?;
         match &p.ip_block {
             Some(block) => {
                 if pods.is_some() || namespaces.is_some() {
-                    return Err(err(
-                        field,
-                        "ipBlock cannot be combined with podSelector or namespaceSelector".into(),
-                    ));
+                    return Err(err(field, Problem::IpBlockWithSelector));
                 }
                 let cidr = parse_cidr(&block.cidr)
                     .map_err(|problem| err(format!("{field}.ipBlock.cidr"), problem))?;
@@ -231,7 +230,10 @@ fn peers(
                     if !cidr.contains(&net) || net.prefix_len() <= cidr.prefix_len() {
                         return Err(err(
                             ef,
-                            format!("`{e}` is not a strict subset of cidr `{}`", block.cidr),
+                            Problem::ExceptOutsideCidr {
+                                except: e.clone(),
+                                cidr: block.cidr.clone(),
+                            },
                         ));
                     }
                     except.push(net);
@@ -239,10 +241,7 @@ fn peers(
                 out.push(Peer::IpBlock { cidr, except });
             }
             None if pods.is_none() && namespaces.is_none() => {
-                return Err(err(
-                    field,
-                    "a peer needs podSelector, namespaceSelector or ipBlock".into(),
-                ));
+                return Err(err(field, Problem::EmptyPeer));
             }
             None => out.push(Peer::Pods { pods, namespaces }),
         }
@@ -251,49 +250,47 @@ fn peers(
 }
 
 /// Parses a CIDR as the API server does (host bits are cleared, as `ParseCIDRSloppy` does).
-fn parse_cidr(text: &str) -> Result<IpNet, String> {
+fn parse_cidr(text: &str) -> Result<IpNet, Problem> {
     text.trim()
         .parse::<IpNet>()
         .map(|n| n.trunc())
-        .map_err(|_| format!("`{text}` is not a CIDR (e.g. 10.0.0.0/8 or fd00::/8)"))
+        .map_err(|_| Problem::NotACidr(text.to_owned()))
 }
 
 fn ports(
     list: Option<&[NetworkPolicyPort]>,
     field: &str,
-    err: &impl Fn(String, String) -> PolicyError,
+    err: &impl Fn(String, Problem) -> PolicyError,
 ) -> Result<Vec<PortMatch>, PolicyError> {
     let mut out = Vec::new();
     for (i, p) in list.unwrap_or_default().iter().enumerate() {
         let field = format!("{field}[{i}]");
         let protocol: Protocol = p.protocol.as_deref().unwrap_or("TCP").parse().map_err(
-            |e: crate::record::UnknownProtocol| err(format!("{field}.protocol"), e.to_string()),
+            |e: crate::record::UnknownProtocol| err(format!("{field}.protocol"), e.into()),
         )?;
         let number = |n: i32, f: &str| {
-            u16::try_from(n).ok().filter(|n| *n != 0).ok_or_else(|| {
-                err(
-                    format!("{field}.{f}"),
-                    format!("{n} is not a port (1-65535)"),
-                )
-            })
+            u16::try_from(n)
+                .ok()
+                .filter(|n| *n != 0)
+                .ok_or_else(|| err(format!("{field}.{f}"), Problem::NotAPort(n)))
         };
         let port = match (&p.port, p.end_port) {
             (None, None) => None,
             (None, Some(_)) => {
-                return Err(err(
-                    format!("{field}.endPort"),
-                    "endPort needs a numeric port".into(),
-                ))
+                return Err(err(format!("{field}.endPort"), Problem::EndPortWithoutPort))
             }
             (Some(IntOrString::String(name)), end) => {
                 if end.is_some() {
                     return Err(err(
                         format!("{field}.endPort"),
-                        "endPort cannot be used with a named port".into(),
+                        Problem::EndPortWithNamedPort,
                     ));
                 }
                 if !valid_port_name(name) {
-                    return Err(err(format!("{field}.port"), format!("`{name}` is not a valid port name (1-15 lowercase letters, digits and '-', with a letter)")));
+                    return Err(err(
+                        format!("{field}.port"),
+                        Problem::BadPortName(name.clone()),
+                    ));
                 }
                 Some(PortSpec::Named(name.clone()))
             }
@@ -305,7 +302,7 @@ fn ports(
                         if e < start {
                             return Err(err(
                                 format!("{field}.endPort"),
-                                format!("endPort {e} is below port {start}"),
+                                Problem::EndPortBelowPort { start, end: e },
                             ));
                         }
                         e

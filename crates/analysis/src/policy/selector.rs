@@ -3,7 +3,10 @@ use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 
-use crate::cluster::LabelLookup;
+use crate::{
+    cluster::LabelLookup,
+    validation::{FieldError, Operator, Problem},
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Requirement {
@@ -22,8 +25,8 @@ pub struct Selector {
 }
 
 impl Selector {
-    /// Compiles `sel`; `Err((field, problem))` names the offending field relative to it.
-    pub fn compile(sel: &LabelSelector) -> Result<Self, (String, String)> {
+    /// Compiles `sel`; an error names the offending field relative to it.
+    pub fn compile(sel: &LabelSelector) -> Result<Self, FieldError> {
         let labels = sel
             .match_labels
             .iter()
@@ -34,34 +37,26 @@ impl Selector {
         for (i, e) in sel.match_expressions.iter().flatten().enumerate() {
             let field = format!("matchExpressions[{i}]");
             let values: BTreeSet<String> = e.values.iter().flatten().cloned().collect();
-            let needs_values = match e.operator.as_str() {
-                "In" | "NotIn" => true,
-                "Exists" | "DoesNotExist" => false,
-                other => {
-                    return Err((
-                        format!("{field}.operator"),
-                        format!("unknown operator `{other}` (In, NotIn, Exists, DoesNotExist)"),
-                    ))
-                }
-            };
-            if needs_values && values.is_empty() {
-                return Err((
+            let operator = Operator::parse(&e.operator)
+                .map_err(|p| FieldError::new(format!("{field}.operator"), p))?;
+            if operator.takes_values() && values.is_empty() {
+                return Err(FieldError::new(
                     format!("{field}.values"),
-                    format!("operator {} needs at least one value", e.operator),
+                    Problem::OperatorNeedsValues(operator),
                 ));
             }
-            if !needs_values && !values.is_empty() {
-                return Err((
+            if !operator.takes_values() && !values.is_empty() {
+                return Err(FieldError::new(
                     format!("{field}.values"),
-                    format!("operator {} takes no values", e.operator),
+                    Problem::OperatorTakesNoValues(operator),
                 ));
             }
             let key = e.key.clone();
-            requirements.push(match e.operator.as_str() {
-                "In" => Requirement::In(key, values),
-                "NotIn" => Requirement::NotIn(key, values),
-                "Exists" => Requirement::Exists(key),
-                _ => Requirement::DoesNotExist(key),
+            requirements.push(match operator {
+                Operator::In => Requirement::In(key, values),
+                Operator::NotIn => Requirement::NotIn(key, values),
+                Operator::Exists => Requirement::Exists(key),
+                Operator::DoesNotExist => Requirement::DoesNotExist(key),
             });
         }
         Ok(Self {
@@ -170,13 +165,25 @@ mod tests {
             .unwrap_err()
         };
         assert_eq!(
-            bad(expr("a", "Like", &["x"])).0,
-            "matchExpressions[0].operator"
+            bad(expr("a", "Like", &["x"])),
+            FieldError::new(
+                "matchExpressions[0].operator",
+                Problem::UnknownOperator("Like".into())
+            )
         );
-        assert_eq!(bad(expr("a", "In", &[])).0, "matchExpressions[0].values");
         assert_eq!(
-            bad(expr("a", "Exists", &["x"])).0,
-            "matchExpressions[0].values"
+            bad(expr("a", "In", &[])),
+            FieldError::new(
+                "matchExpressions[0].values",
+                Problem::OperatorNeedsValues(Operator::In)
+            )
+        );
+        assert_eq!(
+            bad(expr("a", "Exists", &["x"])),
+            FieldError::new(
+                "matchExpressions[0].values",
+                Problem::OperatorTakesNoValues(Operator::Exists)
+            )
         );
     }
 }

@@ -430,37 +430,99 @@ fn policies_are_additive_and_namespaced() {
 }
 
 #[test]
-fn invalid_policies_name_the_field() {
-    let bad = |yaml: &str| {
-        let np: NetworkPolicy = serde_yaml::from_str(yaml).unwrap();
-        compile(&np).expect_err("policy must be rejected")
+fn invalid_policies_name_the_field_and_the_problem() {
+    use crate::validation::{Operator, Problem};
+    let bad = |spec: &str| {
+        let yaml = format!("metadata: {{name: p, namespace: x}}\nspec: {spec}");
+        let np: NetworkPolicy = serde_yaml::from_str(&yaml).unwrap();
+        let e = compile(&np).expect_err("policy must be rejected");
+        assert_eq!(e.policy, "x/p");
+        (e.error.field, e.error.problem)
     };
-    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}");
+    let cases = [
+        (
+            "{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]}",
+            "spec.ingress[0].from[0].ipBlock.cidr",
+            Problem::NotACidr("10.0.0.0/33".into()),
+        ),
+        (
+            "{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}]}",
+            "spec.ingress[0].from[0].ipBlock.except[0]",
+            Problem::ExceptOutsideCidr { except: "10.1.0.0/24".into(), cidr: "10.0.0.0/16".into() },
+        ),
+        (
+            "{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/16]}}]}]}",
+            "spec.ingress[0].from[0].ipBlock.except[0]",
+            Problem::ExceptOutsideCidr { except: "10.0.0.0/16".into(), cidr: "10.0.0.0/16".into() },
+        ),
+        (
+            "{podSelector: {}, egress: [{ports: [{port: http, endPort: 90}]}]}",
+            "spec.egress[0].ports[0].endPort",
+            Problem::EndPortWithNamedPort,
+        ),
+        (
+            "{podSelector: {}, egress: [{ports: [{endPort: 90}]}]}",
+            "spec.egress[0].ports[0].endPort",
+            Problem::EndPortWithoutPort,
+        ),
+        (
+            "{podSelector: {}, egress: [{ports: [{port: 90, endPort: 80}]}]}",
+            "spec.egress[0].ports[0].endPort",
+            Problem::EndPortBelowPort { start: 90, end: 80 },
+        ),
+        (
+            "{podSelector: {}, egress: [{ports: [{port: 70000}]}]}",
+            "spec.egress[0].ports[0].port",
+            Problem::NotAPort(70000),
+        ),
+        (
+            "{podSelector: {matchExpressions: [{key: a, operator: Has}]}}",
+            "spec.podSelector.matchExpressions[0].operator",
+            Problem::UnknownOperator("Has".into()),
+        ),
+        (
+            "{podSelector: {}, ingress: [{from: [{namespaceSelector: {matchExpressions: [{key: a, operator: NotIn}]}}]}]}",
+            "spec.ingress[0].from[0].namespaceSelector.matchExpressions[0].values",
+            Problem::OperatorNeedsValues(Operator::NotIn),
+        ),
+        (
+            "{podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}",
+            "spec.ingress[0].from[0]",
+            Problem::IpBlockWithSelector,
+        ),
+        (
+            "{podSelector: {}, ingress: [{from: [{}]}]}",
+            "spec.ingress[0].from[0]",
+            Problem::EmptyPeer,
+        ),
+        (
+            "{podSelector: {}, ingress: [{ports: [{protocol: ICMP}]}]}",
+            "spec.ingress[0].ports[0].protocol",
+            Problem::UnknownProtocol("ICMP".into()),
+        ),
+        (
+            "{podSelector: {}, ingress: [{ports: [{port: Web_Port}]}]}",
+            "spec.ingress[0].ports[0].port",
+            Problem::BadPortName("Web_Port".into()),
+        ),
+        (
+            "{podSelector: {}, policyTypes: [Both]}",
+            "spec.policyTypes[0]",
+            Problem::UnknownPolicyType("Both".into()),
+        ),
+    ];
+    for (spec, field, problem) in cases {
+        assert_eq!(bad(spec), (field.to_owned(), problem), "{spec}");
+    }
+    // The message users read keeps the policy, the field and the problem in one line.
+    let np: NetworkPolicy = serde_yaml::from_str(
+        "metadata: {name: p, namespace: x}\nspec: {podSelector: {}, egress: [{ports: [{port: 90, endPort: 80}]}]}",
+    )
+    .unwrap();
     assert_eq!(
-        (e.policy.as_str(), e.field.as_str()),
-        ("x/p", "spec.ingress[0].from[0].ipBlock.cidr")
+        compile(&np).unwrap_err().to_string(),
+        "NetworkPolicy x/p: spec.egress[0].ports[0].endPort: endPort 80 is below port 90"
     );
-    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.1.0.0/24]}}]}]}");
-    assert_eq!(e.field, "spec.ingress[0].from[0].ipBlock.except[0]");
-    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/16, except: [10.0.0.0/16]}}]}]}");
-    assert!(e.problem.contains("strict subset"), "{e}");
-    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, egress: [{ports: [{port: http, endPort: 90}]}]}");
-    assert_eq!(e.field, "spec.egress[0].ports[0].endPort");
-    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, egress: [{ports: [{port: 90, endPort: 80}]}]}");
-    assert!(e.problem.contains("below"), "{e}");
-    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {matchExpressions: [{key: a, operator: Has}]}}");
-    assert_eq!(e.field, "spec.podSelector.matchExpressions[0].operator");
-    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]}");
-    assert_eq!(e.field, "spec.ingress[0].from[0]");
-    let e =
-        bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{from: [{}]}]}");
-    assert_eq!(e.field, "spec.ingress[0].from[0]");
-    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{protocol: ICMP}]}]}");
-    assert_eq!(e.field, "spec.ingress[0].ports[0].protocol");
-    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, ingress: [{ports: [{port: Web_Port}]}]}");
-    assert_eq!(e.field, "spec.ingress[0].ports[0].port");
-    let e = bad("metadata: {name: p, namespace: x}\nspec: {podSelector: {}, policyTypes: [Both]}");
-    assert_eq!(e.field, "spec.policyTypes[0]");
 }
 
 mod properties {

@@ -19,8 +19,7 @@ impl<'a> Suggester<'a> {
             if p.host_network {
                 continue;
             }
-            let ns = cluster.namespace(p.namespace).name.clone();
-            pods.entry((ns, cluster.workload(id))).or_default().push(id);
+            pods.entry(cluster.workload_key(id)).or_default().push(id);
         }
         Self {
             cluster,
@@ -29,14 +28,6 @@ impl<'a> Suggester<'a> {
             selectors: BTreeMap::new(),
             edges: BTreeMap::new(),
         }
-    }
-
-    fn key(&self, pod: PodId) -> WorkloadKey {
-        let p = self.cluster.pod(pod);
-        (
-            self.cluster.namespace(p.namespace).name.clone(),
-            self.cluster.workload(pod),
-        )
     }
 
     /// The workload's selector, and whether it selects exactly its pods.
@@ -50,11 +41,11 @@ impl<'a> Suggester<'a> {
     }
 
     fn pod_peer(&mut self, pod: PodId) -> Peer {
-        let w = self.key(pod);
+        let w = self.cluster.workload_key(pod);
         let (selector, _) = self.selector(&w);
         Peer::Pods {
-            what: format!("{}/{}/{}", w.0, w.1.kind, w.1.name),
-            namespace: w.0,
+            what: w.to_string(),
+            namespace: w.namespace,
             selector,
         }
     }
@@ -140,7 +131,7 @@ impl<'a> Suggester<'a> {
             }
             if let Some(d) = dst {
                 if let Some(peer) = self.peer(r.src.ip, at, d) {
-                    let key = self.key(d);
+                    let key = self.cluster.workload_key(d);
                     self.add(key, Direction::Ingress, peer, (r.protocol, port), r);
                 }
             }
@@ -159,7 +150,7 @@ impl<'a> Suggester<'a> {
                     _ => self.peer(ip, at, s),
                 };
                 if let Some(peer) = peer {
-                    let key = self.key(s);
+                    let key = self.cluster.workload_key(s);
                     self.add(key, Direction::Egress, peer, (r.protocol, port), r);
                 }
             }

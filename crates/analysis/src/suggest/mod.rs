@@ -17,7 +17,7 @@ use ipnet::IpNet;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::{
-    cluster::{AddressHolder, Cluster, Labels, PodId, Timestamp, Workload},
+    cluster::{AddressHolder, Cluster, Labels, PodId, Timestamp, Workload, WorkloadKey},
     policy::Direction,
     record::{FlowRecord, Protocol},
     verify::{fate, Fate},
@@ -93,9 +93,6 @@ impl Default for Options {
         }
     }
 }
-
-/// A workload: its namespace and controller.
-pub type WorkloadKey = (String, Workload);
 
 /// The other end of an edge, as a policy names it.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -378,19 +375,18 @@ pub fn plan(cluster: &Cluster, records: &[FlowRecord], options: &Options) -> Pla
     };
     let namespaces: BTreeSet<&String> = edges
         .keys()
-        .map(|(ns, _)| ns)
+        .map(|w| &w.namespace)
         .filter(|ns| wanted(ns))
         .collect();
     for ns in namespaces {
         let mut workloads = Vec::new();
-        for (w, e) in edges.iter().filter(|((n, _), _)| n == ns) {
+        for (w, e) in edges.iter().filter(|(w, _)| &w.namespace == ns) {
             let (selector, exact) = s.selector(w);
             if !exact {
-                out.inexact
-                    .push(format!("{}/{}/{}", w.0, w.1.kind, w.1.name));
+                out.inexact.push(w.to_string());
             }
             workloads.push(WorkloadPlan {
-                workload: w.1.clone(),
+                workload: w.workload.clone(),
                 selector,
                 ingress: groups(&e.ingress, options),
                 egress: groups(&e.egress, options),

@@ -182,15 +182,12 @@ pub fn excess(
         let p = cluster.pod(id);
         let ns = &cluster.namespace(p.namespace).name;
         if live(cluster, id) && namespaces.contains(ns) {
-            reps.entry((ns.clone(), cluster.workload(id))).or_insert(id);
+            reps.entry(cluster.workload_key(id)).or_insert(id);
         }
     }
-    let name = |w: &WorkloadKey| format!("{}/{}/{}", w.0, w.1.kind, w.1.name);
+    let name = WorkloadKey::to_string;
     let key_of = |ip: IpAddr, at: Option<Timestamp>| match endpoint(cluster, ip, at) {
-        AddressHolder::Pod(p) => Some((
-            cluster.namespace(cluster.pod(p).namespace).name.clone(),
-            cluster.workload(p),
-        )),
+        AddressHolder::Pod(p) => Some(cluster.workload_key(p)),
         _ => None,
     };
     let mut observed: BTreeSet<(WorkloadKey, WorkloadKey, u16, Protocol)> = BTreeSet::new();

@@ -16,7 +16,10 @@ use k8s_openapi::{
 use super::{
     Group, Options, Peer, Plan, Port, WorkloadPlan, ADDRESS_NOTES, EXPLAIN_PREFIX, GENERATED_BY,
 };
-use crate::{cluster::Workload, policy::Direction};
+use crate::{
+    cluster::{Workload, WorkloadKind},
+    policy::Direction,
+};
 
 /// Every policy of the plan.
 pub fn network_policies(plan: &Plan, options: &Options) -> Vec<NetworkPolicy> {
@@ -63,9 +66,11 @@ pub fn default_deny(namespace: &str) -> NetworkPolicy {
 /// A DNS-1123 name for the workload's policy: `<name>` for Deployments, StatefulSets and
 /// DaemonSets, `<kind>-<name>` for the rest (a bare pod, a CronJob).
 pub(super) fn policy_name(w: &Workload) -> String {
-    let base = match w.kind.as_str() {
-        "Deployment" | "StatefulSet" | "DaemonSet" => w.name.clone(),
-        kind => format!("{}-{}", kind.to_lowercase(), w.name),
+    let base = match &w.kind {
+        WorkloadKind::Deployment | WorkloadKind::StatefulSet | WorkloadKind::DaemonSet => {
+            w.name.clone()
+        }
+        kind => format!("{}-{}", kind.as_str().to_lowercase(), w.name),
     };
     crate::cluster::object_name(&format!("allow-{base}"))
 }

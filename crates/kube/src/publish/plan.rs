@@ -1,6 +1,7 @@
 //! The publishing plan, pure: objects ordered (owners first), stripped of what the server
 //! sets, missing owners made, and the status a kubelet would write split off.
 use super::*;
+use flowpol_analysis::cluster::{OwnerRef, WorkloadKind};
 
 /// The managed-by label of the EndpointSlices the endpointslice controller makes.
 pub(super) const CONTROLLER_SLICES: &str = "endpointslice-controller.k8s.io";
@@ -130,11 +131,13 @@ pub(super) fn owner_of_made(
     kind: &str,
     name: &str,
     pod_labels: &Map<String, Value>,
-) -> Option<(String, String)> {
+) -> Option<OwnerRef> {
     let hash = pod_labels.get("pod-template-hash")?.as_str()?;
     let deployment = name.strip_suffix(&format!("-{hash}"))?;
-    (kind == "ReplicaSet" && !deployment.is_empty())
-        .then(|| ("Deployment".to_owned(), deployment.to_owned()))
+    (kind == "ReplicaSet" && !deployment.is_empty()).then(|| OwnerRef {
+        kind: WorkloadKind::Deployment,
+        name: deployment.to_owned(),
+    })
 }
 
 /// The controller references of an object: (kind, name, reference).
@@ -218,10 +221,7 @@ pub fn plan(objects: &[Value]) -> Result<Vec<Item>, PublishError> {
     for o in objects {
         let k = key(o);
         if k.1.is_empty() || k.2.is_empty() {
-            return Err(PublishError::Invalid {
-                object: shown(&k),
-                problem: "an object needs a kind and metadata.name".into(),
-            });
+            return Err(PublishError::Unnamed { object: shown(&k) });
         }
         if k.1 == "EndpointSlice"
             && o["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"]
@@ -271,20 +271,18 @@ pub fn plan(objects: &[Value]) -> Result<Vec<Item>, PublishError> {
                 continue;
             }
             if !MADE_KINDS.contains(&kind.as_str()) {
-                return Err(PublishError::Invalid {
+                return Err(PublishError::OwnerMissing {
                     object: shown(&items[i].key()),
-                    problem: format!(
-                        "its owner {kind} {name} is not in the snapshot, and only a {} can be made in its place",
-                        MADE_KINDS.join(", ")
-                    ),
+                    kind,
+                    name,
                 });
             }
             let object = make_owner(&ns, &kind, &name, &dependent_labels);
             let owners = owner_of_made(&kind, &name, &dependent_labels)
-                .map(|(k, n)| {
-                    let reference = json!({"apiVersion": "apps/v1", "kind": k, "name": n,
+                .map(|o| {
+                    let reference = json!({"apiVersion": "apps/v1", "kind": o.kind, "name": o.name,
                         "controller": true, "blockOwnerDeletion": true});
-                    vec![(k, n, reference)]
+                    vec![(o.kind.to_string(), o.name, reference)]
                 })
                 .unwrap_or_default();
             present.insert(k);
