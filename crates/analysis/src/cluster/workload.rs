@@ -1,5 +1,5 @@
 //! What runs a pod, in one vocabulary for the model, the edge store and suggest.
-use std::{cmp::Ordering, fmt, str::FromStr};
+use std::{cmp::Ordering, fmt};
 
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -50,14 +50,6 @@ impl From<&str> for WorkloadKind {
             "Pod" => Self::Pod,
             other => Self::Other(other.to_owned()),
         }
-    }
-}
-
-impl FromStr for WorkloadKind {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(s.into())
     }
 }
 
