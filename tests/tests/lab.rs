@@ -195,3 +195,48 @@ traffic:
     );
     assert_eq!(report.summary.decode_errors, 0);
 }
+
+/// The wait for a real enforcer ends in an error when nothing enforces the policies: the
+/// shop's namespaces with no rules at all let the denied canary through. With flowpol's
+/// enforcer in place of a real one, the same canaries pass at once.
+#[test]
+fn the_canary_wait_fails_when_nothing_enforces_and_passes_when_something_does() {
+    use flowpol_lab::{
+        enforce,
+        enforcer::{canary, EnforcerError},
+        scenario, Lab,
+    };
+    use flowpol_analysis::policy::engine::Engine;
+    use std::sync::{atomic::AtomicBool, Arc};
+    use std::time::Duration;
+    if !privileged() {
+        return;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let shop = scenario::parse("shop", EXAMPLE_SCENARIO).unwrap();
+    let declared = enforce::declared(&shop).unwrap();
+    let engine = Engine::new(&declared.cluster, declared.policies);
+
+    let open = Lab::create(shop.clone()).unwrap();
+    let canaries = canary::choose(&open, &engine).unwrap();
+    assert_eq!(
+        canaries.iter().map(|c| c.allowed).collect::<Vec<_>>(),
+        [false, true],
+        "one canary the policies deny, one they allow"
+    );
+    match canary::wait(&open, &canaries, std::time::Instant::now(), Duration::from_secs(2), &stop) {
+        Err(EnforcerError::NotEnforcing { canaries: wrong, .. }) => {
+            assert_eq!(wrong.len(), 1, "{wrong:?}");
+            assert!(wrong[0].ends_with("which the policies deny"), "{wrong:?}");
+        }
+        other => panic!("an unenforced lab passed the canary wait: {other:?}"),
+    }
+    drop(open);
+
+    let mut enforced = shop;
+    enforce::install(&mut enforced, &[]).unwrap();
+    let lab = Lab::create(enforced).unwrap();
+    canary::wait(&lab, &canaries, std::time::Instant::now(), Duration::from_secs(10), &stop).unwrap();
+    drop(lab);
+    flowpol_e2e::assert_no_leftovers();
+}

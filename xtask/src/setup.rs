@@ -165,6 +165,10 @@ fn system_tools() -> Result<()> {
         ("podman", "podman"),
         ("runc", "runc"),
         ("objcopy", "binutils"),
+        // The lab's real enforcers: kube-router's iptables and ipset, and the
+        // iptables-legacy NFQUEUE rules that feed kube-network-policies.
+        ("iptables-legacy", "iptables"),
+        ("ipset", "ipset"),
     ];
     let missing: Vec<&str> = wanted
         .iter()

@@ -132,14 +132,40 @@ impl Rotating {
     }
 }
 
+/// Where repetition `i` of `of` writes: `path` itself when there is one, else `path` with
+/// `.i` before its extension (`flows.jsonl` -> `flows.2.jsonl`).
+pub fn repetition(path: &Path, i: u32, of: u32) -> PathBuf {
+    if of <= 1 {
+        return path.to_owned();
+    }
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}.{i}.{}", ext.to_string_lossy()),
+        None => format!("{stem}.{i}"),
+    };
+    path.with_file_name(name)
+}
+
 /// Rows as aligned columns (two spaces apart, no trailing blanks), one line each.
 pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
-    let widths: Vec<usize> = (0..N)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+    columns_of(rows)
+}
+
+/// [`columns`] for rows of any length (a table whose columns are runs, say).
+pub fn columns_of<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let n = rows.iter().map(|r| r.as_ref().len()).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r.as_ref().get(c).map_or(0, |cell| cell.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for r in rows {
         let cells: Vec<String> = r
+            .as_ref()
             .iter()
             .zip(&widths)
             .map(|(cell, w)| format!("{cell:<w$}"))
@@ -153,6 +179,14 @@ pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn repetitions_get_their_number_before_the_extension() {
+        let p = Path::new("out/flows.jsonl");
+        assert_eq!(repetition(p, 1, 1), p);
+        assert_eq!(repetition(p, 2, 3), Path::new("out/flows.2.jsonl"));
+        assert_eq!(repetition(Path::new("flows"), 3, 3), Path::new("flows.3"));
+    }
 
     #[test]
     fn atomic_write_leaves_old_file_on_failure() {

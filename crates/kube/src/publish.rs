@@ -49,6 +49,8 @@ pub enum PublishError {
         #[source]
         source: kube::Error,
     },
+    #[error("Namespace {namespace} was still being deleted after {limit:?}; is kube-controller-manager running?")]
+    StillTerminating { namespace: String, limit: Duration },
     #[error("the endpointslice controller did not give Service {service} its {want} endpoints within {limit:?} (it has {got}); is kube-controller-manager running?")]
     Endpoints {
         service: String,
@@ -204,6 +206,9 @@ pub async fn publish(
                 source,
             }
         };
+        if k.1 == "Namespace" {
+            wait_until_terminated(&api, &k.2).await?;
+        }
         let created = match api.create(&PostParams::default(), &typed).await {
             Ok(o) => {
                 out.created.push((ar.clone(), namespaced, k.clone()));
@@ -262,6 +267,34 @@ pub async fn publish(
 
 /// Waits until every Service with a selector has as many endpoints as running pods (with an
 /// address, on a node) it selects.
+/// How long a namespace of an earlier run may take to finish terminating.
+const TERMINATING_WITHIN: Duration = Duration::from_secs(120);
+
+/// Waits while namespace `name` is being deleted (an earlier run's, say): nothing can be
+/// created in it until the namespace controller has emptied and removed it.
+async fn wait_until_terminated(api: &Api<DynamicObject>, name: &str) -> Result<(), PublishError> {
+    let started = std::time::Instant::now();
+    loop {
+        let existing = api.get_opt(name).await.map_err(|source| PublishError::Api {
+            object: format!("Namespace {name}"),
+            action: "reading it",
+            source,
+        })?;
+        match existing {
+            Some(ns) if ns.metadata.deletion_timestamp.is_some() => {
+                if started.elapsed() > TERMINATING_WITHIN {
+                    return Err(PublishError::StillTerminating {
+                        namespace: name.to_owned(),
+                        limit: TERMINATING_WITHIN,
+                    });
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
 async fn wait_for_endpoints(
     client: &Client,
     items: &[Item],

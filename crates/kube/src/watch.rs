@@ -61,6 +61,8 @@ pub enum ConnectError {
 #[derive(Clone)]
 pub struct Connection {
     pub client: Client,
+    /// What the client was built from: the API server's address and trusted roots.
+    pub config: Config,
     watches: WatchLog,
 }
 
@@ -170,11 +172,15 @@ pub async fn connect(
         (None, None) => Config::infer().await.map_err(ConnectError::Infer)?,
     };
     let watches = WatchLog::default();
-    let client = kube::client::ClientBuilder::try_from(config)
+    let client = kube::client::ClientBuilder::try_from(config.clone())
         .map_err(ConnectError::Client)?
         .with_layer(&watches)
         .build();
-    Ok(Connection { client, watches })
+    Ok(Connection {
+        client,
+        config,
+        watches,
+    })
 }
 
 /// How one kind's watcher is doing.

@@ -7,7 +7,8 @@ use flowpol_kube::{
     publish::{self, PublishError},
     watch::{self, ConnectError},
 };
-use kube::Client;
+use kube::{Client, Config};
+use serde_json::Value;
 
 use crate::{objects, scenario::Resolved};
 
@@ -24,10 +25,45 @@ pub enum InClusterError {
     Remove(#[source] PublishError),
 }
 
+/// A connection to the API server the lab publishes into.
+#[derive(Clone)]
+pub struct ApiServer {
+    pub client: Client,
+    pub config: Config,
+}
+
+impl ApiServer {
+    /// Through the kubeconfig (and context) given, or kubectl's defaults.
+    pub async fn connect(
+        kubeconfig: Option<&Path>,
+        context: Option<&str>,
+    ) -> Result<Self, InClusterError> {
+        let connection = watch::connect(kubeconfig, context)
+            .await
+            .map_err(InClusterError::Connect)?;
+        Ok(Self {
+            client: connection.client,
+            config: connection.config,
+        })
+    }
+
+    /// Creates `items` (and waits for their Services' endpoints).
+    pub async fn publish(&self, items: &[Value]) -> Result<Published, InClusterError> {
+        let published = publish::publish(&self.client, items, ENDPOINTS_WITHIN)
+            .await
+            .map_err(InClusterError::Publish)?;
+        Ok(Published {
+            client: self.client.clone(),
+            published: vec![published],
+        })
+    }
+}
+
 /// What was published, and how to take it back.
 pub struct Published {
     client: Client,
-    published: publish::Published,
+    /// In the order published; removed in reverse.
+    published: Vec<publish::Published>,
 }
 
 impl Published {
@@ -38,36 +74,36 @@ impl Published {
         context: Option<&str>,
         resolved: &Resolved,
     ) -> Result<Self, InClusterError> {
-        let connection = watch::connect(kubeconfig, context)
+        ApiServer::connect(kubeconfig, context)
+            .await?
+            .publish(&objects::snapshot_items(resolved))
             .await
-            .map_err(InClusterError::Connect)?;
-        let published = publish::publish(
-            &connection.client,
-            &objects::snapshot_items(resolved),
-            ENDPOINTS_WITHIN,
-        )
-        .await
-        .map_err(InClusterError::Publish)?;
-        Ok(Self {
-            client: connection.client,
-            published,
-        })
+    }
+
+    /// Adds what a later publish created, to be removed first.
+    pub fn absorb(&mut self, later: Published) {
+        self.published.extend(later.published);
     }
 
     /// Objects created.
     pub fn created(&self) -> usize {
-        self.published.created()
+        self.published.iter().map(publish::Published::created).sum()
     }
 
     /// What the cluster already held and was kept (its own `default` namespace, ...).
-    pub fn kept(&self) -> &[String] {
-        &self.published.kept
+    pub fn kept(&self) -> Vec<String> {
+        self.published
+            .iter()
+            .flat_map(|p| p.kept.iter().cloned())
+            .collect()
     }
 
     pub async fn remove(self) -> Result<(), InClusterError> {
-        self.published
-            .remove(&self.client)
-            .await
-            .map_err(InClusterError::Remove)
+        for p in self.published.iter().rev() {
+            p.remove(&self.client)
+                .await
+                .map_err(InClusterError::Remove)?;
+        }
+        Ok(())
     }
 }

@@ -4,7 +4,9 @@
 //! the declared ports, and nftables rules for the declared drops. The traffic plan then runs
 //! while the probe records, and the records are checked against what the clients saw.
 pub mod check;
+pub mod conformance;
 pub mod enforce;
+pub mod enforcer;
 pub mod in_cluster;
 pub mod netns;
 pub mod nft;
@@ -41,6 +43,15 @@ pub struct Lab {
 impl Lab {
     /// Creates namespaces, addresses, drop rules and listeners.
     pub fn up(resolved: Resolved) -> Result<Self, NetError> {
+        let mut lab = Self::create(resolved)?;
+        lab.listen()?;
+        Ok(lab)
+    }
+
+    /// Creates namespaces, addresses and nftables rules, without listeners yet: what must
+    /// exist before them (the probe, whose socket hooks learn each socket's namespace when
+    /// it is created; a real enforcer) can start in between.
+    pub fn create(resolved: Resolved) -> Result<Self, NetError> {
         let net = LabNet::create()?;
         let stop = Arc::new(AtomicBool::new(false));
         // From here on, an error drops `lab`, which stops what started and deletes the namespaces.
@@ -63,18 +74,31 @@ impl Lab {
                     Some(&script),
                 )?;
             }
+            lab.namespaces.insert(host.id.clone(), ns);
+        }
+        Ok(lab)
+    }
+
+    /// Starts every host's listeners on its declared ports.
+    pub fn listen(&mut self) -> Result<(), NetError> {
+        for host in &self.resolved.hosts {
+            let ns = &self.namespaces[&host.id];
             for (port, protocol, reply) in &host.ports {
-                lab.listeners.push(traffic::listen(
+                self.listeners.push(traffic::listen(
                     ns.clone(),
                     *port,
                     *protocol,
                     *reply,
-                    lab.stop.clone(),
+                    self.stop.clone(),
                 )?);
             }
-            lab.namespaces.insert(host.id.clone(), ns);
         }
-        Ok(lab)
+        Ok(())
+    }
+
+    /// The namespace holding the bridge: where a real enforcer runs.
+    pub fn node_namespace(&self) -> &str {
+        self.net.node()
     }
 
     /// The network namespace (name under /run/netns) of host `id`.

@@ -78,6 +78,15 @@ fn have(tool: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// A tool the lab needs, or the error naming its Debian package.
+pub fn require(tool: &'static str, package: &'static str) -> Result<(), NetError> {
+    if have(tool) {
+        Ok(())
+    } else {
+        Err(NetError::MissingTool { tool, package })
+    }
+}
+
 /// Checks the lab can run here: root, iproute2 and nftables.
 pub fn preflight() -> Result<(), NetError> {
     // SAFETY: geteuid has no preconditions.

@@ -9,6 +9,9 @@ use flowpol_analysis::cluster::snapshot::{self, Snapshot, SnapshotError};
 
 /// The node every lab pod runs on.
 pub const NODE: &str = "lab-node";
+/// The node's addresses (its InternalIPs, the pods' hostIP), outside what scenarios assign.
+pub const NODE_IPV4: &str = "10.244.255.254";
+pub const NODE_IPV6: &str = "fd00:10:244::fffe";
 /// When every lab pod was "created": before anything the lab records.
 const CREATED: &str = "2020-01-01T00:00:00Z";
 
@@ -26,6 +29,23 @@ pub fn snapshot_yaml(resolved: &Resolved) -> String {
 
 /// The objects of the lab's cluster: its namespaces, node, pods and declared policies.
 pub fn snapshot_items(resolved: &Resolved) -> Vec<Value> {
+    let mut items = cluster_items(resolved);
+    items.extend(policy_items(resolved));
+    items
+}
+
+/// The scenario's NetworkPolicies as objects.
+pub fn policy_items(resolved: &Resolved) -> Vec<Value> {
+    resolved
+        .scenario
+        .policies
+        .iter()
+        .map(|np| serde_json::to_value(np).unwrap_or(Value::Null))
+        .collect()
+}
+
+/// The lab's namespaces, node and pods (with their status, as a kubelet reports it).
+pub fn cluster_items(resolved: &Resolved) -> Vec<Value> {
     let s = &resolved.scenario;
     let mut items: Vec<Value> = Vec::new();
     for ns in &s.namespaces {
@@ -41,6 +61,15 @@ pub fn snapshot_items(resolved: &Resolved) -> Vec<Value> {
     items.push(json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": NODE, "labels": {"kubernetes.io/hostname": NODE}},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": NODE_IPV4},
+                {"type": "InternalIP", "address": NODE_IPV6},
+                {"type": "Hostname", "address": NODE},
+            ],
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady",
+                            "lastHeartbeatTime": CREATED, "lastTransitionTime": CREATED}],
+        },
     }));
     for (i, p) in s.pods.iter().enumerate() {
         let host = resolved
@@ -68,13 +97,13 @@ pub fn snapshot_items(resolved: &Resolved) -> Vec<Value> {
             "spec": {"nodeName": NODE, "containers": [{"name": "main", "image": "lab", "ports": ports}]},
             "status": {
                 "phase": "Running",
+                "hostIP": NODE_IPV4,
+                "hostIPs": [{"ip": NODE_IPV4}, {"ip": NODE_IPV6}],
+                "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": CREATED}],
                 "podIP": host.ipv4.to_string(),
                 "podIPs": [{"ip": host.ipv4.to_string()}, {"ip": host.ipv6.to_string()}],
             },
         }));
-    }
-    for np in &s.policies {
-        items.push(serde_json::to_value(np).unwrap_or(Value::Null));
     }
     items
 }

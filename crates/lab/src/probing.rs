@@ -53,7 +53,7 @@ pub async fn run(
 }
 
 /// The scenario with `attempts` as its traffic, run concurrently with short timeouts.
-fn as_traffic(mut resolved: Resolved, attempts: &[Attempt]) -> Resolved {
+pub fn as_traffic(mut resolved: Resolved, attempts: &[Attempt]) -> Resolved {
     resolved.scenario.traffic = attempts
         .iter()
         .map(|a| Traffic {

@@ -52,14 +52,29 @@ pub struct LabReport {
 pub async fn run(resolved: Resolved, node: Option<String>) -> Result<LabReport, LabError> {
     netns::preflight()?;
     flowpol_node::capture::check_privileges()?;
+    // Before anything is created: a Ctrl-C from here on is a request, not the end.
     let mut shutdown = Shutdown::install().map_err(LabError::Signals)?;
+    let lab = tokio::task::spawn_blocking(move || Lab::create(resolved)).await??;
+    run_on(lab, node, &mut shutdown).await
+}
+
+/// [`run`] on a lab already created (not yet listening): the probe is loaded before the
+/// listeners start, so their sockets' namespaces are known to it.
+pub async fn run_on(
+    mut lab: Lab,
+    node: Option<String>,
+    shutdown: &mut Shutdown,
+) -> Result<LabReport, LabError> {
+    flowpol_node::capture::check_privileges()?;
     let info = kernel::discover()?;
     let probe = Sensor::load(&info)?;
     let mut session = Session::new(
         probe,
         Aggregator::new(node, Clock::system(), info.drop_reasons),
     );
-    let lab = Arc::new(tokio::task::spawn_blocking(move || Lab::up(resolved)).await??);
+    let lab = Arc::new(
+        tokio::task::spawn_blocking(move || lab.listen().map(|()| lab)).await??,
+    );
     let started = std::time::Instant::now();
     let stop_flag = lab.stop_flag();
     let traffic = tokio::task::spawn_blocking({

@@ -104,6 +104,7 @@ fn run_attempts(
 }
 
 /// The attempts of a probe plan this node runs: those whose source pod is here.
+#[derive(Clone)]
 pub struct Share {
     /// Attempts in the whole plan.
     pub planned: usize,

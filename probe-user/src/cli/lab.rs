@@ -4,7 +4,8 @@ use std::{path::PathBuf, process::ExitCode};
 use flowpol_analysis::output;
 use flowpol_lab::{
     enforce::{self, Fault},
-    in_cluster::Published,
+    enforcer::{self, Enforcer},
+    in_cluster::{ApiServer, Published},
     objects, run, scenario, EXAMPLE_SCENARIO,
 };
 
@@ -29,6 +30,20 @@ pub(super) struct Args {
     /// but without pretending to be one: see `--fault enforce-nothing`).
     #[arg(long, conflicts_with = "fault")]
     no_enforce: bool,
+    /// Who enforces the NetworkPolicies: flowpol's own nftables rules, or a real
+    /// implementation run as a CNI's node agent in the lab's node namespace:
+    /// kube-network-policies or kube-router (firewall only). A real one reads the lab from
+    /// the API server, so it needs --kube (or --kubeconfig / --context).
+    #[arg(long, default_value = "flowpol")]
+    enforcer: Enforcer,
+    /// Run the lab this many times (each its own build, enforcer and recording), the
+    /// records of run i in OUTPUT with `.i` before its extension: repetitions for
+    /// `flowpol compare --run`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
+    /// The real enforcer's program (default: found on PATH by its name).
+    #[arg(long)]
+    enforcer_bin: Option<PathBuf>,
     /// Enforce the policies like a CNI with this bug (repeatable): ignore-egress,
     /// ignore-ns-selector-with-pod-selector, ignore-except, ignore-named-ports, enforce-nothing.
     #[arg(long)]
@@ -76,7 +91,18 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             std::io::Write::write_all(&mut f, yaml.as_bytes())
         })?;
     }
-    if !args.no_enforce && !resolved.scenario.policies.is_empty() {
+    let kube = args.kube || args.kubeconfig.is_some() || args.context.is_some();
+    if let Enforcer::Real(kind) = args.enforcer {
+        if args.no_enforce || !args.fault.is_empty() || args.no_record || args.keep_published {
+            anyhow::bail!("--enforcer {kind} runs a real enforcer: --no-enforce, --fault, --no-record and --keep-published are for flowpol's own");
+        }
+        if !kube {
+            anyhow::bail!("--enforcer {kind} reads the lab from an API server: give --kube (or --kubeconfig / --context)");
+        }
+        if resolved.scenario.policies.is_empty() {
+            anyhow::bail!("--enforcer {kind} needs NetworkPolicies to enforce; the scenario has none");
+        }
+    } else if !args.no_enforce && !resolved.scenario.policies.is_empty() {
         enforce::install(&mut resolved, &args.fault)?;
         let faults: Vec<&str> = args.fault.iter().map(|f| f.as_str()).collect();
         eprintln!(
@@ -106,7 +132,104 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let published = if args.kube || args.kubeconfig.is_some() || args.context.is_some() {
+    if args.repeat > 1 && args.output.is_none() {
+        anyhow::bail!("--repeat writes each run's records to its own file: give --output");
+    }
+    let mut failed = false;
+    for i in 1..=args.repeat {
+        if args.repeat > 1 {
+            eprintln!("flowpol lab: run {i} of {}", args.repeat);
+        }
+        let report = one_run(&args, resolved.clone(), kube).await?;
+        let output = args
+            .output
+            .as_deref()
+            .map(|o| output::repetition(o, i, args.repeat));
+        output::emit_records(output.as_deref(), &report.records)?;
+        failed |= tell(&args, &report);
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// One run of the lab with the enforcer asked for.
+async fn one_run(
+    args: &Args,
+    resolved: scenario::Resolved,
+    kube: bool,
+) -> anyhow::Result<run::LabReport> {
+    let Enforcer::Real(kind) = args.enforcer else {
+        return run_publishing(args, resolved, kube).await;
+    };
+    let api = ApiServer::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let binary = enforcer::program(kind, args.enforcer_bin.as_deref());
+    eprintln!(
+        "flowpol lab: {kind} ({}) enforces {} NetworkPolicies",
+        binary.display(),
+        resolved.scenario.policies.len()
+    );
+    let (report, enforced) =
+        enforcer::run(resolved, super::record::hostname(), kind, &binary, &api).await?;
+    eprintln!(
+        "flowpol lab: {kind} was ready {:.3} s after its start and {} (canaries: {})",
+        enforced.ready.as_secs_f64(),
+        match enforced.propagation {
+            Some(p) => format!("enforced the policies {:.3} s after they were created", p.as_secs_f64()),
+            None => "the policies deny nothing a canary can try: their enforcement is not waited for".into(),
+        },
+        enforced
+            .canaries
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    Ok(report)
+}
+
+/// Prints a run's table, summary and mismatches; true when `--check` fails.
+fn tell(args: &Args, report: &run::LabReport) -> bool {
+    eprintln!("{}\n\n{}", report.table(), report.summary);
+    eprintln!(
+        "  traffic plan took {:.3} s",
+        report.traffic_time.as_secs_f64()
+    );
+    if report.mismatches.is_empty() {
+        if args.check {
+            eprintln!("flowpol lab: check passed: every expectation matched the capture exactly");
+        }
+        return false;
+    }
+    // The scenario's expectations are written for its own policies, faithfully enforced.
+    let departs = !args.fault.is_empty()
+        || args.policies.is_some()
+        || args.no_enforce
+        || args.enforcer != Enforcer::Flowpol;
+    if departs && !args.check {
+        eprintln!(
+            "flowpol lab: this run departs from the scenario's own faithfully enforced policies; where the outcome differs from its expectations:"
+        );
+        for m in &report.mismatches {
+            eprintln!("  differs: {m}");
+        }
+    } else {
+        for m in &report.mismatches {
+            eprintln!("flowpol lab: MISMATCH: {m}");
+        }
+    }
+    args.check
+}
+
+/// flowpol's own enforcer, with the lab published into the API server when asked.
+async fn run_publishing(
+    args: &Args,
+    resolved: scenario::Resolved,
+    kube: bool,
+) -> anyhow::Result<run::LabReport> {
+    let published = if kube {
         let p = Published::new(
             args.kubeconfig.as_deref(),
             args.context.as_deref(),
@@ -135,36 +258,5 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Err(e) => eprintln!("flowpol lab: {:#}", anyhow::Error::from(e)),
         }
     }
-    let report = report?;
-    output::emit_records(args.output.as_deref(), &report.records)?;
-    eprintln!("{}\n\n{}", report.table(), report.summary);
-    eprintln!(
-        "  traffic plan took {:.3} s",
-        report.traffic_time.as_secs_f64()
-    );
-    if report.mismatches.is_empty() {
-        if args.check {
-            eprintln!("flowpol lab: check passed: every expectation matched the capture exactly");
-        }
-        return Ok(ExitCode::SUCCESS);
-    }
-    // The scenario's expectations are written for its own policies, faithfully enforced.
-    let departs = !args.fault.is_empty() || args.policies.is_some() || args.no_enforce;
-    if departs && !args.check {
-        eprintln!(
-            "flowpol lab: this run departs from the scenario's own faithfully enforced policies; where the outcome differs from its expectations:"
-        );
-        for m in &report.mismatches {
-            eprintln!("  differs: {m}");
-        }
-    } else {
-        for m in &report.mismatches {
-            eprintln!("flowpol lab: MISMATCH: {m}");
-        }
-    }
-    Ok(if args.check {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(report?)
 }

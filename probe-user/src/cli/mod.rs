@@ -6,6 +6,7 @@ use std::process::ExitCode;
 mod agent;
 mod bpf_stats;
 mod compare;
+mod conformance;
 mod enrich;
 mod eval;
 mod lab;
@@ -42,8 +43,10 @@ enum Command {
     Probe(probe::Args),
     /// Write the least-privilege NetworkPolicies that allow exactly the observed traffic.
     Suggest(suggest::Args),
-    /// Two runs of the same traffic (two clusters, two CNIs) side by side: every case whose outcome differs.
+    /// Runs of the same traffic (clusters, CNIs, enforcers) side by side: differences, or a table over labelled, repeated runs.
     Compare(compare::Args),
+    /// Upstream's NetworkPolicy e2e cases in the lab under an enforcer, held against upstream's truth tables.
+    Conformance(conformance::Args),
     /// Run on every node (the DaemonSet): record, name, verify continuously; export JSON lines, metrics and ObservedTraffic objects.
     Agent(agent::Args),
     /// Run counts and time of every loaded BPF program (needs kernel.bpf_stats_enabled=1).
@@ -61,8 +64,11 @@ fn command(plugin: bool) -> clap::Command {
     }
     let reading_clusters: Vec<String> = cmd
         .get_subcommands()
-        // Not the lab: it would publish its pods into the user's cluster.
-        .filter(|s| s.get_name() != "lab" && s.get_arguments().any(|a| a.get_id() == "kube"))
+        // Not the lab's commands: they would publish its pods into the user's cluster.
+        .filter(|s| {
+            !["lab", "conformance"].contains(&s.get_name())
+                && s.get_arguments().any(|a| a.get_id() == "kube")
+        })
         .map(|s| s.get_name().to_owned())
         .collect();
     let mut cmd = cmd.name("kubectl-flowpol").bin_name("kubectl flowpol");
@@ -114,6 +120,7 @@ pub(crate) fn main() -> ExitCode {
                     Command::Enrich(args) => enrich::run(args).await,
                     Command::Verify(args) => verify::run(args).await,
                     Command::Compare(args) => compare::run(args),
+                    Command::Conformance(args) => conformance::run(args).await,
                     Command::Probe(args) => probe::run(args).await,
                     Command::Suggest(args) => suggest::run(args).await,
                 }

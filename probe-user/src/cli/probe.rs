@@ -5,7 +5,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use super::source::Source;
 use flowpol_analysis::{output, plan, policy::engine::Engine};
-use flowpol_lab::{enforce::Fault, objects, probing, scenario, EXAMPLE_SCENARIO};
+use flowpol_lab::{
+    enforce::Fault,
+    enforcer::{self, Enforcer},
+    in_cluster::ApiServer,
+    objects, probing, scenario, EXAMPLE_SCENARIO,
+};
 use flowpol_node::probing as node_probing;
 
 #[derive(clap::Args)]
@@ -30,13 +35,43 @@ pub(super) struct Args {
     /// Do not enforce the policies at all.
     #[arg(long, conflicts_with = "fault")]
     no_enforce: bool,
+    /// Who enforces the lab's policies: flowpol, kube-network-policies or kube-router (a
+    /// real one reads the lab from the API server given by --kubeconfig / --context / --kube;
+    /// see `flowpol lab --help`).
+    #[arg(long, default_value = "flowpol", conflicts_with_all = ["fault", "no_enforce"])]
+    enforcer: Enforcer,
+    /// The real enforcer's program (default: found on PATH by its name).
+    #[arg(long)]
+    enforcer_bin: Option<PathBuf>,
     /// Write the lab's cluster as a snapshot, for `flowpol verify --cluster`.
     #[arg(long)]
     cluster_out: Option<PathBuf>,
+    /// Run the plan this many times, the records of run i in OUTPUT with `.i` before its
+    /// extension: repetitions for `flowpol compare --run`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
+}
+
+impl Args {
+    /// Where run `i` writes its records.
+    fn output_of(&self, i: u32) -> anyhow::Result<Option<PathBuf>> {
+        match &self.output {
+            Some(o) => Ok(Some(output::repetition(o, i, self.repeat))),
+            None if self.repeat > 1 => {
+                anyhow::bail!("--repeat writes each run's records to its own file: give --output")
+            }
+            None => Ok(None),
+        }
+    }
 }
 
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.source.cluster.is_some() || args.source.live_requested() {
+    // A real enforcer reads the lab through the API server: --kube names it, not a cluster.
+    let on_a_cluster = match args.enforcer {
+        Enforcer::Flowpol => args.source.live_requested(),
+        Enforcer::Real(_) => false,
+    };
+    if args.source.cluster.is_some() || on_a_cluster {
         return on_node(args).await;
     }
     let resolved = match &args.scenario {
@@ -68,13 +103,33 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         attempts.len() - allowed
     );
     let faults = (!args.no_enforce).then_some(args.fault.as_slice());
-    let report = probing::run(resolved, &attempts, faults, super::record::hostname()).await?;
-    output::emit_records(args.output.as_deref(), &report.records)?;
-    eprintln!(
-        "flowpol probe: {} records in {:.1} s; judge them with `flowpol verify --flows`",
-        report.records.len(),
-        report.traffic_time.as_secs_f64()
-    );
+    for i in 1..=args.repeat {
+        let output = args.output_of(i)?;
+        let report = match args.enforcer {
+            Enforcer::Flowpol => {
+                probing::run(resolved.clone(), &attempts, faults, super::record::hostname())
+                    .await?
+            }
+            Enforcer::Real(kind) => {
+                let api = ApiServer::connect(
+                    args.source.kubeconfig.as_deref(),
+                    args.source.context.as_deref(),
+                )
+                .await?;
+                let binary = enforcer::program(kind, args.enforcer_bin.as_deref());
+                let probed = probing::as_traffic(resolved.clone(), &attempts);
+                let (report, _) =
+                    enforcer::run(probed, super::record::hostname(), kind, &binary, &api).await?;
+                report
+            }
+        };
+        output::emit_records(output.as_deref(), &report.records)?;
+        eprintln!(
+            "flowpol probe: {} records in {:.1} s; judge them with `flowpol verify --flows`",
+            report.records.len(),
+            report.traffic_time.as_secs_f64()
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -85,8 +140,9 @@ async fn on_node(args: Args) -> anyhow::Result<ExitCode> {
         || !args.fault.is_empty()
         || args.no_enforce
         || args.cluster_out.is_some()
+        || args.enforcer != Enforcer::Flowpol
     {
-        anyhow::bail!("a scenario, --fault, --no-enforce and --cluster-out are for the lab; with --cluster or --kube the cluster's own CNI enforces");
+        anyhow::bail!("a scenario, --fault, --no-enforce, --enforcer and --cluster-out are for the lab; with --cluster or --kube the cluster's own CNI enforces");
     }
     let snap = args.source.load("probe").await?;
     let policies = snap.compile("probe")?;
@@ -105,14 +161,17 @@ async fn on_node(args: Args) -> anyhow::Result<ExitCode> {
         share.attempts.len(),
         share.local.len()
     );
-    let probed = share.record(super::record::hostname()).await?;
-    output::emit_records(args.output.as_deref(), &probed.records)?;
-    eprintln!("{}", probed.summary);
-    if probed.unentered > 0 {
-        anyhow::bail!(
-            "{} attempt(s) could not enter their pod's network namespace",
-            probed.unentered
-        );
+    for i in 1..=args.repeat {
+        let output = args.output_of(i)?;
+        let probed = share.clone().record(super::record::hostname()).await?;
+        output::emit_records(output.as_deref(), &probed.records)?;
+        eprintln!("{}", probed.summary);
+        if probed.unentered > 0 {
+            anyhow::bail!(
+                "{} attempt(s) could not enter their pod's network namespace",
+                probed.unentered
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

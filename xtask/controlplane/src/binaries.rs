@@ -19,8 +19,19 @@ struct Module {
     upstream: &'static str,
     /// (command, package)
     commands: &'static [(&'static str, &'static str)],
-    /// Packages whose version variables the linker sets (`-X pkg.var=...`).
+    /// Packages whose version variables the linker sets (`-X pkg.var=...`), and how they
+    /// are named.
     version_packages: &'static [&'static str],
+    version_vars: VersionVars,
+}
+
+/// How a module names the variables that hold its version.
+#[derive(Clone, Copy, PartialEq)]
+enum VersionVars {
+    /// `gitVersion`, `gitMajor`, `gitMinor`, `gitTreeState`, `buildDate` (hack/lib/version.sh).
+    Kubernetes,
+    /// `Version` and `BuildDate` (kine has only the first; the linker skips what is absent).
+    Plain,
 }
 
 const KUBERNETES: Module = Module {
@@ -41,6 +52,7 @@ const KUBERNETES: Module = Module {
         "k8s.io/component-base/version",
         "k8s.io/client-go/pkg/version",
     ],
+    version_vars: VersionVars::Kubernetes,
 };
 
 const KINE: Module = Module {
@@ -50,7 +62,39 @@ const KINE: Module = Module {
     upstream: "github.com/k3s-io/kine",
     commands: &[("kine", "github.com/k3s-io/kine")],
     version_packages: &["github.com/k3s-io/kine/pkg/version"],
+    version_vars: VersionVars::Plain,
 };
+
+/// The SIG Network reference NetworkPolicy enforcer (userspace verdicts over NFQUEUE).
+const KUBE_NETWORK_POLICIES: Module = Module {
+    dir: "kube-network-policies",
+    go_mod: include_str!("../../k8s/kube-network-policies/go.mod"),
+    go_sum: include_str!("../../k8s/kube-network-policies/go.sum"),
+    upstream: "sigs.k8s.io/kube-network-policies",
+    commands: &[(
+        "kube-network-policies",
+        "sigs.k8s.io/kube-network-policies/cmd",
+    )],
+    version_packages: &[],
+    version_vars: VersionVars::Plain,
+};
+
+/// kube-router, run as its network policy controller only (iptables and ipset).
+const KUBE_ROUTER: Module = Module {
+    dir: "kube-router",
+    go_mod: include_str!("../../k8s/kube-router/go.mod"),
+    go_sum: include_str!("../../k8s/kube-router/go.sum"),
+    upstream: "github.com/cloudnativelabs/kube-router/v2",
+    commands: &[(
+        "kube-router",
+        "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router",
+    )],
+    version_packages: &["github.com/cloudnativelabs/kube-router/v2/pkg/version"],
+    version_vars: VersionVars::Plain,
+};
+
+/// Everything built from `xtask/k8s`, in build order.
+const MODULES: [&Module; 4] = [&KUBERNETES, &KINE, &KUBE_NETWORK_POLICIES, &KUBE_ROUTER];
 
 /// The version `go.mod` requires of `module` (`\tk8s.io/kubernetes v1.37.2 // indirect`).
 fn required_version(go_mod: &str, module: &str) -> Option<String> {
@@ -115,28 +159,30 @@ impl Module {
 
     /// `-X` flags that give the binaries their real version and the release's date.
     fn ldflags(&self, version: &str, time: &str) -> String {
-        let mut vars = vec![
-            ("gitVersion", version.to_owned()),
-            ("gitTreeState", "clean".into()),
-        ];
-        if let Some((major, minor)) = version
-            .strip_prefix('v')
-            .and_then(|v| v.split_once('.'))
-            .map(|(major, rest)| (major, rest.split('.').next().unwrap_or_default()))
-        {
-            vars.push(("gitMajor", major.to_owned()));
-            vars.push(("gitMinor", minor.to_owned()));
+        let mut vars = Vec::new();
+        match self.version_vars {
+            VersionVars::Kubernetes => {
+                vars.push(("gitVersion", version.to_owned()));
+                vars.push(("gitTreeState", "clean".into()));
+                if let Some((major, minor)) = version
+                    .strip_prefix('v')
+                    .and_then(|v| v.split_once('.'))
+                    .map(|(major, rest)| (major, rest.split('.').next().unwrap_or_default()))
+                {
+                    vars.push(("gitMajor", major.to_owned()));
+                    vars.push(("gitMinor", minor.to_owned()));
+                }
+                vars.push(("buildDate", time.to_owned()));
+            }
+            VersionVars::Plain => {
+                vars.push(("Version", version.to_owned()));
+                vars.push(("BuildDate", time.to_owned()));
+            }
         }
-        vars.push(("buildDate", time.to_owned()));
-        vars.push(("Version", version.to_owned()));
         let mut flags = vec!["-s".to_owned(), "-w".to_owned()];
         for package in self.version_packages {
             for (var, value) in &vars {
-                // kine's package has Version; Kubernetes' have the git* and buildDate ones.
-                let kine = package.ends_with("kine/pkg/version");
-                if (*var == "Version") == kine {
-                    flags.push(format!("-X {package}.{var}={value}"));
-                }
+                flags.push(format!("-X {package}.{var}={value}"));
             }
         }
         flags.join(" ")
@@ -209,7 +255,11 @@ impl Module {
             "-trimpath".to_owned(),
             format!("-ldflags={}", self.ldflags(&version, &time)),
             "-o".to_owned(),
-            format!("{}/", tmp.join("bin").display()),
+            // One command is named for itself (its package may be called `cmd`).
+            match self.commands {
+                [(command, _)] => tmp.join("bin").join(command).display().to_string(),
+                _ => format!("{}/", tmp.join("bin").display()),
+            },
         ];
         args.extend(packages.iter().map(|p| p.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -322,6 +372,9 @@ pub struct Binaries {
     pub kine: PathBuf,
     /// Cilium's CiliumNetworkPolicy CRD (YAML).
     pub cilium_crd: PathBuf,
+    /// The real NetworkPolicy enforcers the lab can run in place of its own.
+    pub kube_network_policies: PathBuf,
+    pub kube_router: PathBuf,
 }
 
 impl Binaries {
@@ -333,12 +386,14 @@ impl Binaries {
             kubectl: KUBERNETES.binary("kubectl"),
             kine: KINE.binary("kine"),
             cilium_crd: cilium_crd(),
+            kube_network_policies: KUBE_NETWORK_POLICIES.binary("kube-network-policies"),
+            kube_router: KUBE_ROUTER.binary("kube-router"),
         }
     }
 
     /// The built binaries, or an error that says how to build them.
     pub fn find() -> Result<Binaries> {
-        if KUBERNETES.built() && KINE.built() && cilium_crd().is_file() {
+        if MODULES.iter().all(|m| m.built()) && cilium_crd().is_file() {
             return Ok(Self::cached());
         }
         bail!(
@@ -352,8 +407,9 @@ impl Binaries {
     /// Builds what is missing (a cold build takes about ten minutes on two cores), then
     /// returns the binaries.
     pub fn build() -> Result<Binaries> {
-        KUBERNETES.build()?;
-        KINE.build()?;
+        for module in MODULES {
+            module.build()?;
+        }
         fetch_cilium_crd()?;
         Ok(Self::cached())
     }
@@ -364,14 +420,13 @@ impl Binaries {
     }
 }
 
-/// `kubernetes v1.37.2, kine v0.17.5`
+/// `kubernetes v1.37.2, kine v0.17.5, ...`
 pub fn versions() -> String {
-    format!(
-        "kubernetes {}, kine {}, cilium CRDs {}",
-        KUBERNETES.version(),
-        KINE.version(),
-        CILIUM.1
-    )
+    let modules: Vec<String> = MODULES
+        .iter()
+        .map(|m| format!("{} {}", m.dir, m.version()))
+        .collect();
+    format!("{}, cilium CRDs {}", modules.join(", "), CILIUM.1)
 }
 
 /// The Kubernetes version built (`v1.37.2`).
@@ -453,7 +508,8 @@ mod tests {
         let kine = KINE.ldflags("v0.17.5", "x");
         assert_eq!(
             kine,
-            "-s -w -X github.com/k3s-io/kine/pkg/version.Version=v0.17.5"
+            "-s -w -X github.com/k3s-io/kine/pkg/version.Version=v0.17.5 \
+             -X github.com/k3s-io/kine/pkg/version.BuildDate=x"
         );
         assert_eq!(
             chrono_like("2026-10-27 12:01:04 +0000 UTC"),

@@ -1,10 +1,13 @@
 //! Compare: the same traffic (a probe plan, say) observed in two clusters, e.g. with two
 //! CNIs, side by side. Each case (source, destination, port, protocol) gets the fate its
 //! records show in each run, and every case whose fates differ is listed. Ends are named by
-//! namespace and workload, so pods with generated names in two clusters still line up. Pure.
+//! namespace and workload, so pods with generated names in two clusters still line up;
+//! [`table`] sets any number of labelled, repeated runs side by side. Pure.
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
+
+pub mod table;
 
 use crate::{
     record::{Endpoint, EndpointKind, FlowRecord, Protocol},
@@ -57,17 +60,21 @@ fn name(e: &Endpoint) -> String {
     }
 }
 
+/// The case a record is of.
+pub fn case_of(r: &FlowRecord) -> Case {
+    Case {
+        src: name(&r.src),
+        dst: name(&r.dst),
+        port: r.dst.port.unwrap_or(0),
+        protocol: r.protocol,
+    }
+}
+
 /// The outcome of every case in `records` (attributed first, to name ends by workload).
 pub fn outcomes(records: &[FlowRecord]) -> BTreeMap<Case, Outcome> {
     let mut fates: BTreeMap<Case, BTreeSet<Fate>> = BTreeMap::new();
     for r in records {
-        let case = Case {
-            src: name(&r.src),
-            dst: name(&r.dst),
-            port: r.dst.port.unwrap_or(0),
-            protocol: r.protocol,
-        };
-        fates.entry(case).or_default().insert(fate(r));
+        fates.entry(case_of(r)).or_default().insert(fate(r));
     }
     fates
         .into_iter()

@@ -1,0 +1,310 @@
+//! Who enforces the lab's NetworkPolicies: flowpol's own nftables compiler
+//! ([`crate::enforce`]), or a real implementation run as a CNI's node agent would run:
+//! kube-network-policies (SIG Network's reference, userspace verdicts over NFQUEUE) or
+//! kube-router's network policy controller (iptables and ipset). A real enforcer reads the
+//! lab from an API server, so the lab publishes itself there first; the policies are
+//! published once the enforcer is ready, and the lab's traffic waits until a canary shows
+//! them enforced.
+pub mod canary;
+pub mod process;
+
+use std::{
+    net::{SocketAddr, ToSocketAddrs},
+    path::{Path, PathBuf},
+    sync::{atomic::AtomicBool, Arc},
+    time::Duration,
+};
+
+use flowpol_kube::identity::{self, TokenError};
+use flowpol_node::shutdown::Shutdown;
+
+use flowpol_analysis::policy::engine::Engine;
+
+use crate::{
+    enforce::{self, EnforceError},
+    in_cluster::{ApiServer, InClusterError},
+    netns::{self, NetError},
+    objects,
+    run::{self, LabError, LabReport},
+    scenario::Resolved,
+    Lab,
+};
+use canary::Canary;
+use process::{Access, Running};
+
+/// How long an enforcer may take to start, and then to enforce what was published.
+const READY_WITHIN: Duration = Duration::from_secs(60);
+const ENFORCED_WITHIN: Duration = Duration::from_secs(60);
+
+/// The lab's enforcer, as `--enforcer` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enforcer {
+    Flowpol,
+    Real(Real),
+}
+
+/// A NetworkPolicy implementation that is not flowpol's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Real {
+    KubeNetworkPolicies,
+    KubeRouter,
+}
+
+impl Real {
+    pub const ALL: [Real; 2] = [Real::KubeNetworkPolicies, Real::KubeRouter];
+
+    /// Its name, and its program's.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Real::KubeNetworkPolicies => "kube-network-policies",
+            Real::KubeRouter => "kube-router",
+        }
+    }
+}
+
+impl std::fmt::Display for Real {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Enforcer {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "flowpol" {
+            return Ok(Enforcer::Flowpol);
+        }
+        Real::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .map(Enforcer::Real)
+            .ok_or_else(|| {
+                format!("unknown enforcer `{s}`: one of flowpol, kube-network-policies, kube-router")
+            })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforcerError {
+    #[error(transparent)]
+    Lab(#[from] LabError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    InCluster(#[from] InClusterError),
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    #[error(transparent)]
+    Declared(#[from] EnforceError),
+    #[error("the lab's traffic runner stopped unexpectedly")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+    #[error("the API server's address {url} does not resolve to a socket address")]
+    ApiAddress { url: String },
+    #[error("cannot bridge the node namespace to the API server")]
+    Bridge(#[source] std::io::Error),
+    #[error("cannot write the enforcer's files in {dir}")]
+    Files {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{kind} is not at {path} (`cargo xtask k8s build` builds it; or give --enforcer-bin)")]
+    NoBinary { kind: Real, path: PathBuf },
+    #[error("cannot start {kind}")]
+    Spawn {
+        kind: Real,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("feeding kube-network-policies' queue from iptables (this kernel has no nftables queue)")]
+    Feed(#[source] NetError),
+    #[error("{kind} exited ({status}) before it enforced anything; its log ends:\n{log}")]
+    Exited {
+        kind: Real,
+        status: String,
+        log: String,
+    },
+    #[error("{kind} was not ready within {within:?}; its log ends:\n{log}")]
+    NotReady {
+        kind: Real,
+        within: Duration,
+        log: String,
+    },
+    #[error("no canary: a real enforcer's policies are waited for through attempts between pods (TCP, or UDP to a port that answers) that they deny and allow, and the scenario has none")]
+    NoCanary,
+    #[error("the policies were not enforced within {within:?}: {}{}", canaries.join("; "), log.as_ref().map(|l| format!("; the enforcer's log ends:\n{l}")).unwrap_or_default())]
+    NotEnforcing {
+        within: Duration,
+        canaries: Vec<String>,
+        /// The enforcer's log, when one runs.
+        log: Option<String>,
+    },
+    #[error("interrupted")]
+    Interrupted,
+}
+
+/// The program to run for `kind`: `given`, else the first on PATH by its name, else the bare
+/// name (whose absence [`run`] reports).
+pub fn program(kind: Real, given: Option<&Path>) -> PathBuf {
+    if let Some(path) = given {
+        return path.to_owned();
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(kind.as_str()))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_else(|| PathBuf::from(kind.as_str()))
+}
+
+/// What a real enforcer's run measured.
+#[derive(Clone, Debug)]
+pub struct Enforced {
+    pub kind: Real,
+    /// From its start until it could judge packets.
+    pub ready: Duration,
+    /// From the policies' creation (the request) until the start of the canary round that
+    /// showed them enforced; `None` when they deny nothing a canary can try, so their
+    /// enforcement cannot be seen.
+    pub propagation: Option<Duration>,
+    pub canaries: Vec<Canary>,
+}
+
+/// Runs the lab with `kind` enforcing its policies and records its traffic plan; see
+/// [`with`].
+pub async fn run(
+    resolved: Resolved,
+    node: Option<String>,
+    kind: Real,
+    binary: &Path,
+    api: &ApiServer,
+) -> Result<(LabReport, Enforced), EnforcerError> {
+    with(resolved, kind, binary, api, async |lab, shutdown| {
+        Ok(run::run_on(lab, node, shutdown).await?)
+    })
+    .await
+}
+
+/// Runs `body` on the lab (created, not yet listening) while `kind` enforces its policies:
+/// publishes the lab (without policies) and the enforcer's identity into `api`, starts the
+/// enforcer from `binary` in the node namespace, publishes the policies and waits for the
+/// canaries; afterwards stops the enforcer and removes what was published, also on errors
+/// and Ctrl-C.
+pub async fn with<T>(
+    resolved: Resolved,
+    kind: Real,
+    binary: &Path,
+    api: &ApiServer,
+    body: impl AsyncFnOnce(Lab, &mut Shutdown) -> Result<T, EnforcerError>,
+) -> Result<(T, Enforced), EnforcerError> {
+    netns::preflight()?;
+    let mut shutdown = Shutdown::install().map_err(EnforcerError::Signals)?;
+    let declared = enforce::declared(&resolved)?;
+    let engine = Engine::new(&declared.cluster, declared.policies);
+    let name = format!("flowpol-lab-{kind}");
+    let mut items = objects::cluster_items(&resolved);
+    items.extend(identity::enforcer_objects(&name));
+    let mut published = api.publish(&items).await?;
+    let outcome = async {
+        let access = Access {
+            upstream: upstream(api)?,
+            ca_pem: identity::ca_pem(&api.config),
+            token: identity::token(&api.client, &name).await?,
+        };
+        let policies = objects::policy_items(&resolved);
+        let lab = tokio::task::spawn_blocking(move || Lab::create(resolved)).await??;
+        let canaries = canary::choose(&lab, &engine)?;
+        let mut running = Running::start(kind, binary, lab.node_namespace(), &access)?;
+        let ready = running.ready(READY_WITHIN).await?;
+        let since = std::time::Instant::now();
+        published.absorb(api.publish(&policies).await?);
+        let (lab, propagation) = wait_for(lab, canaries.clone(), since, &mut shutdown).await?;
+        let propagation = propagation.map_err(|e| match e {
+            EnforcerError::NotEnforcing {
+                within, canaries, ..
+            } => EnforcerError::NotEnforcing {
+                within,
+                canaries,
+                log: Some(running.log_tail()),
+            },
+            other => other,
+        })?;
+        let done = body(lab, &mut shutdown).await?;
+        drop(running);
+        Ok((
+            done,
+            Enforced {
+                kind,
+                ready,
+                propagation: canary::measurable(&canaries).then_some(propagation),
+                canaries,
+            },
+        ))
+    }
+    .await;
+    match published.remove().await {
+        Ok(()) => outcome,
+        Err(e) if outcome.is_ok() => Err(e.into()),
+        // The run's own failure is the one to report.
+        Err(e) => {
+            tracing::warn!("{}", with_causes(&e));
+            outcome
+        }
+    }
+}
+
+/// The canary wait on a blocking thread, stopped by Ctrl-C.
+async fn wait_for(
+    lab: Lab,
+    canaries: Vec<Canary>,
+    since: std::time::Instant,
+    shutdown: &mut Shutdown,
+) -> Result<(Lab, Result<Duration, EnforcerError>), EnforcerError> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let waiting = tokio::task::spawn_blocking({
+        let stop = stop.clone();
+        move || {
+            let took = canary::wait(&lab, &canaries, since, ENFORCED_WITHIN, &stop);
+            (lab, took)
+        }
+    });
+    tokio::pin!(waiting);
+    tokio::select! {
+        done = &mut waiting => Ok(done?),
+        () = shutdown.requested() => {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = waiting.await;
+            Err(EnforcerError::Interrupted)
+        }
+    }
+}
+
+/// The API server's socket address, from the client's configuration.
+fn upstream(api: &ApiServer) -> Result<SocketAddr, EnforcerError> {
+    let url = &api.config.cluster_url;
+    let shown = || EnforcerError::ApiAddress {
+        url: url.to_string(),
+    };
+    let host = url.host().ok_or_else(shown)?;
+    let port = url.port_u16().unwrap_or(443);
+    (host.trim_matches(['[', ']']), port)
+        .to_socket_addrs()
+        .map_err(|_| shown())?
+        .next()
+        .ok_or_else(shown)
+}
+
+/// An error with its causes, one line.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,141 @@
+//! `flowpol conformance`: upstream Kubernetes' NetworkPolicy e2e cases (translated by hand
+//! into crates/lab/conformance/upstream.yaml) run in the lab under an enforcer, every probe
+//! held against upstream's truth table.
+use std::{path::PathBuf, process::ExitCode};
+
+use flowpol_lab::{
+    conformance::{
+        self,
+        runner::{self, CaseResult, With},
+    },
+    enforce::Fault,
+    enforcer::{self, Enforcer},
+    in_cluster::ApiServer,
+};
+
+#[derive(clap::Args)]
+pub(super) struct Args {
+    /// Who enforces: flowpol, kube-network-policies or kube-router (see `flowpol lab --help`).
+    #[arg(long, default_value = "flowpol")]
+    enforcer: Enforcer,
+    /// The real enforcer's program (default: found on PATH by its name).
+    #[arg(long)]
+    enforcer_bin: Option<PathBuf>,
+    /// flowpol's enforcer with this CNI bug (repeatable).
+    #[arg(long)]
+    fault: Vec<Fault>,
+    /// Only these cases (repeatable; see --list).
+    #[arg(long)]
+    case: Vec<String>,
+    /// List the cases and exit.
+    #[arg(long)]
+    list: bool,
+    /// The API server a real enforcer reads the lab from (a test cluster: `cargo xtask k8s up`).
+    #[arg(long)]
+    kube: bool,
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    #[arg(long)]
+    context: Option<String>,
+    /// Exit with status 3 when a probe disagrees with upstream.
+    #[arg(long)]
+    fail_on_disagreement: bool,
+}
+
+pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let set = conformance::parse(conformance::UPSTREAM)?;
+    if args.list {
+        for case in &set.cases {
+            println!("{}\t{}", case.name, case.upstream);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(unknown) = args
+        .case
+        .iter()
+        .find(|c| !set.cases.iter().any(|k| &&k.name == c))
+    {
+        anyhow::bail!("no conformance case `{unknown}` (see --list)");
+    }
+    let cases: Vec<&conformance::Case> = set
+        .cases
+        .iter()
+        .filter(|c| args.case.is_empty() || args.case.contains(&c.name))
+        .collect();
+    let api;
+    let binary;
+    let with = match args.enforcer {
+        Enforcer::Flowpol => With::Flowpol(&args.fault),
+        Enforcer::Real(kind) => {
+            if !args.fault.is_empty() {
+                anyhow::bail!("--fault is for flowpol's own enforcer");
+            }
+            if !(args.kube || args.kubeconfig.is_some() || args.context.is_some()) {
+                anyhow::bail!("--enforcer {kind} reads the lab from an API server: give --kube (or --kubeconfig / --context)");
+            }
+            api = ApiServer::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+            binary = enforcer::program(kind, args.enforcer_bin.as_deref());
+            With::Real {
+                kind,
+                binary: &binary,
+                api: &api,
+            }
+        }
+    };
+    let started = std::time::Instant::now();
+    let mut results: Vec<CaseResult> = Vec::new();
+    for case in cases {
+        let r = runner::run_case(&set, case, &with).await?;
+        eprintln!(
+            "flowpol conformance: {:<60} {:>4} probes, {:>3} disagree{}",
+            r.case,
+            r.probes,
+            r.disagreements.len(),
+            r.propagation
+                .map(|p| format!(", enforced {:.2} s after creation", p.as_secs_f64()))
+                .unwrap_or_default()
+        );
+        results.push(r);
+    }
+    let probes: usize = results.iter().map(|r| r.probes).sum();
+    let wrong: usize = results.iter().map(|r| r.disagreements.len()).sum();
+    for r in &results {
+        for d in &r.disagreements {
+            let e = &d.expected;
+            println!(
+                "{}: {} -> {} {}/{}: upstream says {}, the client saw {}",
+                r.case,
+                e.from,
+                e.to,
+                e.protocol,
+                e.port,
+                if e.allowed { "allowed" } else { "denied" },
+                d.saw
+            );
+        }
+    }
+    let mut propagation: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.propagation.map(|p| p.as_secs_f64()))
+        .collect();
+    propagation.sort_by(f64::total_cmp);
+    println!(
+        "{} case(s), {probes} probes: {} agree with upstream, {wrong} disagree ({:.0} s){}",
+        results.len(),
+        probes - wrong,
+        started.elapsed().as_secs_f64(),
+        match propagation.as_slice() {
+            [] => String::new(),
+            p => format!(
+                "; policies enforced after {:.2} s (median), {:.2} s (slowest)",
+                p[p.len() / 2],
+                p[p.len() - 1]
+            ),
+        }
+    );
+    Ok(if args.fail_on_disagreement && wrong > 0 {
+        ExitCode::from(super::verify::FINDINGS_EXIT)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
