@@ -56,7 +56,12 @@ fn real(cp: &ControlPlane, dir: &Path, kind: &str) -> String {
         Some(cp),
         dir,
         kind,
-        &["--enforcer", kind, "--enforcer-bin", program.to_str().unwrap()],
+        &[
+            "--enforcer",
+            kind,
+            "--enforcer-bin",
+            program.to_str().unwrap(),
+        ],
     );
     assert!(err.contains(&format!("{kind} was ready")), "{err}");
     assert!(err.contains("enforced the policies"), "{err}");
@@ -72,7 +77,11 @@ fn findings(dir: &Path, name: &str) -> BTreeSet<(String, String, String, u64)> {
         .arg(dir.join(format!("{name}.jsonl")))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     report["findings"]
         .as_array()
@@ -97,7 +106,13 @@ fn assert_cluster_clean(cp: &ControlPlane) {
     let policies = k8s::get_json(cp, &["networkpolicies", "-A"]);
     assert_eq!(policies["items"].as_array().unwrap().len(), 0, "{policies}");
     for kind in ["kube-network-policies", "kube-router"] {
-        let sa = cp.kubectl(&["get", "serviceaccount", "-n", "kube-system", &format!("flowpol-lab-{kind}")]);
+        let sa = cp.kubectl(&[
+            "get",
+            "serviceaccount",
+            "-n",
+            "kube-system",
+            &format!("flowpol-lab-{kind}"),
+        ]);
         assert!(!sa.status.success(), "the {kind} identity was removed");
     }
 }
@@ -110,12 +125,17 @@ fn comparison(dir: &Path, runs: &[(&str, &str)]) -> Vec<Vec<String>> {
         .args(["compare", "--output", "json", "--cluster"])
         .arg(dir.join("cluster.yaml"));
     for (label, stem) in runs {
-        command
-            .arg("--run")
-            .arg(format!("{label}={}", dir.join(format!("{stem}.jsonl")).display()));
+        command.arg("--run").arg(format!(
+            "{label}={}",
+            dir.join(format!("{stem}.jsonl")).display()
+        ));
     }
     let out = command.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let table: Value = serde_json::from_slice(&out.stdout).unwrap();
     let labels: Vec<&str> = runs.iter().map(|(l, _)| *l).collect();
     assert_eq!(table["runs"], serde_json::json!(labels));
@@ -128,7 +148,12 @@ fn comparison(dir: &Path, runs: &[(&str, &str)]) -> Vec<Vec<String>> {
                 r["src"].as_str().unwrap().to_owned(),
                 r["dst"].as_str().unwrap().to_owned(),
                 format!("{}/{}", r["protocol"].as_str().unwrap(), r["port"]),
-                if r["expected"]["allowed"] == true { "allow" } else { "deny" }.to_owned(),
+                if r["expected"]["allowed"] == true {
+                    "allow"
+                } else {
+                    "deny"
+                }
+                .to_owned(),
             ];
             row.extend(r["cells"].as_array().unwrap().iter().map(|c| {
                 let says = c["says"].as_str().unwrap().to_owned();
@@ -218,7 +243,12 @@ fn the_shop_under_real_enforcers_and_the_comparison_table() {
 fn conformance(cp: Option<&ControlPlane>, enforcer: &str, extra: &[&str]) -> String {
     let mut command = Command::new(binary());
     command
-        .args(["conformance", "--fail-on-disagreement", "--enforcer", enforcer])
+        .args([
+            "conformance",
+            "--fail-on-disagreement",
+            "--enforcer",
+            enforcer,
+        ])
         .args(extra);
     if let Some(cp) = cp {
         command.arg("--kubeconfig").arg(cp.kubeconfig_path());
@@ -265,13 +295,22 @@ fn the_conformance_set_under_every_enforcer() {
         "{all}"
     );
     let broken = Command::new(binary())
-        .args(["conformance", "--fault", "ignore-egress", "--case", "deny-egress-namespace"])
+        .args([
+            "conformance",
+            "--fault",
+            "ignore-egress",
+            "--case",
+            "deny-egress-namespace",
+        ])
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&broken.stdout);
     // The case denies all egress from x's three pods to the eight other pods: 24 pairs,
     // which a CNI ignoring egress lets through.
-    assert!(said.contains("upstream says denied, the client saw established"), "{said}");
+    assert!(
+        said.contains("upstream says denied, the client saw established"),
+        "{said}"
+    );
     assert!(
         said.contains("1 case(s), 81 probes: 57 agree with upstream, 24 disagree"),
         "{said}"
@@ -291,7 +330,8 @@ fn the_conformance_set_under_every_enforcer() {
         args.extend(&cases);
         let summary = conformance(Some(&cp), kind, &args);
         assert!(
-            summary.contains(&format!("{} case(s)", REPRESENTATIVE.len())) && summary.contains(" 0 disagree"),
+            summary.contains(&format!("{} case(s)", REPRESENTATIVE.len()))
+                && summary.contains(" 0 disagree"),
             "{kind}: {summary}"
         );
         assert_cluster_clean(&cp);

@@ -201,12 +201,12 @@ traffic:
 /// enforcer in place of a real one, the same canaries pass at once.
 #[test]
 fn the_canary_wait_fails_when_nothing_enforces_and_passes_when_something_does() {
+    use flowpol_analysis::policy::engine::Engine;
     use flowpol_lab::{
         enforce,
         enforcer::{canary, EnforcerError},
         scenario, Lab,
     };
-    use flowpol_analysis::policy::engine::Engine;
     use std::sync::{atomic::AtomicBool, Arc};
     use std::time::Duration;
     if !privileged() {
@@ -224,8 +224,16 @@ fn the_canary_wait_fails_when_nothing_enforces_and_passes_when_something_does() 
         [false, true],
         "one canary the policies deny, one they allow"
     );
-    match canary::wait(&open, &canaries, std::time::Instant::now(), Duration::from_secs(2), &stop) {
-        Err(EnforcerError::NotEnforcing { canaries: wrong, .. }) => {
+    match canary::wait(
+        &open,
+        &canaries,
+        std::time::Instant::now(),
+        Duration::from_secs(2),
+        &stop,
+    ) {
+        Err(EnforcerError::NotEnforcing {
+            canaries: wrong, ..
+        }) => {
             assert_eq!(wrong.len(), 1, "{wrong:?}");
             assert!(wrong[0].ends_with("which the policies deny"), "{wrong:?}");
         }
@@ -236,7 +244,14 @@ fn the_canary_wait_fails_when_nothing_enforces_and_passes_when_something_does() 
     let mut enforced = shop;
     enforce::install(&mut enforced, &[]).unwrap();
     let lab = Lab::create(enforced).unwrap();
-    canary::wait(&lab, &canaries, std::time::Instant::now(), Duration::from_secs(10), &stop).unwrap();
+    canary::wait(
+        &lab,
+        &canaries,
+        std::time::Instant::now(),
+        Duration::from_secs(10),
+        &stop,
+    )
+    .unwrap();
     drop(lab);
     flowpol_e2e::assert_no_leftovers();
 }

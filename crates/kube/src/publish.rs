@@ -275,11 +275,14 @@ const TERMINATING_WITHIN: Duration = Duration::from_secs(120);
 async fn wait_until_terminated(api: &Api<DynamicObject>, name: &str) -> Result<(), PublishError> {
     let started = std::time::Instant::now();
     loop {
-        let existing = api.get_opt(name).await.map_err(|source| PublishError::Api {
-            object: format!("Namespace {name}"),
-            action: "reading it",
-            source,
-        })?;
+        let existing = api
+            .get_opt(name)
+            .await
+            .map_err(|source| PublishError::Api {
+                object: format!("Namespace {name}"),
+                action: "reading it",
+                source,
+            })?;
         match existing {
             Some(ns) if ns.metadata.deletion_timestamp.is_some() => {
                 if started.elapsed() > TERMINATING_WITHIN {

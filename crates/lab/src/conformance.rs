@@ -153,18 +153,21 @@ impl Set {
                     probe.protocol, probe.port
                 )));
             }
-            let set = |pairs: &[[String; 2]]| -> Result<BTreeSet<(String, String)>, ConformanceError> {
-                pairs
-                    .iter()
-                    .map(|[a, b]| {
-                        if known.contains(a) && known.contains(b) {
-                            Ok((a.clone(), b.clone()))
-                        } else {
-                            Err(bad(format!("pair {a} -> {b} names a pod outside the model")))
-                        }
-                    })
-                    .collect()
-            };
+            let set =
+                |pairs: &[[String; 2]]| -> Result<BTreeSet<(String, String)>, ConformanceError> {
+                    pairs
+                        .iter()
+                        .map(|[a, b]| {
+                            if known.contains(a) && known.contains(b) {
+                                Ok((a.clone(), b.clone()))
+                            } else {
+                                Err(bad(format!(
+                                    "pair {a} -> {b} names a pod outside the model"
+                                )))
+                            }
+                        })
+                        .collect()
+                };
             let (default_allowed, exceptions) = match &probe.denied {
                 Pairs::All(AllWord::All) => (false, set(&probe.allowed)?),
                 Pairs::Listed(denied) if probe.allowed.is_empty() => (true, set(denied)?),

@@ -79,7 +79,9 @@ impl std::str::FromStr for Enforcer {
             .find(|r| r.as_str() == s)
             .map(Enforcer::Real)
             .ok_or_else(|| {
-                format!("unknown enforcer `{s}`: one of flowpol, kube-network-policies, kube-router")
+                format!(
+                    "unknown enforcer `{s}`: one of flowpol, kube-network-policies, kube-router"
+                )
             })
     }
 }
@@ -118,7 +120,9 @@ pub enum EnforcerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("feeding kube-network-policies' queue from iptables (this kernel has no nftables queue)")]
+    #[error(
+        "feeding kube-network-policies' queue from iptables (this kernel has no nftables queue)"
+    )]
     Feed(#[source] NetError),
     #[error("{kind} exited ({status}) before it enforced anything; its log ends:\n{log}")]
     Exited {
@@ -145,26 +149,41 @@ pub enum EnforcerError {
     Interrupted,
 }
 
-/// The program to run for `kind`: `given`, else the first on PATH by its name, else the bare
-/// name (whose absence [`run`] reports).
-pub fn program(kind: Real, given: Option<&Path>) -> PathBuf {
-    if let Some(path) = given {
-        return path.to_owned();
+/// A real enforcer to run: which, its program, and arguments of the user's after the lab's
+/// own (they win: both enforcers take the last value of a flag).
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub kind: Real,
+    pub path: PathBuf,
+    pub extra_args: Vec<String>,
+}
+
+impl Program {
+    /// `kind` from `given`, else the first program on PATH by its name, else the bare name
+    /// (whose absence [`run`] reports).
+    pub fn new(kind: Real, given: Option<&Path>, extra_args: Vec<String>) -> Self {
+        let path = given.map(Path::to_owned).unwrap_or_else(|| {
+            std::env::var_os("PATH")
+                .and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|d| d.join(kind.as_str()))
+                        .find(|p| p.is_file())
+                })
+                .unwrap_or_else(|| PathBuf::from(kind.as_str()))
+        });
+        Self {
+            kind,
+            path,
+            extra_args,
+        }
     }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(kind.as_str()))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_else(|| PathBuf::from(kind.as_str()))
 }
 
 /// What a real enforcer's run measured.
 #[derive(Clone, Debug)]
 pub struct Enforced {
     pub kind: Real,
-    /// From its start until it could judge packets.
+    /// From its start until it let the canaries through, before any policy existed.
     pub ready: Duration,
     /// From the policies' creation (the request) until the start of the canary round that
     /// showed them enforced; `None` when they deny nothing a canary can try, so their
@@ -178,29 +197,28 @@ pub struct Enforced {
 pub async fn run(
     resolved: Resolved,
     node: Option<String>,
-    kind: Real,
-    binary: &Path,
+    program: &Program,
     api: &ApiServer,
 ) -> Result<(LabReport, Enforced), EnforcerError> {
-    with(resolved, kind, binary, api, async |lab, shutdown| {
+    with(resolved, program, api, async |lab, shutdown| {
         Ok(run::run_on(lab, node, shutdown).await?)
     })
     .await
 }
 
-/// Runs `body` on the lab (created, not yet listening) while `kind` enforces its policies:
-/// publishes the lab (without policies) and the enforcer's identity into `api`, starts the
-/// enforcer from `binary` in the node namespace, publishes the policies and waits for the
+/// Runs `body` on the lab (created, not yet listening) while `program` enforces its
+/// policies: publishes the lab (without policies) and the enforcer's identity into `api`,
+/// starts the enforcer in the node namespace, publishes the policies and waits for the
 /// canaries; afterwards stops the enforcer and removes what was published, also on errors
 /// and Ctrl-C.
 pub async fn with<T>(
     resolved: Resolved,
-    kind: Real,
-    binary: &Path,
+    program: &Program,
     api: &ApiServer,
     body: impl AsyncFnOnce(Lab, &mut Shutdown) -> Result<T, EnforcerError>,
 ) -> Result<(T, Enforced), EnforcerError> {
     netns::preflight()?;
+    let kind = program.kind;
     let mut shutdown = Shutdown::install().map_err(EnforcerError::Signals)?;
     let declared = enforce::declared(&resolved)?;
     let engine = Engine::new(&declared.cluster, declared.policies);
@@ -217,8 +235,20 @@ pub async fn with<T>(
         let policies = objects::policy_items(&resolved);
         let lab = tokio::task::spawn_blocking(move || Lab::create(resolved)).await??;
         let canaries = canary::choose(&lab, &engine)?;
-        let mut running = Running::start(kind, binary, lab.node_namespace(), &access)?;
-        let ready = running.ready(READY_WITHIN).await?;
+        let started = std::time::Instant::now();
+        let mut running = Running::start(program, lab.node_namespace(), &access)?;
+        running.ready(READY_WITHIN).await?;
+        // Before any policy, everything gets through: the canaries all must, so the enforcer
+        // is judging packets (not only started) before the policies come.
+        let open: Vec<Canary> = canaries
+            .iter()
+            .map(|c| Canary {
+                allowed: true,
+                ..c.clone()
+            })
+            .collect();
+        let (lab, passing) = wait_for(lab, open, started, &mut shutdown).await?;
+        let ready = passing?;
         let since = std::time::Instant::now();
         published.absorb(api.publish(&policies).await?);
         let (lab, propagation) = wait_for(lab, canaries.clone(), since, &mut shutdown).await?;
@@ -228,7 +258,12 @@ pub async fn with<T>(
             } => EnforcerError::NotEnforcing {
                 within,
                 canaries,
-                log: Some(running.log_tail()),
+                log: Some(match running.keep_log() {
+                    Some(kept) => {
+                        format!("{}\n(all of it in {})", running.log_tail(), kept.display())
+                    }
+                    None => running.log_tail(),
+                }),
             },
             other => other,
         })?;

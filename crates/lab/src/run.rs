@@ -72,9 +72,7 @@ pub async fn run_on(
         probe,
         Aggregator::new(node, Clock::system(), info.drop_reasons),
     );
-    let lab = Arc::new(
-        tokio::task::spawn_blocking(move || lab.listen().map(|()| lab)).await??,
-    );
+    let lab = Arc::new(tokio::task::spawn_blocking(move || lab.listen().map(|()| lab)).await??);
     let started = std::time::Instant::now();
     let stop_flag = lab.stop_flag();
     let traffic = tokio::task::spawn_blocking({

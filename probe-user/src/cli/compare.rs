@@ -13,7 +13,6 @@ use flowpol_analysis::{
     record,
 };
 
-
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum TableFormat {
     Table,
@@ -55,14 +54,17 @@ pub(super) struct Args {
 fn parse_run(s: &str) -> Result<(String, Vec<PathBuf>), String> {
     match s.split_once('=') {
         Some((label, files)) if !label.is_empty() && files.split(',').all(|f| !f.is_empty()) => {
-            Ok((label.to_owned(), files.split(',').map(PathBuf::from).collect()))
+            Ok((
+                label.to_owned(),
+                files.split(',').map(PathBuf::from).collect(),
+            ))
         }
         _ => Err(format!("`{s}` is not LABEL=FILE[,FILE...]")),
     }
 }
 
 fn load(
-    flows: &PathBuf,
+    flows: &std::path::Path,
     cluster: Option<&snapshot::Snapshot>,
 ) -> anyhow::Result<Vec<record::FlowRecord>> {
     let mut records = record::read_json_lines(flows)?;
@@ -82,7 +84,9 @@ pub(super) fn run(args: Args) -> anyhow::Result<ExitCode> {
         return run_table(&args);
     }
     let [a, b] = args.files.as_slice() else {
-        anyhow::bail!("compare needs two files of flow records, or labelled runs (--run LABEL=FILE)");
+        anyhow::bail!(
+            "compare needs two files of flow records, or labelled runs (--run LABEL=FILE)"
+        );
     };
     let cluster_a = snapshot_at(args.cluster.as_ref().or(args.cluster_a.as_ref()))?;
     let cluster_b = snapshot_at(args.cluster.as_ref().or(args.cluster_b.as_ref()))?;

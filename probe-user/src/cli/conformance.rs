@@ -3,24 +3,20 @@
 //! held against upstream's truth table.
 use std::{path::PathBuf, process::ExitCode};
 
+use super::enforcing::EnforcerArgs;
 use flowpol_lab::{
     conformance::{
         self,
         runner::{self, CaseResult, With},
     },
     enforce::Fault,
-    enforcer::{self, Enforcer},
     in_cluster::ApiServer,
 };
 
 #[derive(clap::Args)]
 pub(super) struct Args {
-    /// Who enforces: flowpol, kube-network-policies or kube-router (see `flowpol lab --help`).
-    #[arg(long, default_value = "flowpol")]
-    enforcer: Enforcer,
-    /// The real enforcer's program (default: found on PATH by its name).
-    #[arg(long)]
-    enforcer_bin: Option<PathBuf>,
+    #[command(flatten)]
+    enforcing: EnforcerArgs,
     /// flowpol's enforcer with this CNI bug (repeatable).
     #[arg(long)]
     fault: Vec<Fault>,
@@ -63,21 +59,24 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .filter(|c| args.case.is_empty() || args.case.contains(&c.name))
         .collect();
     let api;
-    let binary;
-    let with = match args.enforcer {
-        Enforcer::Flowpol => With::Flowpol(&args.fault),
-        Enforcer::Real(kind) => {
+    let program;
+    let with = match args.enforcing.program() {
+        None => {
+            args.enforcing
+                .only_flowpol("--enforcer-bin and --enforcer-arg are for a real --enforcer")?;
+            With::Flowpol(&args.fault)
+        }
+        Some(p) => {
             if !args.fault.is_empty() {
                 anyhow::bail!("--fault is for flowpol's own enforcer");
             }
             if !(args.kube || args.kubeconfig.is_some() || args.context.is_some()) {
-                anyhow::bail!("--enforcer {kind} reads the lab from an API server: give --kube (or --kubeconfig / --context)");
+                anyhow::bail!("--enforcer {} reads the lab from an API server: give --kube (or --kubeconfig / --context)", p.kind);
             }
             api = ApiServer::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
-            binary = enforcer::program(kind, args.enforcer_bin.as_deref());
+            program = p;
             With::Real {
-                kind,
-                binary: &binary,
+                program: &program,
                 api: &api,
             }
         }
@@ -86,19 +85,42 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut results: Vec<CaseResult> = Vec::new();
     for case in cases {
         let r = runner::run_case(&set, case, &with).await?;
-        eprintln!(
-            "flowpol conformance: {:<60} {:>4} probes, {:>3} disagree{}",
-            r.case,
-            r.probes,
-            r.disagreements.len(),
-            r.propagation
-                .map(|p| format!(", enforced {:.2} s after creation", p.as_secs_f64()))
-                .unwrap_or_default()
-        );
+        match &r.not_enforced {
+            Some(why) => eprintln!("flowpol conformance: {:<60} NOT ENFORCED: {why}", r.case),
+            None => eprintln!(
+                "flowpol conformance: {:<60} {:>4} probes, {:>3} disagree{}",
+                r.case,
+                r.probes,
+                r.disagreements.len(),
+                r.propagation
+                    .map(|p| format!(", enforced {:.2} s after creation", p.as_secs_f64()))
+                    .unwrap_or_default()
+            ),
+        }
         results.push(r);
     }
-    let probes: usize = results.iter().map(|r| r.probes).sum();
+    let unenforced: Vec<&CaseResult> = results
+        .iter()
+        .filter(|r| r.not_enforced.is_some())
+        .collect();
+    let probes: usize = results
+        .iter()
+        .filter(|r| r.not_enforced.is_none())
+        .map(|r| r.probes)
+        .sum();
     let wrong: usize = results.iter().map(|r| r.disagreements.len()).sum();
+    for r in &unenforced {
+        println!(
+            "{}: not enforced: {}",
+            r.case,
+            r.not_enforced
+                .as_deref()
+                .unwrap_or_default()
+                .lines()
+                .next()
+                .unwrap_or_default()
+        );
+    }
     for r in &results {
         for d in &r.disagreements {
             let e = &d.expected;
@@ -120,9 +142,17 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .collect();
     propagation.sort_by(f64::total_cmp);
     println!(
-        "{} case(s), {probes} probes: {} agree with upstream, {wrong} disagree ({:.0} s){}",
+        "{} case(s), {probes} probes: {} agree with upstream, {wrong} disagree{} ({:.0} s){}",
         results.len(),
         probes - wrong,
+        if unenforced.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; {} case(s) not enforced within the wait, not probed",
+                unenforced.len()
+            )
+        },
         started.elapsed().as_secs_f64(),
         match propagation.as_slice() {
             [] => String::new(),
@@ -133,9 +163,11 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ),
         }
     );
-    Ok(if args.fail_on_disagreement && wrong > 0 {
-        ExitCode::from(super::verify::FINDINGS_EXIT)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if args.fail_on_disagreement && (wrong > 0 || !unenforced.is_empty()) {
+            ExitCode::from(super::verify::FINDINGS_EXIT)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }

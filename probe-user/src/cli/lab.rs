@@ -1,10 +1,11 @@
 //! `flowpol lab`: build the namespace lab from a scenario, run its traffic while recording.
 use std::{path::PathBuf, process::ExitCode};
 
+use super::enforcing::EnforcerArgs;
 use flowpol_analysis::output;
 use flowpol_lab::{
     enforce::{self, Fault},
-    enforcer::{self, Enforcer},
+    enforcer,
     in_cluster::{ApiServer, Published},
     objects, run, scenario, EXAMPLE_SCENARIO,
 };
@@ -30,20 +31,13 @@ pub(super) struct Args {
     /// but without pretending to be one: see `--fault enforce-nothing`).
     #[arg(long, conflicts_with = "fault")]
     no_enforce: bool,
-    /// Who enforces the NetworkPolicies: flowpol's own nftables rules, or a real
-    /// implementation run as a CNI's node agent in the lab's node namespace:
-    /// kube-network-policies or kube-router (firewall only). A real one reads the lab from
-    /// the API server, so it needs --kube (or --kubeconfig / --context).
-    #[arg(long, default_value = "flowpol")]
-    enforcer: Enforcer,
+    #[command(flatten)]
+    enforcing: EnforcerArgs,
     /// Run the lab this many times (each its own build, enforcer and recording), the
     /// records of run i in OUTPUT with `.i` before its extension: repetitions for
     /// `flowpol compare --run`.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
-    /// The real enforcer's program (default: found on PATH by its name).
-    #[arg(long)]
-    enforcer_bin: Option<PathBuf>,
     /// Enforce the policies like a CNI with this bug (repeatable): ignore-egress,
     /// ignore-ns-selector-with-pod-selector, ignore-except, ignore-named-ports, enforce-nothing.
     #[arg(long)]
@@ -92,7 +86,8 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         })?;
     }
     let kube = args.kube || args.kubeconfig.is_some() || args.context.is_some();
-    if let Enforcer::Real(kind) = args.enforcer {
+    if let Some(program) = args.enforcing.program() {
+        let kind = program.kind;
         if args.no_enforce || !args.fault.is_empty() || args.no_record || args.keep_published {
             anyhow::bail!("--enforcer {kind} runs a real enforcer: --no-enforce, --fault, --no-record and --keep-published are for flowpol's own");
         }
@@ -100,9 +95,13 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--enforcer {kind} reads the lab from an API server: give --kube (or --kubeconfig / --context)");
         }
         if resolved.scenario.policies.is_empty() {
-            anyhow::bail!("--enforcer {kind} needs NetworkPolicies to enforce; the scenario has none");
+            anyhow::bail!(
+                "--enforcer {kind} needs NetworkPolicies to enforce; the scenario has none"
+            );
         }
     } else if !args.no_enforce && !resolved.scenario.policies.is_empty() {
+        args.enforcing
+            .only_flowpol("--enforcer-bin and --enforcer-arg are for a real --enforcer")?;
         enforce::install(&mut resolved, &args.fault)?;
         let faults: Vec<&str> = args.fault.iter().map(|f| f.as_str()).collect();
         eprintln!(
@@ -161,24 +160,29 @@ async fn one_run(
     resolved: scenario::Resolved,
     kube: bool,
 ) -> anyhow::Result<run::LabReport> {
-    let Enforcer::Real(kind) = args.enforcer else {
+    let Some(program) = args.enforcing.program() else {
         return run_publishing(args, resolved, kube).await;
     };
+    let kind = program.kind;
     let api = ApiServer::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
-    let binary = enforcer::program(kind, args.enforcer_bin.as_deref());
     eprintln!(
         "flowpol lab: {kind} ({}) enforces {} NetworkPolicies",
-        binary.display(),
+        program.path.display(),
         resolved.scenario.policies.len()
     );
     let (report, enforced) =
-        enforcer::run(resolved, super::record::hostname(), kind, &binary, &api).await?;
+        enforcer::run(resolved, super::record::hostname(), &program, &api).await?;
     eprintln!(
         "flowpol lab: {kind} was ready {:.3} s after its start and {} (canaries: {})",
         enforced.ready.as_secs_f64(),
         match enforced.propagation {
-            Some(p) => format!("enforced the policies {:.3} s after they were created", p.as_secs_f64()),
-            None => "the policies deny nothing a canary can try: their enforcement is not waited for".into(),
+            Some(p) => format!(
+                "enforced the policies {:.3} s after they were created",
+                p.as_secs_f64()
+            ),
+            None =>
+                "the policies deny nothing a canary can try: their enforcement is not waited for"
+                    .into(),
         },
         enforced
             .canaries
@@ -207,7 +211,7 @@ fn tell(args: &Args, report: &run::LabReport) -> bool {
     let departs = !args.fault.is_empty()
         || args.policies.is_some()
         || args.no_enforce
-        || args.enforcer != Enforcer::Flowpol;
+        || args.enforcing.real();
     if departs && !args.check {
         eprintln!(
             "flowpol lab: this run departs from the scenario's own faithfully enforced policies; where the outcome differs from its expectations:"

@@ -7,6 +7,7 @@ mod agent;
 mod bpf_stats;
 mod compare;
 mod conformance;
+mod enforcing;
 mod enrich;
 mod eval;
 mod lab;

@@ -3,13 +3,11 @@
 //! and are recorded, so `flowpol verify` judges them like any traffic.
 use std::{path::PathBuf, process::ExitCode};
 
+use super::enforcing::EnforcerArgs;
 use super::source::Source;
 use flowpol_analysis::{output, plan, policy::engine::Engine};
 use flowpol_lab::{
-    enforce::Fault,
-    enforcer::{self, Enforcer},
-    in_cluster::ApiServer,
-    objects, probing, scenario, EXAMPLE_SCENARIO,
+    enforce::Fault, enforcer, in_cluster::ApiServer, objects, probing, scenario, EXAMPLE_SCENARIO,
 };
 use flowpol_node::probing as node_probing;
 
@@ -35,14 +33,8 @@ pub(super) struct Args {
     /// Do not enforce the policies at all.
     #[arg(long, conflicts_with = "fault")]
     no_enforce: bool,
-    /// Who enforces the lab's policies: flowpol, kube-network-policies or kube-router (a
-    /// real one reads the lab from the API server given by --kubeconfig / --context / --kube;
-    /// see `flowpol lab --help`).
-    #[arg(long, default_value = "flowpol", conflicts_with_all = ["fault", "no_enforce"])]
-    enforcer: Enforcer,
-    /// The real enforcer's program (default: found on PATH by its name).
-    #[arg(long)]
-    enforcer_bin: Option<PathBuf>,
+    #[command(flatten)]
+    enforcing: EnforcerArgs,
     /// Write the lab's cluster as a snapshot, for `flowpol verify --cluster`.
     #[arg(long)]
     cluster_out: Option<PathBuf>,
@@ -67,10 +59,7 @@ impl Args {
 
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     // A real enforcer reads the lab through the API server: --kube names it, not a cluster.
-    let on_a_cluster = match args.enforcer {
-        Enforcer::Flowpol => args.source.live_requested(),
-        Enforcer::Real(_) => false,
-    };
+    let on_a_cluster = !args.enforcing.real() && args.source.live_requested();
     if args.source.cluster.is_some() || on_a_cluster {
         return on_node(args).await;
     }
@@ -105,21 +94,28 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let faults = (!args.no_enforce).then_some(args.fault.as_slice());
     for i in 1..=args.repeat {
         let output = args.output_of(i)?;
-        let report = match args.enforcer {
-            Enforcer::Flowpol => {
-                probing::run(resolved.clone(), &attempts, faults, super::record::hostname())
-                    .await?
+        let report = match args.enforcing.program() {
+            None => {
+                probing::run(
+                    resolved.clone(),
+                    &attempts,
+                    faults,
+                    super::record::hostname(),
+                )
+                .await?
             }
-            Enforcer::Real(kind) => {
+            Some(program) => {
+                if !args.fault.is_empty() || args.no_enforce {
+                    anyhow::bail!("--fault and --no-enforce are for flowpol's own enforcer");
+                }
                 let api = ApiServer::connect(
                     args.source.kubeconfig.as_deref(),
                     args.source.context.as_deref(),
                 )
                 .await?;
-                let binary = enforcer::program(kind, args.enforcer_bin.as_deref());
                 let probed = probing::as_traffic(resolved.clone(), &attempts);
                 let (report, _) =
-                    enforcer::run(probed, super::record::hostname(), kind, &binary, &api).await?;
+                    enforcer::run(probed, super::record::hostname(), &program, &api).await?;
                 report
             }
         };
@@ -140,7 +136,7 @@ async fn on_node(args: Args) -> anyhow::Result<ExitCode> {
         || !args.fault.is_empty()
         || args.no_enforce
         || args.cluster_out.is_some()
-        || args.enforcer != Enforcer::Flowpol
+        || args.enforcing.real()
     {
         anyhow::bail!("a scenario, --fault, --no-enforce, --enforcer and --cluster-out are for the lab; with --cluster or --kube the cluster's own CNI enforces");
     }

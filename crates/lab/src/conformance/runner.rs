@@ -1,11 +1,11 @@
 //! Running conformance cases in the lab, under flowpol's enforcer or a real one, and
 //! holding what the clients saw against upstream's answers.
-use std::{path::Path, time::Duration};
+use std::time::Duration;
 
 use super::{judge, Case, ConformanceError, Disagreement, Set};
 use crate::{
     enforce::{self, EnforceError, Fault},
-    enforcer::{self, EnforcerError, Real},
+    enforcer::{self, EnforcerError, Program},
     in_cluster::ApiServer,
     run::{self, LabError},
 };
@@ -15,8 +15,7 @@ pub enum With<'a> {
     /// flowpol's own nftables rules, with these faults (none: faithfully).
     Flowpol(&'a [Fault]),
     Real {
-        kind: Real,
-        binary: &'a Path,
+        program: &'a Program,
         api: &'a ApiServer,
     },
 }
@@ -43,6 +42,9 @@ pub struct CaseResult {
     pub disagreements: Vec<Disagreement>,
     /// A real enforcer's time from the policies' creation to their enforcement.
     pub propagation: Option<Duration>,
+    /// Why the probes did not run: the enforcer did not enforce the case's policies in
+    /// time (a result about the enforcer, not a failure of the run).
+    pub not_enforced: Option<String>,
 }
 
 /// Runs `case`'s probes (every pair on every probed port) and judges them.
@@ -56,19 +58,30 @@ pub async fn run_case(set: &Set, case: &Case, with: &With<'_>) -> Result<CaseRes
                 tokio::task::spawn_blocking(move || run::run_traffic_only(resolved)).await??;
             (outcomes, None)
         }
-        With::Real { kind, binary, api } => {
-            let (outcomes, enforced) =
-                enforcer::with(resolved, *kind, binary, api, async |mut lab, _| {
-                    let outcomes = tokio::task::spawn_blocking(move || {
-                        lab.listen()?;
-                        lab.run_traffic()
-                    })
-                    .await?
-                    .map_err(LabError::from)?;
-                    Ok(outcomes)
+        With::Real { program, api } => {
+            let run = enforcer::with(resolved, program, api, async |mut lab, _| {
+                let outcomes = tokio::task::spawn_blocking(move || {
+                    lab.listen()?;
+                    lab.run_traffic()
                 })
-                .await?;
-            (outcomes, enforced.propagation)
+                .await?
+                .map_err(LabError::from)?;
+                Ok(outcomes)
+            })
+            .await;
+            match run {
+                Ok((outcomes, enforced)) => (outcomes, enforced.propagation),
+                Err(e @ EnforcerError::NotEnforcing { .. }) => {
+                    return Ok(CaseResult {
+                        case: case.name.clone(),
+                        probes: expected.len(),
+                        disagreements: Vec::new(),
+                        propagation: None,
+                        not_enforced: Some(e.to_string()),
+                    });
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     };
     Ok(CaseResult {
@@ -76,5 +89,6 @@ pub async fn run_case(set: &Set, case: &Case, with: &With<'_>) -> Result<CaseRes
         probes: expected.len(),
         disagreements: judge(&expected, &outcomes),
         propagation,
+        not_enforced: None,
     })
 }

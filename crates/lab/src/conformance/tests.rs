@@ -14,10 +14,21 @@ fn every_case_becomes_a_scenario_with_one_attempt_per_pair_and_probe() {
     assert_eq!(names.len(), set.cases.len(), "case names are unique");
     for case in &set.cases {
         let resolved = set.scenario(case).unwrap();
-        assert_eq!(resolved.scenario.traffic.len(), 81 * case.probes.len(), "{}", case.name);
+        assert_eq!(
+            resolved.scenario.traffic.len(),
+            81 * case.probes.len(),
+            "{}",
+            case.name
+        );
         assert_eq!(resolved.hosts.len(), 9);
-        assert_eq!(resolved.host("x/a").unwrap().ipv4.to_string(), "10.244.0.10");
-        assert_eq!(resolved.host("z/c").unwrap().ipv4.to_string(), "10.244.0.18");
+        assert_eq!(
+            resolved.host("x/a").unwrap().ipv4.to_string(),
+            "10.244.0.10"
+        );
+        assert_eq!(
+            resolved.host("z/c").unwrap().ipv4.to_string(),
+            "10.244.0.18"
+        );
     }
 }
 
@@ -54,7 +65,12 @@ fn the_engine_agrees_with_upstream_on_every_case() {
             }
         }
     }
-    assert!(wrong.is_empty(), "{} disagreements:\n{}", wrong.len(), wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{} disagreements:\n{}",
+        wrong.len(),
+        wrong.join("\n")
+    );
 }
 
 #[test]
@@ -87,10 +103,20 @@ cases:
     let t = |a: &str, b: &str, ok| (a.to_owned(), b.to_owned(), ok);
     assert_eq!(
         allowed(0),
-        [t("x/a", "x/a", true), t("x/a", "x/b", false), t("x/b", "x/a", true), t("x/b", "x/b", true)]
+        [
+            t("x/a", "x/a", true),
+            t("x/a", "x/b", false),
+            t("x/b", "x/a", true),
+            t("x/b", "x/b", true)
+        ]
     );
     assert_eq!(
         allowed(1),
-        [t("x/a", "x/a", true), t("x/a", "x/b", false), t("x/b", "x/a", true), t("x/b", "x/b", true)]
+        [
+            t("x/a", "x/a", true),
+            t("x/a", "x/b", false),
+            t("x/b", "x/a", true),
+            t("x/b", "x/b", true)
+        ]
     );
 }

@@ -57,7 +57,9 @@ pub fn choose(lab: &Lab, engine: &Engine) -> Result<Vec<Canary>, EnforcerError> 
             pods.iter().filter(|to| to.id != from.id).find_map(|to| {
                 to.ports
                     .iter()
-                    .filter(|&&(_, proto, reply)| proto == protocol && (reply || protocol == Protocol::TCP))
+                    .filter(|&&(_, proto, reply)| {
+                        proto == protocol && (reply || protocol == Protocol::TCP)
+                    })
                     .find(|&&(port, _, _)| {
                         engine
                             .evaluate(&Connection {
@@ -129,7 +131,9 @@ pub fn wait(
         let wrong: Vec<&Canary> = canaries
             .iter()
             .filter(|c| {
-                let ns = lab.namespace(&c.from).expect("a canary comes from a lab host");
+                let ns = lab
+                    .namespace(&c.from)
+                    .expect("a canary comes from a lab host");
                 let got_through = matches!(
                     try_once(ns, c.addr, c.protocol),
                     Some(Verdict::Established | Verdict::Answered)

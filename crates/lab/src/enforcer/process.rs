@@ -3,7 +3,7 @@
 //! bridge on that namespace's loopback, with a ServiceAccount token of its own.
 use std::{
     net::SocketAddr,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -11,7 +11,7 @@ use std::{
 use flowpol_node::netns::enter;
 use tokio::{io::copy_bidirectional, net::TcpStream, task::JoinHandle};
 
-use super::{EnforcerError, Real};
+use super::{EnforcerError, Program, Real};
 use crate::{netns, objects};
 
 /// kube-network-policies' default queue.
@@ -44,7 +44,8 @@ impl Bridge {
         .join()
         .map_err(|_| EnforcerError::Bridge(std::io::Error::other("bridge thread panicked")))??;
         let port = listener.local_addr().map_err(EnforcerError::Bridge)?.port();
-        let listener = tokio::net::TcpListener::from_std(listener).map_err(EnforcerError::Bridge)?;
+        let listener =
+            tokio::net::TcpListener::from_std(listener).map_err(EnforcerError::Bridge)?;
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 tokio::spawn(async move {
@@ -74,13 +75,9 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts `kind` from `binary` in the node namespace `node_ns`.
-    pub fn start(
-        kind: Real,
-        binary: &Path,
-        node_ns: &str,
-        access: &Access,
-    ) -> Result<Self, EnforcerError> {
+    /// Starts `program` in the node namespace `node_ns`.
+    pub fn start(program: &Program, node_ns: &str, access: &Access) -> Result<Self, EnforcerError> {
+        let (kind, binary) = (program.kind, program.path.as_path());
         if !binary.is_file() {
             return Err(EnforcerError::NoBinary {
                 kind,
@@ -88,8 +85,16 @@ impl Running {
             });
         }
         let tools: &[(&str, &str)] = match kind {
-            Real::KubeNetworkPolicies => &[("iptables-legacy", "iptables"), ("ip6tables-legacy", "iptables"), ("unshare", "util-linux")],
-            Real::KubeRouter => &[("iptables", "iptables"), ("ip6tables", "iptables"), ("ipset", "ipset")],
+            Real::KubeNetworkPolicies => &[
+                ("iptables-legacy", "iptables"),
+                ("ip6tables-legacy", "iptables"),
+                ("unshare", "util-linux"),
+            ],
+            Real::KubeRouter => &[
+                ("iptables", "iptables"),
+                ("ip6tables", "iptables"),
+                ("ipset", "ipset"),
+            ],
         };
         for (tool, package) in tools {
             netns::require(tool, package)?;
@@ -116,14 +121,22 @@ impl Running {
         for key in ["bridge-nf-call-iptables", "bridge-nf-call-ip6tables"] {
             netns::run(
                 "ip",
-                &["netns", "exec", node_ns, "sysctl", "-qw", &format!("net.bridge.{key}=1")],
+                &[
+                    "netns",
+                    "exec",
+                    node_ns,
+                    "sysctl",
+                    "-qw",
+                    &format!("net.bridge.{key}=1"),
+                ],
                 None,
             )?;
         }
-        let log = std::fs::File::create(dir.join("log")).map_err(|source| EnforcerError::Files {
-            dir: dir.clone(),
-            source,
-        })?;
+        let log =
+            std::fs::File::create(dir.join("log")).map_err(|source| EnforcerError::Files {
+                dir: dir.clone(),
+                source,
+            })?;
         let mut command = Command::new("ip");
         command.args(["netns", "exec", node_ns]);
         match kind {
@@ -153,19 +166,21 @@ impl Running {
                     .env("KUBERNETES_SERVICE_PORT", bridge.port.to_string());
             }
             Real::KubeRouter => {
+                // IPv4 only, kube-router's default: v2.1.0's dual-stack policies are broken
+                // upstream (cloudnativelabs/kube-router#1653, #1665); `--enforcer-arg
+                // --enable-ipv6=true` shows it.
                 command.arg(binary).args([
                     "--run-firewall=true",
                     "--run-router=false",
                     "--run-service-proxy=false",
                     &format!("--kubeconfig={}", dir.join("kubeconfig").display()),
                     &format!("--hostname-override={}", objects::NODE),
-                    "--enable-ipv4=true",
-                    "--enable-ipv6=true",
                     "--metrics-port=0",
                     "--v=2",
                 ]);
             }
         }
+        command.args(&program.extra_args);
         let err = log.try_clone().map_err(|source| EnforcerError::Files {
             dir: dir.clone(),
             source,
@@ -226,11 +241,26 @@ impl Running {
             }),
             Real::KubeRouter => netns::run(
                 "ip",
-                &["netns", "exec", &self.node_ns, "iptables", "-S", "KUBE-ROUTER-FORWARD"],
+                &[
+                    "netns",
+                    "exec",
+                    &self.node_ns,
+                    "iptables",
+                    "-S",
+                    "KUBE-ROUTER-FORWARD",
+                ],
                 None,
             )
             .is_ok(),
         }
+    }
+
+    /// Keeps its whole log beside its folder (which goes with it), for a failure's reader.
+    pub fn keep_log(&self) -> Option<PathBuf> {
+        let kept = self.dir.with_extension("log");
+        std::fs::copy(self.dir.join("log"), &kept)
+            .ok()
+            .map(|_| kept)
     }
 
     /// The last lines of its log.
@@ -257,7 +287,10 @@ fn feed_queue(node_ns: &str) -> Result<(), EnforcerError> {
     for (tool, extra) in [
         ("iptables-legacy", None),
         // IPv6 neighbour discovery must not wait on a verdict.
-        ("ip6tables-legacy", Some(["-p", "ipv6-icmp", "-j", "ACCEPT"])),
+        (
+            "ip6tables-legacy",
+            Some(["-p", "ipv6-icmp", "-j", "ACCEPT"]),
+        ),
     ] {
         let mut rules: Vec<Vec<&str>> = Vec::new();
         rules.extend(extra.map(|r| r.to_vec()));
@@ -273,7 +306,16 @@ fn feed_queue(node_ns: &str) -> Result<(), EnforcerError> {
         ]);
         rules.push(vec!["-j", "NFQUEUE", "--queue-num", &queue]);
         for rule in rules {
-            let mut args = vec!["netns", "exec", node_ns, tool, "-t", "mangle", "-A", "POSTROUTING"];
+            let mut args = vec![
+                "netns",
+                "exec",
+                node_ns,
+                tool,
+                "-t",
+                "mangle",
+                "-A",
+                "POSTROUTING",
+            ];
             args.extend(rule);
             netns::run("ip", &args, None).map_err(EnforcerError::Feed)?;
         }
