@@ -2,8 +2,6 @@
 //! bound to a read-only ClusterRole, a token requested for it (TokenRequest), and a
 //! kubeconfig or in-cluster files that carry it. The lab runs real NetworkPolicy enforcers
 //! with it, so they authenticate and are authorized as they would be in a cluster.
-use std::fmt::Write;
-
 use base64::Engine;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::{api::PostParams, Api, Client, Config};
@@ -90,12 +88,9 @@ pub fn ca_pem(config: &Config) -> String {
 /// A kubeconfig that reaches the API server at `server` (`https://host:port`) with `token`.
 pub fn kubeconfig(server: &str, ca_pem: &str, token: &str) -> String {
     let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let mut out = String::new();
-    let _ = write!(
-        out,
+    format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: lab\n  cluster:\n    server: {server}\n    certificate-authority-data: {ca}\nusers:\n- name: enforcer\n  user:\n    token: {token}\ncontexts:\n- name: lab\n  context: {{cluster: lab, user: enforcer}}\ncurrent-context: lab\n"
-    );
-    out
+    )
 }
 
 #[cfg(test)]

@@ -1,16 +1,15 @@
 //! `flowpol conformance`: upstream Kubernetes' NetworkPolicy e2e cases (translated by hand
 //! into crates/lab/conformance/upstream.yaml) run in the lab under an enforcer, every probe
 //! held against upstream's truth table.
-use std::{path::PathBuf, process::ExitCode};
+use std::process::ExitCode;
 
-use super::enforcing::EnforcerArgs;
+use super::enforcing::{EnforcerArgs, LabApi};
 use flowpol_lab::{
     conformance::{
         self,
         runner::{self, CaseResult, With},
     },
     enforce::Fault,
-    in_cluster::ApiServer,
 };
 
 #[derive(clap::Args)]
@@ -26,13 +25,8 @@ pub(super) struct Args {
     /// List the cases and exit.
     #[arg(long)]
     list: bool,
-    /// The API server a real enforcer reads the lab from (a test cluster: `cargo xtask k8s up`).
-    #[arg(long)]
-    kube: bool,
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    #[arg(long)]
-    context: Option<String>,
+    #[command(flatten)]
+    api: LabApi,
     /// Exit with status 3 when a probe disagrees with upstream.
     #[arg(long)]
     fail_on_disagreement: bool,
@@ -70,10 +64,10 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             if !args.fault.is_empty() {
                 anyhow::bail!("--fault is for flowpol's own enforcer");
             }
-            if !(args.kube || args.kubeconfig.is_some() || args.context.is_some()) {
+            if !args.api.requested() {
                 anyhow::bail!("--enforcer {} reads the lab from an API server: give --kube (or --kubeconfig / --context)", p.kind);
             }
-            api = ApiServer::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+            api = args.api.connect().await?;
             program = p;
             With::Real {
                 program: &program,

@@ -1,7 +1,10 @@
 //! Who enforces the lab's policies: the options `lab`, `probe` and `conformance` share.
 use std::path::PathBuf;
 
-use flowpol_lab::enforcer::{Enforcer, Program};
+use flowpol_lab::{
+    enforcer::{Enforcer, Program},
+    in_cluster::ApiServer,
+};
 
 #[derive(clap::Args)]
 pub(super) struct EnforcerArgs {
@@ -44,5 +47,33 @@ impl EnforcerArgs {
             anyhow::bail!("{why}");
         }
         Ok(())
+    }
+}
+
+/// The API server the lab publishes itself into (and a real enforcer reads it from).
+#[derive(clap::Args)]
+pub(super) struct LabApi {
+    /// Publish the lab's cluster (namespaces, node, pods with their status, policies) into
+    /// the API server for the run, so what reads a cluster (`flowpol agent`, an enforcer)
+    /// sees the lab as a cluster; removed at the end, also on errors and Ctrl-C. Meant for
+    /// a test cluster (`cargo xtask k8s up`).
+    #[arg(long)]
+    pub kube: bool,
+    /// Kubeconfig file to publish with (implies --kube).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to publish with (implies --kube).
+    #[arg(long)]
+    pub context: Option<String>,
+}
+
+impl LabApi {
+    /// Whether an API server was asked for.
+    pub(super) fn requested(&self) -> bool {
+        self.kube || self.kubeconfig.is_some() || self.context.is_some()
+    }
+
+    pub(super) async fn connect(&self) -> anyhow::Result<ApiServer> {
+        Ok(ApiServer::connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?)
     }
 }

@@ -1,12 +1,12 @@
 //! `flowpol lab`: build the namespace lab from a scenario, run its traffic while recording.
 use std::{path::PathBuf, process::ExitCode};
 
-use super::enforcing::EnforcerArgs;
+use super::enforcing::{EnforcerArgs, LabApi};
 use flowpol_analysis::output;
 use flowpol_lab::{
     enforce::{self, Fault},
     enforcer,
-    in_cluster::{ApiServer, Published},
+    in_cluster::Published,
     objects, run, scenario, EXAMPLE_SCENARIO,
 };
 
@@ -50,18 +50,8 @@ pub(super) struct Args {
     /// for `--cluster` of eval, enrich, verify and suggest.
     #[arg(long)]
     cluster_out: Option<PathBuf>,
-    /// Publish the lab's cluster (namespaces, node, pods with their status, policies) into
-    /// the API server for the run, so what reads a cluster (`flowpol agent`, an enforcer)
-    /// sees the lab as a cluster; removed at the end, also on errors and Ctrl-C. Meant for
-    /// a test cluster (`cargo xtask k8s up`).
-    #[arg(long)]
-    kube: bool,
-    /// Kubeconfig file to publish with (implies --kube).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context to publish with (implies --kube).
-    #[arg(long)]
-    context: Option<String>,
+    #[command(flatten)]
+    api: LabApi,
     /// With --kube: leave what was published in the cluster, to read it afterwards.
     #[arg(long)]
     keep_published: bool,
@@ -85,7 +75,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             std::io::Write::write_all(&mut f, yaml.as_bytes())
         })?;
     }
-    let kube = args.kube || args.kubeconfig.is_some() || args.context.is_some();
+    let kube = args.api.requested();
     if let Some(program) = args.enforcing.program() {
         let kind = program.kind;
         if args.no_enforce || !args.fault.is_empty() || args.no_record || args.keep_published {
@@ -164,7 +154,7 @@ async fn one_run(
         return run_publishing(args, resolved, kube).await;
     };
     let kind = program.kind;
-    let api = ApiServer::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let api = args.api.connect().await?;
     eprintln!(
         "flowpol lab: {kind} ({}) enforces {} NetworkPolicies",
         program.path.display(),
@@ -235,8 +225,8 @@ async fn run_publishing(
 ) -> anyhow::Result<run::LabReport> {
     let published = if kube {
         let p = Published::new(
-            args.kubeconfig.as_deref(),
-            args.context.as_deref(),
+            args.api.kubeconfig.as_deref(),
+            args.api.context.as_deref(),
             &resolved,
         )
         .await?;

@@ -82,14 +82,14 @@ pub fn choose(lab: &Lab, engine: &Engine) -> Result<Vec<Canary>, EnforcerError> 
             })
         })
     };
-    let denied = pick(false, Protocol::TCP).or_else(|| pick(false, Protocol::UDP));
-    let allowed = pick(true, Protocol::TCP).or_else(|| pick(true, Protocol::UDP));
-    match (denied, allowed) {
-        (Some(d), Some(a)) => Ok(vec![d, a]),
-        (Some(d), None) => Ok(vec![d]),
-        (None, Some(a)) => Ok(vec![a]),
-        (None, None) => Err(EnforcerError::NoCanary),
+    let canaries: Vec<Canary> = [false, true]
+        .into_iter()
+        .filter_map(|allowed| pick(allowed, Protocol::TCP).or_else(|| pick(allowed, Protocol::UDP)))
+        .collect();
+    if canaries.is_empty() {
+        return Err(EnforcerError::NoCanary);
     }
+    Ok(canaries)
 }
 
 /// Whether the canaries can show enforcement: one of them is denied.
