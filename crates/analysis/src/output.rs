@@ -146,6 +146,33 @@ pub fn repetition(path: &Path, i: u32, of: u32) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// What a real enforcer's run measured, written beside that run's records
+/// ([`enforced_beside`]) so that `flowpol compare` can show each enforcer's time to enforce.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnforcedFacts {
+    pub enforcer: String,
+    /// From its start until it let traffic through, before any policy existed.
+    pub ready_seconds: f64,
+    /// From the policies' creation until a canary showed them enforced; absent when they
+    /// deny nothing a canary can try.
+    pub propagation_seconds: Option<f64>,
+}
+
+/// `records.enforced.json` for the records file `records`.
+pub fn enforced_beside(records: &Path) -> PathBuf {
+    let mut name = records.as_os_str().to_owned();
+    name.push(".enforced.json");
+    PathBuf::from(name)
+}
+
+/// Writes `facts` beside the records file `records`, atomically.
+pub fn write_enforced(records: &Path, facts: &EnforcedFacts) -> Result<(), OutputError> {
+    write_atomic(&enforced_beside(records), |f| {
+        serde_json::to_writer_pretty(f, facts).map_err(std::io::Error::other)
+    })
+}
+
 /// Rows as aligned columns (two spaces apart, no trailing blanks), one line each.
 pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
     columns_of(rows)

@@ -7,30 +7,26 @@
 //! them enforced.
 pub mod canary;
 pub mod process;
+pub mod session;
 
 use std::{
     net::{SocketAddr, ToSocketAddrs},
     path::{Path, PathBuf},
-    sync::{atomic::AtomicBool, Arc},
     time::Duration,
 };
 
-use flowpol_kube::identity::{self, TokenError};
+use flowpol_kube::identity::TokenError;
 use flowpol_node::shutdown::Shutdown;
 
-use flowpol_analysis::policy::engine::Engine;
-
 use crate::{
-    enforce::{self, EnforceError},
+    enforce::EnforceError,
     in_cluster::{ApiServer, InClusterError},
-    netns::{self, NetError},
-    objects,
+    netns::NetError,
     run::{self, LabError, LabReport},
     scenario::Resolved,
     Lab,
 };
 use canary::Canary;
-use process::{Access, Running};
 
 /// How long an enforcer may take to start, and then to enforce what was published.
 const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -147,6 +143,8 @@ pub enum EnforcerError {
     },
     #[error("interrupted")]
     Interrupted,
+    #[error("the lab was handed to the run's body; the session has none left")]
+    LabTaken,
 }
 
 /// A real enforcer to run: which, its program, and arguments of the user's after the lab's
@@ -207,114 +205,29 @@ pub async fn run(
 }
 
 /// Runs `body` on the lab (created, not yet listening) while `program` enforces its
-/// policies: publishes the lab (without policies) and the enforcer's identity into `api`,
-/// starts the enforcer in the node namespace, publishes the policies and waits for the
-/// canaries; afterwards stops the enforcer and removes what was published, also on errors
-/// and Ctrl-C.
+/// policies: a [`session`] whose first and only plan is `resolved` itself.
 pub async fn with<T>(
     resolved: Resolved,
     program: &Program,
     api: &ApiServer,
     body: impl AsyncFnOnce(Lab, &mut Shutdown) -> Result<T, EnforcerError>,
 ) -> Result<(T, Enforced), EnforcerError> {
-    netns::preflight()?;
-    let kind = program.kind;
-    let mut shutdown = Shutdown::install().map_err(EnforcerError::Signals)?;
-    let declared = enforce::declared(&resolved)?;
-    let engine = Engine::new(&declared.cluster, declared.policies);
-    let name = format!("flowpol-lab-{kind}");
-    let mut items = objects::cluster_items(&resolved);
-    items.extend(identity::enforcer_objects(&name));
-    let mut published = api.publish(&items).await?;
-    let outcome = async {
-        let access = Access {
-            upstream: upstream(api)?,
-            ca_pem: identity::ca_pem(&api.config),
-            token: identity::token(&api.client, &name).await?,
-        };
-        let policies = objects::policy_items(&resolved);
-        let lab = tokio::task::spawn_blocking(move || Lab::create(resolved)).await??;
-        let canaries = canary::choose(&lab, &engine)?;
-        let started = std::time::Instant::now();
-        let mut running = Running::start(program, lab.node_namespace(), &access)?;
-        running.ready(READY_WITHIN).await?;
-        // Before any policy, everything gets through: the canaries all must, so the enforcer
-        // is judging packets (not only started) before the policies come.
-        let open: Vec<Canary> = canaries
-            .iter()
-            .map(|c| Canary {
-                allowed: true,
-                ..c.clone()
-            })
-            .collect();
-        let (lab, passing) = wait_for(lab, open, started, &mut shutdown).await?;
-        let ready = passing?;
-        let since = std::time::Instant::now();
-        published.absorb(api.publish(&policies).await?);
-        let (lab, propagation) = wait_for(lab, canaries.clone(), since, &mut shutdown).await?;
-        let propagation = propagation.map_err(|e| match e {
-            EnforcerError::NotEnforcing {
-                within, canaries, ..
-            } => EnforcerError::NotEnforcing {
-                within,
-                canaries,
-                log: Some(match running.keep_log() {
-                    Some(kept) => {
-                        format!("{}\n(all of it in {})", running.log_tail(), kept.display())
-                    }
-                    None => running.log_tail(),
-                }),
-            },
-            other => other,
-        })?;
-        let done = body(lab, &mut shutdown).await?;
-        drop(running);
+    session::session(resolved.clone(), program, api, async |s| {
+        let propagation = s.enforce(&resolved).await?;
+        let (kind, ready, canaries) = (s.kind, s.ready, s.canaries().to_vec());
+        let (lab, shutdown) = s.take_lab().ok_or(EnforcerError::LabTaken)?;
+        let done = body(lab, shutdown).await?;
         Ok((
             done,
             Enforced {
                 kind,
                 ready,
-                propagation: canary::measurable(&canaries).then_some(propagation),
+                propagation,
                 canaries,
             },
         ))
-    }
-    .await;
-    match published.remove().await {
-        Ok(()) => outcome,
-        Err(e) if outcome.is_ok() => Err(e.into()),
-        // The run's own failure is the one to report.
-        Err(e) => {
-            tracing::warn!("{}", with_causes(&e));
-            outcome
-        }
-    }
-}
-
-/// The canary wait on a blocking thread, stopped by Ctrl-C.
-async fn wait_for(
-    lab: Lab,
-    canaries: Vec<Canary>,
-    since: std::time::Instant,
-    shutdown: &mut Shutdown,
-) -> Result<(Lab, Result<Duration, EnforcerError>), EnforcerError> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let waiting = tokio::task::spawn_blocking({
-        let stop = stop.clone();
-        move || {
-            let took = canary::wait(&lab, &canaries, since, ENFORCED_WITHIN, &stop);
-            (lab, took)
-        }
-    });
-    tokio::pin!(waiting);
-    tokio::select! {
-        done = &mut waiting => Ok(done?),
-        () = shutdown.requested() => {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let _ = waiting.await;
-            Err(EnforcerError::Interrupted)
-        }
-    }
+    })
+    .await
 }
 
 /// The API server's socket address, from the client's configuration.

@@ -96,6 +96,11 @@ impl Lab {
         Ok(())
     }
 
+    /// Whether [`Lab::listen`] has started the listeners.
+    pub fn listening(&self) -> bool {
+        !self.listeners.is_empty()
+    }
+
     /// The namespace holding the bridge: where a real enforcer runs.
     pub fn node_namespace(&self) -> &str {
         self.net.node()
@@ -118,11 +123,24 @@ impl Lab {
     /// Runs the traffic plan, `settings.concurrency` items at a time (in order when 1); each
     /// item's clients run in its source's namespace. Outcomes come in plan order.
     pub fn run_traffic(&self) -> Result<Vec<ClientSaw>, NetError> {
+        self.run_plan(&self.resolved)
+    }
+
+    /// Runs another plan's traffic, with its settings, over this lab's hosts (the plan's
+    /// hosts must be the lab's: the conformance cases share one model of pods).
+    pub fn run_plan(&self, plan: &Resolved) -> Result<Vec<ClientSaw>, NetError> {
         let items: Vec<(usize, &scenario::Traffic)> =
-            self.resolved.scenario.traffic.iter().enumerate().collect();
-        let at_once = self.resolved.scenario.settings.concurrency as usize;
+            plan.scenario.traffic.iter().enumerate().collect();
+        let at_once = plan.scenario.settings.concurrency as usize;
         flowpol_node::client::batched(&items, at_once, |&(i, t)| {
-            traffic::run_item(&self.resolved, &self.namespaces[&t.from], i, t, &self.stop)
+            let ns = self
+                .namespaces
+                .get(&t.from)
+                .ok_or_else(|| NetError::Command {
+                    command: format!("traffic[{i}]"),
+                    stderr: format!("`{}` is not a host of this lab", t.from),
+                })?;
+            traffic::run_item(plan, ns, i, t, &self.stop)
         })
         .into_iter()
         .map(|r| {

@@ -9,6 +9,7 @@ use flowpol_analysis::{
     attribute,
     cluster::snapshot,
     compare::{self, table},
+    output,
     policy::{self, engine::Engine},
     record,
 };
@@ -29,7 +30,8 @@ pub(super) struct Args {
     files: Vec<PathBuf>,
     /// A labelled run, `LABEL=FILE[,FILE...]` (repeatable): the comparison table, one
     /// column per label, each file a repetition of that run (as `lab --repeat` writes
-    /// them); a label given again adds repetitions.
+    /// them); a label given again adds repetitions. A `FILE.enforced.json` beside a file
+    /// (`lab`/`probe --enforcer` write one) adds its enforcer's time to enforce.
     #[arg(long, value_parser = parse_run)]
     run: Vec<(String, Vec<PathBuf>)>,
     /// Cluster snapshot naming the ends of every run (same cluster, or same names); with
@@ -74,6 +76,29 @@ fn load(
     Ok(records)
 }
 
+/// The time to enforce that `lab`/`probe --enforcer` wrote beside `flows`, if any.
+fn enforced_beside(flows: &std::path::Path) -> anyhow::Result<Option<std::time::Duration>> {
+    let path = output::enforced_beside(flows);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let facts: output::EnforcedFacts = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not what `flowpol lab --enforcer` writes",
+            path.display()
+        )
+    })?;
+    facts
+        .propagation_seconds
+        .map(|s| {
+            std::time::Duration::try_from_secs_f64(s)
+                .with_context(|| format!("{}: propagation_seconds {s}", path.display()))
+        })
+        .transpose()
+}
+
 fn snapshot_at(path: Option<&PathBuf>) -> anyhow::Result<Option<snapshot::Snapshot>> {
     path.map(|p| snapshot::load(p).with_context(|| format!("reading {}", p.display())))
         .transpose()
@@ -115,14 +140,20 @@ fn run_table(args: &Args) -> anyhow::Result<ExitCode> {
     let mut runs: Vec<table::Run> = Vec::new();
     for (label, files) in &args.run {
         let mut repetitions = Vec::new();
+        let mut enforced = Vec::new();
         for file in files {
             repetitions.push(load(file, snap.as_ref())?);
+            enforced.extend(enforced_beside(file)?);
         }
         match runs.iter_mut().find(|r| &r.label == label) {
-            Some(run) => run.repetitions.extend(repetitions),
+            Some(run) => {
+                run.repetitions.extend(repetitions);
+                run.enforced.extend(enforced);
+            }
             None => runs.push(table::Run {
                 label: label.clone(),
                 repetitions,
+                enforced,
             }),
         }
     }

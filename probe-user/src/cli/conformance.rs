@@ -76,23 +76,23 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let started = std::time::Instant::now();
-    let mut results: Vec<CaseResult> = Vec::new();
-    for case in cases {
-        let r = runner::run_case(&set, case, &with).await?;
-        match &r.not_enforced {
-            Some(why) => eprintln!("flowpol conformance: {:<60} NOT ENFORCED: {why}", r.case),
-            None => eprintln!(
-                "flowpol conformance: {:<60} {:>4} probes, {:>3} disagree{}",
-                r.case,
-                r.probes,
-                r.disagreements.len(),
-                r.propagation
-                    .map(|p| format!(", enforced {:.2} s after creation", p.as_secs_f64()))
-                    .unwrap_or_default()
-            ),
-        }
-        results.push(r);
-    }
+    let results = runner::run_cases(&set, &cases, &with, |r| match &r.not_enforced {
+        Some(why) => eprintln!("flowpol conformance: {:<60} NOT ENFORCED: {why}", r.case),
+        None => eprintln!(
+            "flowpol conformance: {:<60} {:>4} probes, {:>3} disagree{}{}",
+            r.case,
+            r.probes,
+            r.disagreements.len(),
+            match r.transient.len() {
+                0 => String::new(),
+                n => format!(" ({n} more on the first try only)"),
+            },
+            r.propagation
+                .map(|p| format!(", enforced {:.2} s after creation", p.as_secs_f64()))
+                .unwrap_or_default()
+        ),
+    })
+    .await?;
     let unenforced: Vec<&CaseResult> = results
         .iter()
         .filter(|r| r.not_enforced.is_some())
@@ -116,10 +116,12 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     for r in &results {
-        for d in &r.disagreements {
+        let wrong = r.disagreements.iter().map(|d| (d, ""));
+        let transient = r.transient.iter().map(|d| (d, " (first try only)"));
+        for (d, when) in wrong.chain(transient) {
             let e = &d.expected;
             println!(
-                "{}: {} -> {} {}/{}: upstream says {}, the client saw {}",
+                "{}: {} -> {} {}/{}: upstream says {}, the client saw {}{when}",
                 r.case,
                 e.from,
                 e.to,
@@ -130,15 +132,20 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
         }
     }
+    let transient: usize = results.iter().map(|r| r.transient.len()).sum();
     let mut propagation: Vec<f64> = results
         .iter()
         .filter_map(|r| r.propagation.map(|p| p.as_secs_f64()))
         .collect();
     propagation.sort_by(f64::total_cmp);
     println!(
-        "{} case(s), {probes} probes: {} agree with upstream, {wrong} disagree{} ({:.0} s){}",
+        "{} case(s), {probes} probes: {} agree with upstream, {wrong} disagree{}{} ({:.0} s){}",
         results.len(),
         probes - wrong,
+        match transient {
+            0 => String::new(),
+            n => format!(" ({n} more on the first try only, right on upstream's second)"),
+        },
         if unenforced.is_empty() {
             String::new()
         } else {

@@ -1,8 +1,9 @@
 //! Who enforces the lab's policies: the options `lab`, `probe` and `conformance` share.
 use std::path::PathBuf;
 
+use flowpol_analysis::output;
 use flowpol_lab::{
-    enforcer::{Enforcer, Program},
+    enforcer::{self, Enforcer, Program},
     in_cluster::ApiServer,
 };
 
@@ -75,5 +76,14 @@ impl LabApi {
 
     pub(super) async fn connect(&self) -> anyhow::Result<ApiServer> {
         Ok(ApiServer::connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?)
+    }
+}
+
+/// What a real enforcer's run measured, as written beside its records for `compare`.
+pub(super) fn facts(enforced: &enforcer::Enforced) -> output::EnforcedFacts {
+    output::EnforcedFacts {
+        enforcer: enforced.kind.to_string(),
+        ready_seconds: enforced.ready.as_secs_f64(),
+        propagation_seconds: enforced.propagation.map(|p| p.as_secs_f64()),
     }
 }

@@ -129,12 +129,15 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if args.repeat > 1 {
             eprintln!("flowpol lab: run {i} of {}", args.repeat);
         }
-        let report = one_run(&args, resolved.clone(), kube).await?;
+        let (report, enforced) = one_run(&args, resolved.clone(), kube).await?;
         let output = args
             .output
             .as_deref()
             .map(|o| output::repetition(o, i, args.repeat));
         output::emit_records(output.as_deref(), &report.records)?;
+        if let (Some(path), Some(enforced)) = (&output, &enforced) {
+            output::write_enforced(path, &super::enforcing::facts(enforced))?;
+        }
         failed |= tell(&args, &report);
     }
     Ok(if failed {
@@ -144,14 +147,14 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// One run of the lab with the enforcer asked for.
+/// One run of the lab with the enforcer asked for, and what a real one measured.
 async fn one_run(
     args: &Args,
     resolved: scenario::Resolved,
     kube: bool,
-) -> anyhow::Result<run::LabReport> {
+) -> anyhow::Result<(run::LabReport, Option<enforcer::Enforced>)> {
     let Some(program) = args.enforcing.program() else {
-        return run_publishing(args, resolved, kube).await;
+        return Ok((run_publishing(args, resolved, kube).await?, None));
     };
     let kind = program.kind;
     let api = args.api.connect().await?;
@@ -181,7 +184,7 @@ async fn one_run(
             .collect::<Vec<_>>()
             .join("; ")
     );
-    Ok(report)
+    Ok((report, Some(enforced)))
 }
 
 /// Prints a run's table, summary and mismatches; true when `--check` fails.

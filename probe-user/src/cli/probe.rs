@@ -94,16 +94,17 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let faults = (!args.no_enforce).then_some(args.fault.as_slice());
     for i in 1..=args.repeat {
         let output = args.output_of(i)?;
-        let report = match args.enforcing.program() {
-            None => {
+        let (report, enforced) = match args.enforcing.program() {
+            None => (
                 probing::run(
                     resolved.clone(),
                     &attempts,
                     faults,
                     super::record::hostname(),
                 )
-                .await?
-            }
+                .await?,
+                None,
+            ),
             Some(program) => {
                 if !args.fault.is_empty() || args.no_enforce {
                     anyhow::bail!("--fault and --no-enforce are for flowpol's own enforcer");
@@ -114,12 +115,15 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
                 let probed = probing::as_traffic(resolved.clone(), &attempts);
-                let (report, _) =
+                let (report, enforced) =
                     enforcer::run(probed, super::record::hostname(), &program, &api).await?;
-                report
+                (report, Some(enforced))
             }
         };
         output::emit_records(output.as_deref(), &report.records)?;
+        if let (Some(path), Some(enforced)) = (&output, &enforced) {
+            output::write_enforced(path, &super::enforcing::facts(enforced))?;
+        }
         eprintln!(
             "flowpol probe: {} records in {:.1} s; judge them with `flowpol verify --flows`",
             report.records.len(),

@@ -100,8 +100,8 @@ pub fn measurable(canaries: &[Canary]) -> bool {
 /// Tries the canaries until each one's fate is what the policies say; returns when the
 /// round that showed it began, after `since` (a denied canary fails only if the rules were
 /// in place when it started, so this bounds the time to enforce from above, to within one
-/// round). The lab must not be listening yet: the canaries' destinations get listeners of
-/// their own for the wait, gone before the lab's traffic starts.
+/// round). Until the lab listens, the canaries' destinations get listeners of their own for
+/// the wait, gone before the lab's traffic starts.
 pub fn wait(
     lab: &Lab,
     canaries: &[Canary],
@@ -112,7 +112,7 @@ pub fn wait(
     let done = Arc::new(AtomicBool::new(false));
     let mut listeners = Vec::new();
     let mut served = std::collections::BTreeSet::new();
-    for c in canaries {
+    for c in canaries.iter().filter(|_| !lab.listening()) {
         // Both canaries may go to one port.
         if !served.insert((&c.to, c.addr.port(), c.protocol)) {
             continue;
