@@ -265,3 +265,42 @@ fn enrich_names_both_ends() {
     assert_eq!(end("192.168.10.11")["node"], "node-a");
     assert_eq!(end("198.51.100.7")["kind"], "external");
 }
+
+/// A reader that stops after one line (`| head -1`) ends `eval` by SIGPIPE, as it ends
+/// `grep`, with no panic on stderr; the output is larger than a pipe holds, so the write
+/// after the reader left must fail.
+#[test]
+fn a_reader_that_stops_early_ends_eval_quietly() {
+    use std::io::{BufRead, Read};
+    use std::os::unix::process::ExitStatusExt;
+    let shop = std::fs::read_to_string(fixtures().join("flows-shop.jsonl")).unwrap();
+    let dir = std::env::temp_dir().join(format!("flowpol-epipe-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let flows = dir.join("flows.jsonl");
+    std::fs::write(&flows, shop.repeat(2000)).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_flowpol"))
+        .args(["eval", "--cluster"])
+        .arg(fixtures().join("cluster-shop.yaml"))
+        .arg("--flows")
+        .arg(&flows)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with('{'), "{first}");
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

@@ -32,6 +32,13 @@ pub(super) struct Args {
     fail_on_disagreement: bool,
 }
 
+impl Args {
+    /// Only lists the cases.
+    pub(super) fn lists(&self) -> bool {
+        self.list
+    }
+}
+
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let set = conformance::parse(conformance::UPSTREAM)?;
     if args.list {

@@ -91,6 +91,32 @@ enum Format {
     Table,
 }
 
+/// Commands whose only writing is their output: no child process fed through a pipe, no
+/// records to finish.
+fn only_prints(command: &Command) -> bool {
+    match command {
+        Command::Eval(_)
+        | Command::Enrich(_)
+        | Command::Verify(_)
+        | Command::Compare(_)
+        | Command::Suggest(_)
+        | Command::BpfStats(_) => true,
+        Command::Conformance(args) => args.lists(),
+        Command::Record(_) | Command::Agent(_) | Command::Lab(_) | Command::Probe(_) => false,
+    }
+}
+
+/// A reader that stops early (`flowpol eval ... | head`) ends the command quietly, as it
+/// ends `grep`, rather than println!'s panic on EPIPE. Not for the commands that feed `nft`
+/// or `iptables-restore` through pipes: there a closed pipe is an error to report, not a
+/// signal to die by.
+fn exit_quietly_on_closed_stdout() {
+    // SAFETY: restoring a signal's default action, before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 pub(crate) fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -107,6 +133,9 @@ pub(crate) fn main() -> ExitCode {
             .is_some_and(|n| n == "kubectl-flowpol")
     });
     let cli = Cli::from_arg_matches(&command(plugin).get_matches()).unwrap_or_else(|e| e.exit());
+    if only_prints(&cli.command) {
+        exit_quietly_on_closed_stdout();
+    }
     // One runtime for every command: the async ones run on it, the others on its thread.
     let result = tokio::runtime::Runtime::new()
         .map_err(anyhow::Error::from)
