@@ -88,13 +88,7 @@ impl Published {
             {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
-                Err(source) => {
-                    return Err(PublishError::Api {
-                        object: shown(k),
-                        action: "deleting it",
-                        source,
-                    })
-                }
+                Err(source) => return Err(failed(shown(k), "deleting it")(source)),
             }
         }
         let namespaces: Api<DynamicObject> = Api::all_with(client.clone(), &namespace_resource());
@@ -102,11 +96,7 @@ impl Published {
             let now = namespaces
                 .get(name)
                 .await
-                .map_err(|source| PublishError::Api {
-                    object: format!("Namespace {name}"),
-                    action: "reading it",
-                    source,
-                })?;
+                .map_err(failed(format!("Namespace {name}"), "reading it"))?;
             let mut labels: Map<String, Value> = now
                 .metadata
                 .labels
@@ -122,13 +112,22 @@ impl Published {
                     &Patch::Merge(json!({"metadata": {"labels": labels}})),
                 )
                 .await
-                .map_err(|source| PublishError::Api {
-                    object: format!("Namespace {name}"),
-                    action: "restoring its labels",
-                    source,
-                })?;
+                .map_err(failed(format!("Namespace {name}"), "restoring its labels"))?;
         }
         Ok(())
+    }
+}
+
+/// The error of a failed request about `object`.
+fn failed(
+    object: impl Into<String>,
+    action: &'static str,
+) -> impl FnOnce(kube::Error) -> PublishError {
+    let object = object.into();
+    move |source| PublishError::Api {
+        object,
+        action,
+        source,
     }
 }
 
@@ -170,11 +169,10 @@ pub async fn publish(
             let (ar, caps) =
                 discovery::pinned_kind(client, &GroupVersionKind::gvk(group, version, &k.1))
                     .await
-                    .map_err(|source| PublishError::Api {
-                        object: shown(&k),
-                        action: "finding its resource (is its CRD installed?)",
-                        source,
-                    })?;
+                    .map_err(failed(
+                        shown(&k),
+                        "finding its resource (is its CRD installed?)",
+                    ))?;
             resources.insert(gv.clone(), (ar, caps.scope == Scope::Namespaced));
         }
         let (ar, namespaced) = resources[&gv].clone();
@@ -198,14 +196,7 @@ pub async fn publish(
                 object: shown(&k),
                 error,
             })?;
-        let err = |action: &'static str| {
-            let object = shown(&k);
-            move |source| PublishError::Api {
-                object,
-                action,
-                source,
-            }
-        };
+        let err = |action: &'static str| failed(shown(&k), action);
         if k.1 == "Namespace" {
             wait_until_terminated(&api, &k.2).await?;
         }
@@ -278,11 +269,7 @@ async fn wait_until_terminated(api: &Api<DynamicObject>, name: &str) -> Result<(
         let existing = api
             .get_opt(name)
             .await
-            .map_err(|source| PublishError::Api {
-                object: format!("Namespace {name}"),
-                action: "reading it",
-                source,
-            })?;
+            .map_err(failed(format!("Namespace {name}"), "reading it"))?;
         match existing {
             Some(ns) if ns.metadata.deletion_timestamp.is_some() => {
                 if started.elapsed() > TERMINATING_WITHIN {
@@ -339,11 +326,10 @@ async fn wait_for_endpoints(
             )
             .list(&params)
             .await
-            .map_err(|source| PublishError::Api {
-                object: format!("Service {ns}/{name}"),
-                action: "listing its EndpointSlices",
-                source,
-            })?
+            .map_err(failed(
+                format!("Service {ns}/{name}"),
+                "listing its EndpointSlices",
+            ))?
             .items
             .iter()
             .map(|s| s.endpoints.len())
