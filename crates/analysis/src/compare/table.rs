@@ -290,7 +290,8 @@ impl Table {
             let escaped: Vec<String> = cells.iter().map(|c| c.replace('|', "\\|")).collect();
             format!("| {} |\n", escaped.join(" | "))
         };
-        let mut out = format!("{}\n\n", self.summary());
+        // Each line of the summary a paragraph of its own.
+        let mut out = format!("{}\n\n", self.summary().replace('\n', "\n\n"));
         out.push_str(&line(&rows[0]));
         out.push_str(&line(&vec!["---".to_owned(); rows[0].len()]));
         for r in &rows[1..] {
