@@ -79,11 +79,21 @@ impl LabApi {
     }
 }
 
-/// What a real enforcer's run measured, as written beside its records for `compare`.
-pub(super) fn facts(enforced: &enforcer::Enforced) -> output::EnforcedFacts {
-    output::EnforcedFacts {
-        enforcer: enforced.kind.to_string(),
-        ready_seconds: enforced.ready.as_secs_f64(),
-        propagation_seconds: enforced.propagation.map(|p| p.as_secs_f64()),
-    }
+/// Writes what a real enforcer's run measured beside its records file, for `compare`;
+/// nothing for flowpol's own enforcer or records on stdout.
+pub(super) fn write_facts(
+    records: Option<&std::path::Path>,
+    enforced: Option<&enforcer::Enforced>,
+) -> Result<(), output::OutputError> {
+    let (Some(records), Some(enforced)) = (records, enforced) else {
+        return Ok(());
+    };
+    output::write_enforced(
+        records,
+        &output::EnforcedFacts {
+            enforcer: enforced.kind.to_string(),
+            ready_seconds: enforced.ready.as_secs_f64(),
+            propagation_seconds: enforced.propagation.map(|p| p.as_secs_f64()),
+        },
+    )
 }

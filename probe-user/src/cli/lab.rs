@@ -135,9 +135,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .as_deref()
             .map(|o| output::repetition(o, i, args.repeat));
         output::emit_records(output.as_deref(), &report.records)?;
-        if let (Some(path), Some(enforced)) = (&output, &enforced) {
-            output::write_enforced(path, &super::enforcing::facts(enforced))?;
-        }
+        super::enforcing::write_facts(output.as_deref(), enforced.as_ref())?;
         failed |= tell(&args, &report);
     }
     Ok(if failed {

@@ -121,9 +121,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         };
         output::emit_records(output.as_deref(), &report.records)?;
-        if let (Some(path), Some(enforced)) = (&output, &enforced) {
-            output::write_enforced(path, &super::enforcing::facts(enforced))?;
-        }
+        super::enforcing::write_facts(output.as_deref(), enforced.as_ref())?;
         eprintln!(
             "flowpol probe: {} records in {:.1} s; judge them with `flowpol verify --flows`",
             report.records.len(),

@@ -105,6 +105,7 @@ pub async fn run_cases(
 
 async fn flowpol_case(set: &Set, case: &Case, faults: &[Fault]) -> Result<CaseResult, RunError> {
     let expected = set.expected(case)?;
+    let probes = expected.len();
     let mut resolved = set.scenario(case)?;
     enforce::install(&mut resolved, faults)?;
     let (disagreements, transient) = tokio::task::spawn_blocking(move || {
@@ -120,7 +121,7 @@ async fn flowpol_case(set: &Set, case: &Case, faults: &[Fault]) -> Result<CaseRe
     .await??;
     Ok(CaseResult {
         case: case.name.clone(),
-        probes: set.expected(case)?.len(),
+        probes,
         disagreements,
         transient,
         propagation: None,

@@ -111,11 +111,6 @@ impl Session {
         })
     }
 
-    /// The lab; `None` once [`Session::take_lab`] took it.
-    pub fn lab(&self) -> Option<&Lab> {
-        self.lab.as_ref()
-    }
-
     /// The lab, for a body that consumes it, with the Ctrl-C watch.
     pub fn take_lab(&mut self) -> Option<(Lab, &mut Shutdown)> {
         self.lab.take().map(|lab| (lab, &mut self.shutdown))
