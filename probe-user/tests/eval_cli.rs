@@ -304,3 +304,152 @@ fn a_reader_that_stops_early_ends_eval_quietly() {
     assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// The shop with `policies` (cluster-scoped ones) beside its objects, in one snapshot.
+fn shop_with(name: &str, policies: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowpol-eval-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shop = std::fs::read_to_string(fixtures().join("cluster-shop.yaml")).unwrap();
+    let path = dir.join("cluster.yaml");
+    std::fs::write(&path, format!("{shop}\n---\n{policies}")).unwrap();
+    path
+}
+
+fn cluster_policies_text() -> String {
+    std::fs::read_to_string(fixtures().join("cluster-policies-shop.yaml")).unwrap()
+}
+
+#[test]
+fn cluster_policies_decide_around_the_network_policies() {
+    let path = shop_with("tiers", &cluster_policies_text());
+    let (ok, out, err) = flowpol(&[
+        "eval",
+        "--cluster",
+        path.to_str().unwrap(),
+        "--flows",
+        "flows-shop.jsonl",
+    ]);
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    assert!(ok, "{err}");
+    golden("eval-shop-tiers.jsonl", &out);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |src: &str, dst: &str, port: u16| -> &serde_json::Value {
+        lines
+            .iter()
+            .find(|e| e["src"]["ip"] == src && e["dst"]["ip"] == dst && e["dst"]["port"] == port)
+            .unwrap_or_else(|| panic!("no {src} -> {dst}:{port} in\n{out}"))
+    };
+    // Worked by hand from tests/fixtures/cluster-policies-shop.yaml. The shop's own
+    // NetworkPolicy lets cart reach postgres; the Admin tier comes first and denies all but
+    // payments.
+    let e = find("10.244.1.12", "10.244.1.14", 5432);
+    assert_eq!(e["policy_verdict"], "deny");
+    let by = &e["explanation"]["ingress"]["by"];
+    assert_eq!(e["explanation"]["ingress"]["reason"], "cluster_policy");
+    assert_eq!(
+        (&by["policy"], &by["rule_name"], &by["tier"], &by["action"]),
+        (
+            &"cnp/protect-data".into(),
+            &"others".into(),
+            &"Admin".into(),
+            &"Deny".into()
+        )
+    );
+    // checkout's NetworkPolicy excepts 203.0.113.128/25; the AdminNetworkPolicy allows it.
+    let e = find("10.244.1.13", "203.0.113.200", 443);
+    assert_eq!(e["policy_verdict"], "allow");
+    assert_eq!(
+        e["explanation"]["egress"]["by"]["policy"],
+        "anp/partner-api"
+    );
+    // kube-system is isolated by no NetworkPolicy: the BaselineAdminNetworkPolicy denies.
+    let e = find("10.244.0.11", "10.244.0.53", 53);
+    assert_eq!(e["policy_verdict"], "deny");
+    assert_eq!(e["explanation"]["ingress"]["by"]["policy"], "banp/default");
+    // The ingress controller is passed to the shop's NetworkPolicy, which decides.
+    let e = find("10.244.0.10", "10.244.0.11", 8080);
+    assert_eq!(e["policy_verdict"], "allow");
+    assert_eq!(e["explanation"]["ingress"]["reason"], "rule");
+    assert_eq!(
+        e["explanation"]["ingress"]["passed"][0]["policy"],
+        "cnp/pass-ingress-to-shop"
+    );
+    assert_eq!(
+        find("10.244.0.10", "10.244.0.11", 9090)["policy_verdict"],
+        "deny"
+    );
+}
+
+#[test]
+fn bad_cluster_policies_name_object_and_field() {
+    let policies = cluster_policies_text();
+    let cases = [
+        (
+            "priority",
+            "priority: 10",
+            "priority: 1001",
+            &["ClusterNetworkPolicy protect-data", "spec.priority", "1001"][..],
+        ),
+        (
+            "unknown-field",
+            "  tier: Admin\n  priority: 10",
+            "  tier: Admin\n  prority: 10",
+            &["ClusterNetworkPolicy protect-data", "spec", "prority"][..],
+        ),
+        (
+            "version",
+            "policy.networking.k8s.io/v1alpha1\nkind: BaselineAdminNetworkPolicy",
+            "policy.networking.k8s.io/v1alpha2\nkind: BaselineAdminNetworkPolicy",
+            &[
+                "BaselineAdminNetworkPolicy default",
+                "apiVersion",
+                "v1alpha2",
+            ][..],
+        ),
+        (
+            "cidr",
+            "203.0.113.128/25",
+            "203.0.113.128/33",
+            &[
+                "AdminNetworkPolicy partner-api",
+                "spec.egress[0].to[0].networks[0]",
+            ][..],
+        ),
+        (
+            "baseline-name",
+            "name: default",
+            "name: fallback",
+            &["BaselineAdminNetworkPolicy fallback", "metadata.name"][..],
+        ),
+    ];
+    for (name, from, to, wants) in cases {
+        assert!(policies.contains(from), "{name}: the fixture has `{from}`");
+        let path = shop_with(name, &policies.replacen(from, to, 1));
+        let (ok, out, err) = flowpol(&[
+            "eval",
+            "--cluster",
+            path.to_str().unwrap(),
+            "--flows",
+            "flows-shop.jsonl",
+        ]);
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+        assert!(!ok, "{name}: must fail");
+        assert!(out.is_empty(), "{name}: nothing written: {out}");
+        for want in wants {
+            assert!(err.contains(want), "{name}: expected `{want}` in:\n{err}");
+        }
+    }
+    let path = shop_with("twice", &format!("{policies}\n---\n{policies}"));
+    let (ok, _, err) = flowpol(&[
+        "eval",
+        "--cluster",
+        path.to_str().unwrap(),
+        "--flows",
+        "flows-shop.jsonl",
+    ]);
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    assert!(!ok && err.contains("declared twice"), "{err}");
+}

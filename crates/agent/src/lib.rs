@@ -26,7 +26,11 @@ use flowpol_analysis::{
     cluster::Cluster,
     observed::{Observed, Spill},
     output::{self, OutputError, Rotating},
-    policy::{self, engine::Engine},
+    policy::{
+        self,
+        clusterwide::{self, api::Source as ClusterPolicySource},
+        engine::Engine,
+    },
     record::{FlowRecord, Verdict},
     verify::{self, Finding},
 };
@@ -78,8 +82,16 @@ pub trait ModelSource: Send + Sync {
     fn current(&self, metrics: &Metrics) -> Current;
 }
 
+/// The declared policies of every kind.
+#[derive(Clone, Default)]
+pub struct Policies {
+    pub network: Vec<NetworkPolicy>,
+    /// ClusterNetworkPolicies, AdminNetworkPolicies, the BaselineAdminNetworkPolicy.
+    pub cluster: Vec<ClusterPolicySource>,
+}
+
 pub enum Current {
-    Complete(Arc<Cluster>, Vec<NetworkPolicy>),
+    Complete(Arc<Cluster>, Policies),
     /// Not listed in full yet: the agent is not ready, and says why.
     Incomplete(String),
     /// Listed, but the model could not be built from it.
@@ -94,7 +106,13 @@ impl ModelSource for Live {
             return Current::Incomplete(format!("cluster model: {status}"));
         }
         match self.model() {
-            Ok(c) => Current::Complete(c, self.policies()),
+            Ok(c) => Current::Complete(
+                c,
+                Policies {
+                    network: self.policies(),
+                    cluster: self.cluster_policies(),
+                },
+            ),
             Err(e) => Current::Failed(format!("cluster model: {e}")),
         }
     }
@@ -103,7 +121,7 @@ impl ModelSource for Live {
 /// A cluster read once (a snapshot file).
 pub struct Fixed {
     pub cluster: Arc<Cluster>,
-    pub policies: Vec<NetworkPolicy>,
+    pub policies: Policies,
 }
 
 impl ModelSource for Fixed {
@@ -362,24 +380,28 @@ impl<S: EventSource> Agent<S> {
 
     /// Continuous verify: counts the findings of this round's records, logs each new one
     /// once, and recomputes the exposures when the model changed.
-    fn judge(
-        &mut self,
-        cluster: &Arc<Cluster>,
-        policies: &[NetworkPolicy],
-        records: &[FlowRecord],
-    ) {
-        let compiled = match policy::compile_all(policies) {
+    fn judge(&mut self, cluster: &Arc<Cluster>, policies: &Policies, records: &[FlowRecord]) {
+        // The API server validates policies; one that does not compile here is ours to fix,
+        // and must not stop attribution.
+        let compiled = match policy::compile_all(&policies.network) {
             Ok(p) => p,
             Err(errors) => {
-                // The API server validates policies; one that does not compile here is ours
-                // to fix, and must not stop attribution.
                 for e in &errors {
                     tracing::warn!("NetworkPolicy not understood, verify skipped: {e}");
                 }
                 return;
             }
         };
-        let engine = Engine::new(cluster, compiled);
+        let cluster_compiled = match clusterwide::compile_all(&policies.cluster) {
+            Ok(p) => p,
+            Err(errors) => {
+                for e in &errors {
+                    tracing::warn!("cluster-scoped policy not understood, verify skipped: {e}");
+                }
+                return;
+            }
+        };
+        let engine = Engine::with_cluster_policies(cluster, compiled, cluster_compiled);
         if !self
             .exposures_of
             .as_ref()

@@ -30,6 +30,7 @@ pub struct Metrics {
     decode_errors: Counter,
     counters_evicted: Counter,
     watch_ready: Family<Label, Gauge>,
+    watch_served: Family<Label, Gauge>,
     watch_objects: Family<Label, Gauge>,
     watch_events: Family<Label, Counter>,
     watch_errors: Family<Label, Counter>,
@@ -73,6 +74,7 @@ impl Metrics {
             decode_errors: Counter::default(),
             counters_evicted: Counter::default(),
             watch_ready: Family::default(),
+            watch_served: Family::default(),
             watch_objects: Family::default(),
             watch_events: Family::default(),
             watch_errors: Family::default(),
@@ -133,6 +135,11 @@ impl Metrics {
             "watch_ready",
             "1 once the kind has been listed fully",
             m.watch_ready.clone(),
+        );
+        r.register(
+            "watch_served",
+            "1 when the API server serves the kind (cluster-scoped policy needs its CRDs)",
+            m.watch_served.clone(),
         );
         r.register(
             "watch_objects",
@@ -238,6 +245,9 @@ impl Metrics {
         for k in &status.kinds {
             let l = label("kind", k.kind.to_string());
             self.watch_ready.get_or_create(&l).set(i64::from(k.ready));
+            self.watch_served
+                .get_or_create(&l)
+                .set(i64::from(!k.absent));
             self.watch_objects.get_or_create(&l).set(k.objects as i64);
             raise(&self.watch_events.get_or_create(&l), k.events);
             raise(&self.watch_errors.get_or_create(&l), k.errors);

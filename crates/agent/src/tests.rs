@@ -61,7 +61,10 @@ fn agent(yaml: &str, events: Vec<Vec<u8>>) -> Test {
         complete: complete.clone(),
         fixed: Fixed {
             cluster: Arc::new(snap.cluster),
-            policies: snap.policies,
+            policies: Policies {
+                network: snap.policies,
+                cluster: snap.cluster_policies,
+            },
         },
     };
     let config = Config {

@@ -49,13 +49,26 @@ pub fn evaluate(engine: &Engine, records: Vec<FlowRecord>) -> Vec<Evaluated> {
                     })
                 })
                 .collect();
-            let allowed = decisions.iter().all(|d| d.allowed);
-            let explanation = match decisions.iter().position(|d| !d.allowed) {
+            // Denied by one backend is denied; otherwise one that may go either way leaves
+            // the flow undetermined.
+            let verdicts: Vec<PolicyVerdict> = decisions.iter().map(Decision::verdict).collect();
+            let verdict = verdicts
+                .iter()
+                .copied()
+                .find(|v| *v == PolicyVerdict::Deny)
+                .or_else(|| {
+                    verdicts
+                        .iter()
+                        .copied()
+                        .find(|v| *v == PolicyVerdict::Undetermined)
+                })
+                .unwrap_or(PolicyVerdict::Allow);
+            let explanation = match verdicts.iter().position(|v| *v == verdict) {
                 Some(i) => decisions[i].clone(),
                 None => decisions[0].clone(),
             };
             Evaluated {
-                policy_verdict: PolicyVerdict::of(allowed),
+                policy_verdict: verdict,
                 explanation,
                 record,
             }

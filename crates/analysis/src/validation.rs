@@ -59,6 +59,42 @@ pub enum Problem {
     OperatorNeedsValues(Operator),
     #[error("operator {0} takes no values")]
     OperatorTakesNoValues(Operator),
+    #[error("`{value}` is not one of {}", allowed.join(", "))]
+    NotOneOf {
+        value: String,
+        allowed: &'static [&'static str],
+    },
+    #[error("{value} is out of range ({min} to {max})")]
+    OutOfRange { value: i64, min: i64, max: i64 },
+    #[error("exactly one of {} must be set; {}", fields.join(", "), if set.is_empty() { "none is".to_owned() } else { format!("{} are", set.join(" and ")) })]
+    ExactlyOne {
+        fields: &'static [&'static str],
+        set: Vec<&'static str>,
+    },
+    #[error("needs at least one item")]
+    NoItems,
+    #[error("has {found} items; at most {max} are allowed")]
+    TooManyItems { found: usize, max: usize },
+    #[error("is {len} characters long; at most {max} are allowed")]
+    TooLong { len: usize, max: usize },
+    #[error("Start port must be less than End port (start {start}, end {end})")]
+    StartNotBelowEnd { start: u16, end: u16 },
+    #[error("`{0}` appears twice in a list that is a set")]
+    DuplicateItem(String),
+    #[error("`{0}` is not a domain name (`example.com`, or `*.example.com` for its subdomains)")]
+    NotADomainName(String),
+    /// An object that does not decode as its kind (an unknown field, a wrong type).
+    #[error("cannot be read: {0}")]
+    Unreadable(String),
+    #[error("networks/nodes/domainNames peer cannot be set with namedPorts since there are no namedPorts for networks/nodes/domainNames")]
+    NamedPortWithNonPodPeer,
+    #[error("`{field}` is not allowed here: {why}")]
+    NotAllowedHere {
+        field: &'static str,
+        why: &'static str,
+    },
+    #[error("Only one baseline admin network policy with metadata.name=\"default\" can be created in the cluster")]
+    BaselineNotDefault,
 }
 
 impl From<UnknownProtocol> for Problem {

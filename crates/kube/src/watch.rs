@@ -40,8 +40,11 @@ use flowpol_analysis::{
         objects::{self, Kind, Object, Objects},
         Cluster, ModelError,
     },
+    policy::clusterwide::api::Source as ClusterPolicySource,
     validation::FieldError,
 };
+
+mod optional;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -195,6 +198,8 @@ struct Health {
     failing_since: Option<Instant>,
     /// The collection its watcher watches (`/api/v1/pods`).
     collection: String,
+    /// The API server does not serve the kind (an optional one: its CRD is not installed).
+    absent: bool,
 }
 
 #[derive(Default)]
@@ -235,13 +240,13 @@ impl Shared {
         self.changed.send_replace(version);
     }
 
-    fn failed(&self, kind: Kind, error: &watcher::Error) {
+    fn failed(&self, kind: Kind, error: &str) {
         tracing::warn!(%kind, %error, "watch failed; retrying with backoff");
         {
             let mut st = self.lock();
             let h = st.health.entry(kind).or_default();
             h.errors += 1;
-            h.last_error = Some(error.to_string());
+            h.last_error = Some(error.to_owned());
             h.failing_since.get_or_insert_with(Instant::now);
         }
         self.changed.send_modify(|_| {});
@@ -299,8 +304,10 @@ impl Drop for Live {
 #[derive(Clone, Debug, Serialize)]
 pub struct KindStatus {
     pub kind: Kind,
-    /// Listed fully at least once.
+    /// Listed fully at least once, or found not served.
     pub ready: bool,
+    /// Not served by the API server (its CRD is not installed): ready, with no objects.
+    pub absent: bool,
     pub objects: usize,
     /// Full lists received (the first, then one per relist after `410 Gone`).
     pub lists: u64,
@@ -357,7 +364,7 @@ impl Live {
             grace,
         });
         let c = || connection.client.clone();
-        let tasks = vec![
+        let mut tasks = vec![
             spawn(
                 &shared,
                 Kind::Namespace,
@@ -403,6 +410,7 @@ impl Live {
                 |m| objects::owned_obj("Job", &m.metadata),
             ),
         ];
+        tasks.extend(optional::spawn_cluster_policies(&shared, c()));
         Live { shared, tasks }
     }
 
@@ -424,6 +432,7 @@ impl Live {
                 KindStatus {
                     kind,
                     ready: h.listed,
+                    absent: h.absent,
                     objects: st.objects.count(kind),
                     lists: h.lists,
                     events: h.events,
@@ -491,6 +500,17 @@ impl Live {
         Ok(model)
     }
 
+    /// The cluster-scoped policies as of now.
+    pub fn cluster_policies(&self) -> Vec<ClusterPolicySource> {
+        self.shared
+            .lock()
+            .objects
+            .cluster_policies
+            .values()
+            .cloned()
+            .collect()
+    }
+
     /// The NetworkPolicies as of now.
     pub fn policies(&self) -> Vec<NetworkPolicy> {
         self.shared
@@ -503,8 +523,8 @@ impl Live {
     }
 }
 
-/// Runs one kind's watcher into the store until the stream ends (it does not: errors are
-/// retried with backoff) or the task is aborted.
+/// Runs one kind's watcher into the store until the task is aborted (errors are retried with
+/// backoff).
 fn spawn<K>(
     shared: &Arc<Shared>,
     kind: Kind,
@@ -516,48 +536,61 @@ where
 {
     let shared = shared.clone();
     shared.lock().health.entry(kind).or_default().collection = api.resource_url().to_owned();
-    tokio::spawn(async move {
-        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
-        let mut stream = std::pin::pin!(stream);
-        // A relist's objects, applied at once when it completes.
-        let mut listing: Vec<Object> = Vec::new();
-        while let Some(item) = stream.next().await {
-            let now = chrono::Utc::now();
-            match item {
-                Ok(Event::Init) => listing.clear(),
-                Ok(Event::InitApply(k)) => {
-                    if let Ok(o) = shared.convert(kind, k, convert) {
-                        listing.push(o);
-                    }
+    tokio::spawn(async move { follow(&shared, kind, api, convert, |_| false).await })
+}
+
+/// Feeds one kind's watch into the store, until an error `ends` says the kind is no longer
+/// served (other errors are retried with backoff).
+async fn follow<K>(
+    shared: &Shared,
+    kind: Kind,
+    api: Api<K>,
+    convert: fn(K) -> Result<Object, FieldError>,
+    ends: fn(&watcher::Error) -> bool,
+) where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    // A relist's objects, applied at once when it completes.
+    let mut listing: Vec<Object> = Vec::new();
+    while let Some(item) = stream.next().await {
+        let now = chrono::Utc::now();
+        match item {
+            Ok(Event::Init) => listing.clear(),
+            Ok(Event::InitApply(k)) => {
+                if let Ok(o) = shared.convert(kind, k, convert) {
+                    listing.push(o);
                 }
-                Ok(Event::InitDone) => {
-                    let items = std::mem::take(&mut listing);
-                    shared.update(kind, |objects, health| {
-                        objects.replace(kind, items, now);
-                        health.listed = true;
-                        health.lists += 1;
-                    });
-                }
-                Ok(Event::Apply(k)) => {
-                    let converted = shared.convert(kind, k, convert);
-                    shared.update(kind, |objects, health| {
-                        health.events += 1;
-                        match converted {
-                            Ok(o) => objects.apply(o, now),
-                            // What it became cannot be read: forget what it was.
-                            Err(r) => objects.delete(kind, &r.namespace, &r.name, now),
-                        }
-                    });
-                }
-                Ok(Event::Delete(k)) => {
-                    let gone = ObjectKey::of(&k);
-                    shared.update(kind, |objects, health| {
-                        health.events += 1;
-                        objects.delete(kind, &gone.namespace, &gone.name, now);
-                    });
-                }
-                Err(e) => shared.failed(kind, &e),
             }
+            Ok(Event::InitDone) => {
+                let items = std::mem::take(&mut listing);
+                shared.update(kind, |objects, health| {
+                    objects.replace(kind, items, now);
+                    health.listed = true;
+                    health.lists += 1;
+                });
+            }
+            Ok(Event::Apply(k)) => {
+                let converted = shared.convert(kind, k, convert);
+                shared.update(kind, |objects, health| {
+                    health.events += 1;
+                    match converted {
+                        Ok(o) => objects.apply(o, now),
+                        // What it became cannot be read: forget what it was.
+                        Err(r) => objects.delete(kind, &r.namespace, &r.name, now),
+                    }
+                });
+            }
+            Ok(Event::Delete(k)) => {
+                let gone = ObjectKey::of(&k);
+                shared.update(kind, |objects, health| {
+                    health.events += 1;
+                    objects.delete(kind, &gone.namespace, &gone.name, now);
+                });
+            }
+            Err(e) if ends(&e) => return,
+            Err(e) => shared.failed(kind, &e.to_string()),
         }
-    })
+    }
 }

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use flowpol_agent::{
     self as agent,
     launch::{self, Output, Settings},
-    Fixed, ModelSource,
+    Fixed, ModelSource, Policies,
 };
 use flowpol_kube::watch;
 
@@ -109,7 +109,10 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let loaded = args.source.load("agent").await?;
         let fixed = Fixed {
             cluster: loaded.cluster,
-            policies: loaded.policies,
+            policies: Policies {
+                network: loaded.policies,
+                cluster: loaded.cluster_policies,
+            },
         };
         (Box::new(fixed), None)
     } else if args.source.live_requested() {

@@ -10,7 +10,7 @@ use flowpol_analysis::{
     cluster::snapshot,
     compare::{self, table},
     output,
-    policy::{self, engine::Engine},
+    policy::{self, clusterwide, engine::Engine},
     record,
 };
 
@@ -166,7 +166,19 @@ fn run_table(args: &Args) -> anyhow::Result<ExitCode> {
                     shown.join("; ")
                 )
             })?;
-            Some(Engine::new(&s.cluster, policies))
+            let cluster_policies =
+                clusterwide::compile_all(&s.cluster_policies).map_err(|errors| {
+                    let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
+                    anyhow::anyhow!(
+                        "invalid cluster network policy object(s) in the cluster snapshot (the API server would reject them): {}",
+                        shown.join("; ")
+                    )
+                })?;
+            Some(Engine::with_cluster_policies(
+                &s.cluster,
+                policies,
+                cluster_policies,
+            ))
         }
         None => None,
     };

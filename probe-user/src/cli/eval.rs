@@ -9,7 +9,7 @@ use flowpol_analysis::{
     attribute,
     cluster::PortRef,
     eval,
-    policy::{engine::Engine, matrix},
+    policy::matrix,
     record::{self, Protocol},
 };
 
@@ -51,8 +51,7 @@ pub(super) struct Args {
 
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let snap = args.source.load("eval").await?;
-    let policies = snap.compile("eval")?;
-    let engine = Engine::new(&snap.cluster, policies);
+    let engine = snap.engine("eval")?;
     if args.matrix {
         let ports: Vec<PortRef> = args
             .ports

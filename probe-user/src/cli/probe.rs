@@ -5,7 +5,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use super::enforcing::EnforcerArgs;
 use super::source::Source;
-use flowpol_analysis::{output, plan, policy::engine::Engine};
+use flowpol_analysis::{output, plan};
 use flowpol_lab::{
     enforce::Fault, enforcer, in_cluster::ApiServer, objects, probing, scenario, EXAMPLE_SCENARIO,
 };
@@ -143,8 +143,7 @@ async fn on_node(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("a scenario, --fault, --no-enforce, --enforcer and --cluster-out are for the lab; with --cluster or --kube the cluster's own CNI enforces");
     }
     let snap = args.source.load("probe").await?;
-    let policies = snap.compile("probe")?;
-    let engine = Engine::new(&snap.cluster, policies);
+    let engine = snap.engine("probe")?;
     let attempts = plan::plan(&engine, &[]);
     if args.plan {
         println!("{}", serde_json::to_string_pretty(&attempts)?);

@@ -6,7 +6,12 @@ use anyhow::Context as _;
 use flowpol_analysis::{
     attribute,
     cluster::{snapshot, Cluster},
-    policy::{self, Policy},
+    policy::{
+        self,
+        clusterwide::{self, api::Source as ClusterPolicySource, ClusterPolicy},
+        engine::Engine,
+        Policy,
+    },
     record::{self, FlowRecord},
 };
 use flowpol_kube::{
@@ -122,13 +127,15 @@ impl FlowsFrom {
 pub(super) struct Loaded {
     pub cluster: Arc<Cluster>,
     pub policies: Vec<NetworkPolicy>,
+    /// ClusterNetworkPolicies, AdminNetworkPolicies and the BaselineAdminNetworkPolicy.
+    pub cluster_policies: Vec<ClusterPolicySource>,
     /// Where it came from, for messages.
     pub origin: String,
 }
 
 impl Loaded {
-    /// The policies compiled for the engine; every invalid one is reported, then refused
-    /// together (the API server would not have accepted them).
+    /// The NetworkPolicies compiled for the engine; every invalid one is reported, then
+    /// refused together (the API server would not have accepted them).
     pub(super) fn compile(&self, command: &str) -> anyhow::Result<Vec<Policy>> {
         policy::compile_all(&self.policies).or_else(|errors| {
             for e in &errors {
@@ -140,6 +147,34 @@ impl Loaded {
                 self.origin
             )
         })
+    }
+
+    /// The cluster-scoped policies compiled, checked the same way.
+    pub(super) fn compile_cluster_policies(
+        &self,
+        command: &str,
+    ) -> anyhow::Result<Vec<ClusterPolicy>> {
+        clusterwide::compile_all(&self.cluster_policies).or_else(|errors| {
+            for e in &errors {
+                eprintln!("flowpol {command}: {}: invalid {e}", self.origin);
+            }
+            anyhow::bail!(
+                "{} invalid cluster network policy object(s) in {}; the API server would reject them",
+                errors.len(),
+                self.origin
+            )
+        })
+    }
+
+    /// The policy engine over every policy of the cluster, of all tiers.
+    pub(super) fn engine(&self, command: &str) -> anyhow::Result<Engine<'_>> {
+        let policies = self.compile(command)?;
+        let cluster_policies = self.compile_cluster_policies(command)?;
+        Ok(Engine::with_cluster_policies(
+            &self.cluster,
+            policies,
+            cluster_policies,
+        ))
     }
 }
 
@@ -172,6 +207,7 @@ impl Source {
         Ok(Loaded {
             cluster: live.model().context("building the cluster model")?,
             policies: live.policies(),
+            cluster_policies: live.cluster_policies(),
             origin: "the API server".into(),
         })
     }
@@ -186,6 +222,7 @@ impl Source {
             return Ok(Loaded {
                 cluster: Arc::new(snap.cluster),
                 policies: snap.policies,
+                cluster_policies: snap.cluster_policies,
                 origin: path.display().to_string(),
             });
         }

@@ -3,10 +3,7 @@ use std::process::ExitCode;
 
 use super::source::FlowsFrom;
 
-use flowpol_analysis::{
-    policy::engine::Engine,
-    verify::{self, Kind},
-};
+use flowpol_analysis::verify::{self, Kind};
 
 /// Exit status when a finding of a `--fail-on` kind is present (1 is for errors).
 pub(super) const FINDINGS_EXIT: u8 = 3;
@@ -27,8 +24,7 @@ pub(super) struct Args {
 
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (snap, records) = args.input.load("verify").await?;
-    let policies = snap.compile("verify")?;
-    let engine = Engine::new(&snap.cluster, policies);
+    let engine = snap.engine("verify")?;
     let report = verify::verify(&engine, records);
     match args.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),

@@ -280,51 +280,10 @@ impl Module {
     }
 }
 
-/// Cilium's published CiliumNetworkPolicy CRD (the module holds the generated schema the
-/// operator installs), for holding `flowpol suggest --format cilium` against it.
-const CILIUM: (&str, &str, &str) = (
-    "github.com/cilium/cilium",
-    "v1.20.2",
-    "pkg/k8s/apis/cilium.io/client/crds/v2/ciliumnetworkpolicies.yaml",
-);
-
-fn cilium_crd() -> PathBuf {
-    cache_root()
-        .join("k8s")
-        .join(format!("cilium-{}", CILIUM.1))
-        .join("ciliumnetworkpolicies.yaml")
-}
-
-/// Copies the CRD out of the module (downloaded, and checked against the checksum
-/// database, by `go mod download`).
-fn fetch_cilium_crd() -> Result<()> {
-    let dest = cilium_crd();
-    if dest.is_file() {
-        return Ok(());
-    }
-    let (module, version, file) = CILIUM;
-    let out = Command::new("go")
-        .args(["mod", "download", "-json", &format!("{module}@{version}")])
-        .current_dir(std::env::temp_dir())
-        .env("GO111MODULE", "on")
-        .output()
-        .context("building the control plane needs Go: `go` is not on PATH")?;
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let Some(dir) = info["Dir"].as_str().filter(|_| out.status.success()) else {
-        bail!(
-            "cannot download {module}@{version} from the Go module proxy: {}{}",
-            info["Error"].as_str().unwrap_or_default(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    };
-    let parent = dest.parent().expect("a file in a folder");
-    std::fs::create_dir_all(parent)?;
-    let tmp = dest.with_extension("tmp");
-    std::fs::copy(Path::new(dir).join(file), &tmp)
-        .with_context(|| format!("{module}@{version} has no {file}"))?;
-    std::fs::rename(&tmp, &dest)?;
-    Ok(())
-}
+mod crds;
+use crds::{
+    ADMIN_NETWORK_POLICY, BASELINE_ADMIN_NETWORK_POLICY, CILIUM, CLUSTER_NETWORK_POLICY, CRDS,
+};
 
 /// The go command and what its environment changes.
 struct Go {
@@ -372,6 +331,9 @@ pub struct Binaries {
     pub kine: PathBuf,
     /// Cilium's CiliumNetworkPolicy CRD (YAML).
     pub cilium_crd: PathBuf,
+    /// network-policy-api's CRDs (YAML): ClusterNetworkPolicy, AdminNetworkPolicy and
+    /// BaselineAdminNetworkPolicy.
+    pub cluster_policy_crds: [PathBuf; 3],
     /// The real NetworkPolicy enforcers the lab can run in place of its own.
     pub kube_network_policies: PathBuf,
     pub kube_router: PathBuf,
@@ -385,7 +347,12 @@ impl Binaries {
             kube_controller_manager: KUBERNETES.binary("kube-controller-manager"),
             kubectl: KUBERNETES.binary("kubectl"),
             kine: KINE.binary("kine"),
-            cilium_crd: cilium_crd(),
+            cilium_crd: CILIUM.path(),
+            cluster_policy_crds: [
+                CLUSTER_NETWORK_POLICY.path(),
+                ADMIN_NETWORK_POLICY.path(),
+                BASELINE_ADMIN_NETWORK_POLICY.path(),
+            ],
             kube_network_policies: KUBE_NETWORK_POLICIES.binary("kube-network-policies"),
             kube_router: KUBE_ROUTER.binary("kube-router"),
         }
@@ -393,7 +360,7 @@ impl Binaries {
 
     /// The built binaries, or an error that says how to build them.
     pub fn find() -> Result<Binaries> {
-        if MODULES.iter().all(|m| m.built()) && cilium_crd().is_file() {
+        if MODULES.iter().all(|m| m.built()) && CRDS.iter().all(|c| c.path().is_file()) {
             return Ok(Self::cached());
         }
         bail!(
@@ -410,7 +377,9 @@ impl Binaries {
         for module in MODULES {
             module.build()?;
         }
-        fetch_cilium_crd()?;
+        for crd in CRDS {
+            crd.fetch()?;
+        }
         Ok(Self::cached())
     }
 
@@ -426,7 +395,13 @@ pub fn versions() -> String {
         .iter()
         .map(|m| format!("{} {}", m.dir, m.version()))
         .collect();
-    format!("{}, cilium CRDs {}", modules.join(", "), CILIUM.1)
+    format!(
+        "{}, cilium CRDs {}, network-policy-api CRDs {} and {}",
+        modules.join(", "),
+        CILIUM.version,
+        CLUSTER_NETWORK_POLICY.version,
+        ADMIN_NETWORK_POLICY.version
+    )
 }
 
 /// The Kubernetes version built (`v1.37.2`).

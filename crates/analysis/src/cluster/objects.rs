@@ -142,6 +142,8 @@ pub enum Object {
         owner: Option<OwnerRef>,
     },
     NetworkPolicy(Box<NetworkPolicy>),
+    /// A ClusterNetworkPolicy, AdminNetworkPolicy or BaselineAdminNetworkPolicy, as read.
+    ClusterPolicy(Box<crate::policy::clusterwide::api::Source>),
 }
 
 pub fn namespace_obj(ns: core::Namespace) -> Result<Object, FieldError> {

@@ -15,7 +15,10 @@ use super::{
     objects::{self, Object, Objects},
     Cluster, ModelError, Timestamp,
 };
-use crate::validation::FieldError;
+use crate::{
+    policy::clusterwide::api::{self as cluster_api, Source},
+    validation::FieldError,
+};
 
 /// Largest snapshot read (a multi-thousand-node cluster's objects stay well below it).
 pub const MAX_SNAPSHOT_BYTES: u64 = 1 << 30;
@@ -43,6 +46,12 @@ pub enum SnapshotError {
         what: String,
         error: FieldError,
     },
+    #[error("cluster snapshot {path}: {what}: {error}")]
+    ClusterPolicy {
+        path: String,
+        what: String,
+        error: cluster_api::DecodeError,
+    },
     #[error("cluster snapshot {path}: {what}: declared twice")]
     Duplicate { path: String, what: String },
     #[error("cluster snapshot {path}: {what}")]
@@ -66,6 +75,9 @@ pub struct Snapshot {
     pub cluster: Cluster,
     /// NetworkPolicies as written; the policy module checks and compiles them.
     pub policies: Vec<NetworkPolicy>,
+    /// ClusterNetworkPolicies, AdminNetworkPolicies and the BaselineAdminNetworkPolicy, as
+    /// written; [`crate::policy::clusterwide::compile`] checks them.
+    pub cluster_policies: Vec<Source>,
     /// Objects of kinds flowpol does not use, by kind.
     pub skipped: BTreeMap<String, usize>,
 }
@@ -144,6 +156,7 @@ pub fn parse(path: &str, text: &str) -> Result<Snapshot, SnapshotError> {
         }
     }
     let mut store = Objects::default();
+    let mut cluster_policies: Vec<Source> = Vec::new();
     let mut skipped: BTreeMap<String, usize> = BTreeMap::new();
     for (what, v) in found {
         let kind = v
@@ -163,6 +176,26 @@ pub fn parse(path: &str, text: &str) -> Result<Snapshot, SnapshotError> {
                 objects::owned_obj(&kind, &o.metadata)
             }
             "NetworkPolicy" => objects::policy_obj(decode(ctx, v)?),
+            k if cluster_api::KINDS.contains(&k) => {
+                let error = |error| SnapshotError::ClusterPolicy {
+                    path: path.into(),
+                    what: what.clone(),
+                    error,
+                };
+                let source = Source::decode(k, v).map_err(error)?;
+                source.check_api_version().map_err(error)?;
+                if cluster_policies
+                    .iter()
+                    .any(|o| o.kind() == source.kind() && o.name() == source.name())
+                {
+                    return Err(SnapshotError::Duplicate {
+                        path: path.into(),
+                        what,
+                    });
+                }
+                cluster_policies.push(source);
+                continue;
+            }
             other => {
                 *skipped
                     .entry(if other.is_empty() {
@@ -194,6 +227,7 @@ pub fn parse(path: &str, text: &str) -> Result<Snapshot, SnapshotError> {
     Ok(Snapshot {
         cluster,
         policies: store.policies.into_values().collect(),
+        cluster_policies,
         skipped,
     })
 }
@@ -227,7 +261,8 @@ fn is_duplicate(store: &Objects, o: &Object) -> bool {
         } => store
             .slices
             .contains_key(&(namespace.clone(), name.clone())),
-        Object::Owned { .. } => false,
+        // Read beside the store, and checked for duplicates there.
+        Object::Owned { .. } | Object::ClusterPolicy(_) => false,
         Object::NetworkPolicy(np) => store.policies.contains_key(&(
             np.metadata.namespace.clone().unwrap_or_default(),
             np.metadata.name.clone().unwrap_or_default(),

@@ -9,9 +9,13 @@
 //! policies that select its two ends.
 use std::net::IpAddr;
 
-use serde::Serialize;
+mod decision;
+mod tiers;
 
-use super::{Direction, Peer, Policy, PortMatch, PortSpec, Rule};
+pub use decision::{ClusterStep, Decision, PolicyVerdict, RuleRef, Ruling, Side};
+use tiers::View;
+
+use super::{clusterwide::ClusterPolicy, Direction, Peer, Policy, PortMatch, PortSpec, Rule};
 use crate::{
     cluster::{AddressHolder, Cluster, NsId, PodId, Timestamp},
     record::Protocol,
@@ -43,143 +47,6 @@ impl Connection {
     }
 }
 
-/// The rule that allowed a connection: rule `rule` of `spec.ingress`/`spec.egress` of `policy`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct RuleRef {
-    pub policy: String,
-    pub rule: usize,
-}
-
-/// One direction's decision.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ruling {
-    /// This end is not a pod of the cluster: no policy applies to it.
-    NotAPod { endpoint: String },
-    /// No policy selects the pod for this direction.
-    NotIsolated,
-    /// The other end is the pod's own node, which is always allowed.
-    OwnNode,
-    /// The pod talks to itself, which no policy restricts.
-    Loopback,
-    /// Allowed by these rules.
-    Allowed { rules: Vec<RuleRef> },
-    /// The pod is isolated by these policies and none of their rules matched.
-    Denied { isolated_by: Vec<String> },
-}
-
-impl Ruling {
-    pub fn allows(&self) -> bool {
-        !matches!(self, Ruling::Denied { .. })
-    }
-}
-
-impl Serialize for Ruling {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        #[derive(Serialize)]
-        struct Json<'a> {
-            verdict: PolicyVerdict,
-            reason: &'static str,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            endpoint: Option<&'a str>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            rules: Option<&'a [RuleRef]>,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            isolated_by: Option<&'a [String]>,
-        }
-        let (reason, endpoint, rules, isolated_by) = match self {
-            Ruling::NotAPod { endpoint } => ("not_a_pod", Some(endpoint.as_str()), None, None),
-            Ruling::NotIsolated => ("not_isolated", None, None, None),
-            Ruling::OwnNode => ("own_node", None, None, None),
-            Ruling::Loopback => ("loopback", None, None, None),
-            Ruling::Allowed { rules } => ("rule", None, Some(rules.as_slice()), None),
-            Ruling::Denied { isolated_by } => {
-                ("no_rule_matched", None, None, Some(isolated_by.as_slice()))
-            }
-        };
-        Json {
-            verdict: PolicyVerdict::of(self.allows()),
-            reason,
-            endpoint,
-            rules,
-            isolated_by,
-        }
-        .serialize(s)
-    }
-}
-
-/// What the declared policies say about a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PolicyVerdict {
-    Allow,
-    Deny,
-}
-
-impl PolicyVerdict {
-    pub fn of(allowed: bool) -> Self {
-        if allowed {
-            Self::Allow
-        } else {
-            Self::Deny
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-        }
-    }
-}
-
-impl std::fmt::Display for PolicyVerdict {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Decision {
-    #[serde(skip)]
-    pub allowed: bool,
-    /// What each end is: `pod ns/name`, `node name`, `external`.
-    pub src: String,
-    pub dst: String,
-    pub egress: Ruling,
-    pub ingress: Ruling,
-}
-
-impl Decision {
-    /// Why, per direction that has a say, in words: `egress: allowed by ns/name#0`,
-    /// `ingress: isolated by ns/a, ns/b, no rule matched`, `ingress: not isolated`.
-    pub fn reasons(&self) -> Vec<String> {
-        let why = |side: &Ruling, dir: &str| -> Option<String> {
-            Some(match side {
-                Ruling::NotAPod { .. } => return None,
-                Ruling::NotIsolated => format!("{dir}: not isolated"),
-                Ruling::OwnNode => format!("{dir}: own node"),
-                Ruling::Loopback => format!("{dir}: loopback"),
-                Ruling::Allowed { rules } => format!(
-                    "{dir}: allowed by {}",
-                    rules
-                        .iter()
-                        .map(|r| format!("{}#{}", r.policy, r.rule))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-                Ruling::Denied { isolated_by } => format!(
-                    "{dir}: isolated by {}, no rule matched",
-                    isolated_by.join(", ")
-                ),
-            })
-        };
-        [why(&self.egress, "egress"), why(&self.ingress, "ingress")]
-            .into_iter()
-            .flatten()
-            .collect()
-    }
-}
-
 pub struct Engine<'c> {
     cluster: &'c Cluster,
     policies: Vec<Policy>,
@@ -187,10 +54,25 @@ pub struct Engine<'c> {
     policy_ns: Vec<Option<NsId>>,
     /// Per pod: indexes of the policies that select it for ingress, and for egress.
     selected: Vec<[Vec<u32>; 2]>,
+    /// Cluster-scoped policies, in evaluation order (Admin tier, then Baseline).
+    cluster_policies: Vec<ClusterPolicy>,
+    /// Per pod, the cluster policies selecting it (empty without any).
+    tiered: tiers::TierIndex,
 }
 
 impl<'c> Engine<'c> {
+    /// An engine for NetworkPolicies alone.
     pub fn new(cluster: &'c Cluster, policies: Vec<Policy>) -> Self {
+        Self::with_cluster_policies(cluster, policies, Vec::new())
+    }
+
+    /// An engine for NetworkPolicies and the cluster-scoped tiers around them.
+    pub fn with_cluster_policies(
+        cluster: &'c Cluster,
+        policies: Vec<Policy>,
+        mut cluster_policies: Vec<ClusterPolicy>,
+    ) -> Self {
+        let tiered = tiers::index(cluster, &mut cluster_policies);
         let policy_ns: Vec<Option<NsId>> = policies
             .iter()
             .map(|p| cluster.namespace_id(&p.namespace))
@@ -217,7 +99,14 @@ impl<'c> Engine<'c> {
             policies,
             policy_ns,
             selected,
+            cluster_policies,
+            tiered,
         }
+    }
+
+    /// The cluster-scoped policies, in evaluation order.
+    pub fn cluster_policies(&self) -> &[ClusterPolicy] {
+        &self.cluster_policies
     }
 
     pub fn cluster(&self) -> &'c Cluster {
@@ -275,23 +164,27 @@ impl<'c> Engine<'c> {
                     allowed: true,
                     src: d.clone(),
                     dst: d,
-                    egress: Ruling::Loopback,
-                    ingress: Ruling::Loopback,
+                    egress: Side::of(Ruling::Loopback),
+                    ingress: Side::of(Ruling::Loopback),
                 };
             }
         }
-        let egress = match src {
-            AddressHolder::Pod(p) => self.side(p, Direction::Egress, dst, c.dst, dst, c),
-            other => Ruling::NotAPod {
+        let side = |end: AddressHolder, dir: Direction, remote: AddressHolder, remote_ip| match end
+        {
+            AddressHolder::Pod(pod) => self.decide(&View {
+                pod,
+                dir,
+                remote,
+                remote_ip,
+                dst,
+                c,
+            }),
+            other => Side::of(Ruling::NotAPod {
                 endpoint: self.describe(other),
-            },
+            }),
         };
-        let ingress = match dst {
-            AddressHolder::Pod(p) => self.side(p, Direction::Ingress, src, c.src, dst, c),
-            other => Ruling::NotAPod {
-                endpoint: self.describe(other),
-            },
-        };
+        let egress = side(src, Direction::Egress, dst, c.dst);
+        let ingress = side(dst, Direction::Ingress, src, c.src);
         Decision {
             allowed: egress.allows() && ingress.allows(),
             src: self.describe(src),
@@ -302,31 +195,52 @@ impl<'c> Engine<'c> {
     }
 
     /// Whether connection `c` is allowed without building an explanation (the fast path).
+    /// Where a rule naming domains could change it, this is the verdict for an address
+    /// that is none of them; [`Self::verdict`] tells the two apart.
     pub fn allows(&self, c: &Connection) -> bool {
+        self.fast(c, &mut false)
+    }
+
+    /// Allow, deny or undetermined, fast unless a rule naming domains is on the way.
+    pub fn verdict(&self, c: &Connection) -> PolicyVerdict {
+        let mut maybe = false;
+        let allowed = self.fast(c, &mut maybe);
+        if maybe {
+            self.evaluate(c).verdict()
+        } else {
+            PolicyVerdict::of(allowed)
+        }
+    }
+
+    fn fast(&self, c: &Connection, maybe: &mut bool) -> bool {
         let c = &c.canonical();
         let (src, dst) = (self.resolve(c.src, c.at), self.resolve(c.dst, c.at));
         if matches!((src, dst), (AddressHolder::Pod(a), AddressHolder::Pod(b)) if a == b) {
             return true;
         }
-        let side_allows = |pod: PodId, dir: Direction, remote: AddressHolder, remote_ip: IpAddr| {
-            let sel = &self.selected[pod.0 as usize][dir as usize];
-            sel.is_empty()
-                || self.own_node(pod, remote)
-                || sel.iter().any(|&pi| {
-                    let p = &self.policies[pi as usize];
-                    p.rules(dir)
-                        .unwrap_or_default()
-                        .iter()
-                        .any(|r| self.rule_matches(pi as usize, r, remote, remote_ip, dst, c))
-                })
+        let mut side = |end: AddressHolder, dir: Direction, remote: AddressHolder, remote_ip| {
+            let AddressHolder::Pod(pod) = end else {
+                return true;
+            };
+            let v = View {
+                pod,
+                dir,
+                remote,
+                remote_ip,
+                dst,
+                c,
+            };
+            self.side_allows(&v, maybe)
         };
-        (match src {
-            AddressHolder::Pod(p) => side_allows(p, Direction::Egress, dst, c.dst),
-            _ => true,
-        }) && (match dst {
-            AddressHolder::Pod(p) => side_allows(p, Direction::Ingress, src, c.src),
-            _ => true,
-        })
+        side(src, Direction::Egress, dst, c.dst) && side(dst, Direction::Ingress, src, c.src)
+    }
+
+    fn decide(&self, v: &View) -> Side {
+        if self.cluster_policies.is_empty() {
+            Side::of(self.network_side(v))
+        } else {
+            self.decide_tiered(v)
+        }
     }
 
     fn resolve(&self, ip: IpAddr, at: Option<Timestamp>) -> AddressHolder {
@@ -340,29 +254,37 @@ impl<'c> Engine<'c> {
         matches!(remote, AddressHolder::Node(n) if self.cluster.pod(pod).node == Some(n))
     }
 
-    /// The decision for `pod`'s `direction`, where the other end is `remote` at `remote_ip`
-    /// and the connection's destination is `dst` (named ports resolve against it).
-    fn side(
-        &self,
-        pod: PodId,
-        direction: Direction,
-        remote: AddressHolder,
-        remote_ip: IpAddr,
-        dst: AddressHolder,
-        c: &Connection,
-    ) -> Ruling {
-        let sel = &self.selected[pod.0 as usize][direction as usize];
+    /// Whether the NetworkPolicies isolating the pod allow, None when none isolates it.
+    fn network_allows(&self, v: &View) -> Option<bool> {
+        let sel = &self.selected[v.pod.0 as usize][v.dir as usize];
+        if sel.is_empty() {
+            return None;
+        }
+        Some(
+            self.own_node(v.pod, v.remote)
+                || sel.iter().any(|&pi| {
+                    let p = &self.policies[pi as usize];
+                    p.rules(v.dir).unwrap_or_default().iter().any(|r| {
+                        self.rule_matches(pi as usize, r, v.remote, v.remote_ip, v.dst, v.c)
+                    })
+                }),
+        )
+    }
+
+    /// The NetworkPolicy tier's ruling for one direction of a pod.
+    fn network_side(&self, v: &View) -> Ruling {
+        let sel = &self.selected[v.pod.0 as usize][v.dir as usize];
         if sel.is_empty() {
             return Ruling::NotIsolated;
         }
-        if self.own_node(pod, remote) {
+        if self.own_node(v.pod, v.remote) {
             return Ruling::OwnNode;
         }
         let mut rules = Vec::new();
         for &pi in sel {
             let p = &self.policies[pi as usize];
-            for (ri, rule) in p.rules(direction).unwrap_or_default().iter().enumerate() {
-                if self.rule_matches(pi as usize, rule, remote, remote_ip, dst, c) {
+            for (ri, rule) in p.rules(v.dir).unwrap_or_default().iter().enumerate() {
+                if self.rule_matches(pi as usize, rule, v.remote, v.remote_ip, v.dst, v.c) {
                     rules.push(RuleRef {
                         policy: p.id(),
                         rule: ri,

@@ -3,7 +3,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::engine::{Connection, Engine};
+use super::engine::{Connection, Engine, PolicyVerdict};
 use crate::{
     cluster::{PodId, PortRef},
     record::Protocol,
@@ -21,8 +21,13 @@ pub struct Case {
     /// A number, or a container port name resolved per destination pod.
     pub port: String,
     pub protocol: Protocol,
-    /// `allowed[src][dst]`; `None` when the destination has no such named port.
+    /// `allowed[src][dst]`; `None` when the destination has no such named port, or when
+    /// the verdict is undetermined.
     pub allowed: Vec<Vec<Option<bool>>>,
+    /// `[src, dst]` of the cells whose verdict depends on whether an address is one of a
+    /// rule's domain names (`None` in `allowed`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub undetermined: Vec<[usize; 2]>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -56,33 +61,39 @@ pub fn compute(
     let mut cases = Vec::new();
     for port in ports {
         for &protocol in protocols {
-            let allowed = pods
-                .iter()
-                .map(|(_, _, src)| {
-                    pods.iter()
-                        .map(|(_, dst_id, dst)| {
-                            let number = match port {
-                                PortRef::Number(n) => Some(*n),
-                                PortRef::Name(name) => cluster
-                                    .pod(*dst_id)
-                                    .ports
-                                    .iter()
-                                    .find(|cp| {
-                                        cp.name.as_deref() == Some(name) && cp.protocol == protocol
-                                    })
-                                    .map(|cp| cp.port),
-                            }?;
-                            Some(engine.allows(&Connection {
-                                src: *src,
-                                dst: *dst,
-                                port: number,
-                                protocol,
-                                at: None,
-                            }))
-                        })
-                        .collect()
-                })
-                .collect();
+            let mut undetermined = Vec::new();
+            let mut allowed = Vec::with_capacity(pods.len());
+            for (si, (_, _, src)) in pods.iter().enumerate() {
+                let mut row = Vec::with_capacity(pods.len());
+                for (di, (_, dst_id, dst)) in pods.iter().enumerate() {
+                    let number = match port {
+                        PortRef::Number(n) => Some(*n),
+                        PortRef::Name(name) => cluster
+                            .pod(*dst_id)
+                            .ports
+                            .iter()
+                            .find(|cp| cp.name.as_deref() == Some(name) && cp.protocol == protocol)
+                            .map(|cp| cp.port),
+                    };
+                    row.push(number.and_then(|number| {
+                        match engine.verdict(&Connection {
+                            src: *src,
+                            dst: *dst,
+                            port: number,
+                            protocol,
+                            at: None,
+                        }) {
+                            PolicyVerdict::Allow => Some(true),
+                            PolicyVerdict::Deny => Some(false),
+                            PolicyVerdict::Undetermined => {
+                                undetermined.push([si, di]);
+                                None
+                            }
+                        }
+                    }));
+                }
+                allowed.push(row);
+            }
             let port = match port {
                 PortRef::Number(n) => n.to_string(),
                 PortRef::Name(s) => s.clone(),
@@ -91,6 +102,7 @@ pub fn compute(
                 port,
                 protocol,
                 allowed,
+                undetermined,
             });
         }
     }
@@ -102,7 +114,7 @@ pub fn compute(
 
 impl Matrix {
     /// One grid per case: rows are sources, columns destinations; `.` allowed, `X` denied,
-    /// `-` the destination has no such port.
+    /// `-` the destination has no such port, `?` undetermined (a rule names domains).
     pub fn render(&self) -> String {
         let width = self.pods.iter().map(String::len).max().unwrap_or(0);
         let mut out = String::new();
@@ -115,10 +127,11 @@ impl Matrix {
             out.push('\n');
             for (i, (name, row)) in self.pods.iter().zip(&case.allowed).enumerate() {
                 out.push_str(&format!("{name:width$}"));
-                for cell in row {
+                for (j, cell) in row.iter().enumerate() {
                     out.push_str(match cell {
                         Some(true) => "   .",
                         Some(false) => "   X",
+                        None if case.undetermined.contains(&[i, j]) => "   ?",
                         None => "   -",
                     });
                 }

@@ -7,6 +7,7 @@
 //! direction, only what some rule of some selecting policy allows. Within a rule, peers and
 //! ports are ANDed; peers are ORed, ports are ORed; an empty or missing peer or port list
 //! matches everything. In one peer, `podSelector` and `namespaceSelector` are ANDed.
+pub mod clusterwide;
 pub mod engine;
 pub mod matrix;
 pub mod selector;

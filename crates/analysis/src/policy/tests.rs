@@ -129,7 +129,7 @@ pub(crate) fn policy(yaml: &str) -> Policy {
     compile(&np).expect("test policy is valid")
 }
 
-fn tcp(src: &str, dst: &str, port: u16) -> Connection {
+pub(super) fn tcp(src: &str, dst: &str, port: u16) -> Connection {
     Connection {
         src: src.parse().unwrap(),
         dst: dst.parse().unwrap(),
@@ -139,7 +139,7 @@ fn tcp(src: &str, dst: &str, port: u16) -> Connection {
     }
 }
 
-fn udp(src: &str, dst: &str, port: u16) -> Connection {
+pub(super) fn udp(src: &str, dst: &str, port: u16) -> Connection {
     Connection {
         protocol: Protocol::UDP,
         ..tcp(src, dst, port)
@@ -198,9 +198,9 @@ fn default_deny_ingress_isolates_only_ingress() {
     let c = cluster();
     let e = Engine::new(&c, vec![policy(deny)]);
     let d = e.evaluate(&tcp(YA, XB, 80));
-    assert_eq!(d.egress, Ruling::NotIsolated);
+    assert_eq!(d.egress.ruling, Ruling::NotIsolated);
     assert_eq!(
-        d.ingress,
+        d.ingress.ruling,
         Ruling::Denied {
             isolated_by: vec!["x/deny".into()]
         }
@@ -399,7 +399,10 @@ fn a_pod_may_always_reach_itself() {
     );
     let c = cluster();
     let e = Engine::new(&c, vec![policy(deny_both)]);
-    assert_eq!(e.evaluate(&tcp(XA, XA, 80)).ingress, Ruling::Loopback);
+    assert_eq!(
+        e.evaluate(&tcp(XA, XA, 80)).ingress.ruling,
+        Ruling::Loopback
+    );
 }
 
 #[test]
@@ -526,3 +529,4 @@ fn invalid_policies_name_the_field_and_the_problem() {
 }
 
 mod properties;
+mod tiers;

@@ -72,7 +72,9 @@ pub fn prove(
         let by_rule = |side: &Ruling| !matches!(side, Ruling::NotIsolated | Ruling::Denied { .. });
         eval::evaluate(&engine, records.to_vec())
             .into_iter()
-            .filter(|e| !(by_rule(&e.explanation.egress) && by_rule(&e.explanation.ingress)))
+            .filter(|e| {
+                !(by_rule(&e.explanation.egress.ruling) && by_rule(&e.explanation.ingress.ruling))
+            })
             .map(|e| e.record)
             .collect()
     } else {

@@ -206,7 +206,8 @@ pub struct Summary {
     pub consistent: u64,
     /// Records in a flow finding.
     pub disagreeing: u64,
-    /// Outcomes that prove nothing about policy (`sent`, drops for other reasons).
+    /// Outcomes that prove nothing about policy (`sent`, drops for other reasons), and
+    /// verdicts that depend on whether an address is one of a rule's domain names.
     pub inconclusive: u64,
     pub findings: BTreeMap<Kind, u64>,
 }
@@ -289,6 +290,10 @@ fn report(engine: &Engine, records: Vec<FlowRecord>, exposures: bool) -> Report 
                 }
                 widen(&mut u.first_seen, &mut u.last_seen, &e.record);
             }
+        }
+        if e.policy_verdict == PolicyVerdict::Undetermined {
+            summary.inconclusive += 1;
+            continue;
         }
         let allowed = e.policy_verdict == PolicyVerdict::Allow;
         let kind = match (fate(&e.record), allowed) {

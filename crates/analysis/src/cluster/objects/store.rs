@@ -16,10 +16,14 @@ pub enum Kind {
     ReplicaSet,
     Job,
     NetworkPolicy,
+    /// Served only where network-policy-api's CRDs are installed.
+    ClusterNetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -28,7 +32,20 @@ impl Kind {
         Kind::ReplicaSet,
         Kind::Job,
         Kind::NetworkPolicy,
+        Kind::ClusterNetworkPolicy,
+        Kind::AdminNetworkPolicy,
+        Kind::BaselineAdminNetworkPolicy,
     ];
+
+    /// The kinds a cluster may lack (their CRDs are not installed everywhere).
+    pub fn is_optional(self) -> bool {
+        matches!(
+            self,
+            Kind::ClusterNetworkPolicy
+                | Kind::AdminNetworkPolicy
+                | Kind::BaselineAdminNetworkPolicy
+        )
+    }
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -40,6 +57,9 @@ impl Kind {
             Kind::ReplicaSet => "ReplicaSet",
             Kind::Job => "Job",
             Kind::NetworkPolicy => "NetworkPolicy",
+            Kind::ClusterNetworkPolicy => "ClusterNetworkPolicy",
+            Kind::AdminNetworkPolicy => "AdminNetworkPolicy",
+            Kind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
         }
     }
 }
@@ -62,6 +82,8 @@ pub struct Objects {
     /// (namespace, kind, name) of ReplicaSets and Jobs -> their controller.
     pub owners: BTreeMap<(String, String, String), OwnerRef>,
     pub policies: BTreeMap<Key, NetworkPolicy>,
+    /// Cluster-scoped policies by (kind, name).
+    pub cluster_policies: BTreeMap<(Kind, String), crate::policy::clusterwide::api::Source>,
     /// Deleted pods (and finished pods' running past) with the time they were seen gone,
     /// oldest first: flows seen while they held their addresses are still attributed to them.
     pub gone: VecDeque<(PodObj, Timestamp)>,
@@ -81,6 +103,15 @@ fn intern<T: ?Sized + Eq + std::hash::Hash>(pool: &mut HashSet<Arc<T>>, value: A
             pool.insert(value.clone());
             value
         }
+    }
+}
+
+fn cluster_policy_kind(source: &crate::policy::clusterwide::api::Source) -> Kind {
+    use crate::policy::clusterwide::api::Source;
+    match source {
+        Source::ClusterNetworkPolicy(_) => Kind::ClusterNetworkPolicy,
+        Source::AdminNetworkPolicy(_) => Kind::AdminNetworkPolicy,
+        Source::BaselineAdminNetworkPolicy(_) => Kind::BaselineAdminNetworkPolicy,
     }
 }
 
@@ -150,6 +181,11 @@ impl Objects {
                 );
                 self.policies.insert(key, *np);
             }
+            Object::ClusterPolicy(source) => {
+                let kind = cluster_policy_kind(&source);
+                self.cluster_policies
+                    .insert((kind, source.name().to_owned()), *source);
+            }
         }
     }
 
@@ -184,6 +220,11 @@ impl Objects {
             Kind::NetworkPolicy => {
                 self.policies.remove(&key);
             }
+            Kind::ClusterNetworkPolicy
+            | Kind::AdminNetworkPolicy
+            | Kind::BaselineAdminNetworkPolicy => {
+                self.cluster_policies.remove(&(kind, name.to_owned()));
+            }
         }
     }
 
@@ -215,6 +256,11 @@ impl Objects {
             Kind::EndpointSlice => self.slices.clear(),
             Kind::ReplicaSet | Kind::Job => self.owners.retain(|(_, k, _), _| k != kind.as_str()),
             Kind::NetworkPolicy => self.policies.clear(),
+            Kind::ClusterNetworkPolicy
+            | Kind::AdminNetworkPolicy
+            | Kind::BaselineAdminNetworkPolicy => {
+                self.cluster_policies.retain(|(k, _), _| *k != kind)
+            }
         }
         for o in items {
             self.apply(o, at);
@@ -247,6 +293,13 @@ impl Objects {
                 .filter(|(_, k, _)| k == kind.as_str())
                 .count(),
             Kind::NetworkPolicy => self.policies.len(),
+            Kind::ClusterNetworkPolicy
+            | Kind::AdminNetworkPolicy
+            | Kind::BaselineAdminNetworkPolicy => self
+                .cluster_policies
+                .keys()
+                .filter(|(k, _)| *k == kind)
+                .count(),
         }
     }
 
