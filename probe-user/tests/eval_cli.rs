@@ -1,7 +1,7 @@
 //! `flowpol eval` through the binary: golden outputs for what people read, and bad input.
 //! Set FLOWPOL_BLESS=1 to rewrite the golden files after an intended change (and review them).
 mod common;
-use common::{fixtures, flowpol, golden};
+use common::{cluster_policies_text, fixtures, flowpol, golden, shop_with};
 use std::path::PathBuf;
 
 #[test]
@@ -303,20 +303,6 @@ fn a_reader_that_stops_early_ends_eval_quietly() {
     std::fs::remove_dir_all(&dir).unwrap();
     assert_eq!(status.signal(), Some(libc::SIGPIPE), "{status:?}: {err}");
     assert!(!err.contains("panicked"), "{err}");
-}
-
-/// The shop with `policies` (cluster-scoped ones) beside its objects, in one snapshot.
-fn shop_with(name: &str, policies: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("flowpol-eval-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let shop = std::fs::read_to_string(fixtures().join("cluster-shop.yaml")).unwrap();
-    let path = dir.join("cluster.yaml");
-    std::fs::write(&path, format!("{shop}\n---\n{policies}")).unwrap();
-    path
-}
-
-fn cluster_policies_text() -> String {
-    std::fs::read_to_string(fixtures().join("cluster-policies-shop.yaml")).unwrap()
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! completeness (every observed flow that got through is allowed) and tightness, filters
 //! and the diff mode.
 mod common;
-use common::{fixtures, flowpol, golden};
+use common::{cluster_policies_text, fixtures, flowpol, golden, shop_with};
 
 use flowpol_analysis::{
     attribute,
@@ -177,4 +177,50 @@ fn cilium_output_names_entities_and_proxies_dns() {
         "kube-system"
     );
     assert_eq!(dns["toPorts"][0]["rules"]["dns"][0]["matchPattern"], "*");
+}
+
+#[test]
+fn diff_mode_sets_apart_what_cluster_policies_decide() {
+    let path = shop_with("suggest-tiers", &cluster_policies_text());
+    let cluster = path.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        flowpol(
+            &[
+                &[
+                    "suggest",
+                    "--cluster",
+                    cluster,
+                    "--flows",
+                    "flows-shop.jsonl",
+                ][..],
+                extra,
+            ]
+            .concat(),
+        )
+    };
+    let (ok, out, err) = run(&["--diff"]);
+    let (plain_ok, plain, plain_err) = flowpol(&[&ARGS[..], &["--diff"]].concat());
+    let (full_ok, _, full_err) = run(&[]);
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    assert!(ok && plain_ok && full_ok, "{err}\n{plain_err}\n{full_err}");
+    // Worked by hand from tests/fixtures/cluster-policies-shop.yaml: checkout's own policy
+    // excepts 203.0.113.128/25, so without the cluster policies the diff adds a rule for
+    // 203.0.113.200; the AdminNetworkPolicy partner-api accepts it, so with them it needs none.
+    assert!(plain.contains("203.0.113.200"), "{plain}");
+    assert!(!out.contains("203.0.113.200"), "{out}");
+    assert!(
+        err.contains("1 observed flow(s) need no NetworkPolicy rule")
+            && err.contains("anp/partner-api"),
+        "{err}"
+    );
+    // cart -> postgres is allowed by the data namespace's NetworkPolicy, but the Admin-tier
+    // protect-data denies all but payments: no NetworkPolicy can change that, in either mode.
+    for e in [&err, &full_err] {
+        assert!(
+            e.contains("which no NetworkPolicy can override")
+                && e.contains("shop/cart-0")
+                && e.contains("cnp/protect-data"),
+            "{e}"
+        );
+    }
 }

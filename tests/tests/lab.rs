@@ -201,7 +201,6 @@ traffic:
 /// enforcer in place of a real one, the same canaries pass at once.
 #[test]
 fn the_canary_wait_fails_when_nothing_enforces_and_passes_when_something_does() {
-    use flowpol_analysis::policy::engine::Engine;
     use flowpol_lab::{
         enforce,
         enforcer::{canary, EnforcerError},
@@ -215,7 +214,7 @@ fn the_canary_wait_fails_when_nothing_enforces_and_passes_when_something_does() 
     let stop = Arc::new(AtomicBool::new(false));
     let shop = scenario::parse("shop", EXAMPLE_SCENARIO).unwrap();
     let declared = enforce::declared(&shop).unwrap();
-    let engine = Engine::new(&declared.cluster, declared.policies);
+    let engine = declared.engine();
 
     let open = Lab::create(shop.clone()).unwrap();
     let canaries = canary::choose(&open, &engine).unwrap();

@@ -4,13 +4,19 @@
 //! also for what the live watchers hold: the stripped objects store plus the model built
 //! from it.
 //!
+//! Verdicts/s are measured side by side with and without `--cluster-policies` cluster-scoped
+//! policies (ClusterNetworkPolicies of both tiers) over the same cluster and connections:
+//! medians of alternating runs.
+//!
 //! `cargo bench -p flowpol-analysis --bench engine -- [--pods N] [--namespaces N] [--policies N]
-//! [--flows N] [--write FILE]`: with `--write`, only writes the cluster YAML (the NCA
-//! comparison reads it).
+//! [--cluster-policies N] [--flows N] [--write FILE]`: with `--write`, only writes the cluster
+//! YAML (the NCA comparison reads it).
 use std::{net::IpAddr, sync::atomic::Ordering, time::Instant};
 
 #[path = "common/synthetic.rs"]
 mod synthetic;
+#[path = "common/cluster_policies.rs"]
+mod tiers;
 use synthetic::{cluster_yaml, pod_ip, Rng, HELD};
 
 use flowpol_analysis::{
@@ -19,7 +25,7 @@ use flowpol_analysis::{
         snapshot,
     },
     policy::{
-        self,
+        self, clusterwide,
         engine::{Connection, Engine},
     },
     record::Protocol,
@@ -61,6 +67,7 @@ fn main() {
         arg(&args, "--policies", 2_000),
         arg(&args, "--flows", 2_000_000),
     );
+    let cluster_policies = arg(&args, "--cluster-policies", 200);
     let yaml = cluster_yaml(namespaces, pods, policies);
     if let Some(i) = args.iter().position(|a| a == "--write") {
         std::fs::write(&args[i + 1], &yaml).expect("write cluster YAML");
@@ -81,9 +88,22 @@ fn main() {
     drop(snap.policies);
     let model_bytes = HELD.load(Ordering::Relaxed) - held0;
     let t = Instant::now();
-    let engine = Engine::new(&cluster, compiled);
+    let engine = Engine::new(&cluster, compiled.clone());
     let index = t.elapsed();
     let engine_bytes = HELD.load(Ordering::Relaxed) - held0;
+    let tiers_snap = snapshot::parse(
+        "synthetic cluster policies",
+        &tiers::cluster_policies_yaml(namespaces, cluster_policies),
+    )
+    .expect("synthetic cluster policies parse");
+    let held = HELD.load(Ordering::Relaxed);
+    let t = Instant::now();
+    let cps =
+        clusterwide::compile_all(&tiers_snap.cluster_policies).expect("valid cluster policies");
+    let tiered = Engine::with_cluster_policies(&cluster, compiled, cps);
+    let tiered_build = t.elapsed();
+    let tiered_bytes = HELD.load(Ordering::Relaxed) - held;
+    drop(tiers_snap);
     // Only now: freeing it earlier would be subtracted from the figures above.
     drop(yaml);
 
@@ -114,9 +134,28 @@ fn main() {
             }
         })
         .collect();
-    let t = Instant::now();
-    let allowed = conns.iter().filter(|c| engine.allows(c)).count();
-    let fast = t.elapsed();
+    // Alternating runs over the same connections, each engine's median.
+    let timed = |e: &Engine| {
+        let t = Instant::now();
+        let allowed = conns.iter().filter(|c| e.allows(c)).count();
+        (t.elapsed(), allowed)
+    };
+    let (mut plain_runs, mut tiered_runs) = (Vec::new(), Vec::new());
+    let (mut allowed, mut tiered_allowed) = (0, 0);
+    for _ in 0..5 {
+        let (d, n) = timed(&engine);
+        plain_runs.push(d);
+        allowed = n;
+        let (d, n) = timed(&tiered);
+        tiered_runs.push(d);
+        tiered_allowed = n;
+    }
+    let median = |runs: &mut Vec<std::time::Duration>| {
+        runs.sort();
+        runs[runs.len() / 2]
+    };
+    let fast = median(&mut plain_runs);
+    let fast_tiered = median(&mut tiered_runs);
     let explained_n = flows / 10;
     let t = Instant::now();
     let explained = conns[..explained_n]
@@ -124,7 +163,14 @@ fn main() {
         .filter(|c| engine.evaluate(c).allowed)
         .count();
     let slow = t.elapsed();
+    let t = Instant::now();
+    let explained_tiered = conns[..explained_n]
+        .iter()
+        .filter(|c| tiered.evaluate(c).allowed)
+        .count();
+    let slow_tiered = t.elapsed();
     let per_sec = |n: usize, d: std::time::Duration| n as f64 / d.as_secs_f64();
+    drop(tiered);
     drop(engine);
     drop(cluster);
     let yaml = cluster_yaml(namespaces, pods, policies);
@@ -180,6 +226,14 @@ fn main() {
         per_sec(explained_n, slow)
     );
     println!(
+        "  with {cluster_policies} cluster policies: index {:.1} ms, {:.1} MiB more; verdicts/s {:.0} ({:+.1}%, {tiered_allowed} allowed), explained {:.0} ({explained_tiered} allowed)",
+        tiered_build.as_secs_f64() * 1e3,
+        tiered_bytes as f64 / 1048576.0,
+        per_sec(flows, fast_tiered),
+        (per_sec(flows, fast_tiered) / per_sec(flows, fast) - 1.0) * 100.0,
+        per_sec(explained_n, slow_tiered)
+    );
+    println!(
         "{}",
         serde_json::json!({
             "pods": pods, "namespaces": namespaces, "policies": policies,
@@ -187,6 +241,8 @@ fn main() {
             "model_bytes": model_bytes, "engine_bytes": engine_bytes,
             "live_store_bytes": store_bytes, "live_bytes": live_bytes, "live_policy_bytes": policy_bytes,
             "verdicts_per_s": per_sec(flows, fast), "explained_verdicts_per_s": per_sec(explained_n, slow),
+            "cluster_policies": cluster_policies, "tiered_index_ms": tiered_build.as_secs_f64() * 1e3, "tiered_bytes": tiered_bytes,
+            "tiered_verdicts_per_s": per_sec(flows, fast_tiered), "tiered_explained_verdicts_per_s": per_sec(explained_n, slow_tiered),
         })
     );
 }

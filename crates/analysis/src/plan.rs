@@ -6,6 +6,8 @@
 //! - "inverted" peers whose labels or namespace just miss a selector, addresses in an
 //!   ipBlock's `except`, and, for policies without rules, any other pod, which must not.
 //!
+//! Cluster-scoped policies get attempts of their own, rule by rule ([`tiers`]).
+//!
 //! Each attempt carries the engine's expectation and the reason it was planned; the attempts
 //! run from inside the source's network namespace and their records are judged by `verify`
 //! like any traffic. Pure.
@@ -25,6 +27,8 @@ use crate::{
     },
     record::Protocol,
 };
+
+mod tiers;
 
 /// How long an attempt waits for an answer: denied attempts cost this much each.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
@@ -374,5 +378,6 @@ pub fn plan(engine: &Engine, outside: &[Outside]) -> Vec<Attempt> {
             }
         }
     }
+    planner.cluster_policies();
     planner.attempts.into_values().collect()
 }

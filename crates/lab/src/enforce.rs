@@ -4,18 +4,24 @@
 //! Like a CNI, it resolves selectors to the addresses of the pods they match when the rules
 //! are written, keeps replies through conntrack (`ct state established,related`), leaves
 //! loopback and ICMP alone (NetworkPolicy speaks of TCP, UDP and SCTP), and drops what no
-//! rule of a selecting policy allows. Switchable [`Fault`]s make it behave like CNIs with
-//! known bugs, so `verify` has something to find. Rendering is pure.
+//! rule of a selecting policy allows; cluster-scoped policies around them as [`tiers`] says.
+//! Switchable [`Fault`]s make it behave like CNIs with known bugs, so `verify` has something
+//! to find. Rendering is pure.
 use std::{collections::HashMap, fmt::Write as _};
 
 use super::{nft::proto, scenario::Resolved};
 use flowpol_analysis::{
     cluster::{snapshot::SnapshotError, Cluster, PodId},
     policy::{
-        self, engine::Engine, Direction, Peer, Policy, PolicyError, PortMatch, PortSpec, Rule,
+        self,
+        clusterwide::{self, ClusterPolicy, ClusterPolicyError},
+        engine::Engine,
+        Direction, Peer, Policy, PolicyError, PortMatch, PortSpec, Rule,
     },
     record::Protocol,
 };
+
+mod tiers;
 
 /// The nft table of the enforcer in every pod namespace (the drop rules have their own).
 pub const TABLE: &str = "flowpol_policy";
@@ -34,15 +40,19 @@ pub enum Fault {
     IgnoreNamedPorts,
     /// Nothing is enforced (a CNI without NetworkPolicy support).
     EnforceNothing,
+    /// Cluster-scoped policies are not enforced, NetworkPolicies are (a CNI without
+    /// ClusterNetworkPolicy support, or with its feature flag off).
+    IgnoreClusterPolicies,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 5] = [
+    pub const ALL: [Fault; 6] = [
         Fault::IgnoreEgress,
         Fault::IgnoreNamespaceSelectorWithPodSelector,
         Fault::IgnoreExcept,
         Fault::IgnoreNamedPorts,
         Fault::EnforceNothing,
+        Fault::IgnoreClusterPolicies,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -52,13 +62,16 @@ impl Fault {
             Fault::IgnoreExcept => "ignore-except",
             Fault::IgnoreNamedPorts => "ignore-named-ports",
             Fault::EnforceNothing => "enforce-nothing",
+            Fault::IgnoreClusterPolicies => "ignore-cluster-policies",
         }
     }
 
     /// The policies as a CNI with this fault enforces them.
     fn distort(self, policies: Vec<Policy>) -> Vec<Policy> {
-        if self == Fault::EnforceNothing {
-            return Vec::new();
+        match self {
+            Fault::EnforceNothing => return Vec::new(),
+            Fault::IgnoreClusterPolicies => return policies,
+            _ => {}
         }
         policies
             .into_iter()
@@ -118,30 +131,60 @@ pub enum EnforceError {
     Model(#[from] SnapshotError),
     #[error("{} invalid NetworkPolicy object(s) in the scenario: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
     Policies(Vec<PolicyError>),
+    #[error("{} invalid cluster network policy object(s) in the scenario: {}", .0.len(), .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    ClusterPolicies(Vec<ClusterPolicyError>),
 }
 
 /// The lab's cluster and its declared policies, compiled.
 pub struct Declared {
     pub cluster: Cluster,
     pub policies: Vec<Policy>,
+    /// ClusterNetworkPolicies, AdminNetworkPolicies, the BaselineAdminNetworkPolicy.
+    pub cluster_policies: Vec<ClusterPolicy>,
+}
+
+impl Declared {
+    /// The engine over every declared policy, of all tiers.
+    pub fn engine(&self) -> Engine<'_> {
+        Engine::with_cluster_policies(
+            &self.cluster,
+            self.policies.clone(),
+            self.cluster_policies.clone(),
+        )
+    }
 }
 
 /// Reads the scenario's cluster and compiles its policies; every invalid one is named.
 pub fn declared(resolved: &Resolved) -> Result<Declared, EnforceError> {
     let snap = super::objects::model(resolved)?;
     let policies = policy::compile_all(&snap.policies).map_err(EnforceError::Policies)?;
+    let cluster_policies =
+        clusterwide::compile_all(&snap.cluster_policies).map_err(EnforceError::ClusterPolicies)?;
     Ok(Declared {
         cluster: snap.cluster,
         policies,
+        cluster_policies,
     })
 }
 
 /// Makes the lab enforce its policies (with `faults`): the nft scripts go into
 /// `resolved.enforced`, which [`super::Lab::up`] loads into the pods' namespaces.
 pub fn install(resolved: &mut Resolved, faults: &[Fault]) -> Result<(), EnforceError> {
-    let Declared { cluster, policies } = declared(resolved)?;
+    let Declared {
+        cluster,
+        policies,
+        cluster_policies,
+    } = declared(resolved)?;
     let policies = faults.iter().fold(policies, |p, f| f.distort(p));
-    let engine = Engine::new(&cluster, policies);
+    let ignored = faults
+        .iter()
+        .any(|f| matches!(f, Fault::IgnoreClusterPolicies | Fault::EnforceNothing));
+    let cluster_policies = if ignored {
+        Vec::new()
+    } else {
+        cluster_policies
+    };
+    let engine = Engine::with_cluster_policies(&cluster, policies, cluster_policies);
     resolved.enforced = render(&engine);
     Ok(())
 }
@@ -158,32 +201,47 @@ pub fn render(engine: &Engine) -> HashMap<String, String> {
         let mut script = String::new();
         for dir in [Direction::Ingress, Direction::Egress] {
             let selecting = engine.selecting_indexes(pod, dir);
-            if selecting.is_empty() {
+            let tiered = tiers::selects(engine, pod, dir);
+            if selecting.is_empty() && !tiered {
                 continue;
             }
             let (name, hook, lo) = match dir {
                 Direction::Ingress => ("ingress", "input", "iif"),
                 Direction::Egress => ("egress", "output", "oif"),
             };
-            let _ = write!(
-                script,
-                "  chain {name} {{\n    type filter hook {hook} priority 0; policy accept;\n    \
+            let preamble = format!(
+                "    type filter hook {hook} priority 0; policy accept;\n    \
                  ct state established,related accept\n    {lo} \"lo\" accept\n    \
                  meta l4proto {{ icmp, ipv6-icmp }} accept\n"
             );
+            let mut np = String::new();
             for &pi in selecting {
                 let policy = &engine.policies()[pi as usize];
                 for (ri, rule) in policy.rules(dir).unwrap_or_default().iter().enumerate() {
                     for line in rule_lines(engine, pi as usize, rule, pod, dir) {
                         let _ = writeln!(
-                            script,
+                            np,
                             "    {line} accept comment \"{} {name}#{ri}\"",
                             policy.id()
                         );
                     }
                 }
             }
-            script.push_str("    counter drop\n  }\n");
+            if tiered {
+                let isolated = (!selecting.is_empty()).then_some(np.as_str());
+                script.push_str(&tiers::chains(
+                    engine,
+                    pod,
+                    dir,
+                    (name, &preamble),
+                    isolated,
+                ));
+            } else {
+                let _ = write!(
+                    script,
+                    "  chain {name} {{\n{preamble}{np}    counter drop\n  }}\n"
+                );
+            }
         }
         if !script.is_empty() {
             out.insert(
@@ -406,6 +464,67 @@ mod tests {
         );
         assert!(!combined["data/postgres-0"].contains("10.244.0.12"));
         assert!(rules_of(&[Fault::EnforceNothing]).is_empty());
+    }
+
+    /// The tiers scenario: Admin rules in order ahead of the rest, NetworkPolicy's rules or
+    /// the Baseline's in the rest (FLOWPOL_BLESS=1 rewrites the golden).
+    #[test]
+    fn renders_cluster_policies_in_tiers() {
+        let yaml = include_str!("../../../tests/fixtures/scenario-tiers.yaml");
+        let mut r = parse("tiers", yaml).unwrap();
+        install(&mut r, &[]).unwrap();
+        let mut pods: Vec<_> = r.enforced.iter().collect();
+        pods.sort();
+        let text: String = pods
+            .iter()
+            .map(|(pod, script)| format!("# {pod}\n{script}"))
+            .collect();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/fixtures/golden/enforce-tiers.nft");
+        if std::env::var_os("FLOWPOL_BLESS").is_some() {
+            assert!(std::env::var_os("CI").is_none(), "goldens are reviewed");
+            std::fs::write(&path, &text).unwrap();
+        }
+        assert_eq!(text, std::fs::read_to_string(&path).unwrap());
+        // Beside the golden, what it must mean. web: the Accept of its admin port before
+        // the Pass, and (no NetworkPolicy isolates it) the Baseline's Deny in the rest.
+        let web = &r.enforced["apps/web-0"];
+        let at = |s: &str, what: &str| s.find(what).unwrap_or_else(|| panic!("{what} in\n{s}"));
+        assert!(
+            at(
+                web,
+                "tcp dport 8081 accept comment \"cnp/tenants-admin-port ingress#0\""
+            ) < at(
+                web,
+                "goto ingress_rest comment \"cnp/tenants-to-apps ingress#0\""
+            )
+        );
+        let rest = &web[at(web, "chain ingress_rest")..at(web, "chain ingress {")];
+        assert!(
+            rest.contains("counter drop comment \"banp/default ingress#0\""),
+            "{rest}"
+        );
+        assert!(
+            web.contains("tcp dport 9000 counter drop comment \"cnp/tenants-to-apps egress#0\"")
+        );
+        // db: the Admin Deny, then its NetworkPolicy's rules and the drop; no Baseline.
+        let db = &r.enforced["apps/db-0"];
+        assert!(db.contains("counter drop comment \"cnp/tenants-no-db ingress#0\""));
+        let rest = &db[at(db, "chain ingress_rest")..at(db, "chain ingress {")];
+        assert!(
+            rest.contains("apps/db ingress#0") && !rest.contains("banp/"),
+            "{rest}"
+        );
+        // The client's own ingress only has the Baseline.
+        assert!(r.enforced["tenants/client-0"].contains("banp/default ingress#0"));
+        // A CNI that ignores cluster policies enforces db's NetworkPolicy alone.
+        let mut ignoring = parse("tiers", yaml).unwrap();
+        install(&mut ignoring, &[Fault::IgnoreClusterPolicies]).unwrap();
+        assert_eq!(
+            ignoring.enforced.keys().collect::<Vec<_>>(),
+            vec!["apps/db-0"]
+        );
+        assert!(!ignoring.enforced["apps/db-0"].contains("_rest"));
     }
 
     #[test]

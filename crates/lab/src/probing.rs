@@ -7,15 +7,12 @@ use super::{
     run::{self, LabError, LabReport},
     scenario::{Close, Family, Resolved, Traffic},
 };
-use flowpol_analysis::{
-    plan::{self, Attempt, Outside},
-    policy::engine::Engine,
-};
+use flowpol_analysis::plan::{self, Attempt, Outside};
 
 /// The probe plan of the scenario's declared policies.
 pub fn plan(resolved: &Resolved) -> Result<Vec<Attempt>, EnforceError> {
     let declared = enforce::declared(resolved)?;
-    let engine = Engine::new(&declared.cluster, declared.policies);
+    let engine = declared.engine();
     let outside: Vec<Outside> = resolved
         .hosts
         .iter()

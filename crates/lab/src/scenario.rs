@@ -104,8 +104,9 @@ pub struct Scenario {
     pub traffic: Vec<Traffic>,
     #[serde(default)]
     pub drops: Vec<DropRule>,
-    /// NetworkPolicy objects, as `kubectl apply` takes them: what the lab's cluster declares
-    /// (and enforces when `flowpol lab --enforce` is given).
+    /// NetworkPolicy objects, and cluster-scoped ones (ClusterNetworkPolicy,
+    /// AdminNetworkPolicy, BaselineAdminNetworkPolicy), as `kubectl apply` takes them: what
+    /// the lab's cluster declares (and enforces when `flowpol lab --enforce` is given).
     #[serde(default)]
     pub policies: Vec<serde_yaml::Value>,
     #[serde(default)]
@@ -508,13 +509,13 @@ fn resolve(path: &str, scenario: Scenario) -> Result<Resolved, ScenarioError> {
 pub enum PoliciesFileError {
     #[error(transparent)]
     Read(#[from] SnapshotError),
-    #[error("{0}: holds objects other than NetworkPolicies; give a file of policies only")]
+    #[error("{0}: holds objects other than policies; give a file of policies only")]
     NotOnlyPolicies(String),
 }
 
-/// The NetworkPolicies of a file (multi-document YAML or a List, as `flowpol suggest` writes
-/// them), read like any snapshot; anything else in it is refused. For `flowpol lab
-/// --policies`.
+/// The NetworkPolicies and cluster-scoped policies of a file (multi-document YAML or a List,
+/// as `flowpol suggest` writes them), read like any snapshot; anything else in it is refused.
+/// For `flowpol lab --policies`.
 pub fn read_policies(path: &Path) -> Result<Vec<serde_yaml::Value>, PoliciesFileError> {
     let snap = snapshot::load(path)?;
     let c = &snap.cluster;
@@ -524,11 +525,31 @@ pub fn read_policies(path: &Path) -> Result<Vec<serde_yaml::Value>, PoliciesFile
             path.display().to_string(),
         ));
     }
-    Ok(snap
+    let mut out: Vec<serde_yaml::Value> = snap
         .policies
         .iter()
         .map(|np| serde_yaml::to_value(np).expect("a NetworkPolicy encodes"))
-        .collect())
+        .collect();
+    if !snap.cluster_policies.is_empty() {
+        // Read (and checked) above; taken as written.
+        let text = std::fs::read_to_string(path).map_err(|source| SnapshotError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = serde_yaml::Value::deserialize(doc).unwrap_or_default();
+            let items = match v["items"].as_sequence() {
+                Some(items) if v["kind"] == "List" => items.clone(),
+                _ => vec![v],
+            };
+            out.extend(items.into_iter().filter(|o| {
+                o["kind"]
+                    .as_str()
+                    .is_some_and(|k| flowpol_analysis::policy::clusterwide::api::KINDS.contains(&k))
+            }));
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

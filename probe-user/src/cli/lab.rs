@@ -39,7 +39,8 @@ pub(super) struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     repeat: u32,
     /// Enforce the policies like a CNI with this bug (repeatable): ignore-egress,
-    /// ignore-ns-selector-with-pod-selector, ignore-except, ignore-named-ports, enforce-nothing.
+    /// ignore-ns-selector-with-pod-selector, ignore-except, ignore-named-ports, enforce-nothing,
+    /// ignore-cluster-policies.
     #[arg(long)]
     fault: Vec<Fault>,
     /// Declare (and enforce) these NetworkPolicies instead of the scenario's: multi-document

@@ -46,6 +46,7 @@ pub(super) struct Args {
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (snap, records) = args.input.load("suggest").await?;
     let existing = snap.compile("suggest")?;
+    let cluster_policies = snap.compile_cluster_policies("suggest")?;
     let options = Options {
         namespaces: args.namespaces.clone(),
         explain: args.explain,
@@ -53,7 +54,14 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         internet_threshold: args.internet_threshold,
         cilium: matches!(args.format, Format::Cilium),
     };
-    let proven = match suggest::prove(&snap.cluster, &existing, &records, &options, args.diff) {
+    let proven = match suggest::prove(
+        &snap.cluster,
+        &existing,
+        &cluster_policies,
+        &records,
+        &options,
+        args.diff,
+    ) {
         Ok(p) => p,
         Err(e) => {
             if let ProofError::Denied(denied) = &e {
@@ -70,6 +78,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         replayed,
         excess,
         diff,
+        overridden,
     } = proven;
     if let Some(diff) = &diff {
         eprintln!(
@@ -81,9 +90,27 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         for r in diff.would_break.iter().take(20) {
             eprintln!("  would break: {}", flow(r));
         }
+        if !diff.cluster_allowed.is_empty() {
+            eprintln!(
+                "flowpol suggest: {} observed flow(s) need no NetworkPolicy rule: an Admin-tier cluster policy accepts them",
+                diff.cluster_allowed.len()
+            );
+        }
+        for (r, why) in diff.cluster_allowed.iter().take(20) {
+            eprintln!("  accepted: {} ({why})", flow(r));
+        }
+    }
+    if !overridden.is_empty() {
+        eprintln!(
+            "flowpol suggest: {} observed flow(s) that got through are denied by an Admin-tier cluster policy, which no NetworkPolicy can override (change that policy if they should pass; verify reports them as gaps)",
+            overridden.len()
+        );
+    }
+    for (r, why) in overridden.iter().take(20) {
+        eprintln!("  denied by a cluster policy: {} ({why})", flow(r));
     }
     eprintln!(
-        "flowpol suggest: {} policies for {} namespace(s) from {} flows; replayed {} records through existing + suggested policies: none denied; excess: {} (source, destination, port) combination(s) allowed but not observed",
+        "flowpol suggest: {} policies for {} namespace(s) from {} flows; replayed {} records through existing + suggested policies: none denied by them; excess: {} (source, destination, port) combination(s) allowed but not observed",
         s.policies.len(),
         namespaces.len(),
         s.flows_used,

@@ -48,3 +48,17 @@ pub(crate) fn golden(name: &str, actual: &str) {
         path.display()
     );
 }
+
+/// The shop with `policies` (cluster-scoped ones) beside its objects, in one snapshot.
+pub(crate) fn shop_with(name: &str, policies: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowpol-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shop = std::fs::read_to_string(fixtures().join("cluster-shop.yaml")).unwrap();
+    let path = dir.join("cluster.yaml");
+    std::fs::write(&path, format!("{shop}\n---\n{policies}")).unwrap();
+    path
+}
+
+pub(crate) fn cluster_policies_text() -> String {
+    std::fs::read_to_string(fixtures().join("cluster-policies-shop.yaml")).unwrap()
+}

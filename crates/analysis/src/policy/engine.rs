@@ -10,6 +10,7 @@
 use std::net::IpAddr;
 
 mod decision;
+mod peers;
 mod tiers;
 
 pub use decision::{ClusterStep, Decision, PolicyVerdict, RuleRef, Ruling, Side};

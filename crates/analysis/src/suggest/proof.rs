@@ -1,6 +1,8 @@
 //! The proof of a suggestion: replayed together with the policies already declared, every
 //! observed flow that got through still gets through; and what it allows beyond what was
-//! observed (its excess). In diff mode, only what today's policies are missing is written.
+//! observed (its excess). In diff mode, only what today's policies are missing is written;
+//! flows a cluster-scoped policy decides are set apart, since a NetworkPolicy rule either is
+//! not needed for them (an Admin Accept) or cannot change them (an Admin Deny).
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
@@ -14,7 +16,8 @@ use crate::{
     eval,
     policy::{
         self,
-        engine::{Engine, PolicyVerdict, Ruling},
+        clusterwide::{Action, ClusterPolicy, Tier},
+        engine::{Engine, PolicyVerdict, Ruling, Side},
         Policy, PolicyError,
     },
     record::{FlowRecord, Protocol},
@@ -34,6 +37,9 @@ pub struct Proven {
     pub excess: Vec<(String, String, u16, Protocol)>,
     /// In diff mode, what the existing policies lack.
     pub diff: Option<Diff>,
+    /// Observed flows an Admin-tier Deny stops: no NetworkPolicy can let them through, only
+    /// a change to the cluster policy (left out of the replay). With the Deny, in words.
+    pub overridden: Vec<(FlowRecord, String)>,
 }
 
 /// Diff mode: the suggestion is written for the flows today's policies do not allow by a
@@ -45,6 +51,35 @@ pub struct Diff {
     /// Flows allowed today that the existing policies plus a default deny in the
     /// suggestion's namespaces would deny.
     pub would_break: Vec<FlowRecord>,
+    /// Flows an Admin-tier Accept lets through (on every end that has a say, or with a
+    /// NetworkPolicy rule on the other): they need no NetworkPolicy rule. With the Accept,
+    /// in words.
+    pub cluster_allowed: Vec<(FlowRecord, String)>,
+}
+
+/// How a side was decided.
+enum Decided {
+    /// By a NetworkPolicy rule, or the end has no say (not a pod, loopback, own node).
+    ByRule,
+    /// Nothing allowed it by a rule: not isolated, or denied by NetworkPolicy or a
+    /// Baseline-tier policy (a NetworkPolicy rule comes first, and can change it).
+    NeedsRule,
+    AdminAccept(String),
+    AdminDeny(String),
+}
+
+fn decided(side: &Side) -> Decided {
+    match &side.ruling {
+        Ruling::Cluster(step) if step.tier == Tier::Admin => {
+            let why = side.text().unwrap_or_default();
+            match step.action {
+                Action::Deny => Decided::AdminDeny(why),
+                _ => Decided::AdminAccept(why),
+            }
+        }
+        Ruling::NotIsolated | Ruling::Denied { .. } | Ruling::Cluster(_) => Decided::NeedsRule,
+        _ => Decided::ByRule,
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,33 +92,50 @@ pub enum ProofError {
 
 /// Suggests policies for `records` next to the `existing` ones and proves the suggestion by
 /// replay: fails, with the flows, if any observed flow in scope would be denied.
+///
+/// `cluster_policies` matter in diff mode only: the suggestion is NetworkPolicy, which the
+/// Admin tier overrides and the Baseline tier never does for the pods it isolates.
 pub fn prove(
     cluster: &Cluster,
     existing: &[Policy],
+    cluster_policies: &[ClusterPolicy],
     records: &[FlowRecord],
     options: &Options,
     diff: bool,
 ) -> Result<Proven, ProofError> {
     // In diff mode, new rules are needed for the flows today's policies do not allow by a
     // rule on both ends: denied ones, and those passing only because an end is not isolated
-    // (the suggestion isolates it).
+    // (the suggestion isolates it). Flows the Admin tier decides need none.
+    let mut cluster_allowed = Vec::new();
     let basis: Vec<FlowRecord> = if diff {
-        let engine = Engine::new(cluster, existing.to_vec());
-        let by_rule = |side: &Ruling| !matches!(side, Ruling::NotIsolated | Ruling::Denied { .. });
-        eval::evaluate(&engine, records.to_vec())
-            .into_iter()
-            .filter(|e| {
-                !(by_rule(&e.explanation.egress.ruling) && by_rule(&e.explanation.ingress.ruling))
-            })
-            .map(|e| e.record)
-            .collect()
+        let engine =
+            Engine::with_cluster_policies(cluster, existing.to_vec(), cluster_policies.to_vec());
+        let mut basis = Vec::new();
+        for e in eval::evaluate(&engine, records.to_vec()) {
+            let sides = [
+                decided(&e.explanation.egress),
+                decided(&e.explanation.ingress),
+            ];
+            if sides.iter().any(|d| matches!(d, Decided::AdminDeny(_))) {
+                // No rule helps; reported with the replay's.
+            } else if sides.iter().any(|d| matches!(d, Decided::NeedsRule)) {
+                basis.push(e.record);
+            } else if let Some(why) = sides.iter().find_map(|d| match d {
+                Decided::AdminAccept(why) => Some(why.clone()),
+                _ => None,
+            }) {
+                cluster_allowed.push((e.record, why));
+            }
+        }
+        basis
     } else {
         records.to_vec()
     };
     let mut s = suggest(cluster, &basis, options);
     let namespaces = namespaces_of(&s);
     let diff = diff.then(|| {
-        let would_break = breaks_under_default_deny(cluster, existing, records, &namespaces);
+        let would_break =
+            breaks_under_default_deny(cluster, existing, cluster_policies, records, &namespaces);
         s.policies
             .retain(|p| p.metadata.name.as_deref() != Some("default-deny"));
         s.cilium
@@ -91,6 +143,7 @@ pub fn prove(
         Diff {
             needing_rules: basis.len(),
             would_break,
+            cluster_allowed: std::mem::take(&mut cluster_allowed),
         }
     });
     let suggested: Vec<Policy> = s
@@ -105,7 +158,7 @@ pub fn prove(
         .cloned()
         .chain(suggested.iter().cloned())
         .collect();
-    let replay = Engine::new(cluster, all);
+    let replay = Engine::with_cluster_policies(cluster, all, cluster_policies.to_vec());
     // With --namespace, flows with a pod elsewhere depend on policies not written here.
     let in_scope: Vec<FlowRecord> = records
         .iter()
@@ -118,7 +171,21 @@ pub fn prove(
         })
         .cloned()
         .collect();
-    let denied: Vec<FlowRecord> = denied(&replay, &in_scope).into_iter().cloned().collect();
+    let mut overridden = Vec::new();
+    let mut not_allowed = Vec::new();
+    let denied_now: Vec<FlowRecord> = denied(&replay, &in_scope).into_iter().cloned().collect();
+    for e in eval::evaluate(&replay, denied_now) {
+        match [
+            decided(&e.explanation.egress),
+            decided(&e.explanation.ingress),
+        ] {
+            [Decided::AdminDeny(why), _] | [_, Decided::AdminDeny(why)] => {
+                overridden.push((e.record, why))
+            }
+            _ => not_allowed.push(e.record),
+        }
+    }
+    let denied = not_allowed;
     if !denied.is_empty() {
         return Err(ProofError::Denied(denied));
     }
@@ -130,6 +197,7 @@ pub fn prove(
         replayed: in_scope.len(),
         excess,
         diff,
+        overridden,
     })
 }
 
@@ -137,15 +205,17 @@ pub fn prove(
 fn breaks_under_default_deny(
     cluster: &Cluster,
     existing: &[Policy],
+    cluster_policies: &[ClusterPolicy],
     records: &[FlowRecord],
     namespaces: &BTreeSet<String>,
 ) -> Vec<FlowRecord> {
-    let today = Engine::new(cluster, existing.to_vec());
+    let today =
+        Engine::with_cluster_policies(cluster, existing.to_vec(), cluster_policies.to_vec());
     let mut with_deny = existing.to_vec();
     for ns in namespaces {
         with_deny.push(policy::compile(&default_deny(ns)).expect("a default deny is valid"));
     }
-    let engine = Engine::new(cluster, with_deny);
+    let engine = Engine::with_cluster_policies(cluster, with_deny, cluster_policies.to_vec());
     let denied_today: HashSet<*const FlowRecord> = denied(&today, records)
         .into_iter()
         .map(|r| r as *const FlowRecord)

@@ -269,7 +269,15 @@ spec:
         flow("10.0.0.2", "10.0.0.4", 5432),
     ];
     crate::attribute::enrich(&snap.cluster, &mut flows);
-    let p = prove(&snap.cluster, &existing, &flows, &Options::default(), true).unwrap();
+    let p = prove(
+        &snap.cluster,
+        &existing,
+        &[],
+        &flows,
+        &Options::default(),
+        true,
+    )
+    .unwrap();
     let diff = p.diff.expect("diff mode");
     assert_eq!(diff.needing_rules, 1);
     let broken: Vec<(String, String)> = diff
@@ -325,7 +333,7 @@ fn only_flows_within_the_chosen_namespaces_are_replayed() {
         namespaces: vec!["a".into()],
         ..Options::default()
     };
-    let p = prove(&c, &[], &flows, &options, false).unwrap();
+    let p = prove(&c, &[], &[], &flows, &options, false).unwrap();
     assert_eq!(p.replayed, 1);
     assert_eq!(p.namespaces, BTreeSet::from(["a".to_owned()]));
     assert!(p.diff.is_none());

@@ -1,6 +1,6 @@
 use super::*;
 use crate::enforce;
-use flowpol_analysis::policy::engine::{Connection, Engine};
+use flowpol_analysis::policy::engine::Connection;
 
 fn set() -> Set {
     parse(UPSTREAM).unwrap()
@@ -42,7 +42,7 @@ fn the_engine_agrees_with_upstream_on_every_case() {
     for case in &set.cases {
         let resolved = set.scenario(case).unwrap();
         let declared = enforce::declared(&resolved).unwrap();
-        let engine = Engine::new(&declared.cluster, declared.policies);
+        let engine = declared.engine();
         for e in set.expected(case).unwrap() {
             if e.from == e.to {
                 continue;

@@ -128,7 +128,7 @@ impl Session {
     pub async fn enforce(&mut self, plan: &Resolved) -> Result<Option<Duration>, EnforcerError> {
         self.withdraw().await?;
         let declared = enforce::declared(plan)?;
-        let engine = Engine::new(&declared.cluster, declared.policies);
+        let engine = declared.engine();
         let canaries = canary::choose(self.lab_ref()?, &engine)?;
         let since = Instant::now();
         let published = self.api.publish(&objects::policy_items(plan)).await?;

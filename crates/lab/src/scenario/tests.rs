@@ -17,6 +17,14 @@ fn a_policies_file_holds_policies_only() {
         .map(|p| p["metadata"]["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["deny", "other"]);
+    // Cluster-scoped policies are policies too, kept as written.
+    let cnp = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\nmetadata: {name: c}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {}}}\n";
+    let with_cnp = dir.join("with-cnp.yaml");
+    std::fs::write(&with_cnp, format!("{policy}---\n{cnp}")).unwrap();
+    let read = read_policies(&with_cnp).unwrap();
+    assert_eq!(read.len(), 2);
+    assert_eq!(read[1]["kind"], "ClusterNetworkPolicy");
+    assert_eq!(read[1]["spec"]["priority"], 1);
     let mixed = dir.join("mixed.yaml");
     std::fs::write(
         &mixed,
@@ -24,11 +32,21 @@ fn a_policies_file_holds_policies_only() {
     )
     .unwrap();
     let err = read_policies(&mixed).unwrap_err().to_string();
+    assert!(err.contains("holds objects other than policies"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_cluster_policy_the_cluster_would_refuse_is_refused_with_the_scenario() {
+    let text = include_str!("../../../../tests/fixtures/scenario-tiers.yaml");
+    assert!(parse("tiers", text).is_ok());
+    let bad = text.replacen("priority: 10", "priority: 1001", 1);
+    let err = parse("tiers", &bad).unwrap_err().to_string();
+    assert!(err.starts_with("scenario tiers: policies: "), "{err}");
     assert!(
-        err.contains("holds objects other than NetworkPolicies"),
+        err.contains("ClusterNetworkPolicy tenants-no-db: spec.priority"),
         "{err}"
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -159,7 +159,7 @@ impl Side {
     }
 
     /// The chain in words, or None when the other end has no say (`NotAPod`).
-    fn text(&self) -> Option<String> {
+    pub fn text(&self) -> Option<String> {
         let layered = !self.passed.is_empty() || matches!(self.ruling, Ruling::Cluster(_));
         let ruling = match &self.ruling {
             Ruling::NotAPod { .. } => return None,

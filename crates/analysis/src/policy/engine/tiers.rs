@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use super::{
     decision::{ClusterStep, Ruling, Side},
-    Connection, Engine,
+    peers, Connection, Engine,
 };
 use crate::{
     cluster::{AddressHolder, Cluster, PodId},
@@ -17,8 +17,16 @@ use crate::{
     },
 };
 
-/// Per pod, the cluster policies selecting it, in evaluation order, by `slot(tier, dir)`.
-pub(super) type TierIndex = Vec<[Box<[u32]>; 4]>;
+/// Per pod, the cluster policies selecting it, in evaluation order, by `slot(tier, dir)`;
+/// and what each policy's rules name.
+#[derive(Default)]
+pub(super) struct TierIndex {
+    lists: Vec<[Box<[u32]>; 4]>,
+    /// Per pod and slot, what kinds of remote its list can name (4 bits a slot): a tier
+    /// that cannot name the other end is passed over without reading its list.
+    reach: Vec<u16>,
+    peers: peers::PeerIndex,
+}
 
 fn slot(tier: Tier, dir: Direction) -> usize {
     (tier as usize) * 2 + dir as usize
@@ -54,7 +62,7 @@ enum Start {
 /// Sorts the policies into evaluation order and indexes which pods each selects.
 pub(super) fn index(cluster: &Cluster, policies: &mut [ClusterPolicy]) -> TierIndex {
     if policies.is_empty() {
-        return Vec::new();
+        return TierIndex::default();
     }
     policies.sort_by(|a, b| (a.tier, a.order_key()).cmp(&(b.tier, b.order_key())));
     let mut index: Vec<[Vec<u32>; 4]> = vec![Default::default(); cluster.pods().len()];
@@ -86,15 +94,39 @@ pub(super) fn index(cluster: &Cluster, policies: &mut [ClusterPolicy]) -> TierIn
             }
         }
     }
-    index
-        .into_iter()
-        .map(|lists| lists.map(Vec::into_boxed_slice))
-        .collect()
+    let peers = peers::PeerIndex::build(cluster, policies);
+    let reach = index
+        .iter()
+        .map(|lists| {
+            let mut r = 0u16;
+            for (s, list) in lists.iter().enumerate() {
+                let dir = if s % 2 == 0 {
+                    Direction::Ingress
+                } else {
+                    Direction::Egress
+                };
+                let kinds = list.iter().fold(0, |k, &pi| k | peers.reach(pi, dir));
+                r |= u16::from(kinds) << (s * 4);
+            }
+            r
+        })
+        .collect();
+    TierIndex {
+        lists: index
+            .into_iter()
+            .map(|lists| lists.map(Vec::into_boxed_slice))
+            .collect(),
+        reach,
+        peers,
+    }
 }
 
 impl Engine<'_> {
-    fn tier_list(&self, pod: PodId, tier: Tier, dir: Direction) -> &[u32] {
+    /// The cluster policies of `tier` selecting `pod` for `dir` that have rules for it, in
+    /// evaluation order, as indexes into [`Engine::cluster_policies`].
+    pub fn tier_list(&self, pod: PodId, tier: Tier, dir: Direction) -> &[u32] {
         self.tiered
+            .lists
             .get(pod.0 as usize)
             .map_or(&[], |lists| &lists[slot(tier, dir)])
     }
@@ -107,10 +139,21 @@ impl Engine<'_> {
         v: &View,
         maybe: &mut impl FnMut(u32, usize),
     ) -> Option<(usize, u32, usize)> {
+        let kinds = self
+            .tiered
+            .reach
+            .get(v.pod.0 as usize)
+            .map_or(0, |r| (r >> (slot(tier, v.dir) * 4)) as u8);
+        if kinds & peers::reach_of(v.remote) == 0 {
+            return None;
+        }
         for (at, &pi) in self.tier_list(v.pod, tier, v.dir).iter().enumerate() {
+            if !self.tiered.peers.may_name(pi, v.dir, v.remote) {
+                continue;
+            }
             let p = &self.cluster_policies[pi as usize];
             for (ri, rule) in p.rules(v.dir).iter().enumerate() {
-                match self.cluster_rule_matches(rule, v) {
+                match self.cluster_rule_matches(pi, ri, rule, v) {
                     Match::Yes => return Some((at, pi, ri)),
                     Match::Maybe => maybe(pi, ri),
                     Match::No => {}
@@ -152,7 +195,9 @@ impl Engine<'_> {
             let first = o
                 .rules(v.dir)
                 .iter()
-                .find(|r| self.cluster_rule_matches(r, v) == Match::Yes);
+                .enumerate()
+                .find(|(ri, r)| self.cluster_rule_matches(other, *ri, r, v) == Match::Yes)
+                .map(|(_, r)| r);
             if first.is_some_and(|r| r.action != step.action) {
                 step.tied_with.push(o.id());
             }
@@ -160,44 +205,39 @@ impl Engine<'_> {
         step
     }
 
-    fn cluster_rule_matches(&self, rule: &ClusterRule, v: &View) -> Match {
+    /// Rule `ri` of policy `pi`: its peers first (bits worked out when the engine was built,
+    /// then networks and domain names), then its ports.
+    fn cluster_rule_matches(&self, pi: u32, ri: usize, rule: &ClusterRule, v: &View) -> Match {
+        let peers = match self.tiered.peers.names(pi, v.dir, ri, v.remote) {
+            Some(true) => Match::Yes,
+            Some(false) => return Match::No,
+            None => {
+                let mut m = Match::No;
+                for peer in &rule.peers {
+                    match peer {
+                        ClusterPeer::Networks(nets)
+                            if nets.iter().any(|n| n.contains(&v.remote_ip)) =>
+                        {
+                            m = Match::Yes;
+                            break;
+                        }
+                        ClusterPeer::DomainNames(_) => m = Match::Maybe,
+                        _ => {}
+                    }
+                }
+                m
+            }
+        };
+        if peers == Match::No {
+            return Match::No;
+        }
         let ports_ok = rule.protocols.is_empty()
             || rule
                 .protocols
                 .iter()
                 .any(|m| self.cluster_port_matches(m, v.dst, v.c));
-        if !ports_ok {
-            return Match::No;
-        }
-        let mut maybe = false;
-        for peer in &rule.peers {
-            let hit = match (peer, v.remote) {
-                (ClusterPeer::Namespaces(ns), AddressHolder::Pod(r)) => {
-                    let pod = self.cluster.pod(r);
-                    !pod.host_network && ns.matches(&self.cluster.namespace(pod.namespace).labels)
-                }
-                (ClusterPeer::Pods { namespaces, pods }, AddressHolder::Pod(r)) => {
-                    let pod = self.cluster.pod(r);
-                    !pod.host_network
-                        && namespaces.matches(&self.cluster.namespace(pod.namespace).labels)
-                        && pods.matches(&*pod.labels)
-                }
-                (ClusterPeer::Nodes(s), AddressHolder::Node(n)) => {
-                    s.matches(&self.cluster.node(n).labels)
-                }
-                (ClusterPeer::Networks(nets), _) => nets.iter().any(|n| n.contains(&v.remote_ip)),
-                (ClusterPeer::DomainNames(_), _) => {
-                    maybe = true;
-                    false
-                }
-                _ => false,
-            };
-            if hit {
-                return Match::Yes;
-            }
-        }
-        if maybe {
-            Match::Maybe
+        if ports_ok {
+            peers
         } else {
             Match::No
         }

@@ -477,6 +477,39 @@ proptest! {
         }
     }
 
+    /// Adding an Admin-tier Accept rule, anywhere in the order, never turns an allowed flow
+    /// into a denied one.
+    #[test]
+    fn an_admin_accept_never_denies_an_allowed_flow(
+        cps in prop::collection::vec((0..4usize).prop_flat_map(arb_cluster_policy), 0..4),
+        priority in 0..3u32,
+        subject in prop::sample::select(vec!["{namespaces: {}}", "{namespaces: {matchLabels: {team: b}}}", "{pods: {podSelector: {matchLabels: {pod: b}}}}"]),
+        peer in prop::sample::select(vec!["{namespaces: {}}", "{namespaces: {matchLabels: {team: a}}}", "{pods: {podSelector: {matchLabels: {tier: web}}}}"]),
+        egress in any::<bool>(),
+        with_np in any::<bool>(),
+        conns in prop::collection::vec(arb_conn(), 1..30),
+    ) {
+        let c = cluster();
+        let nps = if with_np { vec![policy(DENY_X)] } else { Vec::new() };
+        let rule = if egress {
+            format!("egress: [{{action: Accept, to: [{peer}]}}]")
+        } else {
+            format!("ingress: [{{action: Accept, from: [{peer}]}}]")
+        };
+        let mut more = cps.clone();
+        more.push(
+            cnp(&format!("{{tier: Admin, priority: {priority}, subject: {subject}, {rule}}}"))
+                .replace("name: p}", "name: extra}"),
+        );
+        let before = Engine::with_cluster_policies(&c, nps.clone(), compiled(&cps));
+        let after = Engine::with_cluster_policies(&c, nps, compiled(&more));
+        for conn in &conns {
+            if before.allows(conn) {
+                prop_assert!(after.allows(conn), "{:?}: {:?}", conn, after.evaluate(conn).reasons());
+            }
+        }
+    }
+
     /// The fast path and the explained evaluation agree, and cluster policies that select
     /// no pod leave NetworkPolicy's verdicts as they were.
     #[test]
