@@ -439,3 +439,68 @@ fn bad_cluster_policies_name_object_and_field() {
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
     assert!(!ok && err.contains("declared twice"), "{err}");
 }
+
+/// A domainNames rule may name any address, pods included (NPEP-133: pod and headless-service
+/// records resolve): where it would change the verdict, the matrix cell is undetermined.
+#[test]
+fn the_matrix_marks_verdicts_that_hang_on_a_domain_name() {
+    let dns = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+        metadata: {name: to-example}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {matchLabels: {team: storefront}}},\n\
+        egress: [{action: Accept, to: [{domainNames: ['*.example.com']}]}]}\n";
+    let path = shop_with("matrix-dns", dns);
+    let run = |output: &str| {
+        flowpol(&[
+            "eval",
+            "--cluster",
+            path.to_str().unwrap(),
+            "--matrix",
+            "--ports",
+            "8080",
+            "--output",
+            output,
+        ])
+    };
+    let (ok, json, err) = run("json");
+    let (table_ok, table, _) = run("table");
+    std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+    assert!(ok && table_ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let pods: Vec<&str> = v["pods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let at = |prefix: &str| pods.iter().position(|p| p.starts_with(prefix)).unwrap();
+    let undetermined: Vec<(usize, usize)> = v["cases"][0]["undetermined"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c[0].as_u64().unwrap() as usize,
+                c[1].as_u64().unwrap() as usize,
+            )
+        })
+        .collect();
+    // Worked by hand: web's own egress policy denies ingress-nginx on 8080, which isolates
+    // nothing for ingress; the Accept by name comes first, so it depends on the name.
+    let web_to_nginx = (at("shop/web-"), at("ingress-nginx/"));
+    assert!(undetermined.contains(&web_to_nginx), "{json}");
+    assert_eq!(
+        v["cases"][0]["allowed"][web_to_nginx.0][web_to_nginx.1],
+        serde_json::Value::Null
+    );
+    // postgres's ingress denies web whatever the name: certain.
+    let web_to_db = (at("shop/web-"), at("data/postgres"));
+    assert!(!undetermined.contains(&web_to_db));
+    assert_eq!(v["cases"][0]["allowed"][web_to_db.0][web_to_db.1], false);
+    // Only the storefront's pods are subjects.
+    assert!(
+        undetermined
+            .iter()
+            .all(|(s, _)| pods[*s].starts_with("shop/")),
+        "{json}"
+    );
+    assert!(table.contains('?'), "{table}");
+}

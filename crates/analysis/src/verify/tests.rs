@@ -142,3 +142,52 @@ fn exposures_name_what_the_policies_leave_open() {
         ])
     );
 }
+
+/// A verdict that hangs on a domain name proves nothing either way: the record is
+/// inconclusive, never a gap nor consistent; a certain Deny ahead of it still makes a gap.
+#[test]
+fn a_verdict_that_depends_on_a_domain_name_is_inconclusive() {
+    let tiers = "apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+        metadata: {name: to-example}\nspec: {tier: Admin, priority: 10, subject: {namespaces: {}},\n\
+        egress: [{action: Accept, to: [{domainNames: [example.com]}]}]}\n---\n\
+        apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+        metadata: {name: no-internet}\nspec: {tier: Baseline, priority: 10, subject: {namespaces: {}},\n\
+        egress: [{action: Deny, to: [{networks: [0.0.0.0/0]}]}]}\n---\n\
+        apiVersion: policy.networking.k8s.io/v1alpha2\nkind: ClusterNetworkPolicy\n\
+        metadata: {name: blocked}\nspec: {tier: Admin, priority: 1, subject: {namespaces: {}},\n\
+        egress: [{action: Deny, to: [{networks: [203.0.113.66/32]}]}]}\n";
+    let snap = snapshot::parse("t", &format!("{PODS}---\n{tiers}")).unwrap();
+    let engine = Engine::with_cluster_policies(
+        &snap.cluster,
+        Vec::new(),
+        crate::policy::clusterwide::compile_all(&snap.cluster_policies).unwrap(),
+    );
+    let out = |ip: &str| {
+        FlowRecord::new(
+            Protocol::TCP,
+            RecordEnd::new("10.0.0.1".parse().unwrap(), None),
+            RecordEnd::new(ip.parse().unwrap(), Some(443)),
+            Some(Verdict::Established),
+        )
+    };
+    let mut records = vec![out("203.0.113.5"), out("203.0.113.66")];
+    attribute::enrich(&snap.cluster, &mut records);
+    let report = judge(&engine, records);
+    assert_eq!(
+        (
+            report.summary.consistent,
+            report.summary.disagreeing,
+            report.summary.inconclusive
+        ),
+        (0, 1, 1)
+    );
+    let gaps: Vec<String> = report
+        .findings
+        .iter()
+        .filter_map(|f| match f {
+            Finding::EnforcementGap(x) => Some(x.dst.name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(gaps, ["203.0.113.66"]);
+}
