@@ -18,8 +18,10 @@ use std::{
 use flowpol_kube::identity::TokenError;
 use flowpol_node::shutdown::Shutdown;
 
+use flowpol_analysis::policy::clusterwide::Kind as ClusterKind;
+
 use crate::{
-    enforce::EnforceError,
+    enforce::{self, EnforceError},
     in_cluster::{ApiServer, InClusterError},
     netns::NetError,
     run::{self, LabError, LabReport},
@@ -48,6 +50,18 @@ pub enum Real {
 
 impl Real {
     pub const ALL: [Real; 2] = [Real::KubeNetworkPolicies, Real::KubeRouter];
+
+    /// Whether it enforces cluster-scoped policies of `kind` (given their flags, see
+    /// [`Program::for_scenario`]).
+    pub fn implements(self, kind: ClusterKind) -> bool {
+        matches!(
+            (self, kind),
+            (
+                Real::KubeNetworkPolicies,
+                ClusterKind::AdminNetworkPolicy | ClusterKind::BaselineAdminNetworkPolicy
+            )
+        )
+    }
 
     /// Its name, and its program's.
     pub fn as_str(self) -> &'static str {
@@ -177,6 +191,39 @@ impl Program {
     }
 }
 
+impl Program {
+    /// The program with the flags that make it read the cluster-scoped policies of
+    /// `resolved` where it implements them (kube-network-policies v0.8.0: AdminNetworkPolicy
+    /// and BaselineAdminNetworkPolicy v1alpha1, each behind a flag), and the kinds it does not
+    /// implement, which go unenforced.
+    pub fn for_scenario(
+        &self,
+        resolved: &Resolved,
+    ) -> Result<(Program, Vec<ClusterKind>), EnforceError> {
+        let declared = enforce::declared(resolved)?;
+        let mut kinds: Vec<ClusterKind> =
+            declared.cluster_policies.iter().map(|p| p.kind).collect();
+        kinds.sort();
+        kinds.dedup();
+        let mut program = self.clone();
+        let mut flags = Vec::new();
+        let mut unimplemented = Vec::new();
+        for kind in kinds {
+            if !self.kind.implements(kind) {
+                unimplemented.push(kind);
+            } else if kind == ClusterKind::AdminNetworkPolicy {
+                flags.push("--admin-network-policy".to_owned());
+            } else {
+                flags.push("--baseline-admin-network-policy".to_owned());
+            }
+        }
+        // Before the user's own, which win.
+        flags.append(&mut program.extra_args);
+        program.extra_args = flags;
+        Ok((program, unimplemented))
+    }
+}
+
 /// What a real enforcer's run measured.
 #[derive(Clone, Debug)]
 pub struct Enforced {
@@ -188,6 +235,8 @@ pub struct Enforced {
     /// enforcement cannot be seen.
     pub propagation: Option<Duration>,
     pub canaries: Vec<Canary>,
+    /// Kinds of cluster-scoped policy in the scenario that it does not implement.
+    pub unimplemented: Vec<ClusterKind>,
 }
 
 /// Runs the lab with `kind` enforcing its policies and records its traffic plan; see
@@ -212,7 +261,8 @@ pub async fn with<T>(
     api: &ApiServer,
     body: impl AsyncFnOnce(Lab, &mut Shutdown) -> Result<T, EnforcerError>,
 ) -> Result<(T, Enforced), EnforcerError> {
-    session::session(resolved.clone(), program, api, async |s| {
+    let (program, unimplemented) = program.for_scenario(&resolved)?;
+    session::session(resolved.clone(), &program, api, async |s| {
         let propagation = s.enforce(&resolved).await?;
         let (kind, ready, canaries) = (s.kind, s.ready, s.canaries().to_vec());
         let (lab, shutdown) = s.take_lab().ok_or(EnforcerError::LabTaken)?;
@@ -224,6 +274,7 @@ pub async fn with<T>(
                 ready,
                 propagation,
                 canaries,
+                unimplemented,
             },
         ))
     })

@@ -96,7 +96,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         enforce::install(&mut resolved, &args.fault)?;
         let faults: Vec<&str> = args.fault.iter().map(|f| f.as_str()).collect();
         eprintln!(
-            "flowpol lab: enforcing {} NetworkPolicies{}",
+            "flowpol lab: enforcing {} policies{}",
             resolved.scenario.policies.len(),
             if faults.is_empty() {
                 " faithfully".to_owned()
@@ -158,12 +158,18 @@ async fn one_run(
     let kind = program.kind;
     let api = args.api.connect().await?;
     eprintln!(
-        "flowpol lab: {kind} ({}) enforces {} NetworkPolicies",
+        "flowpol lab: {kind} ({}) enforces {} policies",
         program.path.display(),
         resolved.scenario.policies.len()
     );
     let (report, enforced) =
         enforcer::run(resolved, super::record::hostname(), &program, &api).await?;
+    for k in &enforced.unimplemented {
+        eprintln!(
+            "flowpol lab: warning: {kind} does not implement {}: the scenario's go unenforced (verify shows what they would have denied)",
+            k.as_str()
+        );
+    }
     eprintln!(
         "flowpol lab: {kind} was ready {:.3} s after its start and {} (canaries: {})",
         enforced.ready.as_secs_f64(),

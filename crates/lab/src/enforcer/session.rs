@@ -127,7 +127,11 @@ impl Session {
     /// cannot be seen.
     pub async fn enforce(&mut self, plan: &Resolved) -> Result<Option<Duration>, EnforcerError> {
         self.withdraw().await?;
-        let declared = enforce::declared(plan)?;
+        let mut declared = enforce::declared(plan)?;
+        // Canaries only from what it enforces: a policy it ignores would never show up.
+        declared
+            .cluster_policies
+            .retain(|p| self.kind.implements(p.kind));
         let engine = declared.engine();
         let canaries = canary::choose(self.lab_ref()?, &engine)?;
         let since = Instant::now();
