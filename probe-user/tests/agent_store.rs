@@ -18,7 +18,7 @@ use flowpol_analysis::{
     record::{Endpoint, EndpointKind, FlowRecord, Identity, Observer, Protocol, Side, Verdict},
 };
 use flowpol_kube::store::{field_manager, Writer};
-use k8s::{ControlPlane, Options};
+use k8s::{run, ControlPlane, Options};
 use serde_json::Value;
 
 fn pod(ip: &str, ns: &str, kind: &str, name: &str, node: &str) -> Endpoint {
@@ -98,15 +98,6 @@ fn edges_of(object: &Value, node: &str) -> Vec<(String, u64, Value)> {
             )
         })
         .collect()
-}
-
-fn run(f: impl std::future::Future<Output = ()>) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
 }
 
 #[test]

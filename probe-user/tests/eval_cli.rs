@@ -315,9 +315,23 @@ fn cluster_policies_decide_around_the_network_policies() {
         "--flows",
         "flows-shop.jsonl",
     ]);
+    let (table_ok, table, _) = flowpol(&[
+        "eval",
+        "--cluster",
+        path.to_str().unwrap(),
+        "--flows",
+        "flows-shop.jsonl",
+        "--output",
+        "table",
+    ]);
     std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
-    assert!(ok, "{err}");
+    assert!(ok && table_ok, "{err}");
     golden("eval-shop-tiers.jsonl", &out);
+    // The chains in words, as people read them.
+    golden("eval-shop-tiers.txt", &table);
+    assert!(table.contains(
+        "ingress: [Admin] Pass by cnp/pass-ingress-to-shop rule 0 \"ingress-controller\" -> [NetworkPolicy] allowed by shop/web#0"
+    ));
     let lines: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

@@ -5,11 +5,11 @@
 //! flowpol refuse the same objects for the same field.
 mod k8s;
 
-use std::{future::Future, time::Duration};
+use std::time::Duration;
 
 use flowpol_analysis::policy::clusterwide::{self, api::Source};
 use flowpol_kube::watch::Live;
-use k8s::{ControlPlane, Options};
+use k8s::{run, ControlPlane, Options};
 use serde_json::Value;
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -25,15 +25,6 @@ const OPTIONAL: [&str; 3] = [
     "AdminNetworkPolicy",
     "BaselineAdminNetworkPolicy",
 ];
-
-fn run<F: Future<Output = ()>>(f: F) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 fn install_crds(cp: &ControlPlane) {
     for (file, name) in cp.binaries().cluster_policy_crds.iter().zip(CRDS) {

@@ -7,13 +7,13 @@
 //! resourceVersion (410, relist).
 mod k8s;
 
-use std::{future::Future, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 use chrono::{DateTime, Utc};
 use controlplane::{FaultProxy, Mode};
 use flowpol_analysis::cluster::{AddressHolder, Cluster};
 use flowpol_kube::watch::Live;
-use k8s::{ControlPlane, Options};
+use k8s::{run, ControlPlane, Options};
 use serde_json::{json, Value};
 
 /// Long enough for any retry to land: the watchers' backoff (kube-runtime's default, as
@@ -23,15 +23,6 @@ const PATIENCE: Duration = Duration::from_secs(75);
 /// flowpol's own user, so the audit log tells its requests from kubectl's and the
 /// controllers'.
 const USER: &str = "flowpol-watcher";
-
-fn run<F: Future<Output = ()>>(f: F) {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 fn ip(s: &str) -> std::net::IpAddr {
     s.parse().unwrap()

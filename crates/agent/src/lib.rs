@@ -383,23 +383,26 @@ impl<S: EventSource> Agent<S> {
     fn judge(&mut self, cluster: &Arc<Cluster>, policies: &Policies, records: &[FlowRecord]) {
         // The API server validates policies; one that does not compile here is ours to fix,
         // and must not stop attribution.
-        let compiled = match policy::compile_all(&policies.network) {
-            Ok(p) => p,
-            Err(errors) => {
-                for e in &errors {
-                    tracing::warn!("NetworkPolicy not understood, verify skipped: {e}");
-                }
-                return;
-            }
-        };
-        let cluster_compiled = match clusterwide::compile_all(&policies.cluster) {
-            Ok(p) => p,
-            Err(errors) => {
-                for e in &errors {
-                    tracing::warn!("cluster-scoped policy not understood, verify skipped: {e}");
-                }
-                return;
-            }
+        fn understood<T, E: std::fmt::Display>(
+            compiled: Result<Vec<T>, Vec<E>>,
+            what: &str,
+        ) -> Option<Vec<T>> {
+            compiled
+                .map_err(|errors| {
+                    for e in &errors {
+                        tracing::warn!("{what} not understood, verify skipped: {e}");
+                    }
+                })
+                .ok()
+        }
+        let (Some(compiled), Some(cluster_compiled)) = (
+            understood(policy::compile_all(&policies.network), "NetworkPolicy"),
+            understood(
+                clusterwide::compile_all(&policies.cluster),
+                "cluster-scoped policy",
+            ),
+        ) else {
+            return;
         };
         let engine = Engine::with_cluster_policies(cluster, compiled, cluster_compiled);
         if !self

@@ -402,11 +402,9 @@ mod tests {
         parse("shop", EXAMPLE_SCENARIO).unwrap()
     }
 
-    /// The shop's rules, every pod, in one readable file (FLOWPOL_BLESS=1 rewrites it).
-    #[test]
-    fn renders_the_shop_like_a_cni() {
-        let mut r = shop();
-        install(&mut r, &[]).unwrap();
+    /// Every pod's rules in one readable file, held against golden `name` (FLOWPOL_BLESS=1
+    /// rewrites it).
+    fn golden(r: &Resolved, name: &str) {
         let mut pods: Vec<_> = r.enforced.iter().collect();
         pods.sort();
         let text: String = pods
@@ -414,7 +412,8 @@ mod tests {
             .map(|(pod, script)| format!("# {pod}\n{script}"))
             .collect();
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/golden/enforce-shop.nft");
+            .join("../../tests/fixtures/golden")
+            .join(name);
         if std::env::var_os("FLOWPOL_BLESS").is_some() {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -423,6 +422,14 @@ mod tests {
             std::fs::write(&path, &text).unwrap();
         }
         assert_eq!(text, std::fs::read_to_string(&path).unwrap());
+    }
+
+    /// The shop's rules, every pod.
+    #[test]
+    fn renders_the_shop_like_a_cni() {
+        let mut r = shop();
+        install(&mut r, &[]).unwrap();
+        golden(&r, "enforce-shop.nft");
         // Pods no policy selects get no table: they stay open, as the spec says.
         assert!(!r.enforced.contains_key("kube-system/coredns-0"));
         assert!(!r.enforced.contains_key("ingress-nginx/ingress-controller"));
@@ -467,25 +474,13 @@ mod tests {
     }
 
     /// The tiers scenario: Admin rules in order ahead of the rest, NetworkPolicy's rules or
-    /// the Baseline's in the rest (FLOWPOL_BLESS=1 rewrites the golden).
+    /// the Baseline's in the rest.
     #[test]
     fn renders_cluster_policies_in_tiers() {
         let yaml = include_str!("../../../tests/fixtures/scenario-tiers.yaml");
         let mut r = parse("tiers", yaml).unwrap();
         install(&mut r, &[]).unwrap();
-        let mut pods: Vec<_> = r.enforced.iter().collect();
-        pods.sort();
-        let text: String = pods
-            .iter()
-            .map(|(pod, script)| format!("# {pod}\n{script}"))
-            .collect();
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/fixtures/golden/enforce-tiers.nft");
-        if std::env::var_os("FLOWPOL_BLESS").is_some() {
-            assert!(std::env::var_os("CI").is_none(), "goldens are reviewed");
-            std::fs::write(&path, &text).unwrap();
-        }
-        assert_eq!(text, std::fs::read_to_string(&path).unwrap());
+        golden(&r, "enforce-tiers.nft");
         // Beside the golden, what it must mean. web: the Accept of its admin port before
         // the Pass, and (no NetworkPolicy isolates it) the Baseline's Deny in the rest.
         let web = &r.enforced["apps/web-0"];

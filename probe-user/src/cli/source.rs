@@ -137,16 +137,11 @@ impl Loaded {
     /// The NetworkPolicies compiled for the engine; every invalid one is reported, then
     /// refused together (the API server would not have accepted them).
     pub(super) fn compile(&self, command: &str) -> anyhow::Result<Vec<Policy>> {
-        policy::compile_all(&self.policies).or_else(|errors| {
-            for e in &errors {
-                eprintln!("flowpol {command}: {}: invalid {e}", self.origin);
-            }
-            anyhow::bail!(
-                "{} invalid NetworkPolicy object(s) in {}; the API server would reject them",
-                errors.len(),
-                self.origin
-            )
-        })
+        self.refuse_invalid(
+            policy::compile_all(&self.policies),
+            "NetworkPolicy",
+            command,
+        )
     }
 
     /// The cluster-scoped policies compiled, checked the same way.
@@ -154,12 +149,25 @@ impl Loaded {
         &self,
         command: &str,
     ) -> anyhow::Result<Vec<ClusterPolicy>> {
-        clusterwide::compile_all(&self.cluster_policies).or_else(|errors| {
+        self.refuse_invalid(
+            clusterwide::compile_all(&self.cluster_policies),
+            "cluster network policy",
+            command,
+        )
+    }
+
+    fn refuse_invalid<T, E: std::fmt::Display>(
+        &self,
+        compiled: Result<Vec<T>, Vec<E>>,
+        what: &str,
+        command: &str,
+    ) -> anyhow::Result<Vec<T>> {
+        compiled.or_else(|errors| {
             for e in &errors {
                 eprintln!("flowpol {command}: {}: invalid {e}", self.origin);
             }
             anyhow::bail!(
-                "{} invalid cluster network policy object(s) in {}; the API server would reject them",
+                "{} invalid {what} object(s) in {}; the API server would reject them",
                 errors.len(),
                 self.origin
             )

@@ -20,6 +20,16 @@ pub(crate) fn deploy() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
+/// Runs a test's async body on a runtime of two worker threads.
+pub(crate) fn run(f: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
 /// A control plane for one test; fails the test, naming the remedy, when it cannot start.
 pub(crate) fn start(opts: Options) -> ControlPlane {
     ControlPlane::start(opts).unwrap_or_else(|e| panic!("starting the control plane: {e:#}"))

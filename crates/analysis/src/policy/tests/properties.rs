@@ -36,7 +36,7 @@ fn arb_policy(i: usize) -> impl Strategy<Value = String> {
         })
 }
 
-fn arb_conn() -> impl Strategy<Value = Connection> {
+pub(super) fn arb_conn() -> impl Strategy<Value = Connection> {
     (
         prop::sample::select(ADDRS.to_vec()),
         prop::sample::select(ADDRS.to_vec()),

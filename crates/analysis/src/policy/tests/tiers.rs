@@ -3,7 +3,7 @@
 //! hand), then properties.
 use proptest::prelude::*;
 
-use super::*;
+use super::{properties::arb_conn, *};
 use crate::policy::{
     clusterwide::{tests::cluster_policy, tests::cnp, ClusterPolicy},
     engine::PolicyVerdict,
@@ -398,24 +398,7 @@ fn a_tie_in_priority_goes_to_the_first_name_and_is_said() {
     assert!(!e.evaluate(&tcp(XA, XB, 80)).reasons()[1].contains("same priority"));
 }
 
-const ADDRS: [&str; 9] = [XA, XB, XC, YA, YB, YC, N1, N2, OUT];
 const PODS: [&str; 6] = [XA, XB, XC, YA, YB, YC];
-
-fn arb_conn() -> impl Strategy<Value = Connection> {
-    (
-        prop::sample::select(ADDRS.to_vec()),
-        prop::sample::select(ADDRS.to_vec()),
-        prop::sample::select(vec![53u16, 80, 81]),
-        any::<bool>(),
-    )
-        .prop_map(|(s, d, port, is_udp)| {
-            if is_udp {
-                udp(s, d, port)
-            } else {
-                tcp(s, d, port)
-            }
-        })
-}
 
 fn arb_cluster_policy(i: usize) -> impl Strategy<Value = String> {
     let peer = prop::sample::select(vec![

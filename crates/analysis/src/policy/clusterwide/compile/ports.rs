@@ -7,7 +7,12 @@ use crate::{
     validation::{FieldError, Problem},
 };
 
-pub(super) fn port_number(n: i64, field: &str) -> Checked<u16> {
+/// A required port number, checked.
+fn required_port(n: Option<i64>, field: &str) -> Checked<u16> {
+    port_number(*required(n.as_ref(), field)?, field)
+}
+
+fn port_number(n: i64, field: &str) -> Checked<u16> {
     if !(1..=65535).contains(&n) {
         return err(
             field,
@@ -67,14 +72,8 @@ pub(super) fn cnp_protocols(
             }
             (None, Some(r)) => {
                 let f = format!("{field}.range");
-                let start = port_number(
-                    *required(r.start.as_ref(), &format!("{f}.start"))?,
-                    &format!("{f}.start"),
-                )?;
-                let end = port_number(
-                    *required(r.end.as_ref(), &format!("{f}.end"))?,
-                    &format!("{f}.end"),
-                )?;
+                let start = required_port(r.start, &format!("{f}.start"))?;
+                let end = required_port(r.end, &format!("{f}.end"))?;
                 if start >= end {
                     return err(f, Problem::StartNotBelowEnd { start, end });
                 }
@@ -122,10 +121,7 @@ pub(super) fn anp_ports(
             (Some(n), ..) => {
                 let f = format!("{field}.portNumber");
                 let protocol = anp_protocol(n.protocol.as_deref(), &format!("{f}.protocol"))?;
-                let port = port_number(
-                    *required(n.port.as_ref(), &format!("{f}.port"))?,
-                    &format!("{f}.port"),
-                )?;
+                let port = required_port(n.port, &format!("{f}.port"))?;
                 ProtocolMatch::Ports {
                     protocol,
                     start: port,
@@ -136,14 +132,8 @@ pub(super) fn anp_ports(
             (.., Some(r)) => {
                 let f = format!("{field}.portRange");
                 let protocol = anp_protocol(r.protocol.as_deref(), &format!("{f}.protocol"))?;
-                let start = port_number(
-                    *required(r.start.as_ref(), &format!("{f}.start"))?,
-                    &format!("{f}.start"),
-                )?;
-                let end = port_number(
-                    *required(r.end.as_ref(), &format!("{f}.end"))?,
-                    &format!("{f}.end"),
-                )?;
+                let start = required_port(r.start, &format!("{f}.start"))?;
+                let end = required_port(r.end, &format!("{f}.end"))?;
                 // v1alpha1 has no CEL for it, but a range that ends before it starts is
                 // nothing an implementation can match.
                 if start > end {
