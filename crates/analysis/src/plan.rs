@@ -85,9 +85,19 @@ fn representatives(cluster: &Cluster, pods: impl Iterator<Item = PodId>) -> Vec<
     .collect()
 }
 
-/// The concrete ports a rule's port list names on destination `dst` (named ports resolved
-/// there); every container port of `dst` when the rule names none.
-fn ports(cluster: &Cluster, rule_ports: &[PortMatch], dst: Option<PodId>) -> Vec<(u16, Protocol)> {
+/// A port a rule names, NetworkPolicy's or a cluster-scoped policy's.
+enum Wanted<'a> {
+    /// Every port of the protocol.
+    Any(Protocol),
+    /// `start..=end` of the protocol.
+    Range(Protocol, u16, u16),
+    /// The destination's container port of that name (of that protocol, when given).
+    Named(&'a str, Option<Protocol>),
+}
+
+/// The concrete ports `wanted` names on destination `dst`: a range's listening ports (else
+/// its start), named ports resolved there; every container port of `dst` when it names none.
+fn ports_on(cluster: &Cluster, wanted: &[Wanted], dst: Option<PodId>) -> Vec<(u16, Protocol)> {
     let own: Vec<(Option<&str>, u16, Protocol)> = dst
         .map(|d| {
             cluster
@@ -99,35 +109,48 @@ fn ports(cluster: &Cluster, rule_ports: &[PortMatch], dst: Option<PodId>) -> Vec
         })
         .unwrap_or_default();
     let mut out = BTreeSet::new();
-    if rule_ports.is_empty() {
+    if wanted.is_empty() {
         out.extend(own.iter().map(|&(_, n, p)| (n, p)));
     }
-    for m in rule_ports {
-        match &m.port {
-            None => out.extend(
+    for w in wanted {
+        match *w {
+            Wanted::Any(protocol) => out.extend(
                 own.iter()
-                    .filter(|(_, _, p)| *p == m.protocol)
+                    .filter(|(_, _, p)| *p == protocol)
                     .map(|&(_, n, p)| (n, p)),
             ),
-            Some(PortSpec::Range(a, b)) => {
+            Wanted::Range(protocol, a, b) => {
                 let listening: Vec<u16> = own
                     .iter()
-                    .filter(|(_, n, p)| *p == m.protocol && (*a..=*b).contains(n))
+                    .filter(|(_, n, p)| *p == protocol && (a..=b).contains(n))
                     .map(|&(_, n, _)| n)
                     .collect();
                 if listening.is_empty() {
-                    out.insert((*a, m.protocol));
+                    out.insert((a, protocol));
                 }
-                out.extend(listening.into_iter().map(|n| (n, m.protocol)));
+                out.extend(listening.into_iter().map(|n| (n, protocol)));
             }
-            Some(PortSpec::Named(name)) => out.extend(
+            Wanted::Named(name, protocol) => out.extend(
                 own.iter()
-                    .filter(|(n, _, p)| *n == Some(name.as_str()) && *p == m.protocol)
+                    .filter(|(n, _, p)| *n == Some(name) && protocol.is_none_or(|q| q == *p))
                     .map(|&(_, n, p)| (n, p)),
             ),
         }
     }
     out.into_iter().collect()
+}
+
+/// The concrete ports a NetworkPolicy rule's port list names on destination `dst`.
+fn ports(cluster: &Cluster, rule_ports: &[PortMatch], dst: Option<PodId>) -> Vec<(u16, Protocol)> {
+    let wanted: Vec<Wanted> = rule_ports
+        .iter()
+        .map(|m| match &m.port {
+            None => Wanted::Any(m.protocol),
+            Some(PortSpec::Range(a, b)) => Wanted::Range(m.protocol, *a, *b),
+            Some(PortSpec::Named(name)) => Wanted::Named(name, Some(m.protocol)),
+        })
+        .collect();
+    ports_on(cluster, &wanted, dst)
 }
 
 /// Pods a peer allows, and pods that just miss it: right namespace but labels off, or

@@ -3,7 +3,7 @@
 //! label set), the peers the rule names and peers that just miss it, on its ports. Each
 //! attempt's expectation is the whole engine's, so an attempt planned for a rule that a
 //! higher-priority rule, a Pass or a NetworkPolicy overrides tests that order too.
-use super::{dir_name, representatives, Addressed, Planner};
+use super::{dir_name, ports_on, representatives, Addressed, Planner, Wanted};
 use crate::{
     cluster::PodId,
     policy::{
@@ -104,53 +104,24 @@ impl Planner<'_, '_> {
         }
     }
 
-    /// The concrete ports of a rule's protocols on the destination: a range's listening
-    /// ports (else its start), the pod's port of a name; every container port of a pod
-    /// destination when the rule names none.
+    /// The concrete ports of a rule's protocols on the destination (see [`ports_on`]); a
+    /// named port takes the container port's own protocol.
     fn cluster_ports(
         &self,
         protocols: &[ProtocolMatch],
         dst: Option<PodId>,
     ) -> Vec<(u16, Protocol)> {
-        let own: Vec<(Option<&str>, u16, Protocol)> = dst
-            .map(|d| {
-                self.engine
-                    .cluster()
-                    .pod(d)
-                    .ports
-                    .iter()
-                    .map(|c| (c.name.as_deref(), c.port, c.protocol))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut out = std::collections::BTreeSet::new();
-        if protocols.is_empty() {
-            out.extend(own.iter().map(|&(_, n, p)| (n, p)));
-        }
-        for m in protocols {
-            match m {
+        let wanted: Vec<Wanted> = protocols
+            .iter()
+            .map(|m| match m {
                 ProtocolMatch::Ports {
                     protocol,
                     start,
                     end,
-                } => {
-                    let listening: Vec<(u16, Protocol)> = own
-                        .iter()
-                        .filter(|(_, n, p)| p == protocol && (start..=end).contains(&n))
-                        .map(|&(_, n, p)| (n, p))
-                        .collect();
-                    if listening.is_empty() {
-                        out.insert((*start, *protocol));
-                    }
-                    out.extend(listening);
-                }
-                ProtocolMatch::Named(name) => out.extend(
-                    own.iter()
-                        .filter(|(n, ..)| *n == Some(name.as_str()))
-                        .map(|&(_, n, p)| (n, p)),
-                ),
-            }
-        }
-        out.into_iter().collect()
+                } => Wanted::Range(*protocol, *start, *end),
+                ProtocolMatch::Named(name) => Wanted::Named(name, None),
+            })
+            .collect();
+        ports_on(self.engine.cluster(), &wanted, dst)
     }
 }
