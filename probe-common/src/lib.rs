@@ -217,7 +217,12 @@ pub struct ProbeConfig {
     pub sock_cgroup: u16,
     pub cgroup_kn: u16,
     pub kernfs_id: u16,
-    pub _pad: u16,
+    /// `sk_buff.skb_iif`: 0 while a packet has not arrived on any device (made here).
+    pub skb_iif: u16,
+    /// `sock.__sk_common.skc_cookie`: the socket cookie, once something asked for it.
+    pub sock_cookie: u16,
+    /// This kernel's `SKB_DROP_REASON_NETFILTER_DROP` (0 when it has no drop reasons).
+    pub drop_netfilter: u16,
 }
 
 /// Largest prefix of a kernel object (tracepoint record, `sock_common`) the probe copies to
@@ -241,7 +246,7 @@ const _: () = {
     assert!(core::mem::size_of::<Event>() == 96);
     assert!(core::mem::offset_of!(Event, netns) == 32);
     assert!(core::mem::offset_of!(Event, key) == 40);
-    assert!(core::mem::size_of::<ProbeConfig>() == 56);
+    assert!(core::mem::size_of::<ProbeConfig>() == 60);
 };
 
 #[cfg(feature = "user")]

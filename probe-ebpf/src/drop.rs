@@ -3,7 +3,9 @@
 //! Kernel: the tracepoint exists since 2.6; the `reason` field since 5.17 (userspace tells us
 //! whether it is there). The `protocol` field is `ntohs(skb->protocol)`. Only TCP, UDP and
 //! SCTP over IPv4/IPv6 are recorded. Drops are aggregated per (ends, port, reason, netns):
-//! the first one is sent as an event, the rest are counted in the flow map.
+//! the first one is sent as an event, the rest are counted in the flow map. A UDP datagram
+//! dropped by netfilter before it left its sender's stack is also counted as that socket's
+//! send ([`crate::udp::dropped_before_egress`]).
 use aya_ebpf::{
     bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns, macros::tracepoint,
     programs::TracePointContext, EbpfContext,
@@ -52,6 +54,14 @@ fn try_kfree_skb(ctx: &TracePointContext) -> Result<(), i64> {
     };
     if t.protocol != IPPROTO_TCP && t.protocol != IPPROTO_UDP && t.protocol != IPPROTO_SCTP {
         return Ok(());
+    }
+    // A datagram a filter in its sender's own namespace dropped never reached the UDP
+    // egress hook (nftables' output and postrouting hooks come first): count it as sent.
+    if t.protocol == IPPROTO_UDP
+        && (off!(tp_drop_has_reason) == 0 || reason == off!(drop_netfilter) as u32)
+    {
+        // SAFETY: `skb` is the dropped packet; reads at BTF offsets.
+        unsafe { crate::udp::dropped_before_egress(skb, &t) };
     }
     let key = FlowKey {
         saddr: t.saddr,

@@ -31,7 +31,7 @@ use crate::{
     config::off,
     emit::{emit, Extra},
     maps::{bump, FLOWS, SOCK_NETNS},
-    net::net_inum,
+    net::{net_inum, sock_cgroup_id, sock_netns, Tuple},
 };
 
 /// `cgroup_skb` return value that lets the packet through.
@@ -160,9 +160,9 @@ fn try_udp(ctx: &SkBuffContext, outgoing: bool) -> Result<(), i64> {
         cgroup_id,
     };
     let counted = if outgoing {
-        seen.account(&src, &dst, true)
+        seen.account(&src, &dst, Direction::Out)
     } else {
-        seen.account(&dst, &src, false)
+        seen.account(&dst, &src, Direction::In)
     };
     if !counted {
         warn!(
@@ -171,6 +171,49 @@ fn try_udp(ctx: &SkBuffContext, outgoing: bool) -> Result<(), i64> {
         );
     }
     Ok(())
+}
+
+/// A datagram of a local UDP socket that netfilter dropped before `cgroup_skb/egress` saw
+/// it (the output and postrouting hooks of the sender's namespace run first): accounted
+/// to its socket as that hook would have, so the client's `sent` flow exists beside the
+/// drop; a dropped reply is not (it answered nothing). Locally made packets have no input device yet (`skb_iif` 0), which tells them from
+/// received ones (early demux gives those a socket too). A drop by a netdev egress hook,
+/// which runs after the cgroup hook, would be counted twice; no CNI filters there today.
+#[inline(always)]
+pub unsafe fn dropped_before_egress(skb: *const u8, t: &Tuple) {
+    // SAFETY: probe reads at BTF offsets fault safely.
+    unsafe {
+        let iif: i32 = bpf_probe_read_kernel(skb.add(off!(skb_iif)) as *const i32).unwrap_or(-1);
+        if iif != 0 {
+            return;
+        }
+        let sk: *const u8 = bpf_probe_read_kernel(skb.add(off!(skb_sk)) as *const *const u8)
+            .unwrap_or(core::ptr::null());
+        if sk.is_null() {
+            return;
+        }
+        let protocol: u16 =
+            bpf_probe_read_kernel(sk.add(off!(sock_protocol)) as *const u16).unwrap_or(0);
+        if protocol != IPPROTO_UDP as u16 {
+            return;
+        }
+        let seen = Seen {
+            // Set for every socket made since the probe started (sock_create asks for it).
+            cookie: bpf_probe_read_kernel(sk.add(off!(sock_cookie)) as *const u64).unwrap_or(0),
+            family: t.family,
+            netns: sock_netns(sk),
+            cgroup_id: sock_cgroup_id(sk),
+        };
+        let src = End {
+            addr: t.saddr,
+            port: t.sport,
+        };
+        let dst = End {
+            addr: t.daddr,
+            port: t.dport,
+        };
+        seen.account(&src, &dst, Direction::OutDropped);
+    }
 }
 
 /// Netns inode of the current task (`current->nsproxy->net_ns->ns.inum`).
@@ -188,6 +231,17 @@ fn current_netns() -> u32 {
             Err(_) => 0,
         }
     }
+}
+
+/// Which way a datagram went, as far as the local socket is concerned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    /// Sent, seen by the egress hook.
+    Out,
+    /// Delivered, seen by the ingress hook.
+    In,
+    /// Sent, and dropped by the sender's own namespace before the egress hook.
+    OutDropped,
 }
 
 struct Seen {
@@ -214,10 +268,11 @@ impl Seen {
         }
     }
 
-    /// Accounts one datagram between `local` and `remote`; `outgoing` is its direction.
+    /// Accounts one datagram between `local` and `remote`, going `direction`.
     /// One key is built and then turned around, to keep the stack small. False when the
     /// flow map could not be updated (counted in `Stat::FlowUpdateFailed`).
-    fn account(&self, local: &End, remote: &End, outgoing: bool) -> bool {
+    fn account(&self, local: &End, remote: &End, direction: Direction) -> bool {
+        let outgoing = direction != Direction::In;
         // SAFETY: plain helper call.
         let now = unsafe { bpf_ktime_get_ns() };
         // The flow this datagram would answer: the other side initiated it.
@@ -228,6 +283,11 @@ impl Seen {
         };
         let answered = &key;
         if let Some(st) = FLOWS.get_ptr_mut(answered) {
+            // A reply its sender's namespace dropped answered nothing: the flow stays
+            // `received` on this side, and the drop is recorded beside it.
+            if direction == Direction::OutDropped {
+                return true;
+            }
             // SAFETY: per-CPU map value, no other writer while we run.
             unsafe {
                 (*st).replies += 1;

@@ -55,6 +55,7 @@ fn web_to_db(node: &str, verdict: Verdict, count: u64, at: &str) -> FlowRecord {
         side: Side::Client,
         netns: 1,
         cgroup_id: None,
+        since: None,
     });
     r
 }

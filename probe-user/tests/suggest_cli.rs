@@ -224,3 +224,74 @@ fn diff_mode_sets_apart_what_cluster_policies_decide() {
         );
     }
 }
+
+/// The shop's flows, as a recording that lost events says it did (its last line).
+fn lossy_flows(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("flowpol-lossy-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let flows = std::fs::read_to_string(fixtures().join("flows-shop.jsonl")).unwrap();
+    let path = dir.join("flows.jsonl");
+    std::fs::write(
+        &path,
+        format!(
+            "{flows}{}\n",
+            r#"{"capture":{"node":"node-a","started":"2026-11-22T14:00:00Z","ended":"2026-11-22T14:05:00Z","events_lost":12,"decode_errors":0,"counters_evicted":0,"namespaces_not_listed":0}}"#
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn a_recording_that_lost_events_yields_no_suggestion_unless_the_loss_is_accepted() {
+    let flows = lossy_flows("suggest");
+    let flows = flows.to_str().unwrap();
+    let out_file = std::env::temp_dir().join(format!("flowpol-lossy-{}.yaml", std::process::id()));
+    let out_path = out_file.to_str().unwrap();
+    let args = [
+        "suggest",
+        "--cluster",
+        "cluster-shop.yaml",
+        "--flows",
+        flows,
+    ];
+    let (code, out, err) = common::flowpol_code(&[&args[..], &["-o", out_path]].concat());
+    assert_eq!(code, Some(1), "{err}");
+    assert!(out.is_empty(), "{out}");
+    assert!(!out_file.exists(), "nothing written");
+    assert!(
+        err.contains("12 events lost on node-a between 2026-11-22T14:00:00+00:00"),
+        "{err}"
+    );
+    assert!(err.contains("--accept-loss"), "{err}");
+    // Accepted: the same suggestion as from the same records without the loss, and a warning.
+    let (ok, accepted, err) = flowpol(&[&args[..], &["--accept-loss"]].concat());
+    assert!(ok, "{err}");
+    assert!(err.contains("may not allow every flow"), "{err}");
+    let (_, clean, _) = flowpol(&ARGS);
+    assert_eq!(accepted, clean);
+}
+
+#[test]
+fn verify_says_its_verdicts_may_miss_what_a_lossy_recording_lost() {
+    let flows = lossy_flows("verify");
+    let flows = flows.to_str().unwrap();
+    let args = ["verify", "--cluster", "cluster-shop.yaml", "--flows", flows];
+    let (ok, table, err) = flowpol(&args);
+    assert!(ok, "{err}");
+    assert!(table.contains("INCOMPLETE CAPTURE"), "{table}");
+    assert!(table.contains("12 events lost on node-a"), "{table}");
+    assert!(err.contains("flows may be missing"), "{err}");
+    let (_, json, _) = flowpol(&[&args[..], &["--output", "json"]].concat());
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["incomplete"].as_array().map(Vec::len), Some(1), "{json}");
+    // The clean recording says nothing of the kind.
+    let (_, clean, _) = flowpol(&[
+        "verify",
+        "--cluster",
+        "cluster-shop.yaml",
+        "--flows",
+        "flows-shop.jsonl",
+    ]);
+    assert!(!clean.contains("INCOMPLETE"), "{clean}");
+}

@@ -105,6 +105,54 @@ fn record_captures_and_exits_cleanly() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A connection made before `flowpol record` started, and kept open, is in its output on
+/// both sides, marked; the file ends with the recording's account of itself.
+#[test]
+fn record_reports_a_connection_already_open_and_ends_with_its_capture_line() {
+    if !privileged() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("flowpol-cli-open-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out_file = dir.join("records.jsonl");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = listener.local_addr().unwrap();
+    let client = std::net::TcpStream::connect(server).unwrap();
+    let (_accepted, _) = listener.accept().unwrap();
+    let (status, stderr) = record_briefly(&[], &out_file).finish();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("open at start"), "{stderr}");
+    let flows = flowpol_analysis::record::read_flows(&out_file).unwrap();
+    let here = client.local_addr().unwrap();
+    let open: Vec<_> = flows
+        .records
+        .iter()
+        .filter(|r| r.dst.port == Some(server.port()) && r.src.port == Some(here.port()))
+        .map(|r| {
+            let o = r.observer.as_ref().unwrap();
+            (o.side, o.since, r.verdict, r.count)
+        })
+        .collect();
+    use flowpol_analysis::record::{Side, Since, Verdict};
+    let marked = |side| {
+        (
+            side,
+            Some(Since::BeforeStart),
+            Some(Verdict::Established),
+            1,
+        )
+    };
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert!(open.contains(&marked(Side::Client)), "{open:?}");
+    assert!(open.contains(&marked(Side::Server)), "{open:?}");
+    assert_eq!(flows.captures.len(), 1);
+    assert_eq!(flows.captures[0].events_lost, 0);
+    assert!(flows.missing_flows().is_empty());
+    let last = std::fs::read_to_string(&out_file).unwrap();
+    assert!(last.lines().last().unwrap().starts_with("{\"capture\":"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn bad_scenarios_fail_with_the_place_and_no_leftovers() {
     let dir = std::env::temp_dir().join(format!("flowpol-bad-{}", std::process::id()));

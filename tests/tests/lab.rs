@@ -1,7 +1,15 @@
 //! The probe, for real, on the netns lab.
-use flowpol_analysis::record::{FlowRecord, Protocol, Side, Verdict};
-use flowpol_e2e::{privileged, run_lab};
-use flowpol_lab::EXAMPLE_SCENARIO;
+use flowpol_analysis::{
+    attribute,
+    record::{FlowRecord, Protocol, Side, Since, Verdict},
+    suggest::{self, Options},
+};
+use flowpol_e2e::{privileged, run_lab, run_resolved};
+use flowpol_lab::{
+    enforce,
+    scenario::{Close, Family, Traffic},
+    EXAMPLE_SCENARIO,
+};
 
 fn find<'a>(
     r: &'a [FlowRecord],
@@ -253,4 +261,104 @@ fn the_canary_wait_fails_when_nothing_enforces_and_passes_when_something_does() 
     .unwrap();
     drop(lab);
     flowpol_e2e::assert_no_leftovers();
+}
+
+/// flowpol started after the workloads (tests/fixtures/scenario-open-before.yaml): the
+/// connections open before the recording appear once per side, marked as such; the UDP
+/// datagrams the sender's own egress filter dropped appear as the client's `sent` flow
+/// beside the drop; and the suggestion from that recording keeps the held connections'
+/// reconnects working while it blocks what was never seen.
+#[test]
+fn a_recording_started_after_the_traffic_leaves_nothing_out() {
+    if !privileged() {
+        return;
+    }
+    let yaml = include_str!("../fixtures/scenario-open-before.yaml");
+    let report = run_lab(yaml);
+    assert!(report.mismatches.is_empty(), "{:#?}", report.mismatches);
+    assert_eq!(report.summary.events_lost, 0);
+    let recs = &report.records;
+    let before = |r: &FlowRecord| r.observer.as_ref().unwrap().since == Some(Since::BeforeStart);
+    // The pool: 2 connections, on the API's side and on the database's, each once.
+    let pool_client = find(recs, "app/api-0", &report, |r| r.dst.port == Some(5432));
+    assert_eq!(pool_client.len(), 1, "{pool_client:#?}");
+    assert_eq!(
+        (
+            pool_client[0].verdict,
+            pool_client[0].count,
+            before(pool_client[0])
+        ),
+        (Some(Verdict::Established), 2, true)
+    );
+    assert_eq!(pool_client[0].observer.as_ref().unwrap().side, Side::Client);
+    let api_ip = report.resolved.host("app/api-0").unwrap().ipv4;
+    let pg_server = find(recs, "data/pg-0", &report, |r| r.dst.port == Some(5432));
+    let from_api: Vec<_> = pg_server
+        .iter()
+        .filter(|r| r.src.ip == std::net::IpAddr::V4(api_ip))
+        .collect();
+    assert_eq!(from_api.len(), 1, "{pg_server:#?}");
+    assert_eq!((from_api[0].count, before(from_api[0])), (2, true));
+    assert_eq!(from_api[0].observer.as_ref().unwrap().side, Side::Server);
+    // The worker's connection was made while recording: not marked.
+    let worker = find(recs, "app/worker-0", &report, |r| r.dst.port == Some(5432));
+    assert_eq!(worker.len(), 1, "{worker:#?}");
+    assert!(!before(worker[0]));
+    // DNS dropped by the worker's own egress filter: the client knew (EPERM), and the
+    // capture has both its send and the drop.
+    let dns_item = 2;
+    assert_eq!(
+        report.outcomes[dns_item].send_errors,
+        [("EPERM".to_owned(), 2)].into()
+    );
+    let sent = find(recs, "app/worker-0", &report, |r| {
+        r.protocol == Protocol::UDP && r.verdict == Some(Verdict::Sent)
+    });
+    assert_eq!(sent.iter().map(|r| r.count).sum::<u64>(), 2, "{recs:#?}");
+    assert!(sent
+        .iter()
+        .all(|r| r.observer.as_ref().unwrap().side == Side::Client));
+    let dropped = find(recs, "app/worker-0", &report, |r| {
+        r.protocol == Protocol::UDP && r.verdict == Some(Verdict::Dropped)
+    });
+    assert_eq!(
+        dropped.iter().map(|r| r.count).sum::<u64>(),
+        2,
+        "{dropped:#?}"
+    );
+    assert!(dropped
+        .iter()
+        .all(|r| r.drop_reason.as_deref() == Some("NETFILTER_DROP")));
+
+    // The suggestion from this recording, enforced: the pool reconnects (now while
+    // recording), the worker still reaches the database, and the database never called
+    // the API, so it may not.
+    let declared = enforce::declared(&report.resolved).unwrap();
+    let mut records = report.records.clone();
+    attribute::enrich(&declared.cluster, &mut records);
+    let s = suggest::suggest(&declared.cluster, &records, &Options::default());
+    let mut next = report.resolved.clone();
+    next.scenario.policies = s
+        .policies
+        .iter()
+        .map(|p| serde_yaml::to_value(p).unwrap())
+        .collect();
+    next.scenario.traffic.truncate(2);
+    for t in &mut next.scenario.traffic {
+        t.held = false;
+    }
+    next.scenario.traffic.push(Traffic {
+        from: "data/pg-0".into(),
+        to: "app/api-0".into(),
+        port: 8080,
+        protocol: Protocol::TCP,
+        count: 1,
+        family: Family::Ipv4,
+        parallel: 1,
+        close: Close::Graceful,
+        held: false,
+        expect: Some(Verdict::Timeout),
+    });
+    let second = run_resolved(next, &[]);
+    assert!(second.mismatches.is_empty(), "{:#?}", second.mismatches);
 }

@@ -46,6 +46,7 @@ fn the_suggestion_enforced_keeps_what_worked_and_blocks_the_rest() {
         family: Family::Ipv4,
         parallel: 1,
         close: Close::Graceful,
+        held: false,
         expect: None,
     });
     let second = run_resolved(next, &[]);

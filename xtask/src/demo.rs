@@ -2,12 +2,12 @@
 //! `target/demo/`: record the shop under faithful policy enforcement and verify it; break
 //! the enforcer like a buggy CNI, verify again and compare; probe the policies actively;
 //! suggest policies from the traffic, enforce them instead, and replay.
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 
-use crate::setup::{cargo, sh};
-
-const FLOWPOL: &str = "target/release/flowpol";
-const DIR: &str = "target/demo";
+use crate::{
+    paths,
+    setup::{cargo, sh},
+};
 
 fn step(title: &str) {
     eprintln!("\n=== {title}");
@@ -15,8 +15,16 @@ fn step(title: &str) {
 
 pub(crate) fn run() -> Result<()> {
     cargo(&["build", "--release", "--package", "probe-user"])?;
-    std::fs::create_dir_all(DIR)?;
-    let file = |name: &str| format!("{DIR}/{name}");
+    let flowpol = paths::binary("release", "flowpol")?;
+    let flowpol = flowpol
+        .to_str()
+        .context("the target directory's path is not UTF-8")?;
+    let dir = paths::target_dir().join("demo");
+    std::fs::create_dir_all(&dir)?;
+    let dir = dir
+        .to_str()
+        .context("the target directory's path is not UTF-8")?;
+    let file = |name: &str| format!("{dir}/{name}");
     let (cluster, flows, faulty, probed) = (
         file("cluster.yaml"),
         file("flows.jsonl"),
@@ -25,12 +33,12 @@ pub(crate) fn run() -> Result<()> {
     );
     step("1. the shop lab, its NetworkPolicies enforced faithfully, recorded and checked");
     sh(
-        FLOWPOL,
+        flowpol,
         &["lab", "--check", "--cluster-out", &cluster, "-o", &flows],
     )?;
     step("2. verify: no enforcement gap, no over-block (the gate CI pipelines would use)");
     sh(
-        FLOWPOL,
+        flowpol,
         &[
             "verify",
             "--cluster",
@@ -42,30 +50,30 @@ pub(crate) fn run() -> Result<()> {
         ],
     )?;
     step("3. the same shop on a CNI that ignores egress policies");
-    sh(FLOWPOL, &["lab", "--fault", "ignore-egress", "-o", &faulty])?;
+    sh(flowpol, &["lab", "--fault", "ignore-egress", "-o", &faulty])?;
     step("4. verify finds the traffic that got out although policy denies it");
     sh(
-        FLOWPOL,
+        flowpol,
         &["verify", "--cluster", &cluster, "--flows", &faulty],
     )?;
     step("5. compare the two runs");
     sh(
-        FLOWPOL,
+        flowpol,
         &["compare", &flows, &faulty, "--cluster", &cluster],
     )?;
     step("6. probe the policies actively, on a CNI that ignores named ports, and verify");
     sh(
-        FLOWPOL,
+        flowpol,
         &["probe", "--fault", "ignore-named-ports", "-o", &probed],
     )?;
     sh(
-        FLOWPOL,
+        flowpol,
         &["verify", "--cluster", &cluster, "--flows", &probed],
     )?;
     let (suggested, replayed) = (file("suggested.yaml"), file("flows-suggested.jsonl"));
     step("7. suggest least-privilege policies from what the shop really did");
     sh(
-        FLOWPOL,
+        flowpol,
         &[
             "suggest",
             "--cluster",
@@ -78,13 +86,13 @@ pub(crate) fn run() -> Result<()> {
         ],
     )?;
     step("8. enforce the suggestion instead of the hand-written policies, and replay");
-    sh(FLOWPOL, &["lab", "--policies", &suggested, "-o", &replayed])?;
+    sh(flowpol, &["lab", "--policies", &suggested, "-o", &replayed])?;
     step("9. compare: what worked still works; only what never worked (a closed port) changed");
     sh(
-        FLOWPOL,
+        flowpol,
         &["compare", &flows, &replayed, "--cluster", &cluster],
     )?;
-    eprintln!("\nfiles are in {DIR}/");
+    eprintln!("\nfiles are in {dir}/");
     Ok(())
 }
 
@@ -92,13 +100,16 @@ pub(crate) fn run() -> Result<()> {
 /// module proxy, started here and stopped at the end): deploy/ applied, the lab's pods
 /// published as Pod objects, the agent (as the DaemonSet's ServiceAccount) writing
 /// ObservedTraffic while the lab runs, then verify and suggest `--from-cluster`, and the
-/// suggestion applied with kubectl. Files land in `target/demo/kube/`.
+/// suggestion applied with kubectl. Files land in `target/demo/kube/` (of `$CARGO_TARGET_DIR` when set).
 pub(crate) fn kube() -> Result<()> {
     cargo(&["build", "--release", "--package", "probe-user"])?;
+    let flowpol = paths::binary("release", "flowpol")?;
+    let flowpol = flowpol
+        .to_str()
+        .context("the target directory's path is not UTF-8")?;
     let bins = controlplane::Binaries::build()?;
-    let dir = std::path::Path::new("target/demo/kube");
-    std::fs::create_dir_all(dir)?;
-    let dir = dir.canonicalize()?;
+    let dir = paths::target_dir().join("demo/kube");
+    std::fs::create_dir_all(&dir)?;
     let file = |name: &str| dir.join(name).display().to_string();
     step("1. a control plane: kine, kube-apiserver and kube-controller-manager on 127.0.0.1");
     let cp = controlplane::ControlPlane::start(controlplane::Options {
@@ -123,7 +134,7 @@ pub(crate) fn kube() -> Result<()> {
     let agent_kubeconfig = cp.token_kubeconfig("agent.kubeconfig", &token)?;
     step("3. flowpol agent on this node, as the DaemonSet's ServiceAccount");
     let log = std::fs::File::create(file("agent.log"))?;
-    let mut agent = std::process::Command::new(FLOWPOL)
+    let mut agent = std::process::Command::new(flowpol)
         .args(["agent", "--node", "lab-node", "--listen", "127.0.0.1:0"])
         .arg("--kubeconfig")
         .arg(&agent_kubeconfig)
@@ -134,7 +145,7 @@ pub(crate) fn kube() -> Result<()> {
         .spawn()?;
     step("4. the shop lab, published into the API server as Pods, its traffic recorded");
     let ran = sh(
-        FLOWPOL,
+        flowpol,
         &[
             "lab",
             "--kube",
@@ -160,13 +171,13 @@ pub(crate) fn kube() -> Result<()> {
     kubectl(&["get", "observedtraffics", "-A"])?;
     step("6. verify --from-cluster: the cluster's own record held against its policies");
     sh(
-        FLOWPOL,
+        flowpol,
         &["verify", "--from-cluster", "--kubeconfig", &admin],
     )?;
     step("7. suggest --from-cluster, and the suggestion applied with kubectl");
     let suggested = file("suggested.yaml");
     sh(
-        FLOWPOL,
+        flowpol,
         &[
             "suggest",
             "--from-cluster",

@@ -21,7 +21,7 @@ const CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// Builds the release binary, the image `tag`, and saves it to `output`.
 pub(crate) fn run(tag: &str, output: &Path) -> Result<()> {
     cargo(&["build", "--release", "--package", "probe-user"])?;
-    build(Path::new("target/release/flowpol"), tag)?;
+    build(&crate::paths::binary("release", "flowpol")?, tag)?;
     if let Some(dir) = output.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }

@@ -23,10 +23,7 @@ pub(crate) enum Action {
 
 /// Where `up` keeps the control plane of this checkout.
 pub(crate) fn dir() -> PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask is a folder of the workspace")
-        .join("target/k8s")
+    crate::paths::target_dir().join("k8s")
 }
 
 fn env_lines(state: &serde_json::Value) -> String {

@@ -8,6 +8,7 @@ mod demo;
 mod fuzz;
 mod image;
 mod k8s;
+mod paths;
 mod setup;
 mod test;
 

@@ -209,7 +209,7 @@ pub(crate) fn run() -> Result<()> {
         bail!("the end-to-end tests load eBPF programs and create network namespaces: run `cargo xtask test` as root");
     }
     cargo(&["build", "--package", "probe-user"])?;
-    let bin = std::env::current_dir()?.join("target/debug/flowpol");
+    let bin = crate::paths::binary("debug", "flowpol")?;
     crate::image::build(&bin, crate::image::TEST_TAG)?;
     std::env::set_var("FLOWPOL_BIN", &bin);
     std::env::set_var("FLOWPOL_IMAGE", crate::image::TEST_TAG);

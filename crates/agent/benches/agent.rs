@@ -59,6 +59,7 @@ fn flood(cluster: &Cluster, capacity: usize) -> Run {
                     side: Side::Client,
                     netns: 1,
                     cgroup_id: None,
+                    since: None,
                 });
                 let at = start + chrono::Duration::milliseconds(n as i64);
                 (r.first_seen, r.last_seen) = (Some(at), Some(at));

@@ -138,7 +138,7 @@ pub async fn start(
     let server = tokio::spawn(http::serve(listener, health.clone()));
     let shutdown = Shutdown::install().map_err(LaunchError::Signals)?;
     let probe = Sensor::load(&info).map_err(LaunchError::Sensor)?;
-    let session = Session::new(
+    let session = Session::starting_from_open(
         probe,
         Aggregator::new(
             Some(config.node.clone()),

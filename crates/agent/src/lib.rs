@@ -31,7 +31,7 @@ use flowpol_analysis::{
         clusterwide::{self, api::Source as ClusterPolicySource},
         engine::Engine,
     },
-    record::{FlowRecord, Verdict},
+    record::{Capture, FlowRecord, Verdict},
     verify::{self, Finding},
 };
 use flowpol_kube::{
@@ -141,9 +141,22 @@ pub enum Sink {
 impl Sink {
     fn write(&mut self, records: &[FlowRecord]) -> Result<(), OutputError> {
         match self {
-            Sink::Stdout => output::write_json_lines(std::io::stdout().lock(), records)
+            Sink::Stdout => output::write_json_lines(std::io::stdout().lock(), records, &[])
                 .map_err(OutputError::Stdout),
             Sink::File(f) => f.write(records),
+            Sink::Discard => Ok(()),
+        }
+    }
+
+    fn write_capture(&mut self, capture: &Capture) -> Result<(), OutputError> {
+        match self {
+            Sink::Stdout => output::write_json_lines(
+                std::io::stdout().lock(),
+                &[],
+                std::slice::from_ref(capture),
+            )
+            .map_err(OutputError::Stdout),
+            Sink::File(f) => f.write_capture(capture),
             Sink::Discard => Ok(()),
         }
     }
@@ -225,6 +238,8 @@ pub struct Agent<S = Sensor> {
     logged: HashSet<String>,
     /// The model the exposures were last computed for.
     exposures_of: Option<Arc<Cluster>>,
+    /// The capture's losses as of the last capture line written.
+    reported: Capture,
 }
 
 impl<S: EventSource> Agent<S> {
@@ -252,6 +267,7 @@ impl<S: EventSource> Agent<S> {
             written: Written::default(),
             logged: HashSet::new(),
             exposures_of: None,
+            reported: Capture::default(),
         }
     }
 
@@ -372,10 +388,36 @@ impl<S: EventSource> Agent<S> {
             }
         }
         self.sink.write(&records)?;
+        if let Some(lost) = self.losses_since_last_round() {
+            tracing::warn!(
+                "the capture is incomplete: {}",
+                lost.missing_flows().unwrap_or_default()
+            );
+            self.sink.write_capture(&lost)?;
+        }
         m.records(&records);
         self.written.add(&records);
         self.health.round_done();
         Ok(())
+    }
+
+    /// What the capture lost since the previous round, as the line that tells readers of
+    /// the records (suggest, verify) that flows may be missing; `None` when nothing was.
+    fn losses_since_last_round(&mut self) -> Option<Capture> {
+        let now = self.session.summary().capture;
+        let before = std::mem::replace(&mut self.reported, now.clone());
+        let lost = Capture {
+            node: now.node,
+            started: before.ended.or(now.started),
+            ended: now.ended,
+            events_lost: now.events_lost.saturating_sub(before.events_lost),
+            decode_errors: now.decode_errors.saturating_sub(before.decode_errors),
+            counters_evicted: now.counters_evicted.saturating_sub(before.counters_evicted),
+            namespaces_not_listed: now
+                .namespaces_not_listed
+                .saturating_sub(before.namespaces_not_listed),
+        };
+        lost.missing_flows().map(|_| lost)
     }
 
     /// Continuous verify: counts the findings of this round's records, logs each new one

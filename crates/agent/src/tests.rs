@@ -177,3 +177,24 @@ fn each_round_judges_its_records_against_the_policies() {
     // The exposures of the declared policies were computed with the model.
     assert!(metrics.contains("flowpol_exposures{"), "{metrics}");
 }
+
+#[test]
+fn events_lost_in_a_round_are_written_beside_its_records_once() {
+    let mut t = agent(CLUSTER, vec![tcp_established([10, 0, 0, 2])]);
+    t.complete.store(true, Ordering::Relaxed);
+    t.agent.round(false).unwrap();
+    let flows = flowpol_analysis::record::read_flows(&t.output).unwrap();
+    assert!(flows.captures.is_empty(), "nothing lost, nothing said");
+    // The kernel reports 5 events lost on one CPU and 2 on another: said once, in the next
+    // round, with the span it happened in.
+    t.agent.session.probe_mut().stats.ring_full_per_cpu = vec![5, 2];
+    t.agent.round(false).unwrap();
+    t.agent.round(false).unwrap();
+    let flows = flowpol_analysis::record::read_flows(&t.output).unwrap();
+    assert_eq!(flows.captures.len(), 1, "{:?}", flows.captures);
+    let c = &flows.captures[0];
+    assert_eq!((c.events_lost, c.node.as_deref()), (7, Some("node-a")));
+    assert!(c.started <= c.ended && c.started.is_some());
+    assert_eq!(flows.missing_flows().len(), 1);
+    assert_eq!(flows.records.len(), 1, "the records are all still read");
+}

@@ -327,6 +327,7 @@ mod tests {
                 side,
                 netns: 1,
                 cgroup_id: None,
+                since: None,
             }),
         }
     }

@@ -4,7 +4,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::record::FlowRecord;
+use crate::record::{capture_line, Capture, FlowRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
@@ -18,21 +18,35 @@ pub enum OutputError {
     Stdout(#[source] std::io::Error),
 }
 
-pub fn write_json_lines(mut w: impl Write, records: &[FlowRecord]) -> std::io::Result<()> {
+/// Records as JSON lines, then the captures' lines (a recording's account of itself).
+pub fn write_json_lines(
+    mut w: impl Write,
+    records: &[FlowRecord],
+    captures: &[Capture],
+) -> std::io::Result<()> {
     for r in records {
         serde_json::to_writer(&mut w, r)?;
+        w.write_all(b"\n")?;
+    }
+    for c in captures {
+        w.write_all(capture_line(c).as_bytes())?;
         w.write_all(b"\n")?;
     }
     w.flush()
 }
 
-/// Writes records to `path` (or stdout for `None`). A file is written beside the target and
-/// renamed into place, so readers never see half a file.
-pub fn emit_records(path: Option<&Path>, records: &[FlowRecord]) -> Result<(), OutputError> {
+/// Writes records and captures to `path` (or stdout for `None`). A file is written beside
+/// the target and renamed into place, so readers never see half a file.
+pub fn emit_records(
+    path: Option<&Path>,
+    records: &[FlowRecord],
+    captures: &[Capture],
+) -> Result<(), OutputError> {
     match path {
-        None => write_json_lines(std::io::stdout().lock(), records).map_err(OutputError::Stdout),
+        None => write_json_lines(std::io::stdout().lock(), records, captures)
+            .map_err(OutputError::Stdout),
         Some(path) => write_atomic(path, |f| {
-            write_json_lines(std::io::BufWriter::new(f), records)
+            write_json_lines(std::io::BufWriter::new(f), records, captures)
         }),
     }
 }
@@ -94,10 +108,22 @@ impl Rotating {
 
     /// Appends the records, one line each, and flushes.
     pub fn write(&mut self, records: &[FlowRecord]) -> Result<(), OutputError> {
+        self.write_lines(
+            records
+                .iter()
+                .map(|r| serde_json::to_vec(r).expect("a flow record serializes")),
+        )
+    }
+
+    /// Appends a capture's line (what the recording lost since the last one).
+    pub fn write_capture(&mut self, capture: &Capture) -> Result<(), OutputError> {
+        self.write_lines(std::iter::once(capture_line(capture).into_bytes()))
+    }
+
+    fn write_lines(&mut self, lines: impl Iterator<Item = Vec<u8>>) -> Result<(), OutputError> {
         let path = self.path.clone();
         let err = |source| OutputError::Write { path, source };
-        for r in records {
-            let mut line = serde_json::to_vec(r).expect("a flow record serializes");
+        for mut line in lines {
             line.push(b'\n');
             if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
                 self.rotate().map_err(err.clone())?;

@@ -125,6 +125,18 @@ pub struct Observer {
     /// cgroup v2 id of the task that opened the connection, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
+    /// Set when the connection was already established when the probe started: found
+    /// among the node's sockets, not seen being made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Since>,
+}
+
+/// When an observation began, if not with the probe watching.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Since {
+    /// Established before the probe started.
+    BeforeStart,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -316,8 +328,42 @@ pub enum ReadError {
     NoPort { path: String, line: usize },
 }
 
+mod capture;
+pub use capture::Capture;
+
+/// A flow file's content: its records, and the account each recording in it gave of itself.
+#[derive(Clone, Debug, Default)]
+pub struct Flows {
+    pub records: Vec<FlowRecord>,
+    pub captures: Vec<Capture>,
+}
+
+impl Flows {
+    /// Why flows may be missing, one line per recording that lost some.
+    pub fn missing_flows(&self) -> Vec<String> {
+        self.captures
+            .iter()
+            .filter_map(Capture::missing_flows)
+            .collect()
+    }
+}
+
+/// The JSON line of a recording's [`Capture`].
+pub fn capture_line(capture: &Capture) -> String {
+    serde_json::to_string(&capture::Line {
+        capture: std::borrow::Cow::Borrowed(capture),
+    })
+    .expect("a capture serializes")
+}
+
 /// Reads JSON lines of flow records (blank lines are skipped), naming file and line on error.
+/// The lines of recordings' [`Capture`]s are left out: [`read_flows`] keeps them.
 pub fn read_json_lines(path: &std::path::Path) -> Result<Vec<FlowRecord>, ReadError> {
+    read_flows(path).map(|f| f.records)
+}
+
+/// Reads a flow file: records and captures.
+pub fn read_flows(path: &std::path::Path) -> Result<Flows, ReadError> {
     use std::io::BufRead;
     let shown = path.display().to_string();
     let io = |source| ReadError::Io {
@@ -329,10 +375,20 @@ pub fn read_json_lines(path: &std::path::Path) -> Result<Vec<FlowRecord>, ReadEr
         return Err(ReadError::TooLarge { path: shown, size });
     }
     let file = std::io::BufReader::new(std::fs::File::open(path).map_err(io)?);
-    let mut out = Vec::new();
+    let mut out = Flows::default();
     for (i, line) in file.lines().enumerate() {
         let line = line.map_err(io)?;
         if line.trim().is_empty() {
+            continue;
+        }
+        if line.trim_start().starts_with(capture::PREFIX) {
+            let c: capture::Line =
+                serde_json::from_str(&line).map_err(|source| ReadError::Parse {
+                    path: shown.clone(),
+                    line: i + 1,
+                    source,
+                })?;
+            out.captures.push(c.capture.into_owned());
             continue;
         }
         let r: FlowRecord = serde_json::from_str(&line).map_err(|source| ReadError::Parse {
@@ -346,7 +402,7 @@ pub fn read_json_lines(path: &std::path::Path) -> Result<Vec<FlowRecord>, ReadEr
                 line: i + 1,
             });
         }
-        out.push(r);
+        out.records.push(r);
     }
     Ok(out)
 }

@@ -156,6 +156,7 @@ mod tests {
                 side,
                 netns,
                 cgroup_id: None,
+                since: None,
             }),
         }
     }
@@ -171,6 +172,7 @@ mod tests {
             item: 0,
             target: Some("10.244.0.11".parse().unwrap()),
             results: BTreeMap::from([(Verdict::Established, 3)]),
+            ..ClientSaw::default()
         };
         let hosts = HashMap::from([(1, "a/c".to_owned()), (2, "a/s".to_owned())]);
         let good = [
@@ -219,6 +221,7 @@ mod tests {
             item: 0,
             target: Some("10.244.0.11".parse().unwrap()),
             results: BTreeMap::from([(Verdict::Established, 1), (Verdict::Timeout, 1)]),
+            ..ClientSaw::default()
         };
         let hosts = HashMap::from([(1, "a/c".to_owned()), (2, "a/s".to_owned())]);
         let captured = [

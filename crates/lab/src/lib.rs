@@ -126,11 +126,22 @@ impl Lab {
         self.run_plan(&self.resolved)
     }
 
-    /// Runs another plan's traffic, with its settings, over this lab's hosts (the plan's
+    /// Opens the connections of the items marked `held` and keeps them open until the
+    /// returned value is dropped.
+    pub fn hold(&self) -> Result<traffic::Held, NetError> {
+        traffic::hold(&self.resolved, &self.namespaces)
+    }
+
+    /// Runs another plan's traffic (but its `held` items: see [`Lab::hold`]), with its settings, over this lab's hosts (the plan's
     /// hosts must be the lab's: the conformance cases share one model of pods).
     pub fn run_plan(&self, plan: &Resolved) -> Result<Vec<ClientSaw>, NetError> {
-        let items: Vec<(usize, &scenario::Traffic)> =
-            plan.scenario.traffic.iter().enumerate().collect();
+        let items: Vec<(usize, &scenario::Traffic)> = plan
+            .scenario
+            .traffic
+            .iter()
+            .enumerate()
+            .filter(|(_, t)| !t.held)
+            .collect();
         let at_once = plan.scenario.settings.concurrency as usize;
         flowpol_node::client::batched(&items, at_once, |&(i, t)| {
             let ns = self

@@ -66,6 +66,7 @@ pub fn as_traffic(mut resolved: Resolved, attempts: &[Attempt]) -> Resolved {
             },
             parallel: 1,
             close: Close::Graceful,
+            held: false,
             expect: None,
         })
         .collect();

@@ -58,8 +58,9 @@ pub async fn run(resolved: Resolved, node: Option<String>) -> Result<LabReport, 
     run_on(lab, node, &mut shutdown).await
 }
 
-/// [`run`] on a lab already created (not yet listening): the probe is loaded before the
-/// listeners start, so their sockets' namespaces are known to it.
+/// [`run`] on a lab already created (not yet listening). Listeners start and the `held`
+/// connections open before the probe is loaded, as on a node where flowpol starts after
+/// the workloads: what is already open must be found ([`Session::starting_from_open`]).
 pub async fn run_on(
     mut lab: Lab,
     node: Option<String>,
@@ -67,12 +68,17 @@ pub async fn run_on(
 ) -> Result<LabReport, LabError> {
     flowpol_node::capture::check_privileges()?;
     let info = kernel::discover()?;
+    let lab = Arc::new(tokio::task::spawn_blocking(move || lab.listen().map(|()| lab)).await??);
+    let held = tokio::task::spawn_blocking({
+        let lab = lab.clone();
+        move || lab.hold()
+    })
+    .await??;
     let probe = Sensor::load(&info)?;
-    let mut session = Session::new(
+    let mut session = Session::starting_from_open(
         probe,
         Aggregator::new(node, Clock::system(), info.drop_reasons),
     );
-    let lab = Arc::new(tokio::task::spawn_blocking(move || lab.listen().map(|()| lab)).await??);
     let started = std::time::Instant::now();
     let stop_flag = lab.stop_flag();
     let traffic = tokio::task::spawn_blocking({
@@ -103,8 +109,11 @@ pub async fn run_on(
         );
     };
     session.run(stop).await?;
-    let outcomes = finished.unwrap_or(Err(LabError::Interrupted))?;
+    let mut outcomes = finished.unwrap_or(Err(LabError::Interrupted))?;
     let (records, summary) = session.finish();
+    outcomes.extend(held.outcomes.iter().cloned());
+    outcomes.sort_by_key(|o| o.item);
+    drop(held);
     let hosts_by_inode = lab.inodes();
     let records: Vec<FlowRecord> = records
         .into_iter()

@@ -69,6 +69,8 @@ pub enum Problem {
     BadCount,
     #[error("the lab sends TCP and UDP only")]
     SendsTcpUdpOnly,
+    #[error("only TCP connections can be held open")]
+    HeldTcpOnly,
     #[error("`{expect}` cannot be expected of a {protocol} client")]
     Unexpected { expect: String, protocol: Protocol },
     #[error("a port needs a protocol")]
@@ -230,6 +232,10 @@ pub struct Traffic {
     pub parallel: u32,
     #[serde(default)]
     pub close: Close,
+    /// Opened before the recording starts and kept open until it ends, sending nothing:
+    /// a connection pool's or a stream's (TCP only).
+    #[serde(default)]
+    pub held: bool,
     /// What the client side must observe; checked by `flowpol lab --check`.
     pub expect: Option<Verdict>,
 }
@@ -455,6 +461,9 @@ fn resolve(path: &str, scenario: Scenario) -> Result<Resolved, ScenarioError> {
                 format!("traffic[{i}].protocol"),
                 Problem::SendsTcpUdpOnly,
             ));
+        }
+        if t.held && t.protocol != Protocol::TCP {
+            return Err(invalid(format!("traffic[{i}].held"), Problem::HeldTcpOnly));
         }
         let verdict_ok = match (t.protocol, t.expect) {
             (_, None) => true,

@@ -64,12 +64,19 @@ pub fn listen(
                         return Err(io(std::io::Error::last_os_error()));
                     }
                     set_timeout(&l, TICK).map_err(io)?;
+                    // Connections whose client sends nothing and keeps them open (held
+                    // traffic), kept open until the listener stops, as a server would.
+                    let mut quiet = Vec::new();
                     Ok(Box::new(move || match l.accept() {
                         Ok((mut conn, _)) => {
                             // Read the request before closing, as a server would; closing on
                             // unread data makes the kernel reset and discard it.
                             let _ = conn.set_read_timeout(Some(TICK));
-                            let _ = std::io::copy(&mut conn, &mut std::io::sink());
+                            if let Err(e) = std::io::copy(&mut conn, &mut std::io::sink()) {
+                                if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+                                    quiet.push(conn);
+                                }
+                            }
                             true
                         }
                         Err(e) => matches!(
@@ -133,6 +140,10 @@ pub struct ClientSaw {
     pub target: Option<IpAddr>,
     /// Attempts by result: established/refused/timeout for TCP, answered/sent for UDP.
     pub results: BTreeMap<Verdict, u32>,
+    /// UDP sends that failed, by errno name (`EPERM`: a filter of the client's own
+    /// namespace dropped the datagram).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub send_errors: BTreeMap<String, u32>,
 }
 
 /// Runs one traffic item from the namespace of its source host.
@@ -163,33 +174,102 @@ pub fn run_item(
             let ns = ns.to_owned();
             let stop = stop.clone();
             let (protocol, close) = (t.protocol, t.close);
-            std::thread::spawn(move || -> Result<BTreeMap<Verdict, u32>, NetError> {
+            std::thread::spawn(move || -> Result<ClientSaw, NetError> {
                 enter(&ns)?;
-                let mut results = BTreeMap::new();
+                let mut saw = ClientSaw::default();
                 for _ in 0..n {
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let v = client::attempt(addr, protocol, timeout, close);
-                    *results.entry(v).or_insert(0) += 1;
+                    let (v, error) = client::attempt_telling_errors(addr, protocol, timeout, close);
+                    *saw.results.entry(v).or_insert(0) += 1;
+                    if let Some(error) = error {
+                        *saw.send_errors.entry(error).or_insert(0) += 1;
+                    }
                 }
-                Ok(results)
+                Ok(saw)
             })
         })
         .collect();
     let mut outcome = ClientSaw {
         item,
         target: Some(target),
-        results: BTreeMap::new(),
+        ..ClientSaw::default()
     };
     for th in threads {
         let part = th.join().map_err(|_| NetError::Command {
             command: format!("traffic[{item}]"),
             stderr: "client thread panicked".into(),
         })??;
-        for (v, n) in part {
+        for (v, n) in part.results {
             *outcome.results.entry(v).or_insert(0) += n;
+        }
+        for (e, n) in part.send_errors {
+            *outcome.send_errors.entry(e).or_insert(0) += n;
         }
     }
     Ok(outcome)
+}
+
+/// Connections of the traffic items marked `held`, opened and kept open: the open
+/// connections a probe started later finds. Dropping it closes them.
+pub struct Held {
+    pub outcomes: Vec<ClientSaw>,
+    _streams: Vec<std::net::TcpStream>,
+}
+
+/// Opens the `held` items' connections, each from its source's namespace (a socket stays in
+/// the namespace it was made in).
+pub fn hold(
+    resolved: &Resolved,
+    namespaces: &std::collections::HashMap<String, String>,
+) -> Result<Held, NetError> {
+    let mut held = Held {
+        outcomes: Vec::new(),
+        _streams: Vec::new(),
+    };
+    for (item, t) in resolved.scenario.traffic.iter().enumerate() {
+        if !t.held {
+            continue;
+        }
+        let failed = |why: String| NetError::Command {
+            command: format!("traffic[{item}] (held)"),
+            stderr: why,
+        };
+        let ns = namespaces
+            .get(&t.from)
+            .ok_or_else(|| failed(format!("`{}` is not a host of this lab", t.from)))?
+            .clone();
+        let target = resolved
+            .address(&t.to, t.family)
+            .ok_or_else(|| failed(format!("`{}` has no {:?} address", t.to, t.family)))?;
+        let addr = SocketAddr::new(target, t.port);
+        let (count, timeout) = (t.count, resolved.scenario.settings.timeout);
+        let opened = std::thread::spawn(move || -> Result<Vec<_>, NetError> {
+            enter(&ns)?;
+            Ok((0..count)
+                .map(|_| std::net::TcpStream::connect_timeout(&addr, timeout))
+                .collect())
+        })
+        .join()
+        .map_err(|_| failed("client thread panicked".into()))??;
+        let mut outcome = ClientSaw {
+            item,
+            target: Some(target),
+            ..ClientSaw::default()
+        };
+        for r in opened {
+            let verdict = match r {
+                Ok(stream) => {
+                    held._streams.push(stream);
+                    Verdict::Established
+                }
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => Verdict::Refused,
+                Err(_) => Verdict::Timeout,
+            };
+            *outcome.results.entry(verdict).or_insert(0) += 1;
+        }
+        held.outcomes.push(outcome);
+    }
+    Ok(held)
 }

@@ -2,14 +2,14 @@
 //! caller, time conversion goes through a [`Clock`] the caller provides.
 use std::{
     collections::{BTreeMap, HashMap},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
 };
 
 use chrono::{DateTime, Utc};
 use probe_common::{EventKind, FlowKey, FlowStats, UDP_ANSWERED, UDP_LOCAL_INITIATOR};
 
-use crate::decode::Observation;
-use flowpol_analysis::record::{Endpoint, FlowRecord, Observer, Protocol, Side, Verdict};
+use crate::{decode::Observation, existing::Connection};
+use flowpol_analysis::record::{Endpoint, FlowRecord, Observer, Protocol, Side, Since, Verdict};
 
 /// Converts the probe's CLOCK_MONOTONIC nanoseconds to wall-clock time.
 #[derive(Clone, Copy, Debug)]
@@ -82,7 +82,12 @@ struct ConnKey {
     dst_port: u16,
     verdict: Verdict,
     errno: u32,
+    /// Found established when the probe started.
+    before_start: bool,
 }
+
+/// A connection's ends as one of its sockets sees them: side, netns, client, server.
+type Ends = (Side, u32, SocketAddr, SocketAddr);
 
 #[derive(Clone, Debug)]
 struct ConnAgg {
@@ -111,7 +116,7 @@ type Identity = (
     Option<Verdict>,
     Option<String>,
     Option<String>,
-    Option<(Side, u32)>,
+    Option<(Side, u32, Option<Since>)>,
 );
 
 fn identity(r: &FlowRecord) -> Identity {
@@ -123,7 +128,7 @@ fn identity(r: &FlowRecord) -> Identity {
         r.verdict,
         r.drop_reason.clone(),
         r.error.clone(),
-        r.observer.as_ref().map(|o| (o.side, o.netns)),
+        r.observer.as_ref().map(|o| (o.side, o.netns, o.since)),
     )
 }
 
@@ -191,6 +196,9 @@ pub struct Aggregator {
     drop_reasons: HashMap<u32, String>,
     conns: HashMap<ConnKey, ConnAgg>,
     flows: HashMap<FlowKey, FlowAgg>,
+    /// Connections found open at start, until the probe reports one of them being made
+    /// (it was established between the probe's start and the listing): then it is not.
+    before_start: HashMap<Ends, ConnKey>,
 }
 
 impl Aggregator {
@@ -201,7 +209,41 @@ impl Aggregator {
             drop_reasons,
             conns: HashMap::new(),
             flows: HashMap::new(),
+            before_start: HashMap::new(),
         }
+    }
+
+    /// The node put in every record.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
+    }
+
+    /// Adds the connections found established when the probe started (seen at `at_ns`),
+    /// each socket once; returns how many there were.
+    pub fn add_before_start(&mut self, conns: &[Connection], at_ns: u64) -> usize {
+        let mut added = 0;
+        for c in conns {
+            let ends = (c.side, c.netns, c.client, c.server);
+            if self.before_start.contains_key(&ends) {
+                continue;
+            }
+            added += 1;
+            let key = ConnKey {
+                side: c.side,
+                netns: c.netns,
+                protocol: Protocol::TCP,
+                src: c.client.ip(),
+                dst: c.server.ip(),
+                dst_port: c.server.port(),
+                verdict: Verdict::Established,
+                errno: 0,
+                before_start: true,
+            };
+            let cgroup = (c.cgroup_id != 0).then_some(c.cgroup_id);
+            self.count(key.clone(), at_ns, at_ns, c.client.port(), cgroup);
+            self.before_start.insert(ends, key);
+        }
+        added
     }
 
     pub fn add(&mut self, obs: Observation) {
@@ -231,6 +273,17 @@ impl Aggregator {
                 return;
             }
         };
+        if verdict == Verdict::Established {
+            let ends = (
+                side,
+                obs.netns,
+                SocketAddr::new(obs.src, obs.src_port),
+                SocketAddr::new(obs.dst, obs.dst_port),
+            );
+            if let Some(listed) = self.before_start.remove(&ends) {
+                self.uncount(&listed);
+            }
+        }
         let key = ConnKey {
             side,
             netns: obs.netns,
@@ -244,15 +297,20 @@ impl Aggregator {
             } else {
                 obs.errno
             },
+            before_start: false,
         };
-        let first = obs.ts_ns;
         let cgroup = (obs.cgroup_id != 0).then_some(obs.cgroup_id);
+        self.count(key, obs.ts_ns, obs.ts_ns, obs.src_port, cgroup);
+    }
+
+    /// One more connection under `key`.
+    fn count(&mut self, key: ConnKey, first: u64, last: u64, src_port: u16, cgroup: Option<u64>) {
         match self.conns.get_mut(&key) {
             Some(agg) => {
                 agg.first_ns = agg.first_ns.min(first);
-                agg.last_ns = agg.last_ns.max(obs.ts_ns);
+                agg.last_ns = agg.last_ns.max(last);
                 agg.count += 1;
-                if agg.src_port != Some(obs.src_port) {
+                if agg.src_port != Some(src_port) {
                     agg.src_port = None;
                 }
                 if agg.cgroup_id != cgroup {
@@ -264,12 +322,22 @@ impl Aggregator {
                     key,
                     ConnAgg {
                         first_ns: first,
-                        last_ns: obs.ts_ns,
+                        last_ns: last,
                         count: 1,
-                        src_port: Some(obs.src_port),
+                        src_port: Some(src_port),
                         cgroup_id: cgroup,
                     },
                 );
+            }
+        }
+    }
+
+    /// One connection fewer under `key` (a listed one the probe saw being made).
+    fn uncount(&mut self, key: &ConnKey) {
+        if let Some(agg) = self.conns.get_mut(key) {
+            agg.count -= 1;
+            if agg.count == 0 {
+                self.conns.remove(key);
             }
         }
     }
@@ -338,6 +406,8 @@ impl Aggregator {
         idle_before_ns: u64,
         gone: &[FlowKey],
     ) -> (Vec<FlowRecord>, Vec<FlowKey>) {
+        // What was listed at start and taken now can no longer be reported twice.
+        self.before_start.clear();
         let mut out: Vec<FlowRecord> = self
             .conns
             .drain()
@@ -390,6 +460,7 @@ impl Aggregator {
                 side: k.side,
                 netns: k.netns,
                 cgroup_id: a.cgroup_id,
+                since: k.before_start.then_some(Since::BeforeStart),
             }),
         }
     }
@@ -436,6 +507,7 @@ impl Aggregator {
                 side,
                 netns: s.netns,
                 cgroup_id: (s.cgroup_id != 0).then_some(s.cgroup_id),
+                since: None,
             }),
         }
     }

@@ -11,14 +11,16 @@
 )]
 use aya::{
     include_bytes_aligned,
-    maps::{MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         cgroup_skb::CgroupSkbAttachType, links::CgroupAttachMode, CgroupSkb, CgroupSock,
         RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
-use probe_common::{FlowKey, FlowStats, Stat, GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_STATS};
+use probe_common::{
+    FlowKey, FlowStats, Stat, GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_SOCK_NETNS, MAP_STATS,
+};
 use std::os::fd::AsFd;
 
 use tokio::io::unix::AsyncFd;
@@ -102,6 +104,7 @@ pub struct Sensor {
     ring: AsyncFd<RingBuf<MapData>>,
     flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
     stats: PerCpuArray<MapData, u64>,
+    sock_netns: BpfHashMap<MapData, u64, u32>,
     _ebpf: Ebpf,
 }
 
@@ -219,10 +222,12 @@ impl Sensor {
             unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Poll(e.into_parts().1))?;
         let flows = take(&mut ebpf, MAP_FLOWS)?;
         let stats = take(&mut ebpf, MAP_STATS)?;
+        let sock_netns = take(&mut ebpf, MAP_SOCK_NETNS)?;
         Ok(Self {
             ring,
             flows,
             stats,
+            sock_netns,
             _ebpf: ebpf,
         })
     }
@@ -286,6 +291,14 @@ impl Sensor {
     pub fn forget(&mut self, key: &FlowKey) {
         // Already gone (evicted by the LRU) is as good.
         let _ = self.flows.remove(key);
+    }
+
+    /// Tells the UDP hooks the namespace of a socket older than the probe, unless they
+    /// know it already (the ingress hook cannot read it from the packet's context).
+    pub fn learn_netns(&mut self, cookie: u64, netns: u32) {
+        const BPF_NOEXIST: u64 = 1;
+        // Known already, or the LRU map full of younger sockets: both fine.
+        let _ = self.sock_netns.insert(cookie, netns, BPF_NOEXIST);
     }
 
     pub fn stats(&self) -> SensorStats {

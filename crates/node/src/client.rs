@@ -78,9 +78,20 @@ pub fn batched<T: Sync, R: Send>(
 /// One connection attempt (TCP, closed as `close` says) or datagram (UDP) to `addr` from the
 /// calling thread's network namespace, as the client saw it.
 pub fn attempt(addr: SocketAddr, protocol: Protocol, timeout: Duration, close: Close) -> Verdict {
+    attempt_telling_errors(addr, protocol, timeout, close).0
+}
+
+/// [`attempt`], with the error a UDP send failed with: `EPERM` when a filter of the
+/// client's own namespace dropped the datagram (its verdict is still `sent`: it was).
+pub fn attempt_telling_errors(
+    addr: SocketAddr,
+    protocol: Protocol,
+    timeout: Duration,
+    close: Close,
+) -> (Verdict, Option<String>) {
     match protocol {
         Protocol::UDP => udp_attempt(addr, timeout),
-        _ => tcp_attempt(addr, timeout, close),
+        _ => (tcp_attempt(addr, timeout, close), None),
     }
 }
 
@@ -104,22 +115,30 @@ fn tcp_attempt(addr: SocketAddr, timeout: Duration, close: Close) -> Verdict {
     }
 }
 
-fn udp_attempt(addr: SocketAddr, timeout: Duration) -> Verdict {
+fn udp_attempt(addr: SocketAddr, timeout: Duration) -> (Verdict, Option<String>) {
     let local: SocketAddr = if addr.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {
         ([0u16; 8], 0).into()
     };
-    let Ok(s) = UdpSocket::bind(local) else {
-        return Verdict::Sent;
+    let s = match UdpSocket::bind(local) {
+        Ok(s) => s,
+        Err(e) => return (Verdict::Sent, Some(error_name(&e))),
     };
-    if s.send_to(b"query", addr).is_err() {
-        return Verdict::Sent;
+    if let Err(e) = s.send_to(b"query", addr) {
+        return (Verdict::Sent, Some(error_name(&e)));
     }
     let _ = s.set_read_timeout(Some(timeout));
     let mut buf = [0u8; 64];
     match s.recv_from(&mut buf) {
-        Ok(_) => Verdict::Answered,
-        Err(_) => Verdict::Sent,
+        Ok(_) => (Verdict::Answered, None),
+        Err(_) => (Verdict::Sent, None),
     }
+}
+
+/// `EPERM`, `ENETUNREACH`, ...: the errno's name, as records name socket errors.
+fn error_name(e: &std::io::Error) -> String {
+    e.raw_os_error()
+        .and_then(|n| crate::aggregate::errno_name(n as u32))
+        .unwrap_or_else(|| e.to_string())
 }

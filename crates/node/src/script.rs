@@ -24,6 +24,8 @@ pub struct Script {
     pub counters: HashMap<FlowKey, FlowStats>,
     pub forgotten: Vec<FlowKey>,
     pub stats: SensorStats,
+    /// Socket cookie -> netns, as taught by the session.
+    pub learnt: HashMap<u64, u32>,
 }
 
 impl EventSource for Script {
@@ -53,6 +55,9 @@ impl EventSource for Script {
     }
     fn stats(&self) -> SensorStats {
         self.stats.clone()
+    }
+    fn learn_netns(&mut self, cookie: u64, netns: u32) {
+        self.learnt.entry(cookie).or_insert(netns);
     }
 }
 

@@ -8,8 +8,10 @@ use crate::{
     aggregate::{monotonic_ns, Aggregator, Totals},
     capture::{CaptureError, Sensor, SensorStats},
     decode::decode,
+    existing::{self, Scan},
 };
-use flowpol_analysis::record::FlowRecord;
+use chrono::{DateTime, Utc};
+use flowpol_analysis::record::{Capture, FlowRecord};
 
 /// How often counters of kernel-aggregated flows are read back.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
@@ -32,6 +34,22 @@ pub struct Summary {
     pub decode_errors: u64,
     /// Aggregated flows whose kernel counters were evicted before the final read.
     pub counters_evicted: u64,
+    /// What was found open when the probe started.
+    pub before_start: BeforeStart,
+    /// The same losses, as the line a recording's flow file ends with.
+    #[serde(skip)]
+    pub capture: Capture,
+}
+
+/// The listing of the node's sockets at start ([`existing`]).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BeforeStart {
+    /// TCP connections found established (each side that is on this node).
+    pub connections: usize,
+    pub namespaces: usize,
+    pub scan_ms: u64,
+    /// Namespaces that could not be listed, and why: connections there may be missing.
+    pub failed: Vec<String>,
 }
 
 impl std::fmt::Display for Summary {
@@ -50,6 +68,15 @@ impl std::fmt::Display for Summary {
         }
         for (reason, n) in &self.totals.drops_by_reason {
             writeln!(f, "  dropped {reason:<24} {n} packets")?;
+        }
+        let b = &self.before_start;
+        writeln!(
+            f,
+            "  open at start    {} connections in {} namespaces (listed in {} ms)",
+            b.connections, b.namespaces, b.scan_ms
+        )?;
+        for failed in &b.failed {
+            writeln!(f, "  not listed       {failed}")?;
         }
         write!(f, "  events lost      {}", self.losses())
     }
@@ -85,6 +112,8 @@ pub trait EventSource {
     /// Removes a flow from the kernel's map, so its next packet starts it anew.
     fn forget(&mut self, key: &FlowKey);
     fn stats(&self) -> SensorStats;
+    /// Tells the probe the netns of a socket older than it.
+    fn learn_netns(&mut self, cookie: u64, netns: u32);
 }
 
 impl EventSource for Sensor {
@@ -107,6 +136,9 @@ impl EventSource for Sensor {
     fn stats(&self) -> SensorStats {
         Sensor::stats(self)
     }
+    fn learn_netns(&mut self, cookie: u64, netns: u32) {
+        Sensor::learn_netns(self, cookie, netns)
+    }
 }
 
 /// Runs capture until `stop` completes, then drains what is left.
@@ -116,6 +148,19 @@ pub struct Session<S = Sensor> {
     events: u64,
     decode_errors: u64,
     counters_evicted: u64,
+    before_start: BeforeStart,
+    started: DateTime<Utc>,
+}
+
+impl Session<Sensor> {
+    /// A session on a probe just loaded, starting from the connections already open on
+    /// this node (see [`existing`]): listed after the probe is attached, so none falls
+    /// between the two.
+    pub fn starting_from_open(probe: Sensor, agg: Aggregator) -> Self {
+        let mut session = Self::new(probe, agg);
+        session.adopt(&existing::scan(), monotonic_ns());
+        session
+    }
 }
 
 impl<S: EventSource> Session<S> {
@@ -126,7 +171,40 @@ impl<S: EventSource> Session<S> {
             events: 0,
             decode_errors: 0,
             counters_evicted: 0,
+            before_start: BeforeStart::default(),
+            started: Utc::now(),
         }
+    }
+
+    /// The event source, for a test that scripts it as the session runs.
+    #[cfg(feature = "script")]
+    pub fn probe_mut(&mut self) -> &mut S {
+        &mut self.probe
+    }
+
+    /// Takes in what a listing of the node's sockets found, made at `at_ns`.
+    pub fn adopt(&mut self, scan: &Scan, at_ns: u64) {
+        let conns = existing::connections(&scan.sockets);
+        let found = self.agg.add_before_start(&conns, at_ns);
+        for (cookie, netns) in existing::udp_namespaces(&scan.sockets) {
+            self.probe.learn_netns(cookie, netns);
+        }
+        for (path, why) in &scan.failed {
+            tracing::warn!(
+                "cannot list the sockets of network namespace {}: {why}; connections open there before the start are missing",
+                path.display()
+            );
+        }
+        self.before_start = BeforeStart {
+            connections: found,
+            namespaces: scan.namespaces,
+            scan_ms: scan.elapsed.as_millis() as u64,
+            failed: scan
+                .failed
+                .iter()
+                .map(|(p, why)| format!("{}: {why}", p.display()))
+                .collect(),
+        };
     }
 
     /// Captures until `stop` completes, and returns its output.
@@ -194,6 +272,15 @@ impl<S: EventSource> Session<S> {
     /// Counters so far (totals of what is still held, for a session that is not taken from).
     pub fn summary(&self) -> Summary {
         let probe = self.probe.stats();
+        let capture = Capture {
+            node: self.agg.node().map(str::to_owned),
+            started: Some(self.started),
+            ended: Some(Utc::now()),
+            events_lost: probe.events_lost(),
+            decode_errors: self.decode_errors,
+            counters_evicted: self.counters_evicted,
+            namespaces_not_listed: self.before_start.failed.len() as u64,
+        };
         Summary {
             totals: self.agg.totals(),
             events: self.events,
@@ -201,6 +288,8 @@ impl<S: EventSource> Session<S> {
             probe,
             decode_errors: self.decode_errors,
             counters_evicted: self.counters_evicted,
+            before_start: self.before_start.clone(),
+            capture,
         }
     }
 
@@ -325,6 +414,83 @@ mod tests {
         assert_eq!(summary.events, 2);
         assert_eq!(summary.decode_errors, 1);
         assert_eq!(summary.events_lost, 3);
+    }
+
+    fn listed(netns: u32, state: u8, local: &str, remote: &str) -> existing::Socket {
+        existing::Socket {
+            netns,
+            protocol: flowpol_analysis::record::Protocol::TCP,
+            entry: existing::diag::Entry {
+                state,
+                local: local.parse().unwrap(),
+                remote: remote.parse().unwrap(),
+                cookie: 0,
+                cgroup_id: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn connections_open_at_start_are_reported_once_per_side_and_marked() {
+        use existing::diag::{ESTABLISHED, LISTEN};
+        use flowpol_analysis::record::{Side, Since};
+        // 10.0.0.1:40000 -> 10.0.0.2:8080 established before the start, both ends on this
+        // node (netns 1 the client's, 2 the server's); and one more the probe then saw
+        // being made, as the listing ran just after its handshake (the script's event).
+        let mut sockets = vec![
+            listed(2, LISTEN, "0.0.0.0:8080", "0.0.0.0:0"),
+            listed(1, ESTABLISHED, "10.0.0.1:40000", "10.0.0.2:8080"),
+            listed(2, ESTABLISHED, "10.0.0.2:8080", "10.0.0.1:40000"),
+            listed(9, ESTABLISHED, "10.0.0.1:40000", "10.0.0.2:8080"),
+        ];
+        // Listed twice (two threads of one process in the namespace): still once.
+        sockets.push(sockets[1].clone());
+        let mut udp = listed(3, 7, "0.0.0.0:53", "0.0.0.0:0");
+        udp.protocol = flowpol_analysis::record::Protocol::UDP;
+        udp.entry.cookie = 42;
+        sockets.push(udp);
+        let mut seen = crate::script::event(
+            probe_common::EventKind::TcpEstablishedOut,
+            probe_common::AF_INET,
+            probe_common::IPPROTO_TCP,
+        );
+        (seen.netns, seen.key.netns) = (9, 9);
+        let mut s = session(Script {
+            pending: vec![crate::script::bytes(&seen)],
+            ..Script::default()
+        });
+        s.adopt(
+            &Scan {
+                sockets,
+                namespaces: 4,
+                ..Scan::default()
+            },
+            1_000,
+        );
+        assert_eq!(
+            s.probe.learnt,
+            HashMap::from([(42, 3)]),
+            "the UDP socket's netns"
+        );
+        let records = s.take(Duration::from_secs(60));
+        let got: Vec<_> = records
+            .iter()
+            .map(|r| {
+                let o = r.observer.as_ref().unwrap();
+                (o.netns, o.side, o.since, r.count)
+            })
+            .collect();
+        let mut want = vec![
+            (1, Side::Client, Some(Since::BeforeStart), 1),
+            (2, Side::Server, Some(Since::BeforeStart), 1),
+            (9, Side::Client, None, 1),
+        ];
+        let mut got_sorted = got.clone();
+        got_sorted.sort();
+        want.sort();
+        assert_eq!(got_sorted, want, "{records:#?}");
+        assert_eq!(s.summary().before_start.connections, 3);
+        assert!(s.take(Duration::from_secs(60)).is_empty(), "taken once");
     }
 
     #[tokio::test]

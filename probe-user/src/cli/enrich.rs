@@ -16,7 +16,7 @@ pub(super) struct Args {
 }
 
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (_, records) = args.input.load("enrich").await?;
-    output::emit_records(args.output.as_deref(), &records)?;
+    let (_, flows) = args.input.load("enrich").await?;
+    output::emit_records(args.output.as_deref(), &flows.records, &flows.captures)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -135,7 +135,11 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             .output
             .as_deref()
             .map(|o| output::repetition(o, i, args.repeat));
-        output::emit_records(output.as_deref(), &report.records)?;
+        output::emit_records(
+            output.as_deref(),
+            &report.records,
+            std::slice::from_ref(&report.summary.capture),
+        )?;
         super::enforcing::write_facts(output.as_deref(), enforced.as_ref())?;
         failed |= tell(&args, &report);
     }

@@ -120,7 +120,11 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 (report, Some(enforced))
             }
         };
-        output::emit_records(output.as_deref(), &report.records)?;
+        output::emit_records(
+            output.as_deref(),
+            &report.records,
+            std::slice::from_ref(&report.summary.capture),
+        )?;
         super::enforcing::write_facts(output.as_deref(), enforced.as_ref())?;
         eprintln!(
             "flowpol probe: {} records in {:.1} s; judge them with `flowpol verify --flows`",
@@ -161,7 +165,11 @@ async fn on_node(args: Args) -> anyhow::Result<ExitCode> {
     for i in 1..=args.repeat {
         let output = args.output_of(i)?;
         let probed = share.clone().record(super::record::hostname()).await?;
-        output::emit_records(output.as_deref(), &probed.records)?;
+        output::emit_records(
+            output.as_deref(),
+            &probed.records,
+            std::slice::from_ref(&probed.summary.capture),
+        )?;
         eprintln!("{}", probed.summary);
         if probed.unentered > 0 {
             anyhow::bail!(

@@ -63,7 +63,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let probe = Sensor::load(&info).context("loading the eBPF probe")?;
     let node = args.node.or_else(hostname);
-    let mut session = Session::new(
+    let mut session = Session::starting_from_open(
         probe,
         Aggregator::new(node, Clock::system(), info.drop_reasons),
     );
@@ -106,7 +106,11 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         cgroups.extend(podcgroup::scan(&info.cgroup2));
         attribute::enrich_on_node(&loaded.cluster, &mut records, &cgroups);
     }
-    output::emit_records(args.output.as_deref(), &records)?;
+    output::emit_records(
+        args.output.as_deref(),
+        &records,
+        std::slice::from_ref(&summary.capture),
+    )?;
     eprintln!("{summary}");
     Ok(code)
 }

@@ -12,7 +12,7 @@ use flowpol_analysis::{
         engine::Engine,
         Policy,
     },
-    record::{self, FlowRecord},
+    record::{self, FlowRecord, Flows},
 };
 use flowpol_kube::{
     store,
@@ -68,16 +68,21 @@ pub(super) struct FlowsFrom {
 }
 
 impl FlowsFrom {
-    /// The cluster, and the records with both ends named from it. The flows are read first:
+    /// The cluster, and the flows with both ends named from it. The flows are read first:
     /// a bad file fails before the API server is asked anything.
-    pub(super) async fn load(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
+    pub(super) async fn load(&self, command: &str) -> anyhow::Result<(Loaded, Flows)> {
         let Some(path) = &self.flows else {
-            return self.read_cluster_store(command).await;
+            let (loaded, records) = self.read_cluster_store(command).await?;
+            let flows = Flows {
+                records,
+                captures: Vec::new(),
+            };
+            return Ok((loaded, flows));
         };
-        let mut records = record::read_json_lines(path)?;
+        let mut flows = record::read_flows(path)?;
         let loaded = self.source.load(command).await?;
-        attribute::enrich(&loaded.cluster, &mut records);
-        Ok((loaded, records))
+        attribute::enrich(&loaded.cluster, &mut flows.records);
+        Ok((loaded, flows))
     }
 
     /// The live cluster and the traffic its ObservedTraffic objects hold.

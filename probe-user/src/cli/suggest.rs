@@ -41,10 +41,24 @@ pub(super) struct Args {
     /// Write the YAML here (replaced atomically) instead of stdout.
     #[arg(long, short)]
     output: Option<PathBuf>,
+    /// Write a suggestion even when the recording lost events (it may then break flows
+    /// that were not seen).
+    #[arg(long)]
+    accept_loss: bool,
 }
 
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (snap, records) = args.input.load("suggest").await?;
+    let (snap, flows) = args.input.load("suggest").await?;
+    let incomplete = flows.missing_flows();
+    for why in &incomplete {
+        eprintln!("flowpol suggest: the recording is incomplete: {why}");
+    }
+    if !incomplete.is_empty() && !args.accept_loss {
+        anyhow::bail!(
+            "a suggestion from an incomplete recording may break the flows it did not see: record again, or pass --accept-loss to write it anyway"
+        );
+    }
+    let records = flows.records;
     let existing = snap.compile("suggest")?;
     let cluster_policies = snap.compile_cluster_policies("suggest")?;
     let options = Options {
@@ -132,6 +146,9 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             std::io::Write::write_all(&mut f, yaml.as_bytes())
         })?,
         None => print!("{yaml}"),
+    }
+    if !incomplete.is_empty() {
+        eprintln!("flowpol suggest: warning: written with --accept-loss from an incomplete recording: it may not allow every flow the workloads make");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -23,9 +23,14 @@ pub(super) struct Args {
 }
 
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (snap, records) = args.input.load("verify").await?;
+    let (snap, flows) = args.input.load("verify").await?;
     let engine = snap.engine("verify")?;
-    let report = verify::verify(&engine, records);
+    let incomplete = flows.missing_flows();
+    let mut report = verify::verify(&engine, flows.records);
+    for why in &incomplete {
+        eprintln!("flowpol verify: warning: the recording is incomplete ({why}): flows may be missing from the verdicts");
+    }
+    report.incomplete = incomplete;
     match args.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Format::Table => print!("{}", verify::render(&report)),

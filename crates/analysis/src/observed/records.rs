@@ -152,6 +152,7 @@ pub fn records(
                     },
                     netns: 0,
                     cgroup_id: None,
+                    since: None,
                 });
                 out.push(r);
             }

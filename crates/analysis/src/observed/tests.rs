@@ -51,6 +51,7 @@ fn seen(side: Side, verdict: Verdict, at: &str) -> FlowRecord {
         side,
         netns: 1,
         cgroup_id: None,
+        since: None,
     });
     r.first_seen = Some(at.parse().unwrap());
     r

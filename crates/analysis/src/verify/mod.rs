@@ -216,6 +216,10 @@ pub struct Summary {
 pub struct Report {
     pub summary: Summary,
     pub findings: Vec<Finding>,
+    /// Why flows may be missing from what was verified: the recordings' own account of
+    /// events they lost (see [`crate::record::Capture`]). Empty when nothing was lost.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub incomplete: Vec<String>,
 }
 
 impl Report {
@@ -331,7 +335,11 @@ fn report(engine: &Engine, records: Vec<FlowRecord>, exposures: bool) -> Report 
     for f in &findings {
         *summary.findings.entry(f.kind()).or_default() += 1;
     }
-    Report { summary, findings }
+    Report {
+        summary,
+        findings,
+        incomplete: Vec::new(),
+    }
 }
 
 /// An end the model should have named: no attribution at all, or an "external" address in

@@ -12,6 +12,12 @@ pub fn render(report: &Report) -> String {
         "verified {} records: {} consistent with the policies, {} disagreeing, {} inconclusive\n",
         s.records, s.consistent, s.disagreeing, s.inconclusive
     );
+    if !report.incomplete.is_empty() {
+        out.push_str("\nINCOMPLETE CAPTURE: flows may be missing from these verdicts\n");
+        for why in &report.incomplete {
+            out.push_str(&format!("  {why}\n"));
+        }
+    }
     for kind in Kind::ALL {
         let of_kind: Vec<&Finding> = report
             .findings

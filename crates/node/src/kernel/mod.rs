@@ -134,7 +134,7 @@ pub fn resolve(btf: &Btf, drop: &Tracepoint, cgroup2: PathBuf) -> Result<KernelI
             offset: common_len,
         });
     }
-    let config = ProbeConfig {
+    let mut config = ProbeConfig {
         tp_drop_skbaddr: drop.offset("skbaddr", 8)?,
         tp_drop_protocol: drop.offset("protocol", 2)?,
         tp_drop_reason: if has_reason {
@@ -167,9 +167,12 @@ pub fn resolve(btf: &Btf, drop: &Tracepoint, cgroup2: PathBuf) -> Result<KernelI
         sock_cgroup: member("sock", "sk_cgrp_data.cgroup").unwrap_or(0),
         cgroup_kn: member("cgroup", "kn").unwrap_or(0),
         kernfs_id: member("kernfs_node", "id").unwrap_or(0),
-        _pad: 0,
+        skb_iif: member("sk_buff", "skb_iif")?,
+        sock_cookie: member("sock", "__sk_common.skc_cookie")?,
+        // Set below, from the drop reasons.
+        drop_netfilter: 0,
     };
-    let drop_reasons = if has_reason {
+    let drop_reasons: HashMap<u32, String> = if has_reason {
         btf.enum_values("skb_drop_reason")?
             .into_iter()
             .filter_map(|(v, name)| {
@@ -183,6 +186,11 @@ pub fn resolve(btf: &Btf, drop: &Tracepoint, cgroup2: PathBuf) -> Result<KernelI
     } else {
         HashMap::new()
     };
+    config.drop_netfilter = drop_reasons
+        .iter()
+        .find(|(_, name)| name.as_str() == "NETFILTER_DROP")
+        .and_then(|(v, _)| u16::try_from(*v).ok())
+        .unwrap_or(0);
     Ok(KernelInfo {
         config,
         cgroup2,
