@@ -273,7 +273,7 @@ impl Aggregator {
                 return;
             }
         };
-        if verdict == Verdict::Established {
+        if verdict == Verdict::Established && !self.before_start.is_empty() {
             let ends = (
                 side,
                 obs.netns,

@@ -2,16 +2,16 @@
 //!
 //! The load is [`load`]'s: TCP connections made and reset at once on the loopback of a
 //! namespace made for the run, by native client threads (the lab's generator reached half
-//! this machine's rate). Rounds alternate (A B C A B C ...) and medians are reported:
+//! this machine's rate). Rounds alternate (A B A B ...) and medians are reported:
 //! - A, no tracing: the machine's connection rate;
 //! - B, `flowpol record` running: rate, events, events lost, userspace CPU per 1,000 events;
-//! - C, `flowpol record` attached but its process stopped (SIGSTOP): the kernel side alone,
-//!   which tells the probe's own cost from the userspace's competing for the 2 cores;
 //!
 //! then, with `kernel.bpf_stats_enabled` (only then: it costs two clock reads a program run),
 //! flowpol and a bpftrace one-liner counting the same tracepoint, both attached: the cost
-//! per run of every hook and the ratio on `sock/inet_sock_set_state`; and a loss curve:
-//! offered rate against events lost, `flowpol record` running, up to the generator's limit.
+//! per run of every hook and the ratio on `sock/inet_sock_set_state`, and from those where
+//! the overhead goes (CPU per connection of each hook and of the userspace); and a loss
+//! curve: offered rate against events lost, `flowpol record` running, up to the generator's
+//! limit.
 use std::{
     collections::HashMap,
     io::Read,
@@ -195,21 +195,6 @@ fn recorded(
     Ok((ran, events, lost, cpu))
 }
 
-/// One C round: flowpol's programs attached, its process stopped.
-fn kernel_only(ns: &Namespace, dir: &Path) -> Result<load::Ran> {
-    let rec = attach(dir, "records-stopped.jsonl")?;
-    signal(&rec.child, libc::SIGSTOP);
-    let ran = load::run(ns, CONNECTIONS, None);
-    signal(&rec.child, libc::SIGCONT);
-    stop_record(rec.child)?;
-    ran
-}
-
-fn signal(child: &Child, sig: i32) {
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, sig) };
-}
-
 fn complete(ran: &load::Ran) -> Result<()> {
     if ran.failed > 0 {
         bail!(
@@ -237,31 +222,26 @@ pub(super) fn capture() -> Result<()> {
 fn measure(ns: &Namespace, dir: &Path, stats_flag: &str) -> Result<()> {
     // Warm up: the first round of a fresh namespace is slower.
     load::run(ns, CONNECTIONS / 4, None)?;
-    let (mut bare, mut with, mut kernel) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut events, mut lost, mut cpu_per_k) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bare, mut with) = (Vec::new(), Vec::new());
+    let (mut events, mut lost, mut cpu_per_k, mut cpu_per_conn) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
         let a = load::run(ns, CONNECTIONS, None)?;
         complete(&a)?;
         let (b, ev, lo, cpu) = recorded(ns, dir, CONNECTIONS, None)?;
         complete(&b)?;
-        let c = kernel_only(ns, dir)?;
-        complete(&c)?;
         eprintln!(
-            "xtask bench: round {round}/{ROUNDS}: {:.0} / {:.0} / {:.0} connections/s (none / flowpol / kernel side only), {ev} events, {lo} lost",
-            a.rate(), b.rate(), c.rate()
+            "xtask bench: round {round}/{ROUNDS}: {:.0} / {:.0} connections/s (none / flowpol), {ev} events, {lo} lost",
+            a.rate(), b.rate()
         );
         bare.push(a.rate());
         with.push(b.rate());
-        kernel.push(c.rate());
         events.push(ev as f64);
         lost.push(lo as f64);
         cpu_per_k.push(cpu * 1000.0 / (ev.max(1) as f64 / 1000.0));
+        cpu_per_conn.push(cpu * 1e9 / b.connections.max(1) as f64);
     }
-    let (rate_bare, rate_flowpol, rate_kernel) = (
-        median(bare.clone()),
-        median(with.clone()),
-        median(kernel.clone()),
-    );
+    let (rate_bare, rate_flowpol) = (median(bare.clone()), median(with.clone()));
     let overhead = |r: f64| (rate_bare - r) / rate_bare * 100.0;
 
     // Hook costs, flowpol and bpftrace side by side, with the kernel's BPF statistics on.
@@ -331,6 +311,19 @@ fn measure(ns: &Namespace, dir: &Path, stats_flag: &str) -> Result<()> {
     }
     let (events_med, lost_med) = (median(events), median(lost));
     let cpu_med = median(cpu_per_k);
+    // Where the overhead goes: CPU time per connection, each hook's (runs x cost, from the
+    // side-by-side round, bpf_stats' own clock reads included) and the userspace's; against
+    // the CPU time a connection takes on all cores without tracing, and the extra with flowpol.
+    let per_conn =
+        |runs: u64, ns_per_run: f64| runs as f64 * ns_per_run / both.connections.max(1) as f64;
+    let mut breakdown: Vec<(String, f64)> = hooks
+        .iter()
+        .map(|h| (h.0.clone(), per_conn(h.1, per_run(h))))
+        .collect();
+    breakdown.push(("userspace (flowpol record)".into(), median(cpu_per_conn)));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cpu_bare = cores * 1e9 / rate_bare;
+    let extra = cores * 1e9 / rate_flowpol - cpu_bare;
 
     println!("\nflowpol capture benchmark: {CONNECTIONS} TCP connections a round (native generator, 2 client threads, RST close, loopback of one namespace); medians of {ROUNDS} alternating rounds");
     let row = |what: &str, value: String| println!("{what:<52} {value:>16}");
@@ -338,10 +331,6 @@ fn measure(ns: &Namespace, dir: &Path, stats_flag: &str) -> Result<()> {
     row(
         "connections/s, flowpol record",
         format!("{rate_flowpol:.0} ({:+.1}%)", -overhead(rate_flowpol)),
-    );
-    row(
-        "connections/s, flowpol attached, userspace stopped",
-        format!("{rate_kernel:.0} ({:+.1}%)", -overhead(rate_kernel)),
     );
     row(
         "events a round (flowpol record), lost",
@@ -366,6 +355,12 @@ fn measure(ns: &Namespace, dir: &Path, stats_flag: &str) -> Result<()> {
         "  ratio flowpol / bpftrace",
         format!("{:.2}", per_run(&ours_tp) / per_run(&theirs_tp).max(1.0)),
     );
+    println!(
+        "CPU per connection ({cores} cores: {cpu_bare:.0} ns without tracing, {extra:.0} ns more with flowpol):"
+    );
+    for (what, ns) in &breakdown {
+        row(&format!("  {what}"), format!("{ns:.0} ns"));
+    }
     println!("loss curve (flowpol record running):");
     for p in &curve {
         row(
@@ -382,10 +377,13 @@ fn measure(ns: &Namespace, dir: &Path, stats_flag: &str) -> Result<()> {
         "generator": "native (xtask bench::load), loopback of one namespace",
         "rounds": ROUNDS,
         "rate_no_tracing": rate_bare, "rate_flowpol": rate_flowpol, "rate_flowpol_and_bpftrace": both.rate(),
-        "rate_kernel_side_only": rate_kernel,
-        "rates_by_round": {"no_tracing": bare, "flowpol": with, "kernel_side_only": kernel},
+        "rates_by_round": {"no_tracing": bare, "flowpol": with},
         "conn_rate_overhead_pct": overhead(rate_flowpol),
-        "kernel_side_overhead_pct": overhead(rate_kernel),
+        "cpu_ns_per_connection": {
+            "without_tracing": cpu_bare,
+            "extra_with_flowpol": extra,
+            "by_part": breakdown.iter().map(|(what, ns)| json!({"part": what, "ns": ns})).collect::<Vec<_>>(),
+        },
         "events": events_med, "events_lost": lost_med, "events_side_by_side": events2, "events_lost_side_by_side": lost2,
         "userspace_cpu_ms_per_1000_events": cpu_med,
         "hooks": hooks.iter().map(|h| json!({"program": h.0, "runs": h.1, "ns_per_run": per_run(h)})).collect::<Vec<_>>(),
