@@ -209,7 +209,35 @@ pub struct Summary {
     /// Outcomes that prove nothing about policy (`sent`, drops for other reasons), and
     /// verdicts that depend on whether an address is one of a rule's domain names.
     pub inconclusive: u64,
+    /// The inconclusive records by why they could not be judged.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub inconclusive_by: BTreeMap<Inconclusive, u64>,
     pub findings: BTreeMap<Kind, u64>,
+}
+
+/// Why a record could not be judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Inconclusive {
+    /// The verdict depends on whether the address is one of a rule's domain names.
+    DomainNames,
+    /// UDP sent and never answered: nothing says whether it arrived.
+    Unanswered,
+    /// Dropped for a reason no filter gives (no route, a full queue, ...).
+    DroppedNotByAFilter,
+    /// The record says nothing of what happened.
+    NoVerdict,
+}
+
+impl Inconclusive {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::DomainNames => "decided by domain names",
+            Self::Unanswered => "UDP sent, never answered",
+            Self::DroppedNotByAFilter => "dropped, not by a filter",
+            Self::NoVerdict => "no verdict recorded",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -297,6 +325,10 @@ fn report(engine: &Engine, records: Vec<FlowRecord>, exposures: bool) -> Report 
         }
         if e.policy_verdict == PolicyVerdict::Undetermined {
             summary.inconclusive += 1;
+            *summary
+                .inconclusive_by
+                .entry(Inconclusive::DomainNames)
+                .or_default() += 1;
             continue;
         }
         let allowed = e.policy_verdict == PolicyVerdict::Allow;
@@ -306,6 +338,12 @@ fn report(engine: &Engine, records: Vec<FlowRecord>, exposures: bool) -> Report 
             (Fate::Refused, true) => Kind::Refused,
             (Fate::Unknown, _) => {
                 summary.inconclusive += 1;
+                let why = match e.record.verdict {
+                    Some(Verdict::Sent) => Inconclusive::Unanswered,
+                    Some(_) => Inconclusive::DroppedNotByAFilter,
+                    None => Inconclusive::NoVerdict,
+                };
+                *summary.inconclusive_by.entry(why).or_default() += 1;
                 continue;
             }
             _ => {

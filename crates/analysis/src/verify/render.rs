@@ -8,9 +8,22 @@ use crate::policy::engine::Decision;
 /// most traffic first.
 pub fn render(report: &Report) -> String {
     let s = &report.summary;
+    let why: Vec<String> = s
+        .inconclusive_by
+        .iter()
+        .map(|(why, n)| format!("{n} {}", why.as_str()))
+        .collect();
     let mut out = format!(
-        "verified {} records: {} consistent with the policies, {} disagreeing, {} inconclusive\n",
-        s.records, s.consistent, s.disagreeing, s.inconclusive
+        "verified {} records: {} consistent with the policies, {} disagreeing, {} inconclusive{}\n",
+        s.records,
+        s.consistent,
+        s.disagreeing,
+        s.inconclusive,
+        if why.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", why.join(", "))
+        }
     );
     if !report.incomplete.is_empty() {
         out.push_str("\nINCOMPLETE CAPTURE: flows may be missing from these verdicts\n");

@@ -79,6 +79,10 @@ fn each_disagreement_becomes_its_finding_and_agreement_is_counted() {
         ),
         (6, 2, 3, 1)
     );
+    assert_eq!(
+        report.summary.inconclusive_by,
+        [(Inconclusive::Unanswered, 1)].into()
+    );
     let flows: Vec<(Kind, String, String, u16, PolicyVerdict)> = report
         .findings
         .iter()
@@ -181,6 +185,10 @@ fn a_verdict_that_depends_on_a_domain_name_is_inconclusive() {
         ),
         (0, 1, 1)
     );
+    assert_eq!(
+        report.summary.inconclusive_by,
+        [(Inconclusive::DomainNames, 1)].into()
+    );
     let gaps: Vec<String> = report
         .findings
         .iter()
@@ -190,4 +198,35 @@ fn a_verdict_that_depends_on_a_domain_name_is_inconclusive() {
         })
         .collect();
     assert_eq!(gaps, ["203.0.113.66"]);
+}
+
+#[test]
+fn what_cannot_be_judged_is_counted_by_why() {
+    let report = judged(
+        vec![
+            record(Protocol::UDP, 53, Verdict::Sent, None),
+            record(Protocol::UDP, 53, Verdict::Sent, None),
+            record(Protocol::TCP, 8080, Verdict::Dropped, Some("TCP_CSUM")),
+            FlowRecord::new(
+                Protocol::TCP,
+                RecordEnd::new("10.0.0.1".parse().unwrap(), None),
+                RecordEnd::new("10.0.0.2".parse().unwrap(), Some(8080)),
+                None,
+            ),
+        ],
+        false,
+    );
+    assert_eq!(report.summary.inconclusive, 4);
+    assert_eq!(
+        report.summary.inconclusive_by,
+        [
+            (Inconclusive::Unanswered, 2),
+            (Inconclusive::DroppedNotByAFilter, 1),
+            (Inconclusive::NoVerdict, 1)
+        ]
+        .into()
+    );
+    assert!(render(&report).starts_with(
+        "verified 4 records: 0 consistent with the policies, 0 disagreeing, 4 inconclusive (2 UDP sent, never answered, 1 dropped, not by a filter, 1 no verdict recorded)\n"
+    ));
 }
