@@ -240,6 +240,9 @@ pub struct Agent<S = Sensor> {
     exposures_of: Option<Arc<Cluster>>,
     /// The capture's losses as of the last capture line written.
     reported: Capture,
+    /// Since when the cluster model has been incomplete, and how long it was before.
+    incomplete_since: Option<std::time::Instant>,
+    incomplete: Duration,
 }
 
 impl<S: EventSource> Agent<S> {
@@ -268,6 +271,8 @@ impl<S: EventSource> Agent<S> {
             logged: HashSet::new(),
             exposures_of: None,
             reported: Capture::default(),
+            incomplete_since: None,
+            incomplete: Duration::ZERO,
         }
     }
 
@@ -353,6 +358,8 @@ impl<S: EventSource> Agent<S> {
             Current::Complete(cluster, policies) => Some((cluster, policies)),
             Current::Incomplete(why) => {
                 self.health.set_ready(Some(why));
+                self.incomplete_since
+                    .get_or_insert_with(std::time::Instant::now);
                 None
             }
             Current::Failed(why) => {
@@ -363,6 +370,10 @@ impl<S: EventSource> Agent<S> {
         match current {
             Some((cluster, policies)) => {
                 self.health.set_ready(None);
+                if let Some(since) = self.incomplete_since.take() {
+                    self.incomplete += since.elapsed();
+                    m.model_incomplete(since.elapsed());
+                }
                 if !self.held.is_empty() {
                     let mut held = std::mem::take(&mut self.held);
                     held.append(&mut records);
@@ -389,10 +400,9 @@ impl<S: EventSource> Agent<S> {
         }
         self.sink.write(&records)?;
         if let Some(lost) = self.losses_since_last_round() {
-            tracing::warn!(
-                "the capture is incomplete: {}",
-                lost.missing_flows().unwrap_or_default()
-            );
+            if let Some(why) = lost.missing_flows() {
+                tracing::warn!("the capture is incomplete: {why}");
+            }
             self.sink.write_capture(&lost)?;
         }
         m.records(&records);
@@ -404,7 +414,12 @@ impl<S: EventSource> Agent<S> {
     /// What the capture lost since the previous round, as the line that tells readers of
     /// the records (suggest, verify) that flows may be missing; `None` when nothing was.
     fn losses_since_last_round(&mut self) -> Option<Capture> {
-        let now = self.session.summary().capture;
+        let mut now = self.session.summary().capture;
+        let incomplete = self.incomplete
+            + self
+                .incomplete_since
+                .map_or(Duration::ZERO, |t| t.elapsed());
+        now.model_incomplete_ms = incomplete.as_millis() as u64;
         let before = std::mem::replace(&mut self.reported, now.clone());
         let lost = Capture {
             node: now.node,
@@ -416,8 +431,11 @@ impl<S: EventSource> Agent<S> {
             namespaces_not_listed: now
                 .namespaces_not_listed
                 .saturating_sub(before.namespaces_not_listed),
+            model_incomplete_ms: now
+                .model_incomplete_ms
+                .saturating_sub(before.model_incomplete_ms),
         };
-        lost.missing_flows().map(|_| lost)
+        (lost.missing_flows().is_some() || lost.model_incomplete_ms > 0).then_some(lost)
     }
 
     /// Continuous verify: counts the findings of this round's records, logs each new one

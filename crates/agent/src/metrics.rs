@@ -40,6 +40,9 @@ pub struct Metrics {
     writes: Family<Label, Counter>,
     pending: Gauge,
     last_write: Gauge<f64, AtomicU64>,
+    open_at_start: Gauge,
+    namespaces_not_listed: Gauge,
+    model_incomplete: Counter<f64, AtomicU64>,
 }
 
 /// Raises a counter to `value` (a total counted elsewhere: the kernel, the watchers).
@@ -84,6 +87,9 @@ impl Metrics {
             writes: Family::default(),
             pending: Gauge::default(),
             last_write: Gauge::default(),
+            open_at_start: Gauge::default(),
+            namespaces_not_listed: Gauge::default(),
+            model_incomplete: Counter::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -130,6 +136,21 @@ impl Metrics {
             "flow_counters_evicted",
             "UDP flows and drops whose kernel counters were evicted before they were read",
             m.counters_evicted.clone(),
+        );
+        r.register(
+            "connections_open_at_start",
+            "TCP connections found established when the probe started (each side on this node)",
+            m.open_at_start.clone(),
+        );
+        r.register(
+            "namespaces_not_listed",
+            "Network namespaces whose sockets could not be listed at start",
+            m.namespaces_not_listed.clone(),
+        );
+        r.register(
+            "model_incomplete_seconds",
+            "Time the cluster model was incomplete, records held back or written unnamed",
+            m.model_incomplete.clone(),
         );
         r.register(
             "watch_ready",
@@ -239,6 +260,13 @@ impl Metrics {
         raise(&self.events_lost, s.events_lost);
         raise(&self.decode_errors, s.decode_errors);
         raise(&self.counters_evicted, s.counters_evicted);
+        self.open_at_start.set(s.before_start.connections as i64);
+        self.namespaces_not_listed
+            .set(s.before_start.failed.len() as i64);
+    }
+
+    pub fn model_incomplete(&self, time: std::time::Duration) {
+        self.model_incomplete.inc_by(time.as_secs_f64());
     }
 
     pub fn watch(&self, status: &Status) {

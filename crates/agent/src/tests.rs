@@ -198,3 +198,24 @@ fn events_lost_in_a_round_are_written_beside_its_records_once() {
     assert_eq!(flows.missing_flows().len(), 1);
     assert_eq!(flows.records.len(), 1, "the records are all still read");
 }
+
+#[test]
+fn the_time_the_model_was_incomplete_is_written_and_counted() {
+    let mut t = agent(CLUSTER, vec![tcp_established([10, 0, 0, 2])]);
+    t.agent.round(false).unwrap();
+    std::thread::sleep(Duration::from_millis(30));
+    t.complete.store(true, Ordering::Relaxed);
+    t.agent.round(false).unwrap();
+    t.agent.round(false).unwrap();
+    let flows = flowpol_analysis::record::read_flows(&t.output).unwrap();
+    let incomplete: u64 = flows.captures.iter().map(|c| c.model_incomplete_ms).sum();
+    assert!(incomplete >= 30, "{:?}", flows.captures);
+    assert!(flows.missing_flows().is_empty(), "no flow missing for it");
+    let text = t.agent.health.metrics.encode();
+    let seconds: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("flowpol_model_incomplete_seconds_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no model_incomplete metric in\n{text}"));
+    assert!(seconds >= 0.03, "{seconds}");
+}

@@ -280,6 +280,7 @@ impl<S: EventSource> Session<S> {
             decode_errors: self.decode_errors,
             counters_evicted: self.counters_evicted,
             namespaces_not_listed: self.before_start.failed.len() as u64,
+            model_incomplete_ms: 0,
         };
         Summary {
             totals: self.agg.totals(),

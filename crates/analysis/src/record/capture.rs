@@ -29,6 +29,10 @@ pub struct Capture {
     /// there before the start may be missing.
     #[serde(default)]
     pub namespaces_not_listed: u64,
+    /// How long the cluster model was incomplete (the agent: records held back, or written
+    /// unnamed once it ran out of patience). Flows are not missing for it; names may be.
+    #[serde(default)]
+    pub model_incomplete_ms: u64,
 }
 
 /// The JSON line that carries a [`Capture`].
