@@ -182,18 +182,19 @@ pub struct ProbeConfig {
     pub tp_drop_has_reason: u16,
     /// Bytes of the record the probe copies (up to its last field used).
     pub tp_drop_len: u16,
-    // struct sock (the tracepoint sock/inet_sock_set_state hands us the socket, typed)
+    // struct sock (the raw tracepoint sock/inet_sock_set_state hands us the socket)
     /// `sock.__sk_common.skc_net.net`
     pub sock_net: u16,
     pub sock_err: u16,
     pub sock_protocol: u16,
-    /// `sock.__sk_common.skc_*`.
+    /// `sock.__sk_common.skc_*`: read from one copy of the first `sock_common_len` bytes.
     pub skc_family: u16,
     pub skc_dport: u16,
     pub skc_daddr: u16,
     pub skc_rcv_saddr: u16,
     pub skc_v6_daddr: u16,
     pub skc_v6_rcv_saddr: u16,
+    pub sock_common_len: u16,
     /// `inet_sock.inet_sport`: still set when a failed connect() closes, unlike `skc_num`.
     pub inet_sport: u16,
     // struct net
@@ -224,7 +225,8 @@ pub struct ProbeConfig {
     pub drop_netfilter: u16,
 }
 
-/// Largest prefix of a tracepoint record the probe copies to scratch space in one read.
+/// Largest prefix of a kernel object (tracepoint record, `sock_common`) the probe copies to
+/// its stack in one read.
 pub const COPY_MAX: usize = 96;
 
 impl ProbeConfig {
@@ -244,7 +246,7 @@ const _: () = {
     assert!(core::mem::size_of::<Event>() == 96);
     assert!(core::mem::offset_of!(Event, netns) == 32);
     assert!(core::mem::offset_of!(Event, key) == 40);
-    assert!(core::mem::size_of::<ProbeConfig>() == 58);
+    assert!(core::mem::size_of::<ProbeConfig>() == 60);
 };
 
 #[cfg(feature = "user")]

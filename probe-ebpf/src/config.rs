@@ -23,7 +23,7 @@ macro_rules! off {
 }
 pub(crate) use off;
 
-/// The first bytes of a classic tracepoint's record, copied with one
+/// The first bytes of a kernel object (a tracepoint record, a `sock_common`), copied with one
 /// helper call into per-CPU scratch space. Fields are then read from the copy: the verifier
 /// forbids context loads at offsets that are not immediates, and one copy is cheaper than a
 /// helper call per field.

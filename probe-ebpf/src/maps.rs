@@ -25,11 +25,12 @@ pub static FLOWS: LruPerCpuHashMap<FlowKey, FlowStats> =
 pub static SOCK_NETNS: LruHashMap<u64, u32> =
     LruHashMap::with_max_entries(SOCK_NETNS_MAX_ENTRIES, 0);
 
-/// Per-CPU scratch space for [`crate::config::Copied`] (the drop tracepoint's record), so
-/// copies stay off the stack.
+/// Per-CPU scratch space for [`crate::config::Copied`], one slot per program that can nest
+/// on a CPU (a classic tracepoint may run inside the raw one), so copies stay off the stack.
 #[map]
-pub static SCRATCH: PerCpuArray<[u8; COPY_MAX]> = PerCpuArray::with_max_entries(1, 0);
-pub const SCRATCH_DROP: u32 = 0;
+pub static SCRATCH: PerCpuArray<[u8; COPY_MAX]> = PerCpuArray::with_max_entries(2, 0);
+pub const SCRATCH_TCP: u32 = 0;
+pub const SCRATCH_DROP: u32 = 1;
 
 /// Per-CPU counters indexed by `probe_common::Stat`.
 #[map]

@@ -13,8 +13,8 @@ use aya::{
     include_bytes_aligned,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        cgroup_skb::CgroupSkbAttachType, links::CgroupAttachMode, BtfTracePoint, CgroupSkb,
-        CgroupSock, TracePoint,
+        cgroup_skb::CgroupSkbAttachType, links::CgroupAttachMode, CgroupSkb, CgroupSock,
+        RawTracePoint, TracePoint,
     },
     Ebpf, EbpfLoader,
 };
@@ -46,10 +46,6 @@ pub enum CaptureError {
     Privileges { missing: String },
     #[error("the kernel refused to load the probe")]
     Load(#[source] Box<aya::EbpfError>),
-    #[error(
-        "cannot read the kernel's BTF (/sys/kernel/btf/vmlinux), which typed tracepoints need"
-    )]
-    Btf(#[source] Box<aya::BtfError>),
     #[error("program {program} is missing from the probe object")]
     MissingProgram { program: String },
     #[error("cannot load program {program}")]
@@ -184,11 +180,10 @@ impl Sensor {
             tracing::warn!("probe diagnostics (aya-log) unavailable: {e}");
         }
         let program = STATE_TRACEPOINT;
-        let btf = aya::Btf::from_sys_fs().map_err(|e| CaptureError::Btf(Box::new(e)))?;
-        let prog: &mut BtfTracePoint = program_mut(&mut ebpf, program)?;
-        prog.load(program, &btf).map_err(load_error(program))?;
-        prog.attach()
-            .map_err(attach_error(program, format!("BTF tracepoint {program}")))?;
+        let prog: &mut RawTracePoint = program_mut(&mut ebpf, program)?;
+        prog.load().map_err(load_error(program))?;
+        prog.attach(program)
+            .map_err(attach_error(program, format!("raw tracepoint {program}")))?;
         for (program, group, name) in TRACEPOINTS {
             let prog: &mut TracePoint = program_mut(&mut ebpf, program)?;
             prog.load().map_err(load_error(program))?;

@@ -30,8 +30,8 @@ pub enum KernelError {
     Tracefs(#[from] TracefsError),
     #[error("offset of {what} is {offset}, beyond what the probe can address")]
     OffsetTooLarge { what: String, offset: usize },
-    #[error("tracepoint {name} does not have the prototype the probe reads (void *, struct sock *, int, int); found: {found}")]
-    BadTracepoint { name: String, found: String },
+    #[error("raw tracepoint {name} does not have the prototype the probe reads (void *, struct sock *, int, int); found: {found}")]
+    NoRawTracepoint { name: String, found: String },
     #[error("no cgroup v2 hierarchy is mounted (none in /proc/self/mountinfo); UDP capture attaches to its root. Mount one, e.g. `mount -t cgroup2 none /sys/fs/cgroup`")]
     NoCgroup2,
 }
@@ -75,22 +75,22 @@ pub fn cgroup2_root(mountinfo: &str) -> Option<PathBuf> {
     })
 }
 
-/// The (BTF-typed) tracepoint the TCP program attaches to, and the arguments it reads.
+/// The raw tracepoint the TCP program attaches to, and the arguments it reads.
 pub const STATE_TRACEPOINT: &str = "inet_sock_set_state";
 const STATE_PROTOTYPE: [&str; 4] = ["void *", "struct sock *", "int", "int"];
 
-/// The TCP program reads the tracepoint's arguments by position: check the kernel
+/// The TCP program reads the raw tracepoint's arguments by position: check the kernel
 /// declares them as the probe expects (`btf_trace_<name>`: the hidden `void *` comes first).
-fn check_state_tracepoint(btf: &Btf) -> Result<(), KernelError> {
+fn check_raw_tracepoint(btf: &Btf) -> Result<(), KernelError> {
     let typedef = format!("btf_trace_{STATE_TRACEPOINT}");
     let found = btf
         .fn_pointer_params(&typedef)
-        .map_err(|_| KernelError::BadTracepoint {
+        .map_err(|_| KernelError::NoRawTracepoint {
             name: STATE_TRACEPOINT.into(),
             found: "no such tracepoint in BTF".into(),
         })?;
     if found != STATE_PROTOTYPE {
-        return Err(KernelError::BadTracepoint {
+        return Err(KernelError::NoRawTracepoint {
             name: STATE_TRACEPOINT.into(),
             found: found.join(", "),
         });
@@ -100,7 +100,7 @@ fn check_state_tracepoint(btf: &Btf) -> Result<(), KernelError> {
 
 /// Builds the probe's configuration from parsed BTF and tracepoint layouts.
 pub fn resolve(btf: &Btf, drop: &Tracepoint, cgroup2: PathBuf) -> Result<KernelInfo, KernelError> {
-    check_state_tracepoint(btf)?;
+    check_raw_tracepoint(btf)?;
     let member = |strukt: &str, path: &str| -> Result<u16, KernelError> {
         let offset = btf.member_offset(strukt, path)?;
         u16::try_from(offset).map_err(|_| KernelError::OffsetTooLarge {
@@ -115,16 +115,24 @@ pub fn resolve(btf: &Btf, drop: &Tracepoint, cgroup2: PathBuf) -> Result<KernelI
         &["skbaddr", "protocol"]
     };
     let common = [
-        "skc_family",
-        "skc_dport",
-        "skc_daddr",
-        "skc_rcv_saddr",
-        "skc_v6_daddr",
-        "skc_v6_rcv_saddr",
+        ("skc_family", 2),
+        ("skc_dport", 2),
+        ("skc_daddr", 4),
+        ("skc_rcv_saddr", 4),
+        ("skc_v6_daddr", 16),
+        ("skc_v6_rcv_saddr", 16),
     ];
     let mut skc = [0u16; 6];
-    for (slot, field) in skc.iter_mut().zip(common) {
+    let mut common_len = 0usize;
+    for (slot, (field, size)) in skc.iter_mut().zip(common) {
         *slot = member("sock_common", field)?;
+        common_len = common_len.max(usize::from(*slot) + size);
+    }
+    if common_len > probe_common::COPY_MAX {
+        return Err(KernelError::OffsetTooLarge {
+            what: "the sock_common fields the probe reads".into(),
+            offset: common_len,
+        });
     }
     let mut config = ProbeConfig {
         tp_drop_skbaddr: drop.offset("skbaddr", 8)?,
@@ -145,6 +153,7 @@ pub fn resolve(btf: &Btf, drop: &Tracepoint, cgroup2: PathBuf) -> Result<KernelI
         skc_rcv_saddr: skc[3],
         skc_v6_daddr: skc[4],
         skc_v6_rcv_saddr: skc[5],
+        sock_common_len: common_len as u16,
         inet_sport: member("inet_sock", "inet_sport")?,
         net_inum: member("net", "ns.inum")?,
         skb_head: member("sk_buff", "head")?,
