@@ -89,6 +89,46 @@ pub fn run_resolved(mut resolved: scenario::Resolved, faults: &[Fault]) -> LabRe
     report
 }
 
+/// The suggestion from a lab run's records (named from the run's own cluster), and the
+/// run's lab with its declared policies replaced by it, ready to run again.
+pub fn enforcing_the_suggestion(
+    report: &LabReport,
+) -> (flowpol_analysis::suggest::Suggestion, scenario::Resolved) {
+    use flowpol_analysis::{attribute, suggest};
+    let declared = enforce::declared(&report.resolved).expect("the run's policies compile");
+    let mut records = report.records.clone();
+    attribute::enrich(&declared.cluster, &mut records);
+    let s = suggest::suggest(&declared.cluster, &records, &suggest::Options::default());
+    let mut next = report.resolved.clone();
+    next.scenario.policies = s
+        .policies
+        .iter()
+        .map(|p| serde_yaml::to_value(p).expect("a policy serializes"))
+        .collect();
+    (s, next)
+}
+
+/// One IPv4 TCP connection from `from` to `to`:`port`, closed gracefully.
+pub fn one_connection(
+    from: &str,
+    to: &str,
+    port: u16,
+    expect: Option<flowpol_analysis::record::Verdict>,
+) -> scenario::Traffic {
+    scenario::Traffic {
+        from: from.into(),
+        to: to.into(),
+        port,
+        protocol: flowpol_analysis::record::Protocol::TCP,
+        count: 1,
+        family: scenario::Family::Ipv4,
+        parallel: 1,
+        close: scenario::Close::Graceful,
+        held: false,
+        expect,
+    }
+}
+
 /// No lab namespace (with its links and nft tables) and no lab nft table in this namespace.
 pub fn assert_no_leftovers() {
     assert_eq!(

@@ -1,15 +1,7 @@
 //! The probe, for real, on the netns lab.
-use flowpol_analysis::{
-    attribute,
-    record::{FlowRecord, Protocol, Side, Since, Verdict},
-    suggest::{self, Options},
-};
-use flowpol_e2e::{privileged, run_lab, run_resolved};
-use flowpol_lab::{
-    enforce,
-    scenario::{Close, Family, Traffic},
-    EXAMPLE_SCENARIO,
-};
+use flowpol_analysis::record::{FlowRecord, Protocol, Side, Since, Verdict};
+use flowpol_e2e::{enforcing_the_suggestion, one_connection, privileged, run_lab, run_resolved};
+use flowpol_lab::EXAMPLE_SCENARIO;
 
 fn find<'a>(
     r: &'a [FlowRecord],
@@ -334,32 +326,17 @@ fn a_recording_started_after_the_traffic_leaves_nothing_out() {
     // The suggestion from this recording, enforced: the pool reconnects (now while
     // recording), the worker still reaches the database, and the database never called
     // the API, so it may not.
-    let declared = enforce::declared(&report.resolved).unwrap();
-    let mut records = report.records.clone();
-    attribute::enrich(&declared.cluster, &mut records);
-    let s = suggest::suggest(&declared.cluster, &records, &Options::default());
-    let mut next = report.resolved.clone();
-    next.scenario.policies = s
-        .policies
-        .iter()
-        .map(|p| serde_yaml::to_value(p).unwrap())
-        .collect();
+    let (_, mut next) = enforcing_the_suggestion(&report);
     next.scenario.traffic.truncate(2);
     for t in &mut next.scenario.traffic {
         t.held = false;
     }
-    next.scenario.traffic.push(Traffic {
-        from: "data/pg-0".into(),
-        to: "app/api-0".into(),
-        port: 8080,
-        protocol: Protocol::TCP,
-        count: 1,
-        family: Family::Ipv4,
-        parallel: 1,
-        close: Close::Graceful,
-        held: false,
-        expect: Some(Verdict::Timeout),
-    });
+    next.scenario.traffic.push(one_connection(
+        "data/pg-0",
+        "app/api-0",
+        8080,
+        Some(Verdict::Timeout),
+    ));
     let second = run_resolved(next, &[]);
     assert!(second.mismatches.is_empty(), "{:#?}", second.mismatches);
 }
