@@ -5,17 +5,19 @@
 //! this machine's rate). Rounds alternate (A B A B ...) and medians are reported:
 //! - A, no tracing: the machine's connection rate;
 //! - B, `flowpol record` running: rate, events, events lost, userspace CPU per 1,000 events;
+//! - C, the floor for anything that records connections: bpftrace sending one line per
+//!   finished handshake (both sides, as flowpol does) to a file, and nothing else;
 //!
 //! then, with `kernel.bpf_stats_enabled` (only then: it costs two clock reads a program run),
-//! flowpol and a bpftrace one-liner counting the same tracepoint, both attached: the cost
-//! per run of every hook and the ratio on `sock/inet_sock_set_state`, and from those where
-//! the overhead goes (CPU per connection of each hook and of the userspace); and a loss
-//! curve: offered rate against events lost, `flowpol record` running, up to the generator's
-//! limit.
+//! flowpol and three bpftrace programs on the same tracepoint, all attached: an empty one (the
+//! price of a run itself, statistics included), a bare count, and C's. From those: the cost
+//! per run of every hook, the ratios on `sock/inet_sock_set_state`, and where the overhead goes
+//! (CPU per connection of each hook and of the userspace); and a loss curve: offered rate
+//! against events lost, `flowpol record` running, up to the generator's limit.
 use std::{
     collections::HashMap,
     io::Read,
-    path::Path,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -28,8 +30,13 @@ use crate::setup::cargo;
 
 /// Connections a round.
 const CONNECTIONS: u64 = 200_000;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 9;
 const BPFTRACE: &str = "tracepoint:sock:inet_sock_set_state { @transitions = count(); }";
+const BPFTRACE_EMPTY: &str = "tracepoint:sock:inet_sock_set_state { }";
+/// One line per side of every finished handshake: the same news flowpol's tracepoint sends.
+const BPFTRACE_EMIT: &str = "tracepoint:sock:inet_sock_set_state \
+    /args->newstate == 1 && (args->oldstate == 2 || args->oldstate == 3)/ \
+    { printf(\"%d %s %d %s %d\\n\", args->oldstate, ntop(args->saddr), args->sport, ntop(args->daddr), args->dport); }";
 /// Offered rates of the loss curve, and how long each is offered.
 const CURVE: [f64; 6] = [10_000.0, 25_000.0, 50_000.0, 75_000.0, 100_000.0, 150_000.0];
 const CURVE_SECONDS: f64 = 2.0;
@@ -161,6 +168,18 @@ fn delta(
     (name, runs - runs0, ns - ns0)
 }
 
+/// The program of `ids` that ran most between the two snapshots: a bpftrace script's probe.
+fn busiest(
+    ids: &[u64],
+    before: &HashMap<u64, (String, u64, u64)>,
+    after: &HashMap<u64, (String, u64, u64)>,
+) -> Result<(String, u64, u64)> {
+    ids.iter()
+        .map(|id| delta(before, after, *id))
+        .max_by_key(|(_, runs, _)| *runs)
+        .context("bpftrace's program")
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -195,6 +214,76 @@ fn recorded(
     Ok((ran, events, lost, cpu))
 }
 
+/// A bpftrace program whose probes are attached, printing to a file.
+struct Bpftrace {
+    child: Child,
+    programs: Vec<u64>,
+    out: PathBuf,
+}
+
+impl Bpftrace {
+    fn start(script: &str, out: &Path) -> Result<Self> {
+        let before = programs()?;
+        let file =
+            std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+        let mut child = Command::new("bpftrace")
+            .args(["-e", script])
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting bpftrace")?;
+        let programs = wait_for_new(&before, &mut child)?;
+        Ok(Self {
+            child,
+            programs,
+            out: out.to_owned(),
+        })
+    }
+
+    /// Stops it and returns what it printed. bpftrace sometimes misses the first SIGINT (seen
+    /// once in ten runs, waiting in epoll), so it is told again each second, then killed.
+    fn stop(mut self) -> Result<String> {
+        for _ in 0..5 {
+            interrupt(&self.child);
+            let deadline = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < deadline {
+                if self.child.try_wait()?.is_some() {
+                    return self.output();
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.child.kill()?;
+        self.child.wait()?;
+        self.output()
+    }
+
+    fn output(&self) -> Result<String> {
+        std::fs::read_to_string(&self.out)
+            .with_context(|| format!("reading {}", self.out.display()))
+    }
+}
+
+/// Lines of [`BPFTRACE_EMIT`]'s output: one a side of a handshake.
+fn handshake_lines(out: &str) -> u64 {
+    out.lines()
+        .filter(|l| l.split_whitespace().count() == 5)
+        .count() as u64
+}
+
+/// One C round: the load with bpftrace sending a line a handshake. (rate, lines printed).
+/// One C round: the load with bpftrace sending a line a handshake. (rate, lines printed,
+/// bpftrace's userspace CPU s).
+fn floor_round(ns: &Namespace, dir: &Path) -> Result<(load::Ran, u64, f64)> {
+    let bt = Bpftrace::start(BPFTRACE_EMIT, &dir.join("bpftrace-emit.txt"))?;
+    let cpu0 = cpu_seconds(bt.child.id())?;
+    // A quarter of a round: its rate is steady, and a full round takes it seconds.
+    let ran = load::run(ns, CONNECTIONS / 4, None)?;
+    std::thread::sleep(Duration::from_secs(1)); // let it drain
+    let cpu = cpu_seconds(bt.child.id())? - cpu0;
+    Ok((ran, handshake_lines(&bt.stop()?), cpu))
+}
+
 fn complete(ran: &load::Ran) -> Result<()> {
     if ran.failed > 0 {
         bail!(
@@ -222,7 +311,8 @@ pub(super) fn capture() -> Result<()> {
 fn measure(ns: &Namespace, dir: &Path, stats_flag: &str) -> Result<()> {
     // Warm up: the first round of a fresh namespace is slower.
     load::run(ns, CONNECTIONS / 4, None)?;
-    let (mut bare, mut with) = (Vec::new(), Vec::new());
+    let (mut bare, mut with, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut floor_lost, mut floor_cpu_per_conn) = (Vec::new(), Vec::new());
     let (mut events, mut lost, mut cpu_per_k, mut cpu_per_conn) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 1..=ROUNDS {
@@ -230,30 +320,33 @@ fn measure(ns: &Namespace, dir: &Path, stats_flag: &str) -> Result<()> {
         complete(&a)?;
         let (b, ev, lo, cpu) = recorded(ns, dir, CONNECTIONS, None)?;
         complete(&b)?;
+        let (c, emitted, c_cpu) = floor_round(ns, dir)?;
+        complete(&c)?;
         eprintln!(
-            "xtask bench: round {round}/{ROUNDS}: {:.0} / {:.0} connections/s (none / flowpol), {ev} events, {lo} lost",
-            a.rate(), b.rate()
+            "xtask bench: round {round}/{ROUNDS}: {:.0} / {:.0} / {:.0} connections/s (none / flowpol / bpftrace line a handshake), {ev} events, {lo} lost; bpftrace {emitted} lines",
+            a.rate(), b.rate(), c.rate()
         );
         bare.push(a.rate());
         with.push(b.rate());
+        floor.push(c.rate());
+        floor_lost.push((2 * c.connections).saturating_sub(emitted) as f64);
+        floor_cpu_per_conn.push(c_cpu * 1e9 / c.connections.max(1) as f64);
         events.push(ev as f64);
         lost.push(lo as f64);
         cpu_per_k.push(cpu * 1000.0 / (ev.max(1) as f64 / 1000.0));
         cpu_per_conn.push(cpu * 1e9 / b.connections.max(1) as f64);
     }
-    let (rate_bare, rate_flowpol) = (median(bare.clone()), median(with.clone()));
+    let (rate_bare, rate_flowpol, rate_floor) = (
+        median(bare.clone()),
+        median(with.clone()),
+        median(floor.clone()),
+    );
     let overhead = |r: f64| (rate_bare - r) / rate_bare * 100.0;
 
     // Hook costs, flowpol and bpftrace side by side, with the kernel's BPF statistics on.
     std::fs::write(stats_flag, "1").context("enabling kernel.bpf_stats_enabled")?;
-    let before = programs()?;
-    let mut bt = Command::new("bpftrace")
-        .args(["-e", BPFTRACE])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting bpftrace")?;
-    let theirs = wait_for_new(&before, &mut bt)?;
+    let empty = Bpftrace::start(BPFTRACE_EMPTY, &dir.join("bpftrace-empty.txt"))?;
+    let count = Bpftrace::start(BPFTRACE, &dir.join("bpftrace-count.txt"))?;
     let rec = attach(dir, "records-side-by-side.jsonl")?;
     let t0 = programs()?;
     let both = load::run(ns, CONNECTIONS, None)?;
@@ -261,13 +354,20 @@ fn measure(ns: &Namespace, dir: &Path, stats_flag: &str) -> Result<()> {
     std::thread::sleep(Duration::from_secs(1));
     let t1 = programs()?;
     let (events2, lost2) = stop_record(rec.child)?;
-    interrupt(&bt);
-    let mut bt_out = String::new();
-    bt.stdout
-        .take()
-        .context("bpftrace stdout")?
-        .read_to_string(&mut bt_out)?;
-    bt.wait()?;
+    let tracepoint_runs = |bt: &Bpftrace| busiest(&bt.programs, &t0, &t1);
+    let (empty_tp, count_tp) = (tracepoint_runs(&empty)?, tracepoint_runs(&count)?);
+    empty.stop()?;
+    let bt_out = count.stop()?;
+    // C's program alone: beside flowpol its per-run cost is flowpol's too (it takes the
+    // caches both share).
+    let emit = Bpftrace::start(BPFTRACE_EMIT, &dir.join("bpftrace-emit-stats.txt"))?;
+    let e0 = programs()?;
+    let alone = load::run(ns, CONNECTIONS, None)?;
+    complete(&alone)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let e1 = programs()?;
+    let emit_tp = busiest(&emit.programs, &e0, &e1)?;
+    let emitted2 = handshake_lines(&emit.stop()?);
     std::fs::write(stats_flag, "0").context("disabling kernel.bpf_stats_enabled")?;
     let bt_count: u64 = bt_out
         .lines()
@@ -291,11 +391,6 @@ fn measure(ns: &Namespace, dir: &Path, stats_flag: &str) -> Result<()> {
         .find(|(n, _, _)| n.starts_with("inet_sock_set_s"))
         .cloned()
         .context("flowpol's tracepoint program")?;
-    let theirs_tp = theirs
-        .iter()
-        .map(|id| delta(&t0, &t1, *id))
-        .max_by_key(|(_, runs, _)| *runs)
-        .context("bpftrace's program")?;
 
     // The loss curve.
     let mut curve = Vec::new();
@@ -321,6 +416,16 @@ fn measure(ns: &Namespace, dir: &Path, stats_flag: &str) -> Result<()> {
         .map(|h| (h.0.clone(), per_conn(h.1, per_run(h))))
         .collect();
     breakdown.push(("userspace (flowpol record)".into(), median(cpu_per_conn)));
+    let floor_parts = [
+        (
+            "bpftrace line a handshake: tracepoint",
+            emit_tp.1 as f64 * per_run(&emit_tp) / alone.connections.max(1) as f64,
+        ),
+        (
+            "bpftrace line a handshake: userspace",
+            median(floor_cpu_per_conn.clone()),
+        ),
+    ];
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let cpu_bare = cores * 1e9 / rate_bare;
     let extra = cores * 1e9 / rate_flowpol - cpu_bare;
@@ -333,6 +438,14 @@ fn measure(ns: &Namespace, dir: &Path, stats_flag: &str) -> Result<()> {
         format!("{rate_flowpol:.0} ({:+.1}%)", -overhead(rate_flowpol)),
     );
     row(
+        "connections/s, bpftrace line a handshake (floor)",
+        format!("{rate_floor:.0} ({:+.1}%)", -overhead(rate_floor)),
+    );
+    row(
+        "  its lines lost a round (of 2 a connection)",
+        format!("{:.0}", median(floor_lost.clone())),
+    );
+    row(
         "events a round (flowpol record), lost",
         format!("{events_med:.0}, {lost_med:.0}"),
     );
@@ -340,26 +453,40 @@ fn measure(ns: &Namespace, dir: &Path, stats_flag: &str) -> Result<()> {
         "flowpol userspace CPU per 1,000 events",
         format!("{cpu_med:.3} ms"),
     );
-    println!("flowpol hooks (side by side with bpftrace, bpf_stats on):");
+    println!("flowpol hooks (side by side with bpftrace's empty program and count, bpf_stats on; bpftrace's line a handshake in a round of its own):");
     for h in &hooks {
         row(
             &format!("  {} ({} runs)", h.0, h.1),
             format!("{:.0} ns/run", per_run(h)),
         );
     }
+    for (what, tp) in [
+        ("empty program", &empty_tp),
+        ("bare count", &count_tp),
+        ("line a handshake", &emit_tp),
+    ] {
+        row(
+            &format!("  bpftrace {what}, same tracepoint"),
+            format!("{:.0} ns/run", per_run(tp)),
+        );
+    }
+    let ratio = |tp: &(String, u64, u64)| per_run(&ours_tp) / per_run(tp).max(1.0);
     row(
-        "  bpftrace on sock/inet_sock_set_state",
-        format!("{:.0} ns/run", per_run(&theirs_tp)),
+        "  ratio flowpol / bpftrace bare count",
+        format!("{:.2}", ratio(&count_tp)),
     );
     row(
-        "  ratio flowpol / bpftrace",
-        format!("{:.2}", per_run(&ours_tp) / per_run(&theirs_tp).max(1.0)),
+        "  ratio flowpol / bpftrace line a handshake",
+        format!("{:.2}", ratio(&emit_tp)),
     );
     println!(
         "CPU per connection ({cores} cores: {cpu_bare:.0} ns without tracing, {extra:.0} ns more with flowpol):"
     );
     for (what, ns) in &breakdown {
         row(&format!("  {what}"), format!("{ns:.0} ns"));
+    }
+    for (what, ns) in &floor_parts {
+        row(&format!("  ({what})"), format!("{ns:.0} ns"));
     }
     println!("loss curve (flowpol record running):");
     for p in &curve {
@@ -377,19 +504,28 @@ fn measure(ns: &Namespace, dir: &Path, stats_flag: &str) -> Result<()> {
         "generator": "native (xtask bench::load), loopback of one namespace",
         "rounds": ROUNDS,
         "rate_no_tracing": rate_bare, "rate_flowpol": rate_flowpol, "rate_flowpol_and_bpftrace": both.rate(),
-        "rates_by_round": {"no_tracing": bare, "flowpol": with},
+        "rate_bpftrace_emit": rate_floor,
+        "rates_by_round": {"no_tracing": bare, "flowpol": with, "bpftrace_emit": floor},
         "conn_rate_overhead_pct": overhead(rate_flowpol),
+        "conn_rate_overhead_pct_bpftrace_emit": overhead(rate_floor),
+        "bpftrace_emit_lines_lost": median(floor_lost),
         "cpu_ns_per_connection": {
             "without_tracing": cpu_bare,
             "extra_with_flowpol": extra,
             "by_part": breakdown.iter().map(|(what, ns)| json!({"part": what, "ns": ns})).collect::<Vec<_>>(),
+            "bpftrace_emit": floor_parts.iter().map(|(what, ns)| json!({"part": what, "ns": ns})).collect::<Vec<_>>(),
         },
         "events": events_med, "events_lost": lost_med, "events_side_by_side": events2, "events_lost_side_by_side": lost2,
         "userspace_cpu_ms_per_1000_events": cpu_med,
         "hooks": hooks.iter().map(|h| json!({"program": h.0, "runs": h.1, "ns_per_run": per_run(h)})).collect::<Vec<_>>(),
-        "tracepoint_ns_per_run": {"flowpol": per_run(&ours_tp), "bpftrace": per_run(&theirs_tp)},
-        "tracepoint_ratio": per_run(&ours_tp) / per_run(&theirs_tp).max(1.0),
+        "tracepoint_ns_per_run": {
+            "flowpol": per_run(&ours_tp), "bpftrace": per_run(&count_tp),
+            "bpftrace_empty": per_run(&empty_tp), "bpftrace_emit": per_run(&emit_tp),
+        },
+        "tracepoint_ratio": ratio(&count_tp),
+        "tracepoint_ratio_to_bpftrace_emit": ratio(&emit_tp),
         "bpftrace_transitions": bt_count,
+        "bpftrace_emit_lines_stats_round": emitted2,
         "loss_curve": curve,
     });
     let out = dir.join("capture.json");
