@@ -1,16 +1,23 @@
-//! Writing events to the ring buffer, counting the ones that do not fit.
+//! Writing events to the ring buffers, counting the ones that do not fit.
 use aya_ebpf::helpers::bpf_ktime_get_ns;
 use probe_common::{Event, EventKind, FlowKey, Stat, ABI_VERSION};
 
-use crate::maps::{bump, EVENTS};
+use crate::maps::{bump, events};
 
 // uapi `bpf_ringbuf_*` flags.
 const BPF_RB_AVAIL_DATA: u64 = 0;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
-/// Wake userspace only once this much is waiting; it also drains on a short timer. A wakeup
-/// per event would cost more than the event itself, in the kernel and in userspace.
+/// Wake userspace when this much comes to be waiting in a ring; it also drains on a short
+/// timer. A wakeup per event would cost more than the event itself, in the kernel and in
+/// userspace.
 const WAKEUP_BYTES: u64 = (probe_common::EVENTS_RING_BYTES / 4) as u64;
+/// The wakeup is sent by the events that find the waiting bytes in
+/// [WAKEUP_BYTES, WAKEUP_BYTES + WAKEUP_WINDOW): once as the ring crosses the mark, not on
+/// every event after it until the reader has drained (a reader slow to be scheduled made
+/// that a wakeup per event). The window, 64 records, is there for CPUs that reserve at once
+/// in one ring; if all of them miss it, the timer drains.
+const WAKEUP_WINDOW: u64 = 64 * (core::mem::size_of::<Event>() as u64 + 8);
 
 pub struct Extra {
     pub errno: u32,
@@ -33,7 +40,8 @@ impl Extra {
 
 #[inline(always)]
 pub fn emit(kind: EventKind, key: &FlowKey, extra: Extra) {
-    match EVENTS.reserve::<Event>(0) {
+    let ring = events();
+    match ring.reserve::<Event>(0) {
         Some(mut entry) => {
             // Fields are written in place: building an `Event` on the stack first would cost
             // 96 of the 512 stack bytes a program chain may use.
@@ -58,7 +66,8 @@ pub fn emit(kind: EventKind, key: &FlowKey, extra: Extra) {
                 (*ev)._pad2 = 0;
                 (*ev).key = *key;
             }
-            let flags = if EVENTS.query(BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES {
+            let waiting = ring.query(BPF_RB_AVAIL_DATA);
+            let flags = if (WAKEUP_BYTES..WAKEUP_BYTES + WAKEUP_WINDOW).contains(&waiting) {
                 BPF_RB_FORCE_WAKEUP
             } else {
                 BPF_RB_NO_WAKEUP

@@ -1,5 +1,6 @@
 //! The probe's maps. Names and sizes come from `probe_common` so userspace agrees.
 use aya_ebpf::{
+    helpers::bpf_get_smp_processor_id,
     macros::map,
     maps::{LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
@@ -8,9 +9,29 @@ use probe_common::{
     STATS_LEN,
 };
 
-/// News for userspace: finished TCP handshakes, new UDP flows, first drops.
+/// News for userspace: finished TCP handshakes, new UDP flows, first drops; a ring for each
+/// CPU number modulo `EVENTS_RINGS` (see [`events`]). Names match `probe_common::MAP_EVENTS`.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+pub static EVENTS0: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map]
+pub static EVENTS1: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map]
+pub static EVENTS2: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+#[map]
+pub static EVENTS3: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// This CPU's ring buffer: CPUs that write at once do not contend for one ring's lock.
+#[inline(always)]
+pub fn events() -> &'static RingBuf {
+    const _: () = assert!(probe_common::EVENTS_RINGS == 4);
+    // SAFETY: the helper has no preconditions.
+    match unsafe { bpf_get_smp_processor_id() } % 4 {
+        0 => &EVENTS0,
+        1 => &EVENTS1,
+        2 => &EVENTS2,
+        _ => &EVENTS3,
+    }
+}
 
 /// UDP flows and drops aggregated in the kernel; userspace reads and sums the counters.
 /// Per-CPU values: counting needs no atomics (which the bpf target does not offer to Rust),

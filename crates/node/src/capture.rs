@@ -7,8 +7,10 @@
 //! the [`Sensor`] detaches everything.
 #![expect(
     unsafe_code,
-    reason = "the probe is loaded and read through aya; ring buffer fd registration"
+    reason = "the probe is loaded and read through aya; the rings' epoll set"
 )]
+mod rings;
+
 use aya::{
     include_bytes_aligned,
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -22,8 +24,6 @@ use probe_common::{
     FlowKey, FlowStats, Stat, GLOBAL_CONFIG, MAP_EVENTS, MAP_FLOWS, MAP_SOCK_NETNS, MAP_STATS,
 };
 use std::os::fd::AsFd;
-
-use tokio::io::unix::AsyncFd;
 
 use crate::kernel::{KernelInfo, STATE_TRACEPOINT};
 
@@ -101,7 +101,7 @@ impl SensorStats {
 /// The loaded eBPF programs and their maps.
 pub struct Sensor {
     // Owns the programs and their links; dropped last so maps stay valid until then.
-    ring: AsyncFd<RingBuf<MapData>>,
+    rings: rings::Rings,
     flows: PerCpuHashMap<MapData, FlowKey, FlowStats>,
     stats: PerCpuArray<MapData, u64>,
     sock_netns: BpfHashMap<MapData, u64, u32>,
@@ -215,16 +215,16 @@ impl Sensor {
                     format!("cgroup_skb/{attach_type:?} on {}", info.cgroup2.display()),
                 ))?;
         }
-        let ring: RingBuf<MapData> = take(&mut ebpf, MAP_EVENTS)?;
-        // SAFETY: the ring buffer owns its file descriptor and is neither closed nor replaced
-        // while registered: it lives inside the AsyncFd until the Sensor is dropped.
-        let ring =
-            unsafe { AsyncFd::register(ring) }.map_err(|e| CaptureError::Poll(e.into_parts().1))?;
+        let rings = MAP_EVENTS
+            .iter()
+            .map(|name| take::<RingBuf<MapData>>(&mut ebpf, name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let rings = rings::Rings::new(rings).map_err(CaptureError::Poll)?;
         let flows = take(&mut ebpf, MAP_FLOWS)?;
         let stats = take(&mut ebpf, MAP_STATS)?;
         let sock_netns = take(&mut ebpf, MAP_SOCK_NETNS)?;
         Ok(Self {
-            ring,
+            rings,
             flows,
             stats,
             sock_netns,
@@ -232,7 +232,7 @@ impl Sensor {
         })
     }
 
-    /// Waits until the probe wakes us (a quarter of the ring is filled) or `timeout` passes,
+    /// Waits until the probe wakes us (a quarter of a ring is filled) or `timeout` passes,
     /// then hands every pending event to `f`. The probe submits without wakeups otherwise, so
     /// the timeout is what bounds the delay of a quiet event stream.
     pub async fn next_batch(
@@ -240,27 +240,15 @@ impl Sensor {
         timeout: std::time::Duration,
         f: impl FnMut(&[u8]),
     ) -> Result<(), CaptureError> {
-        match tokio::time::timeout(timeout, self.ring.readable_mut()).await {
-            Err(_elapsed) => {
-                self.drain(f);
-                Ok(())
-            }
-            Ok(Err(e)) => Err(CaptureError::Poll(e)),
-            Ok(Ok(mut guard)) => {
-                guard.clear_ready();
-                drop(guard);
-                self.drain(f);
-                Ok(())
-            }
-        }
+        self.rings
+            .next_batch(timeout, f)
+            .await
+            .map_err(CaptureError::Poll)
     }
 
     /// Hands every pending event to `f` without waiting.
-    pub fn drain(&mut self, mut f: impl FnMut(&[u8])) {
-        let ring = self.ring.get_mut();
-        while let Some(item) = ring.next() {
-            f(&item);
-        }
+    pub fn drain(&mut self, f: impl FnMut(&[u8])) {
+        self.rings.drain(f);
     }
 
     /// Counters of one aggregated flow, summed over CPUs; `None` once the LRU evicted it.
