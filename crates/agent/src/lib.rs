@@ -414,7 +414,7 @@ impl<S: EventSource> Agent<S> {
     /// What the capture lost since the previous round, as the line that tells readers of
     /// the records (suggest, verify) that flows may be missing; `None` when nothing was.
     fn losses_since_last_round(&mut self) -> Option<Capture> {
-        let mut now = self.session.summary().capture;
+        let mut now = self.session.summary().capture();
         let incomplete = self.incomplete
             + self
                 .incomplete_since

@@ -36,9 +36,28 @@ pub struct Summary {
     pub counters_evicted: u64,
     /// What was found open when the probe started.
     pub before_start: BeforeStart,
-    /// The same losses, as the line a recording's flow file ends with.
     #[serde(skip)]
-    pub capture: Capture,
+    pub node: Option<String>,
+    #[serde(skip)]
+    pub started: Option<DateTime<Utc>>,
+    #[serde(skip)]
+    pub ended: Option<DateTime<Utc>>,
+}
+
+impl Summary {
+    /// The losses, as the line a recording's flow file ends with.
+    pub fn capture(&self) -> Capture {
+        Capture {
+            node: self.node.clone(),
+            started: self.started,
+            ended: self.ended,
+            events_lost: self.events_lost,
+            decode_errors: self.decode_errors,
+            counters_evicted: self.counters_evicted,
+            namespaces_not_listed: self.before_start.failed.len() as u64,
+            model_incomplete_ms: 0,
+        }
+    }
 }
 
 /// The listing of the node's sockets at start ([`existing`]).
@@ -272,16 +291,6 @@ impl<S: EventSource> Session<S> {
     /// Counters so far (totals of what is still held, for a session that is not taken from).
     pub fn summary(&self) -> Summary {
         let probe = self.probe.stats();
-        let capture = Capture {
-            node: self.agg.node().map(str::to_owned),
-            started: Some(self.started),
-            ended: Some(Utc::now()),
-            events_lost: probe.events_lost(),
-            decode_errors: self.decode_errors,
-            counters_evicted: self.counters_evicted,
-            namespaces_not_listed: self.before_start.failed.len() as u64,
-            model_incomplete_ms: 0,
-        };
         Summary {
             totals: self.agg.totals(),
             events: self.events,
@@ -290,7 +299,9 @@ impl<S: EventSource> Session<S> {
             decode_errors: self.decode_errors,
             counters_evicted: self.counters_evicted,
             before_start: self.before_start.clone(),
-            capture,
+            node: self.agg.node().map(str::to_owned),
+            started: Some(self.started),
+            ended: Some(Utc::now()),
         }
     }
 

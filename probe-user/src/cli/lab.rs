@@ -138,7 +138,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         output::emit_records(
             output.as_deref(),
             &report.records,
-            std::slice::from_ref(&report.summary.capture),
+            &[report.summary.capture()],
         )?;
         super::enforcing::write_facts(output.as_deref(), enforced.as_ref())?;
         failed |= tell(&args, &report);

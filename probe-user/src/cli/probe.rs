@@ -123,7 +123,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         output::emit_records(
             output.as_deref(),
             &report.records,
-            std::slice::from_ref(&report.summary.capture),
+            &[report.summary.capture()],
         )?;
         super::enforcing::write_facts(output.as_deref(), enforced.as_ref())?;
         eprintln!(
@@ -168,7 +168,7 @@ async fn on_node(args: Args) -> anyhow::Result<ExitCode> {
         output::emit_records(
             output.as_deref(),
             &probed.records,
-            std::slice::from_ref(&probed.summary.capture),
+            &[probed.summary.capture()],
         )?;
         eprintln!("{}", probed.summary);
         if probed.unentered > 0 {

@@ -106,11 +106,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         cgroups.extend(podcgroup::scan(&info.cgroup2));
         attribute::enrich_on_node(&loaded.cluster, &mut records, &cgroups);
     }
-    output::emit_records(
-        args.output.as_deref(),
-        &records,
-        std::slice::from_ref(&summary.capture),
-    )?;
+    output::emit_records(args.output.as_deref(), &records, &[summary.capture()])?;
     eprintln!("{summary}");
     Ok(code)
 }
