@@ -9,6 +9,7 @@ pub mod enforce;
 pub mod enforcer;
 pub mod in_cluster;
 pub mod netns;
+pub mod netstat;
 pub mod nft;
 pub mod objects;
 pub mod probing;
@@ -17,7 +18,7 @@ pub mod scenario;
 pub mod traffic;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{atomic::AtomicBool, Arc},
     thread::JoinHandle,
 };
@@ -163,6 +164,14 @@ impl Lab {
             })
         })
         .collect()
+    }
+
+    /// Host id -> its kernel's listener counters now.
+    pub fn listen_counters(&self) -> Result<BTreeMap<String, netstat::ListenCounters>, NetError> {
+        self.namespaces
+            .iter()
+            .map(|(id, ns)| Ok((id.clone(), netstat::read(ns)?)))
+            .collect()
     }
 
     /// Netns inode -> host id, for every namespace of the lab (the node is `lab-node`).

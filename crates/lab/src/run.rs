@@ -1,9 +1,15 @@
 //! One lab run: probe up, lab up, traffic while recording, checks, everything torn down.
-use std::{collections::HashMap, net::IpAddr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::IpAddr,
+    sync::Arc,
+    time::Duration,
+};
 
 use super::{
     check::{check, Mismatch},
     netns::{self, NetError},
+    netstat::ListenCounters,
     scenario::Resolved,
     traffic::ClientSaw,
     Lab,
@@ -45,6 +51,9 @@ pub struct LabReport {
     pub outcomes: Vec<ClientSaw>,
     pub mismatches: Vec<Mismatch>,
     pub hosts_by_inode: HashMap<u32, String>,
+    /// Host id -> what its kernel dropped at its listeners during the run, for the hosts
+    /// where it dropped anything: why a server can count fewer handshakes than its clients.
+    pub listen_drops: BTreeMap<String, ListenCounters>,
     pub resolved: Resolved,
 }
 
@@ -74,6 +83,7 @@ pub async fn run_on(
         move || lab.hold()
     })
     .await??;
+    let before = lab.listen_counters()?;
     let probe = Sensor::load(&info)?;
     let mut session = Session::starting_from_open(
         probe,
@@ -127,6 +137,15 @@ pub async fn run_on(
         // the node's namespace, open before the recording.
         .filter(|r| !(r.src.ip.is_loopback() && r.dst.ip.is_loopback()))
         .collect();
+    let listen_drops = lab
+        .listen_counters()?
+        .into_iter()
+        .map(|(host, now)| {
+            let during = now.since(before.get(&host).copied().unwrap_or_default());
+            (host, during)
+        })
+        .filter(|(_, during)| *during != ListenCounters::default())
+        .collect();
     let resolved = lab.resolved().clone();
     let mismatches = check(&resolved, &outcomes, &records, &hosts_by_inode);
     // Tear down now (listeners joined, namespaces deleted) rather than at some later drop.
@@ -138,6 +157,7 @@ pub async fn run_on(
         outcomes,
         mismatches,
         hosts_by_inode,
+        listen_drops,
         resolved,
     })
 }

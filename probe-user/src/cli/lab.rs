@@ -203,6 +203,12 @@ fn tell(args: &Args, report: &run::LabReport) -> bool {
         "  traffic plan took {:.3} s",
         report.traffic_time.as_secs_f64()
     );
+    for (host, dropped) in &report.listen_drops {
+        eprintln!(
+            "  {host}'s kernel dropped {} segments at its listeners ({} with the accept queue full): its side may count fewer handshakes than its clients",
+            dropped.drops, dropped.overflows
+        );
+    }
     if report.mismatches.is_empty() {
         if args.check {
             eprintln!("flowpol lab: check passed: every expectation matched the capture exactly");
