@@ -469,3 +469,52 @@ fn the_lab_publishes_its_cluster_for_the_run() {
     drop(cp);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `flowpol record` naming from a cluster that grants it nothing (a ServiceAccount with no
+/// role: every list is forbidden) writes its records all the same, unnamed, fails, and its
+/// capture line says the model was incomplete for the whole recording; with the agent's own
+/// ServiceAccount the model is complete within the recording's first seconds.
+#[test]
+fn record_says_how_long_its_cluster_model_was_incomplete() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempdir().join("record-model");
+    std::fs::create_dir_all(&dir).unwrap();
+    let LabApi { cp, kubeconfig } = serve_lab(&dir);
+    cp.kubectl_ok(&["create", "serviceaccount", "nobody", "-n", "default"])
+        .unwrap();
+    let token = cp.token("default", "nobody").unwrap();
+    let nobody = cp.token_kubeconfig("nobody.kubeconfig", &token).unwrap();
+    const RECORDING_MS: u64 = 3_000;
+    let record = |kubeconfig: &std::path::Path, name: &str| {
+        let output = dir.join(name);
+        let out = Command::new(binary())
+            .args(["record", "--duration", "3s", "--kube-timeout", "2s"])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--output")
+            .arg(&output)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        let flows = record::read_flows(&output).unwrap_or_else(|e| panic!("{e}: {err}"));
+        assert_eq!(flows.captures.len(), 1, "{err}");
+        (out.status, err, flows.captures[0].model_incomplete_ms)
+    };
+
+    let (status, err, incomplete) = record(&nobody, "nobody.jsonl");
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("records are not named"), "{err}");
+    assert!(incomplete >= RECORDING_MS, "{incomplete} ms: {err}");
+    assert!(
+        err.contains(&format!("cluster model incomplete for {incomplete} ms")),
+        "{err}"
+    );
+
+    let (status, err, incomplete) = record(&kubeconfig, "agent.jsonl");
+    assert!(status.success(), "{err}");
+    assert!(incomplete < RECORDING_MS, "{incomplete} ms: {err}");
+    drop(cp);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -106,7 +106,8 @@ fn record_captures_and_exits_cleanly() {
 }
 
 /// A connection made before `flowpol record` started, and kept open, is in its output on
-/// both sides, marked; the file ends with the recording's account of itself.
+/// both sides, marked, and so is an idle connected UDP socket, on its client's side; the
+/// file ends with the recording's account of itself.
 #[test]
 fn record_reports_a_connection_already_open_and_ends_with_its_capture_line() {
     if !privileged() {
@@ -119,6 +120,10 @@ fn record_reports_a_connection_already_open_and_ends_with_its_capture_line() {
     let server = listener.local_addr().unwrap();
     let client = std::net::TcpStream::connect(server).unwrap();
     let (_accepted, _) = listener.accept().unwrap();
+    // A UDP socket connected to a server's and idle throughout, as a resolver's can be.
+    let udp_server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let resolver = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    resolver.connect(udp_server.local_addr().unwrap()).unwrap();
     let (status, stderr) = record_briefly(&[], &out_file).finish();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("open at start"), "{stderr}");
@@ -145,6 +150,27 @@ fn record_reports_a_connection_already_open_and_ends_with_its_capture_line() {
     assert_eq!(open.len(), 2, "{open:?}");
     assert!(open.contains(&marked(Side::Client)), "{open:?}");
     assert!(open.contains(&marked(Side::Server)), "{open:?}");
+    let idle: Vec<_> = flows
+        .records
+        .iter()
+        .filter(|r| r.dst.port == Some(udp_server.local_addr().unwrap().port()))
+        .map(|r| {
+            let o = r.observer.as_ref().unwrap();
+            (r.protocol, o.side, o.since, r.verdict, r.count)
+        })
+        .collect();
+    use flowpol_analysis::record::Protocol;
+    assert_eq!(
+        idle,
+        [(
+            Protocol::UDP,
+            Side::Client,
+            Some(Since::BeforeStart),
+            Some(Verdict::Sent),
+            1
+        )],
+        "the idle connected UDP socket, once, on its client's side"
+    );
     assert_eq!(flows.captures.len(), 1);
     assert_eq!(flows.captures[0].events_lost, 0);
     assert!(flows.missing_flows().is_empty());

@@ -371,8 +371,9 @@ impl<S: EventSource> Agent<S> {
             Some((cluster, policies)) => {
                 self.health.set_ready(None);
                 if let Some(since) = self.incomplete_since.take() {
-                    self.incomplete += since.elapsed();
-                    m.model_incomplete(since.elapsed());
+                    let was = since.elapsed();
+                    self.incomplete += was;
+                    m.model_incomplete(was);
                 }
                 if !self.held.is_empty() {
                     let mut held = std::mem::take(&mut self.held);
@@ -421,20 +422,7 @@ impl<S: EventSource> Agent<S> {
                 .map_or(Duration::ZERO, |t| t.elapsed());
         now.model_incomplete_ms = incomplete.as_millis() as u64;
         let before = std::mem::replace(&mut self.reported, now.clone());
-        let lost = Capture {
-            node: now.node,
-            started: before.ended.or(now.started),
-            ended: now.ended,
-            events_lost: now.events_lost.saturating_sub(before.events_lost),
-            decode_errors: now.decode_errors.saturating_sub(before.decode_errors),
-            counters_evicted: now.counters_evicted.saturating_sub(before.counters_evicted),
-            namespaces_not_listed: now
-                .namespaces_not_listed
-                .saturating_sub(before.namespaces_not_listed),
-            model_incomplete_ms: now
-                .model_incomplete_ms
-                .saturating_sub(before.model_incomplete_ms),
-        };
+        let lost = now.since(&before);
         (lost.missing_flows().is_some() || lost.model_incomplete_ms > 0).then_some(lost)
     }
 

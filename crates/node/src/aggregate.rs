@@ -86,8 +86,8 @@ struct ConnKey {
     before_start: bool,
 }
 
-/// A connection's ends as one of its sockets sees them: side, netns, client, server.
-type Ends = (Side, u32, SocketAddr, SocketAddr);
+/// A connection's ends as one of its sockets sees them: protocol, side, netns, client, server.
+type Ends = (Protocol, Side, u32, SocketAddr, SocketAddr);
 
 #[derive(Clone, Debug)]
 struct ConnAgg {
@@ -223,19 +223,26 @@ impl Aggregator {
     pub fn add_before_start(&mut self, conns: &[Connection], at_ns: u64) -> usize {
         let mut added = 0;
         for c in conns {
-            let ends = (c.side, c.netns, c.client, c.server);
+            let ends = (c.protocol, c.side, c.netns, c.client, c.server);
             if self.before_start.contains_key(&ends) {
                 continue;
             }
             added += 1;
+            // A connected UDP socket's record counts the socket, as a TCP one counts the
+            // connection: no datagram of it has been seen (yet).
+            let verdict = match (c.protocol, c.side) {
+                (Protocol::UDP, Side::Client) => Verdict::Sent,
+                (Protocol::UDP, _) => Verdict::Received,
+                _ => Verdict::Established,
+            };
             let key = ConnKey {
                 side: c.side,
                 netns: c.netns,
-                protocol: Protocol::TCP,
+                protocol: c.protocol,
                 src: c.client.ip(),
                 dst: c.server.ip(),
                 dst_port: c.server.port(),
-                verdict: Verdict::Established,
+                verdict,
                 errno: 0,
                 before_start: true,
             };
@@ -275,6 +282,7 @@ impl Aggregator {
         };
         if verdict == Verdict::Established && !self.before_start.is_empty() {
             let ends = (
+                obs.protocol,
                 side,
                 obs.netns,
                 SocketAddr::new(obs.src, obs.src_port),
@@ -516,7 +524,11 @@ impl Aggregator {
     pub fn totals(&self) -> Totals {
         let mut t = Totals::default();
         for (k, a) in &self.conns {
-            *t.connections.entry(k.verdict).or_default() += a.count;
+            if k.protocol == Protocol::UDP {
+                t.udp_flows += 1;
+            } else {
+                *t.connections.entry(k.verdict).or_default() += a.count;
+            }
         }
         for f in self.flows.values() {
             if f.first.kind == EventKind::Drop {

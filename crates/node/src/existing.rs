@@ -5,6 +5,8 @@
 //! - each established TCP connection becomes a record marked `before_start`, on the side
 //!   its socket is (the server's side when a listener in the same namespace holds its
 //!   local port);
+//! - each connected UDP socket becomes a record marked `before_start` too (a client's
+//!   `sent`, a server's `received`), sent datagrams or none: an idle one talks again later;
 //! - each UDP socket's namespace is taught to the probe (by cookie), which otherwise learns
 //!   it only when the socket first sends.
 //!
@@ -42,9 +44,11 @@ pub struct Socket {
     pub entry: diag::Entry,
 }
 
-/// An established connection found at start, as seen from one of its sockets.
+/// An established TCP connection or a connected UDP socket found at start, as seen from
+/// one of its sockets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connection {
+    pub protocol: Protocol,
     pub side: Side,
     pub netns: u32,
     pub client: SocketAddr,
@@ -154,26 +158,29 @@ fn in_namespace(path: &Path) -> std::io::Result<Vec<(Protocol, diag::Entry)>> {
     .unwrap_or_else(|_| Err(std::io::Error::other("the scanning thread panicked")))
 }
 
-/// The established TCP connections among `sockets`, each with the side its socket is on.
-/// A socket is the server's when a listener of the same namespace holds its local port on
-/// its address or on the unspecified one.
+/// The established TCP connections and connected UDP sockets among `sockets`, each with the
+/// side its socket is on. A socket is the server's when a listener of the same namespace
+/// and protocol holds its local port on its address or on the unspecified one (for UDP, a
+/// socket bound there and connected to no one: a server answering from its own connected
+/// socket per peer).
 pub fn connections(sockets: &[Socket]) -> Vec<Connection> {
-    let mut listeners: HashMap<(u32, u16), Vec<IpAddr>> = HashMap::new();
+    let mut listeners: HashMap<(u32, Protocol, u16), Vec<IpAddr>> = HashMap::new();
     for s in sockets {
-        if s.protocol == Protocol::TCP && s.entry.state == diag::LISTEN {
+        if listens(s) {
             listeners
-                .entry((s.netns, s.entry.local.port()))
+                .entry((s.netns, s.protocol, s.entry.local.port()))
                 .or_default()
                 .push(s.entry.local.ip());
         }
     }
     sockets
         .iter()
-        .filter(|s| s.protocol == Protocol::TCP && s.entry.state == diag::ESTABLISHED)
+        .filter(|s| s.entry.state == diag::ESTABLISHED)
+        .filter(|s| matches!(s.protocol, Protocol::TCP | Protocol::UDP))
         .map(|s| {
             let e = &s.entry;
             let serves = listeners
-                .get(&(s.netns, e.local.port()))
+                .get(&(s.netns, s.protocol, e.local.port()))
                 .is_some_and(|ips| {
                     ips.iter()
                         .any(|ip| ip.is_unspecified() || *ip == e.local.ip())
@@ -184,6 +191,7 @@ pub fn connections(sockets: &[Socket]) -> Vec<Connection> {
                 (Side::Client, e.local, e.remote)
             };
             Connection {
+                protocol: s.protocol,
                 side,
                 netns: s.netns,
                 client,
@@ -192,6 +200,15 @@ pub fn connections(sockets: &[Socket]) -> Vec<Connection> {
             }
         })
         .collect()
+}
+
+/// A TCP listener, or a UDP socket bound to a port and connected to no one.
+fn listens(s: &Socket) -> bool {
+    match s.protocol {
+        Protocol::TCP => s.entry.state == diag::LISTEN,
+        Protocol::UDP => s.entry.state != diag::ESTABLISHED && s.entry.local.port() != 0,
+        _ => false,
+    }
 }
 
 /// Cookie -> namespace of every UDP socket, for the probe.
@@ -207,9 +224,13 @@ mod tests {
     use super::*;
 
     fn tcp(netns: u32, state: u8, local: &str, remote: &str) -> Socket {
+        socket(Protocol::TCP, netns, state, local, remote)
+    }
+
+    fn socket(protocol: Protocol, netns: u32, state: u8, local: &str, remote: &str) -> Socket {
         Socket {
             netns,
-            protocol: Protocol::TCP,
+            protocol,
             entry: diag::Entry {
                 state,
                 local: local.parse().unwrap(),
@@ -246,6 +267,64 @@ mod tests {
         let want: Vec<_> = want
             .iter()
             .map(|(n, s, c, v)| (*n, *s, c.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_connected_udp_socket_is_a_client_unless_its_port_is_served_unconnected() {
+        const UNCONNECTED: u8 = 7; // TCP_CLOSE, as sock_diag shows an unconnected UDP socket
+        let udp = |netns, state, local, remote| socket(Protocol::UDP, netns, state, local, remote);
+        let sockets = [
+            // Namespace 1: a resolver's socket connected to its server, and one bound to
+            // 53 connected to no one (a server).
+            udp(1, diag::ESTABLISHED, "10.0.0.1:41000", "10.0.0.53:53"),
+            udp(1, UNCONNECTED, "0.0.0.0:53", "0.0.0.0:0"),
+            // A server's own connected socket per peer, on the served port.
+            udp(1, diag::ESTABLISHED, "10.0.0.1:53", "10.0.0.7:50000"),
+            // An unconnected socket is no connection, and a TCP listener serves no UDP.
+            udp(2, UNCONNECTED, "0.0.0.0:41001", "0.0.0.0:0"),
+            tcp(2, diag::LISTEN, "0.0.0.0:8125", "0.0.0.0:0"),
+            udp(2, diag::ESTABLISHED, "10.0.0.2:8125", "10.0.0.9:8125"),
+        ];
+        let got: Vec<_> = connections(&sockets)
+            .into_iter()
+            .map(|c| {
+                (
+                    c.protocol,
+                    c.netns,
+                    c.side,
+                    c.client.to_string(),
+                    c.server.to_string(),
+                )
+            })
+            .collect();
+        let want = [
+            (
+                Protocol::UDP,
+                1,
+                Side::Client,
+                "10.0.0.1:41000",
+                "10.0.0.53:53",
+            ),
+            (
+                Protocol::UDP,
+                1,
+                Side::Server,
+                "10.0.0.7:50000",
+                "10.0.0.1:53",
+            ),
+            (
+                Protocol::UDP,
+                2,
+                Side::Client,
+                "10.0.0.2:8125",
+                "10.0.0.9:8125",
+            ),
+        ];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(p, n, s, c, v)| (*p, *n, *s, c.to_string(), v.to_string()))
             .collect();
         assert_eq!(got, want);
     }

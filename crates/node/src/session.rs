@@ -461,6 +461,10 @@ mod tests {
         udp.protocol = flowpol_analysis::record::Protocol::UDP;
         udp.entry.cookie = 42;
         sockets.push(udp);
+        // A resolver's UDP socket in netns 3, connected to its server and idle.
+        let mut resolver = listed(3, ESTABLISHED, "10.0.0.3:41000", "10.0.0.53:53");
+        resolver.protocol = flowpol_analysis::record::Protocol::UDP;
+        sockets.push(resolver);
         let mut seen = crate::script::event(
             probe_common::EventKind::TcpEstablishedOut,
             probe_common::AF_INET,
@@ -484,24 +488,51 @@ mod tests {
             HashMap::from([(42, 3)]),
             "the UDP socket's netns"
         );
+        // The summary's totals: TCP connections apart from UDP flows, the socket among them.
+        let totals = s.summary().totals;
+        use flowpol_analysis::record::{Protocol::*, Verdict::*};
+        assert_eq!(totals.connections, [(Established, 3)].into());
+        assert_eq!(totals.udp_flows, 1);
         let records = s.take(Duration::from_secs(60));
         let got: Vec<_> = records
             .iter()
             .map(|r| {
                 let o = r.observer.as_ref().unwrap();
-                (o.netns, o.side, o.since, r.count)
+                (o.netns, r.protocol, r.verdict, o.side, o.since, r.count)
             })
             .collect();
         let mut want = vec![
-            (1, Side::Client, Some(Since::BeforeStart), 1),
-            (2, Side::Server, Some(Since::BeforeStart), 1),
-            (9, Side::Client, None, 1),
+            (
+                1,
+                TCP,
+                Some(Established),
+                Side::Client,
+                Some(Since::BeforeStart),
+                1,
+            ),
+            (
+                2,
+                TCP,
+                Some(Established),
+                Side::Server,
+                Some(Since::BeforeStart),
+                1,
+            ),
+            (
+                3,
+                UDP,
+                Some(Sent),
+                Side::Client,
+                Some(Since::BeforeStart),
+                1,
+            ),
+            (9, TCP, Some(Established), Side::Client, None, 1),
         ];
         let mut got_sorted = got.clone();
         got_sorted.sort();
         want.sort();
         assert_eq!(got_sorted, want, "{records:#?}");
-        assert_eq!(s.summary().before_start.connections, 3);
+        assert_eq!(s.summary().before_start.connections, 4);
         assert!(s.take(Duration::from_secs(60)).is_empty(), "taken once");
     }
 

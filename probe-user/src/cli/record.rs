@@ -84,7 +84,21 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             None => shutdown.requested().await,
         }
     };
-    session.run(stop).await.context("capturing")?;
+    let started = std::time::Instant::now();
+    // When the live model first became complete: before that, records can lack names.
+    let ready_at = std::cell::Cell::new(None);
+    let first_ready = async {
+        if let Some(live) = &live {
+            while live.ready(Duration::from_secs(60)).await.is_err() {}
+            ready_at.set(Some(std::time::Instant::now()));
+        }
+        std::future::pending::<std::convert::Infallible>().await
+    };
+    tokio::select! {
+        r = session.run(stop) => r.context("capturing")?,
+        never = first_ready => match never {},
+    }
+    let ended = std::time::Instant::now();
     let (mut records, summary) = session.finish();
     // Records are never lost for want of names: without a model they go out as seen.
     let mut code = ExitCode::SUCCESS;
@@ -106,8 +120,28 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         cgroups.extend(podcgroup::scan(&info.cgroup2));
         attribute::enrich_on_node(&loaded.cluster, &mut records, &cgroups);
     }
-    output::emit_records(args.output.as_deref(), &records, &[summary.capture()])?;
+    let mut capture = summary.capture();
+    if live.is_some() {
+        // Names come from the model as the recording ends; a model never complete names
+        // nothing, whatever it held for a while.
+        let incomplete = match (loaded.is_some(), ready_at.get()) {
+            (true, Some(at)) => at.min(ended).saturating_duration_since(started),
+            _ => ended.saturating_duration_since(started),
+        };
+        capture.model_incomplete_ms = incomplete.as_millis() as u64;
+    }
+    output::emit_records(
+        args.output.as_deref(),
+        &records,
+        std::slice::from_ref(&capture),
+    )?;
     eprintln!("{summary}");
+    if capture.model_incomplete_ms > 0 {
+        eprintln!(
+            "  cluster model incomplete for {} ms of the recording",
+            capture.model_incomplete_ms
+        );
+    }
     Ok(code)
 }
 

@@ -46,6 +46,27 @@ pub(crate) struct Line<'a> {
 pub(crate) const PREFIX: &str = "{\"capture\":";
 
 impl Capture {
+    /// What a recording that keeps going (the agent) counted from `earlier`, an account of
+    /// itself it gave before, to this one.
+    pub fn since(&self, earlier: &Capture) -> Capture {
+        Capture {
+            node: self.node.clone(),
+            started: earlier.ended.or(self.started),
+            ended: self.ended,
+            events_lost: self.events_lost.saturating_sub(earlier.events_lost),
+            decode_errors: self.decode_errors.saturating_sub(earlier.decode_errors),
+            counters_evicted: self
+                .counters_evicted
+                .saturating_sub(earlier.counters_evicted),
+            namespaces_not_listed: self
+                .namespaces_not_listed
+                .saturating_sub(earlier.namespaces_not_listed),
+            model_incomplete_ms: self
+                .model_incomplete_ms
+                .saturating_sub(earlier.model_incomplete_ms),
+        }
+    }
+
     /// Why flows may be missing from this recording, if they may.
     pub fn missing_flows(&self) -> Option<String> {
         let mut why = Vec::new();
@@ -76,6 +97,38 @@ impl Capture {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_account_since_an_earlier_one_counts_what_came_after_it() {
+        let at = |s: &str| Some(s.parse::<DateTime<Utc>>().unwrap());
+        let earlier = Capture {
+            node: Some("node-a".into()),
+            started: at("2026-12-01T10:00:00Z"),
+            ended: at("2026-12-01T10:01:00Z"),
+            events_lost: 5,
+            model_incomplete_ms: 2_000,
+            ..Capture::default()
+        };
+        let now = Capture {
+            ended: at("2026-12-01T10:02:00Z"),
+            events_lost: 12,
+            decode_errors: 1,
+            model_incomplete_ms: 2_500,
+            ..earlier.clone()
+        };
+        assert_eq!(
+            now.since(&earlier),
+            Capture {
+                node: Some("node-a".into()),
+                started: at("2026-12-01T10:01:00Z"),
+                ended: at("2026-12-01T10:02:00Z"),
+                events_lost: 7,
+                decode_errors: 1,
+                model_incomplete_ms: 500,
+                ..Capture::default()
+            }
+        );
+    }
 
     #[test]
     fn a_clean_capture_misses_nothing_and_a_lossy_one_says_what_and_where() {
