@@ -44,7 +44,8 @@ impl Rng {
 }
 
 pub(crate) fn pod_ip(k: usize) -> String {
-    format!("10.1.{}.{}", (k + 1) >> 8, (k + 1) & 255)
+    let k = k + 1;
+    format!("10.{}.{}.{}", 1 + (k >> 16), (k >> 8) & 255, k & 255)
 }
 
 /// Namespaces, nodes, pods and policies as a kubectl `List` in YAML.
@@ -56,14 +57,14 @@ pub(crate) fn cluster_yaml(namespaces: usize, pods: usize, policies: usize) -> S
         let _ = write!(y, "- apiVersion: v1\n  kind: Namespace\n  metadata:\n    name: ns-{i:03}\n    labels: {{kubernetes.io/metadata.name: ns-{i:03}, team: team-{}, env: {}}}\n", i % 25, if i % 2 == 0 { "prod" } else { "staging" });
     }
     for n in 0..nodes {
-        let _ = write!(y, "- apiVersion: v1\n  kind: Node\n  metadata: {{name: node-{n}}}\n  status:\n    addresses: [{{type: InternalIP, address: 192.168.{}.{}}}]\n", n >> 8, (n & 255) + 1);
+        let _ = write!(y, "- apiVersion: v1\n  kind: Node\n  metadata: {{name: node-{n}}}\n  status:\n    addresses: [{{type: InternalIP, address: 192.168.{}.{}}}]\n", (n + 1) >> 8, (n + 1) & 255);
     }
     for k in 0..pods {
         let (i, j) = (k / per_ns, k % per_ns);
         let tier = ["web", "api", "db"][j % 3];
         let _ = write!(
             y,
-            "- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: pod-{j}\n    namespace: ns-{i:03}\n    uid: 00000000-0000-4000-8000-{k:012}\n    labels: {{app: app-{app}, tier: {tier}, version: v{}, pod-template-hash: {hash}}}\n    ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: app-{app}-{hash}, uid: 00000000-0000-4000-9000-{k:012}, controller: true}}]\n  spec:\n    nodeName: node-{}\n    containers:\n    - name: main\n      image: registry.example/app:1\n      ports: [{{name: http, containerPort: 8080}}, {{name: grpc, containerPort: 9090}}, {{name: metrics, containerPort: 9100}}, {{name: dns, containerPort: 53, protocol: UDP}}]\n  status:\n    phase: Running\n    podIP: {ip}\n    podIPs: [{{ip: {ip}}}]\n",
+            "- apiVersion: v1\n  kind: Pod\n  metadata:\n    name: pod-{j}\n    namespace: ns-{i:03}\n    uid: 00000000-0000-4000-8000-{k:012}\n    labels: {{app: app-{app}, tier: {tier}, version: v{}, pod-template-hash: '{hash}'}}\n    ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: app-{app}-{hash}, uid: 00000000-0000-4000-9000-{k:012}, controller: true}}]\n  spec:\n    nodeName: node-{}\n    containers:\n    - name: main\n      image: registry.example/app:1\n      ports: [{{name: http, containerPort: 8080}}, {{name: grpc, containerPort: 9090}}, {{name: metrics, containerPort: 9100}}, {{name: dns, containerPort: 53, protocol: UDP}}]\n  status:\n    phase: Running\n    podIP: {ip}\n    podIPs: [{{ip: {ip}}}]\n",
             j % 2,
             k % nodes,
             app = j % 10,
