@@ -1,6 +1,6 @@
 //! The agent's cluster-wide store against a real kube-apiserver with flowpol's CRD: each
-//! node's share server-side applied, two nodes merged into one object by the CRD's own
-//! list-map keys, an outage (the API server stopped) that loses nothing, a restart that
+//! node's share server-side applied into objects of its own (one writer, one managedFields
+//! entry each), an outage (the API server stopped) that loses nothing, a restart that
 //! resumes from what the cluster holds, a missing CRD named, evictions that do not delete
 //! history, pacing; and `verify`/`suggest --from-cluster` reading the objects back, also as
 //! the kubectl plugin through the built kubectl.
@@ -84,13 +84,12 @@ fn far() -> tokio::time::Instant {
     tokio::time::Instant::now() + Duration::from_secs(60)
 }
 
-/// `node`'s edges of an object: (peer, port, verdicts).
-fn edges_of(object: &Value, node: &str) -> Vec<(String, u64, Value)> {
+/// The edges of an object: (peer, port, verdicts).
+fn edges_of(object: &Value) -> Vec<(String, u64, Value)> {
     object["spec"]["edges"]
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["node"] == node)
         .map(|e| {
             (
                 e["peer"].as_str().unwrap().to_owned(),
@@ -102,7 +101,7 @@ fn edges_of(object: &Value, node: &str) -> Vec<(String, u64, Value)> {
 }
 
 #[test]
-fn two_nodes_share_one_object_and_a_restart_resumes() {
+fn each_node_writes_its_own_objects_and_a_restart_resumes() {
     run(async {
         let cp = with_crd();
         let a = Writer::new(client(&cp).await, "node-a", 100.0);
@@ -128,15 +127,17 @@ fn two_nodes_share_one_object_and_a_restart_resumes() {
         );
         // Three records of one workload: one apply (batched), under the node's manager.
         assert_eq!(k8s::applies(&cp, &field_manager("node-a")), 1);
-        let o = k8s::observed(&cp, "shop", "deployment-web").expect("object written");
-        // The server merged the two shares and records who owns what.
-        assert_eq!(
-            k8s::appliers(&o),
-            vec![field_manager("node-a"), field_manager("node-b")]
-        );
+        // Each node's share is an object of its own, with one writer: managedFields holds
+        // one entry, the node's.
+        let o = k8s::observed(&cp, "shop", "Deployment/web", "node-a").expect("object written");
+        let ob = k8s::observed(&cp, "shop", "Deployment/web", "node-b").expect("object written");
+        assert_eq!(k8s::appliers(&o), vec![field_manager("node-a")]);
+        assert_eq!(k8s::appliers(&ob), vec![field_manager("node-b")]);
+        assert_eq!(o["metadata"]["managedFields"].as_array().unwrap().len(), 1);
         assert_eq!(o["spec"]["workload"]["name"], "web");
+        assert_eq!(o["metadata"]["labels"]["flowpol.io/node"], "node-a");
         assert_eq!(
-            edges_of(&o, "node-a"),
+            edges_of(&o),
             vec![(
                 "data/StatefulSet/db".into(),
                 5432,
@@ -144,7 +145,7 @@ fn two_nodes_share_one_object_and_a_restart_resumes() {
             )]
         );
         assert_eq!(
-            edges_of(&o, "node-b"),
+            edges_of(&ob),
             vec![(
                 "data/StatefulSet/db".into(),
                 5432,
@@ -166,9 +167,9 @@ fn two_nodes_share_one_object_and_a_restart_resumes() {
         restarted.lock().unwrap().add("node-a", &other);
         let f = a.flush(&restarted, far(), |_| {}).await;
         assert_eq!(f.written, 1, "{f:?}");
-        let o = k8s::observed(&cp, "shop", "deployment-web").unwrap();
+        let o = k8s::observed(&cp, "shop", "Deployment/web", "node-a").unwrap();
         assert_eq!(
-            edges_of(&o, "node-a"),
+            edges_of(&o),
             vec![
                 (
                     "data/StatefulSet/db".into(),
@@ -186,22 +187,20 @@ fn two_nodes_share_one_object_and_a_restart_resumes() {
             .as_array()
             .unwrap()
             .iter()
-            .find(|e| e["node"] == "node-a" && e["port"] == 5432)
+            .find(|e| e["port"] == 5432)
             .unwrap();
         assert_eq!(e["firstSeen"], "2026-01-01T10:00:00Z");
         assert_eq!(e["lastSeen"], "2026-01-01T11:00:00Z");
-        assert_eq!(edges_of(&o, "node-b").len(), 1);
+        let ob = k8s::observed(&cp, "shop", "Deployment/web", "node-b").unwrap();
+        assert_eq!(edges_of(&ob).len(), 1, "node-b's share is its own");
         // Read back once: later writes do not add the history again.
         restarted.lock().unwrap().add(
             "node-a",
             &web_to_db("node-a", Verdict::Established, 1, "2026-01-01T12:00:00Z"),
         );
         a.flush(&restarted, far(), |_| {}).await;
-        let o = k8s::observed(&cp, "shop", "deployment-web").unwrap();
-        assert_eq!(
-            edges_of(&o, "node-a")[0].2,
-            serde_json::json!({"established": 8})
-        );
+        let o = k8s::observed(&cp, "shop", "Deployment/web", "node-a").unwrap();
+        assert_eq!(edges_of(&o)[0].2, serde_json::json!({"established": 8}));
     });
 }
 
@@ -227,16 +226,13 @@ fn an_outage_loses_nothing() {
             let f = a.flush(&seen, far(), |ok| outcomes.push(ok)).await;
             assert_eq!((f.written, f.failed, f.pending), (0, 1, 1), "{f:?}");
             assert_eq!(outcomes, vec![false]);
-            assert!(f.last_error.unwrap().contains("shop/deployment-web"));
+            assert!(f.last_error.unwrap().contains("shop/Deployment/web"));
         }
         cp.start_apiserver(0).unwrap();
         let f = a.flush(&seen, far(), |_| {}).await;
         assert_eq!((f.written, f.pending), (1, 0), "{f:?}");
-        let o = k8s::observed(&cp, "shop", "deployment-web").unwrap();
-        assert_eq!(
-            edges_of(&o, "node-a")[0].2,
-            serde_json::json!({"established": 5})
-        );
+        let o = k8s::observed(&cp, "shop", "Deployment/web", "node-a").unwrap();
+        assert_eq!(edges_of(&o)[0].2, serde_json::json!({"established": 5}));
     });
 }
 
@@ -255,7 +251,7 @@ fn a_missing_crd_is_named_and_loses_nothing() {
         let f = a.flush(&seen, far(), |_| {}).await;
         assert_eq!((f.written, f.failed, f.pending), (0, 1, 1), "{f:?}");
         let err = f.last_error.unwrap();
-        assert!(err.starts_with("shop/deployment-web: "), "{err}");
+        assert!(err.starts_with("shop/Deployment/web: "), "{err}");
         assert!(
             err.contains("404 page not found")
                 && err.contains("is the ObservedTraffic CRD installed? kubectl apply -k deploy/"),
@@ -264,11 +260,8 @@ fn a_missing_crd_is_named_and_loses_nothing() {
         k8s::install_crd(&cp);
         let f = a.flush(&seen, far(), |_| {}).await;
         assert_eq!((f.written, f.pending), (1, 0), "{f:?}");
-        let o = k8s::observed(&cp, "shop", "deployment-web").unwrap();
-        assert_eq!(
-            edges_of(&o, "node-a")[0].2,
-            serde_json::json!({"established": 2})
-        );
+        let o = k8s::observed(&cp, "shop", "Deployment/web", "node-a").unwrap();
+        assert_eq!(edges_of(&o)[0].2, serde_json::json!({"established": 2}));
     });
 }
 
@@ -304,11 +297,8 @@ fn a_stalled_api_server_does_not_hold_a_write_past_its_deadline() {
         proxy.set(controlplane::Mode::Pass);
         let f = a.flush(&seen, far(), |_| {}).await;
         assert_eq!((f.written, f.pending), (1, 0), "{f:?}");
-        let o = k8s::observed(&cp, "shop", "deployment-web").unwrap();
-        assert_eq!(
-            edges_of(&o, "node-a")[0].2,
-            serde_json::json!({"established": 2})
-        );
+        let o = k8s::observed(&cp, "shop", "Deployment/web", "node-a").unwrap();
+        assert_eq!(edges_of(&o)[0].2, serde_json::json!({"established": 2}));
     });
 }
 
@@ -337,7 +327,8 @@ fn a_gone_namespace_is_named_as_such() {
 fn evicted_edges_stay_in_the_cluster_and_writes_are_paced() {
     run(async {
         let cp = with_crd();
-        // One request per second, half a second to spend: one write, the rest wait.
+        // One request per second, 1.5 s to spend: the first workload's read back and its
+        // write (two requests), the rest wait.
         let slow = Writer::new(client(&cp).await, "node-a", 1.0);
         let seen = Mutex::new(Observed::new(4));
         for (i, name) in ["web", "cart", "search"].iter().enumerate() {
@@ -346,7 +337,7 @@ fn evicted_edges_stay_in_the_cluster_and_writes_are_paced() {
             r.dst.port = Some(5000 + i as u16);
             seen.lock().unwrap().add("node-a", &r);
         }
-        let soon = tokio::time::Instant::now() + Duration::from_millis(500);
+        let soon = tokio::time::Instant::now() + Duration::from_millis(1500);
         let f = slow.flush(&seen, soon, |_| {}).await;
         assert_eq!((f.written, f.pending), (1, 2), "{f:?}");
         assert_eq!(k8s::applies(&cp, &field_manager("node-a")), 1);
@@ -365,11 +356,11 @@ fn evicted_edges_stay_in_the_cluster_and_writes_are_paced() {
         let all = k8s::all_observed(&cp);
         assert_eq!(all.len(), 3, "{all:#?}");
         for o in &all {
-            let ports: Vec<u64> = edges_of(o, "node-a").iter().map(|e| e.1).collect();
-            match o["metadata"]["name"].as_str().unwrap() {
-                "deployment-cart" => assert_eq!(ports, vec![5001]),
-                "deployment-search" => assert_eq!(ports, vec![5002]),
-                "deployment-web" => assert_eq!(ports, vec![5000, 6000, 6001, 6002, 6003]),
+            let ports: Vec<u64> = edges_of(o).iter().map(|e| e.1).collect();
+            match o["spec"]["workload"]["name"].as_str().unwrap() {
+                "cart" => assert_eq!(ports, vec![5001]),
+                "search" => assert_eq!(ports, vec![5002]),
+                "web" => assert_eq!(ports, vec![5000, 6000, 6001, 6002, 6003]),
                 other => panic!("unexpected object {other}"),
             }
         }

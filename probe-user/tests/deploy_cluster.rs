@@ -47,12 +47,12 @@ fn apply(cp: &ControlPlane, object: &Value) -> (bool, String) {
 
 fn observed_traffic(edge: Value) -> Value {
     json!({"apiVersion": "flowpol.io/v1alpha1", "kind": "ObservedTraffic",
-        "metadata": {"name": "deployment-web", "namespace": "default"},
-        "spec": {"workload": {"kind": "Deployment", "name": "web"}, "edges": [edge]}})
+        "metadata": {"name": "deployment-web.node-a", "namespace": "default"},
+        "spec": {"workload": {"kind": "Deployment", "name": "web"}, "node": "node-a", "edges": [edge]}})
 }
 
 fn edge() -> Value {
-    json!({"node": "node-a", "direction": "egress", "peer": "data/StatefulSet/db",
+    json!({"direction": "egress", "peer": "data/StatefulSet/db",
         "port": 5432, "protocol": "TCP", "verdicts": {"established": 3}})
 }
 
@@ -81,19 +81,25 @@ fn the_schema_refuses_malformed_objects_and_prunes_unknown_fields() {
         let (ok, err) = apply(&cp, &observed_traffic(e));
         assert!(!ok && err.contains(field), "{change}: {err}");
     }
-    let mut missing = observed_traffic(edge());
-    missing["spec"].as_object_mut().unwrap().remove("workload");
-    let (ok, err) = apply(&cp, &missing);
-    assert!(
-        !ok && err.contains("spec.workload: Required value"),
-        "{err}"
-    );
+    for field in ["workload", "node"] {
+        let mut missing = observed_traffic(edge());
+        missing["spec"].as_object_mut().unwrap().remove(field);
+        let (ok, err) = apply(&cp, &missing);
+        assert!(
+            !ok && err.contains(&format!("spec.{field}: Required value")),
+            "{err}"
+        );
+    }
+    let mut negative = observed_traffic(edge());
+    negative["spec"]["page"] = json!(-1);
+    let (ok, err) = apply(&cp, &negative);
+    assert!(!ok && err.contains("spec.page"), "{err}");
     let mut keyless = edge();
     keyless.as_object_mut().unwrap().remove("peer");
     let (ok, err) = apply(&cp, &observed_traffic(keyless));
     assert!(
         !ok && err.contains("peer"),
-        "a list-map key is required: {err}"
+        "an edge's key is required: {err}"
     );
     // An unknown field: kubectl's strict validation refuses it; a client that does not ask
     // for validation has it pruned, as the schema is structural.
@@ -110,7 +116,10 @@ fn the_schema_refuses_malformed_objects_and_prunes_unknown_fields() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let held = k8s::get_json(&cp, &["observedtraffic", "deployment-web", "-n", "default"]);
+    let held = k8s::get_json(
+        &cp,
+        &["observedtraffic", "deployment-web.node-a", "-n", "default"],
+    );
     assert_eq!(held["spec"]["edges"][0].get("colour"), None, "pruned");
     assert_eq!(held["spec"]["edges"][0]["verdicts"]["established"], 3);
 }
@@ -234,9 +243,10 @@ fn the_agents_service_account_can_do_what_it_needs_and_nothing_else() {
             .await;
         assert_eq!((f.written, f.failed, f.pending), (2, 0, 0), "{f:?}");
     });
-    let written =
-        k8s::observed(&cp, "shop", "deployment-web").expect("written with the agent's token");
+    let written = k8s::observed(&cp, "shop", "Deployment/web", "node-a")
+        .expect("written with the agent's token");
     assert_eq!(k8s::appliers(&written), vec!["flowpol-agent/node-a"]);
+    let written_name = written["metadata"]["name"].as_str().unwrap().to_owned();
     let (code, out, err) = common::flowpol_code(&[
         "verify",
         "--from-cluster",
@@ -260,7 +270,7 @@ fn the_agents_service_account_can_do_what_it_needs_and_nothing_else() {
             "networkpolicies",
         ),
         (
-            vec!["delete", "observedtraffic", "deployment-web", "-n", "shop"],
+            vec!["delete", "observedtraffic", &written_name, "-n", "shop"],
             "observedtraffics",
         ),
         (

@@ -279,17 +279,15 @@ fn the_daemonset_pod_runs_the_agent_from_its_image() {
     wait_for_edges(&cp, other, &want_other, Duration::from_secs(60));
     let (ok, err) = second.stop();
     assert!(ok, "{err}");
-    // Both shares stand side by side in one object per workload, each under its manager.
-    assert!(k8s::all_observed(&cp).iter().any(|o| o["spec"]["edges"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .any(|e| e["node"] == NODE)
-        && o["spec"]["edges"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["node"] == other)));
+    // Each node's share is in objects of its own, each under its node's manager alone.
+    let all = k8s::all_observed(&cp);
+    for node in [NODE, other] {
+        let mine: Vec<&Value> = all.iter().filter(|o| o["spec"]["node"] == node).collect();
+        assert!(!mine.is_empty(), "{node} wrote nothing");
+        for o in mine {
+            assert_eq!(k8s::appliers(o), vec![format!("flowpol-agent/{node}")]);
+        }
+    }
     assert!(k8s::applies(&cp, &format!("flowpol-agent/{other}")) > 0);
     assert!(k8s::applies(&cp, &format!("flowpol-agent/{NODE}")) > 0);
     let records = record::read_json_lines(&dir.join("records.jsonl")).unwrap();

@@ -128,10 +128,14 @@ fn main() {
     // A write pass: every pending workload's object, as the writer builds them.
     let t = Instant::now();
     let pending = observed.pending();
-    let bytes: usize = pending
+    let objects: Vec<_> = pending
         .iter()
-        .filter_map(|p| observed.object("node-0", &p.workload, &[]))
-        .map(|(_, o)| serde_json::to_vec(&o.to_value()).expect("serializes").len())
+        .filter_map(|p| observed.objects("node-0", &p.workload, &[]))
+        .flat_map(|pages| pages.expect("every share fits its pages").changed)
+        .collect();
+    let bytes: usize = objects
+        .iter()
+        .map(|o| serde_json::to_vec(&o.to_value()).expect("serializes").len())
         .sum();
     let write_pass = t.elapsed();
     // The state file kept on shutdown when the API server is away, and taken back.
@@ -143,7 +147,8 @@ fn main() {
     let restore = t.elapsed();
     assert_eq!(restored.len(), observed.len());
     println!(
-        "  write pass: {} objects, {:.1} MiB of JSON, built in {:.1} ms",
+        "  write pass: {} objects for {} workloads, {:.1} MiB of JSON, built in {:.1} ms",
+        objects.len(),
         pending.len(),
         mib(bytes),
         write_pass.as_secs_f64() * 1e3

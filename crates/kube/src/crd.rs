@@ -7,13 +7,12 @@ use serde::{Deserialize, Serialize};
 
 use flowpol_analysis::{
     cluster::Workload,
-    observed::{TrafficObject, WireEdge, EDGE_KEYS},
+    observed::{layout, TrafficObject, WireEdge},
 };
 
-/// What one workload's pods were seen doing, aggregated per node. Each agent writes its
-/// node's share with server-side apply under its own field manager
-/// (`flowpol-agent/<node>`); the list-map keys include the node, so shares merge instead of
-/// overwriting each other.
+/// What one workload's pods on one node were seen doing (one page of it, when that is too
+/// large for one object: see `flowpol_analysis::observed::layout`). The node's agent is its
+/// only writer, with server-side apply under its own field manager (`flowpol-agent/<node>`).
 #[derive(CustomResource, Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[kube(
     group = "flowpol.io",
@@ -22,39 +21,57 @@ use flowpol_analysis::{
     plural = "observedtraffics",
     shortname = "otraffic",
     namespaced,
-    doc = "ObservedTraffic: the traffic of one workload, as each node's agent saw it.",
+    doc = "ObservedTraffic: the traffic of one workload's pods on one node, as its agent saw it.",
     printcolumn = r#"{"name": "Workload", "type": "string", "jsonPath": ".spec.workload.name"}"#,
     printcolumn = r#"{"name": "Kind", "type": "string", "jsonPath": ".spec.workload.kind"}"#,
+    printcolumn = r#"{"name": "Node", "type": "string", "jsonPath": ".spec.node"}"#,
+    printcolumn = r#"{"name": "Page", "type": "integer", "jsonPath": ".spec.page"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 pub struct ObservedTrafficSpec {
     /// The workload an object is about.
     pub workload: Workload,
+    /// The node whose agent saw the edges, and writes them.
+    pub node: String,
+    /// Which page of the node's share this is (edges are spread over pages by a hash of
+    /// their key when one object would be too large).
     #[serde(default)]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = EDGE_KEYS))]
+    #[schemars(range(min = 0))]
+    pub page: u32,
+    /// Atomic: the one writer replaces the list whole, so managedFields stays one small
+    /// entry however many edges there are.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "atomic"))]
     pub edges: Vec<WireEdge>,
 }
 
 impl From<TrafficObject> for ObservedTraffic {
     fn from(o: TrafficObject) -> Self {
+        let labels = layout::labels(&o.workload, &o.node)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         let mut object = ObservedTraffic::new(
             &o.name,
             ObservedTrafficSpec {
                 workload: o.workload,
+                node: o.node,
+                page: o.page,
                 edges: o.edges,
             },
         );
         object.metadata.namespace = Some(o.namespace);
+        object.metadata.labels = Some(labels);
         object
     }
 }
 
 /// The header of deploy/crd.yaml: what it is, and that it is generated.
 const HEADER: &str =
-    "# ObservedTraffic: what one workload's pods were seen doing, aggregated per node. Each agent
-# writes its node's share with server-side apply under its own field manager
-# (flowpol-agent/<node>); the list-map keys include the node, so shares merge instead of
-# overwriting each other.
+    "# ObservedTraffic: what one workload's pods on one node were seen doing (one page of it when
+# that is too large for one object, each under 512 KiB: see deploy/README.md). The node's
+# agent is its only writer, with server-side apply under its own field manager
+# (flowpol-agent/<node>).
 #
 # Generated from crates/kube/src/crd.rs by `cargo xtask crd`: do not edit.
 ";
@@ -81,19 +98,23 @@ mod tests {
 
     /// What the schema says, read back from the generated YAML, not from the types.
     #[test]
-    fn the_schema_keys_edges_by_node_and_bounds_what_it_can() {
+    fn the_schema_names_the_node_once_and_bounds_what_it_can() {
         let crd: serde_json::Value = serde_yaml::from_str(&crd_yaml()).unwrap();
         let version = &crd["spec"]["versions"][0];
         assert_eq!(crd["spec"]["names"]["shortNames"][0], "otraffic");
         assert_eq!(crd["spec"]["scope"], "Namespaced");
         let spec = &version["schema"]["openAPIV3Schema"]["properties"]["spec"];
-        assert_eq!(spec["required"], serde_json::json!(["workload"]));
+        let mut top: Vec<&str> = spec["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        top.sort();
+        assert_eq!(top, ["node", "workload"]);
+        assert_eq!(spec["properties"]["page"]["minimum"].as_f64(), Some(0.0));
         let edges = &spec["properties"]["edges"];
-        assert_eq!(edges["x-kubernetes-list-type"], "map");
-        assert_eq!(
-            edges["x-kubernetes-list-map-keys"],
-            serde_json::json!(["node", "direction", "peer", "port", "protocol"])
-        );
+        assert_eq!(edges["x-kubernetes-list-type"], "atomic");
         let item = &edges["items"];
         let mut required: Vec<&str> = item["required"]
             .as_array()
@@ -102,7 +123,7 @@ mod tests {
             .map(|k| k.as_str().unwrap())
             .collect();
         required.sort();
-        assert_eq!(required, ["direction", "node", "peer", "port", "protocol"]);
+        assert_eq!(required, ["direction", "peer", "port", "protocol"]);
         let p = &item["properties"];
         assert_eq!(
             p["direction"]["enum"],
@@ -129,6 +150,6 @@ mod tests {
             .iter()
             .map(|c| c["name"].as_str().unwrap())
             .collect();
-        assert_eq!(columns, ["Workload", "Kind", "Age"]);
+        assert_eq!(columns, ["Workload", "Kind", "Node", "Page", "Age"]);
     }
 }

@@ -1,10 +1,10 @@
-//! The cluster-wide store: `ObservedTraffic` objects (deploy/crd.yaml) in the API server.
-//! Each agent server-side applies its node's share of each workload's object under its own
-//! field manager (`flowpol-agent/<node>`): the API server merges the shares (edges are a
-//! list-map keyed by node among others), so agents never overwrite each other and no agent
-//! needs to read before it writes, except once per workload after a restart or an eviction
-//! (see [`Observed::read_back`]). Writes carry totals, so a retry after a failure cannot
-//! count twice. The only code that writes to the API server.
+//! The cluster-wide store: `ObservedTraffic` objects (deploy/crd.yaml) in the API server,
+//! one per workload and node (paged when large: `flowpol_analysis::observed::layout`).
+//! Each agent server-side applies its own node's objects under its own field manager
+//! (`flowpol-agent/<node>`): no object has two writers, so agents never overwrite each
+//! other, and no agent needs to read before it writes, except once per workload after a
+//! restart or an eviction (see [`Observed::read_back`]). Writes carry totals, so a retry
+//! after a failure cannot count twice. The only code that writes to the API server.
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -17,7 +17,7 @@ use kube::{
 
 use flowpol_analysis::{
     cluster::Cluster,
-    observed::{self, Observed, TrafficObject, Unread},
+    observed::{self, layout, Observed, Pending, TrafficObject, Unread},
     record::FlowRecord,
 };
 
@@ -64,16 +64,16 @@ impl Writer {
         Self {
             client,
             node: node.to_owned(),
-            // Forced: the node's own edges are its alone; a conflict can only be on the
-            // workload's identity, which every agent writes the same.
+            // Forced: the node's objects are its alone.
             params: PatchParams::apply(&field_manager(node)).force(),
             spacing: Duration::from_secs_f64(1.0 / per_second.max(0.001)),
         }
     }
 
-    /// Writes every workload changed since it was last written, one apply each, paced;
-    /// gives up for this round at the first failure (the API server is likely away: the
-    /// workloads stay pending, and the next round retries) or at `deadline`.
+    /// Writes every workload changed since it was last written (the pages of it that
+    /// changed), one apply each, paced; gives up for this round at the first failure (the
+    /// API server is likely away: the workloads stay pending, and the next round retries)
+    /// or at `deadline`.
     pub async fn flush(
         &self,
         observed: &Mutex<Observed>,
@@ -82,72 +82,117 @@ impl Writer {
     ) -> Flushed {
         let pending = lock(observed).pending();
         let mut report = Flushed::default();
-        let mut next = tokio::time::Instant::now();
+        let mut pace = Pace {
+            next: tokio::time::Instant::now(),
+            spacing: self.spacing,
+            deadline,
+        };
         for p in pending {
-            if next > deadline {
-                break;
-            }
-            tokio::time::sleep_until(next).await;
-            next = tokio::time::Instant::now() + self.spacing;
-            let ns = &p.workload.namespace;
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(self.client.clone(), ns, &resource());
-            let typed: Api<ObservedTraffic> = Api::namespaced(self.client.clone(), ns);
-            let object_name = observed::object_name(&p.workload.workload);
-            // A stalled API server (or network) must not hold the round past its deadline:
-            // the write is abandoned there, and retried next round like any failure.
-            let limit = deadline.max(tokio::time::Instant::now() + MIN_WAIT);
-            let result = tokio::time::timeout_at(limit, async {
-                let carried = if p.read {
-                    let edges = match api.get_opt(&object_name).await? {
-                        Some(o) => {
-                            let value = serde_json::to_value(o).map_err(kube::Error::SerdeError)?;
-                            match TrafficObject::parse(&value) {
-                                Ok(o) => o.edges_of(&self.node),
-                                Err(e) => {
-                                    tracing::warn!(object = %format!("{ns}/{object_name}"), "unreadable ObservedTraffic, overwriting this node's share: {e}");
-                                    Vec::new()
-                                }
-                            }
-                        }
-                        None => Vec::new(),
-                    };
-                    lock(observed).read_back(&p.workload, edges)
-                } else {
-                    Vec::new()
-                };
-                let Some((generation, object)) =
-                    lock(observed).object(&self.node, &p.workload, &carried)
-                else {
-                    return Ok(());
-                };
-                typed
-                    .patch(
-                        &object_name,
-                        &self.params,
-                        &Patch::Apply(&ObservedTraffic::from(object)),
-                    )
-                    .await?;
-                lock(observed).written(&p.workload, generation);
-                Ok::<_, kube::Error>(())
-            })
-            .await;
-            let result = match result {
-                Ok(r) => r.map_err(|e| explain(&e)),
-                Err(_) => Err("no answer in time (the API server or the network stalls)".into()),
-            };
-            on_write(result.is_ok());
+            let what = p.workload.to_string();
+            let result = self.write(observed, &p, &mut pace, &mut on_write).await;
             match result {
-                Ok(()) => report.written += 1,
+                Ok(true) => report.written += 1,
+                // Out of time: the rest waits for the next round.
+                Ok(false) => break,
                 Err(e) => {
                     report.failed += 1;
-                    report.last_error = Some(format!("{ns}/{object_name}: {e}"));
+                    report.last_error = Some(format!("{what}: {e}"));
                     break;
                 }
             }
         }
         report.pending = lock(observed).dirty();
         report
+    }
+
+    /// Writes one workload's changed pages (reading its share back first when needed).
+    /// False when the deadline came first.
+    async fn write(
+        &self,
+        observed: &Mutex<Observed>,
+        p: &Pending,
+        pace: &mut Pace,
+        on_write: &mut impl FnMut(bool),
+    ) -> Result<bool, String> {
+        let ns = &p.workload.namespace;
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &resource());
+        let typed: Api<ObservedTraffic> = Api::namespaced(self.client.clone(), ns);
+        let carried = if p.read {
+            if !pace.wait().await {
+                return Ok(false);
+            }
+            let selector = layout::selector(&p.workload.workload, Some(&self.node));
+            let listed = pace
+                .bounded(api.list(&ListParams::default().labels(&selector)))
+                .await?;
+            let objects: Vec<TrafficObject> = listed
+                .items
+                .into_iter()
+                .filter_map(|o| {
+                    let name = o.metadata.name.clone().unwrap_or_default();
+                    let value = serde_json::to_value(o).ok()?;
+                    TrafficObject::parse(&value)
+                        .inspect_err(|e| {
+                            tracing::warn!(object = %format!("{ns}/{name}"), "unreadable ObservedTraffic, overwriting it: {e}");
+                        })
+                        .ok()
+                })
+                .collect();
+            let held = observed::share_of(&objects, &p.workload, &self.node);
+            lock(observed).read_back(&p.workload, held)
+        } else {
+            Vec::new()
+        };
+        let Some(pages) = lock(observed).objects(&self.node, &p.workload, &carried) else {
+            return Ok(true);
+        };
+        let pages = pages.map_err(|e| e.to_string())?;
+        for object in pages.changed {
+            if !pace.wait().await {
+                return Ok(false);
+            }
+            let applied = ObservedTraffic::from(object.clone());
+            let result = pace
+                .bounded(typed.patch(&object.name, &self.params, &Patch::Apply(&applied)))
+                .await;
+            on_write(result.is_ok());
+            result?;
+            lock(observed).page_written(&p.workload, &object, pages.count);
+        }
+        lock(observed).written(&p.workload, pages.generation);
+        Ok(true)
+    }
+}
+
+/// Requests at most one per `spacing`, none started past `deadline`.
+struct Pace {
+    next: tokio::time::Instant,
+    spacing: Duration,
+    deadline: tokio::time::Instant,
+}
+
+impl Pace {
+    /// Waits for the next request's turn; false when it would come past the deadline.
+    async fn wait(&mut self) -> bool {
+        if self.next > self.deadline {
+            return false;
+        }
+        tokio::time::sleep_until(self.next).await;
+        self.next = tokio::time::Instant::now() + self.spacing;
+        true
+    }
+
+    /// A request, abandoned at the deadline: a stalled API server (or network) must not
+    /// hold the round past it. It is retried next round like any failure.
+    async fn bounded<T>(
+        &self,
+        request: impl std::future::Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, String> {
+        let limit = self.deadline.max(tokio::time::Instant::now() + MIN_WAIT);
+        match tokio::time::timeout_at(limit, request).await {
+            Ok(r) => r.map_err(|e| explain(&e)),
+            Err(_) => Err("no answer in time (the API server or the network stalls)".into()),
+        }
     }
 }
 

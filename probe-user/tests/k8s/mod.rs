@@ -140,11 +140,23 @@ pub(crate) fn all_observed_at(cp: &ControlPlane, index: usize) -> Vec<Value> {
     list["items"].as_array().cloned().unwrap_or_default()
 }
 
-/// One ObservedTraffic object, if the server holds it.
-pub(crate) fn observed(cp: &ControlPlane, namespace: &str, name: &str) -> Option<Value> {
-    all_observed(cp)
-        .into_iter()
-        .find(|o| o["metadata"]["namespace"] == namespace && o["metadata"]["name"] == name)
+/// The ObservedTraffic object holding `node`'s share of `workload` (`Kind/name`) in
+/// `namespace` (its first page), if the server holds it.
+pub(crate) fn observed(
+    cp: &ControlPlane,
+    namespace: &str,
+    workload: &str,
+    node: &str,
+) -> Option<Value> {
+    let (kind, name) = workload.split_once('/').unwrap();
+    all_observed(cp).into_iter().find(|o| {
+        let spec = &o["spec"];
+        o["metadata"]["namespace"] == namespace
+            && spec["workload"]["kind"] == kind
+            && spec["workload"]["name"] == name
+            && spec["node"] == node
+            && spec["page"].as_u64().unwrap_or(0) == 0
+    })
 }
 
 /// The field managers that applied (server-side) to `object`, as its managedFields record.

@@ -170,16 +170,15 @@ pub(crate) type Edges = BTreeMap<String, BTreeMap<String, Value>>;
 
 pub(crate) fn edges(objects: &[Value], node: &str) -> Edges {
     let mut out = Edges::new();
-    for o in objects {
+    for o in objects.iter().filter(|o| o["spec"]["node"] == node) {
+        let w = &o["spec"]["workload"];
         let name = format!(
-            "{}/{}",
+            "{}/{}/{}",
             o["metadata"]["namespace"].as_str().unwrap(),
-            o["metadata"]["name"].as_str().unwrap()
+            w["kind"].as_str().unwrap(),
+            w["name"].as_str().unwrap()
         );
         for e in o["spec"]["edges"].as_array().unwrap() {
-            if e["node"] != node {
-                continue;
-            }
             let key = format!(
                 "{} {} {}/{}",
                 e["direction"], e["peer"], e["port"], e["protocol"]
@@ -209,7 +208,8 @@ pub(crate) fn expected(recordings: &[&Vec<FlowRecord>], node: &str) -> Edges {
     let objects: Vec<Value> = o
         .pending()
         .iter()
-        .filter_map(|p| o.object(node, &p.workload, &[]).map(|(_, v)| v.to_value()))
+        .flat_map(|p| o.objects(node, &p.workload, &[]).unwrap().unwrap().changed)
+        .map(|v| v.to_value())
         .collect();
     edges(&objects, node)
 }

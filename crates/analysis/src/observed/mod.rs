@@ -16,17 +16,17 @@ use crate::{
     record::{Endpoint, EndpointKind, FlowRecord, Side},
 };
 
+pub mod layout;
 mod records;
 mod spill;
 #[cfg(test)]
 mod tests;
 mod wire;
 
+pub use layout::Oversized;
 pub use records::{records, Unread};
 pub use spill::{Spill, SpilledEdge, SpilledShare, SPILL_VERSION};
-pub use wire::{
-    object_name, EdgeKey, EdgeStats, Tally, TrafficObject, WireEdge, API_VERSION, EDGE_KEYS, KIND,
-};
+pub use wire::{EdgeKey, EdgeStats, Tally, TrafficObject, WireEdge, WireKey, API_VERSION, KIND};
 
 #[derive(Clone, Debug, Default)]
 struct Edge {
@@ -50,6 +50,11 @@ struct Share {
     /// workload new to this process (after a restart the cluster may hold history) and
     /// after an eviction, until the share is read back.
     complete: bool,
+    /// Pages the cluster holds (or will once written): a share never has fewer.
+    pages: u32,
+    /// The digest of each page as last written ([`layout::digest`]), while the page count
+    /// is `pages`: unchanged pages are not written again.
+    digests: BTreeMap<u32, u64>,
 }
 
 impl Share {
@@ -216,18 +221,19 @@ impl Observed {
         self.workloads.values().filter(|s| s.dirty()).count()
     }
 
-    /// Folds in this node's share of `w` as the cluster holds it (`edges`, read with
-    /// [`share_of`]): edges created here since the share was last known add the cluster's
-    /// counts. Returns the cluster's edges not held here, to be written along (dropping them
-    /// from what this node applies would delete them).
-    pub fn read_back(
-        &mut self,
-        w: &WorkloadKey,
-        edges: Vec<(EdgeKey, EdgeStats)>,
-    ) -> Vec<(EdgeKey, EdgeStats)> {
+    /// Folds in this node's share of `w` as the cluster holds it (read with [`share_of`]):
+    /// edges created here since the share was last known add the cluster's counts. Returns
+    /// the cluster's edges not held here, to be written along (dropping them from what this
+    /// node applies would delete them).
+    pub fn read_back(&mut self, w: &WorkloadKey, held: Held) -> Vec<(EdgeKey, EdgeStats)> {
+        let Held { edges, pages } = held;
         let Some(share) = self.workloads.get_mut(w) else {
             return edges;
         };
+        if pages > share.pages {
+            share.pages = pages;
+            share.digests.clear();
+        }
         let mut carried = Vec::new();
         for (key, stats) in edges {
             match share.edges.get_mut(&key) {
@@ -246,38 +252,55 @@ impl Observed {
         carried
     }
 
-    /// The object to apply for `node`'s share of `w` (with `carried` edges: see
-    /// [`Observed::read_back`]) and the generation it holds, for [`Observed::written`].
-    /// Server-side apply under the node's field manager merges it with the other nodes'
-    /// shares.
-    pub fn object(
+    /// The objects to apply for `node`'s share of `w` (with `carried` edges: see
+    /// [`Observed::read_back`]): the pages that changed since last written. Each replaces
+    /// its object whole.
+    pub fn objects(
         &self,
         node: &str,
         w: &WorkloadKey,
         carried: &[(EdgeKey, EdgeStats)],
-    ) -> Option<(u64, TrafficObject)> {
+    ) -> Option<Result<Pages, Oversized>> {
         let share = self.workloads.get(w)?;
-        let mut edges: Vec<WireEdge> = share
+        let edges: Vec<WireEdge> = share
             .edges
             .iter()
             .filter(|(k, _)| k.node == node)
-            .map(|(k, e)| WireEdge {
-                key: k.clone(),
-                stats: e.stats.clone(),
-            })
-            .chain(carried.iter().map(|(key, stats)| WireEdge {
-                key: key.clone(),
+            .map(|(k, e)| (k, &e.stats))
+            .chain(carried.iter().map(|(k, s)| (k, s)))
+            .map(|(k, stats)| WireEdge {
+                key: k.into(),
                 stats: stats.clone(),
-            }))
+            })
             .collect();
-        edges.sort_by(|a, b| a.key.cmp(&b.key));
-        let object = TrafficObject {
-            namespace: w.namespace.clone(),
-            name: object_name(&w.workload),
-            workload: w.workload.clone(),
-            edges,
+        let pages = match layout::paginate(&w.namespace, &w.workload, node, edges, share.pages) {
+            Ok(p) => p,
+            Err(e) => return Some(Err(e)),
         };
-        Some((share.generation, object))
+        let count = pages.len() as u32;
+        let changed = pages
+            .into_iter()
+            .filter(|o| {
+                count != share.pages || share.digests.get(&o.page) != Some(&layout::digest(o))
+            })
+            .collect();
+        Some(Ok(Pages {
+            generation: share.generation,
+            count,
+            changed,
+        }))
+    }
+
+    /// Records that page `o` of its share was written (it is not written again until it
+    /// changes).
+    pub fn page_written(&mut self, w: &WorkloadKey, o: &TrafficObject, pages: u32) {
+        if let Some(share) = self.workloads.get_mut(w) {
+            if pages != share.pages {
+                share.pages = pages;
+                share.digests.clear();
+            }
+            share.digests.insert(o.page, layout::digest(o));
+        }
     }
 
     /// Records that `w` was written as of `generation`; a workload that changed meanwhile
@@ -287,6 +310,63 @@ impl Observed {
             share.written = share.written.max(generation);
             if share.edges.is_empty() && !share.dirty() {
                 self.workloads.remove(w);
+            }
+        }
+    }
+}
+
+/// The pages of a share to write ([`Observed::objects`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pages {
+    /// The share's generation they hold, for [`Observed::written`].
+    pub generation: u64,
+    /// How many pages the share has, for [`Observed::page_written`].
+    pub count: u32,
+    /// Those that changed since last written.
+    pub changed: Vec<TrafficObject>,
+}
+
+/// What the cluster holds for one node's share of a workload.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Held {
+    pub edges: Vec<(EdgeKey, EdgeStats)>,
+    /// Its page count.
+    pub pages: u32,
+}
+
+/// `node`'s share of `w` among `objects` (its pages, as a label-selected list returns
+/// them). An edge found on two pages (a write of a new page count cut short) counts once,
+/// as the later of the two.
+pub fn share_of(objects: &[TrafficObject], w: &WorkloadKey, node: &str) -> Held {
+    let mut edges: BTreeMap<EdgeKey, EdgeStats> = BTreeMap::new();
+    let mut pages = 0;
+    for o in objects
+        .iter()
+        .filter(|o| o.node == node && o.namespace == w.namespace && o.workload == w.workload)
+    {
+        pages = pages.max(o.page.saturating_add(1));
+        for e in &o.edges {
+            keep_later(&mut edges, e.key.on(node), &e.stats);
+        }
+    }
+    Held {
+        edges: edges.into_iter().collect(),
+        pages,
+    }
+}
+
+/// Keeps the later of two copies of one edge: totals only grow, so the later copy holds
+/// the earlier one's counts.
+pub(crate) fn keep_later<K: Ord>(edges: &mut BTreeMap<K, EdgeStats>, key: K, stats: &EdgeStats) {
+    let total = |s: &EdgeStats| s.verdicts.iter().map(|(_, n)| n).sum::<u64>();
+    match edges.entry(key) {
+        std::collections::btree_map::Entry::Vacant(v) => {
+            v.insert(stats.clone());
+        }
+        std::collections::btree_map::Entry::Occupied(mut o) => {
+            let held = o.get();
+            if (stats.last_seen, total(stats)) > (held.last_seen, total(held)) {
+                o.insert(stats.clone());
             }
         }
     }

@@ -1,6 +1,8 @@
 //! The way back: `ObservedTraffic` objects as attributed flow records, for verify and
 //! suggest over what the agents aggregated.
-use super::{TrafficObject, WireEdge, WorkloadKey};
+use std::collections::BTreeMap;
+
+use super::{keep_later, EdgeStats, TrafficObject, WireKey, WorkloadKey};
 use crate::{
     cluster::Timestamp,
     policy::Direction,
@@ -103,59 +105,63 @@ pub fn records(
             }
         }
     };
+    // Each edge once, however many pages held it.
+    let mut edges: BTreeMap<(WorkloadKey, &str, &WireKey), EdgeStats> = BTreeMap::new();
+    for o in objects {
+        for e in &o.edges {
+            keep_later(&mut edges, (o.workload_key(), &o.node, &e.key), &e.stats);
+        }
+    }
     let mut out = Vec::new();
     let mut unread = Unread::default();
-    for o in objects {
-        let w = o.workload_key();
-        for WireEdge { key, stats } in &o.edges {
-            if since.is_some() && stats.last_seen.is_none_or(|t| Some(t) < since) {
-                unread.older += 1;
-                continue;
-            }
-            let (Some(own), Some(peer)) = (pod_end(&w), peer_end(&key.peer)) else {
-                unread.gone += 1;
-                continue;
-            };
-            let (mut src, mut dst, side) = match key.direction {
-                Direction::Egress => (own, peer, Side::Client),
-                Direction::Ingress => (peer, own, Side::Server),
-            };
-            src.port = None;
-            dst.port = Some(key.port);
-            let mut tallies: Vec<(Verdict, Option<String>, u64)> = Vec::new();
-            for (v, n) in stats.verdicts.iter() {
-                if v == Verdict::Dropped {
-                    let mut left = n;
-                    for (reason, &m) in &stats.drop_reasons {
-                        tallies.push((v, Some(reason.clone()), m.min(left)));
-                        left = left.saturating_sub(m);
-                    }
-                    if left > 0 {
-                        tallies.push((v, None, left));
-                    }
-                } else {
-                    tallies.push((v, None, n));
+    for ((w, node, key), stats) in &edges {
+        if since.is_some() && stats.last_seen.is_none_or(|t| Some(t) < since) {
+            unread.older += 1;
+            continue;
+        }
+        let (Some(own), Some(peer)) = (pod_end(w), peer_end(&key.peer)) else {
+            unread.gone += 1;
+            continue;
+        };
+        let (mut src, mut dst, side) = match key.direction {
+            Direction::Egress => (own, peer, Side::Client),
+            Direction::Ingress => (peer, own, Side::Server),
+        };
+        src.port = None;
+        dst.port = Some(key.port);
+        let mut tallies: Vec<(Verdict, Option<String>, u64)> = Vec::new();
+        for (v, n) in stats.verdicts.iter() {
+            if v == Verdict::Dropped {
+                let mut left = n;
+                for (reason, &m) in &stats.drop_reasons {
+                    tallies.push((v, Some(reason.clone()), m.min(left)));
+                    left = left.saturating_sub(m);
                 }
+                if left > 0 {
+                    tallies.push((v, None, left));
+                }
+            } else {
+                tallies.push((v, None, n));
             }
-            for (verdict, drop_reason, count) in tallies.into_iter().filter(|t| t.2 > 0) {
-                let mut r = FlowRecord::new(key.protocol, src.clone(), dst.clone(), Some(verdict));
-                r.count = count;
-                r.drop_reason = drop_reason;
-                r.first_seen = stats.first_seen;
-                r.last_seen = stats.last_seen;
-                r.node = Some(key.node.clone());
-                r.observer = Some(Observer {
-                    side: if verdict == Verdict::Dropped {
-                        Side::Path
-                    } else {
-                        side
-                    },
-                    netns: 0,
-                    cgroup_id: None,
-                    since: None,
-                });
-                out.push(r);
-            }
+        }
+        for (verdict, drop_reason, count) in tallies.into_iter().filter(|t| t.2 > 0) {
+            let mut r = FlowRecord::new(key.protocol, src.clone(), dst.clone(), Some(verdict));
+            r.count = count;
+            r.drop_reason = drop_reason;
+            r.first_seen = stats.first_seen;
+            r.last_seen = stats.last_seen;
+            r.node = Some(node.to_string());
+            r.observer = Some(Observer {
+                side: if verdict == Verdict::Dropped {
+                    Side::Path
+                } else {
+                    side
+                },
+                netns: 0,
+                cgroup_id: None,
+                since: None,
+            });
+            out.push(r);
         }
     }
     (out, unread)

@@ -61,10 +61,23 @@ fn seen(side: Side, verdict: Verdict, at: &str) -> FlowRecord {
 fn objects(o: &Observed, node: &str) -> Vec<Value> {
     o.workloads
         .keys()
-        .filter_map(|w| o.object(node, w, &[]))
-        .map(|(_, v)| v.to_value())
+        .filter_map(|w| o.objects(node, w, &[]))
+        .flat_map(|r| r.unwrap().changed)
+        .map(|v| v.to_value())
         .filter(|v| !v["spec"]["edges"].as_array().unwrap().is_empty())
         .collect()
+}
+
+/// The one page `o` would apply for `node`'s share of `w`, and its generation.
+fn page(
+    o: &Observed,
+    node: &str,
+    w: &WorkloadKey,
+    carried: &[(EdgeKey, EdgeStats)],
+) -> (u64, TrafficObject) {
+    let mut pages = o.objects(node, w, carried).unwrap().unwrap();
+    assert_eq!((pages.count, pages.changed.len()), (1, 1), "{pages:#?}");
+    (pages.generation, pages.changed.remove(0))
 }
 
 fn web() -> WorkloadKey {
@@ -85,7 +98,15 @@ fn each_node_writes_the_sides_it_saw() {
     let objs = objects(&a, "node-a");
     assert_eq!(objs.len(), 1, "only the client's workload: {objs:#?}");
     let o = &objs[0];
-    assert_eq!(o["metadata"]["name"], "deployment-web");
+    let name = o["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("deployment-web.node-a-"), "{name}");
+    assert_eq!(o["spec"]["node"], "node-a");
+    assert_eq!(o["metadata"]["labels"]["flowpol.io/workload"], "web");
+    assert_eq!(
+        o["metadata"]["labels"]["flowpol.io/workload-kind"],
+        "Deployment"
+    );
+    assert_eq!(o["metadata"]["labels"]["flowpol.io/node"], "node-a");
     assert_eq!(o["metadata"]["namespace"], "shop");
     let e = &o["spec"]["edges"][0];
     assert_eq!(e["direction"], "egress");
@@ -102,7 +123,8 @@ fn each_node_writes_the_sides_it_saw() {
         &seen(Side::Server, Verdict::Established, "2026-01-01T10:00:00Z"),
     );
     let objs = objects(&b, "node-b");
-    assert_eq!(objs[0]["metadata"]["name"], "statefulset-db");
+    let name = objs[0]["metadata"]["name"].as_str().unwrap();
+    assert!(name.starts_with("statefulset-db.node-b-"), "{name}");
     assert_eq!(objs[0]["spec"]["edges"][0]["peer"], "shop/Deployment/web");
     assert_eq!(objs[0]["spec"]["edges"][0]["direction"], "ingress");
 }
@@ -125,9 +147,9 @@ fn memory_is_bounded_and_written_edges_go_first() {
             read: true
         }]
     );
-    let carried = o.read_back(&web(), vec![]);
+    let carried = o.read_back(&web(), Held::default());
     assert!(carried.is_empty());
-    let (generation, _) = o.object("node-a", &web(), &[]).unwrap();
+    let (generation, _) = page(&o, "node-a", &web(), &[]);
     o.written(&web(), generation);
     assert!(o.pending().is_empty());
     // A flood of edges of another workload: the written ones make room, oldest first.
@@ -170,12 +192,13 @@ fn a_share_read_back_adds_up_and_is_written_whole() {
     let mut other = seen(Side::Client, Verdict::Timeout, "2026-01-01T09:00:00Z");
     other.dst.port = Some(6432);
     before.add("node-a", &other);
-    let (_, stored) = before.object("node-a", &web(), &[]).unwrap();
+    let (_, stored) = page(&before, "node-a", &web(), &[]);
     // As the API server hands it back.
     let stored = TrafficObject::parse(&stored.to_value()).unwrap();
     assert_eq!(stored.workload_key(), web());
-    let edges = stored.edges_of("node-a");
-    assert_eq!(stored.edges_of("node-b"), vec![]);
+    let edges = share_of(std::slice::from_ref(&stored), &web(), "node-a");
+    assert_eq!(edges.pages, 1);
+    assert_eq!(share_of(&[stored], &web(), "node-b"), Held::default());
 
     let mut restarted = Observed::new(10);
     restarted.add(
@@ -189,7 +212,7 @@ fn a_share_read_back_adds_up_and_is_written_whole() {
         1,
         "the 6432 edge is not held here: {carried:?}"
     );
-    let (_, obj) = restarted.object("node-a", &web(), &carried).unwrap();
+    let (_, obj) = page(&restarted, "node-a", &web(), &carried);
     let obj = obj.to_value();
     let edges = obj["spec"]["edges"].as_array().unwrap();
     assert_eq!(edges.len(), 2, "{edges:#?}");
@@ -200,13 +223,9 @@ fn a_share_read_back_adds_up_and_is_written_whole() {
     let e6432 = edges.iter().find(|e| e["port"] == 6432).unwrap();
     assert_eq!(e6432["verdicts"]["timeout"], 1);
     // Read back once: reading the same share again adds nothing twice.
-    let again = TrafficObject::parse(&obj).unwrap().edges_of("node-a");
+    let again = share_of(&[TrafficObject::parse(&obj).unwrap()], &web(), "node-a");
     restarted.read_back(&web(), again);
-    let obj2 = restarted
-        .object("node-a", &web(), &[])
-        .unwrap()
-        .1
-        .to_value();
+    let obj2 = page(&restarted, "node-a", &web(), &[]).1.to_value();
     let e = obj2["spec"]["edges"]
         .as_array()
         .unwrap()
@@ -226,8 +245,8 @@ fn a_spilled_store_resumes_as_it_stood() {
         "node-a",
         &seen(Side::Client, Verdict::Established, "2026-01-01T09:00:00Z"),
     );
-    let (_, stored) = earlier.object("node-a", &web(), &[]).unwrap();
-    let cluster_edges = stored.edges_of("node-a");
+    let (_, stored) = page(&earlier, "node-a", &web(), &[]);
+    let cluster_edges = share_of(&[stored], &web(), "node-a");
 
     // This process: db written once then changed, web never written (the API server
     // went away before web's share could be read back).
@@ -236,8 +255,8 @@ fn a_spilled_store_resumes_as_it_stood() {
         "node-a",
         &seen(Side::Server, Verdict::Established, "2026-01-01T10:00:00Z"),
     );
-    assert!(a.read_back(&db(), vec![]).is_empty());
-    let (generation, _) = a.object("node-a", &db(), &[]).unwrap();
+    assert!(a.read_back(&db(), Held::default()).is_empty());
+    let (generation, _) = page(&a, "node-a", &db(), &[]);
     a.written(&db(), generation);
     a.add(
         "node-a",
@@ -266,19 +285,16 @@ fn a_spilled_store_resumes_as_it_stood() {
     );
     assert_eq!(b.len(), a.len());
     for w in [db(), web()] {
-        assert_eq!(
-            b.object("node-a", &w, &[]).unwrap().1,
-            a.object("node-a", &w, &[]).unwrap().1
-        );
+        assert_eq!(page(&b, "node-a", &w, &[]).1, page(&a, "node-a", &w, &[]).1);
     }
     // web's edge still adds the cluster's count once read back; db holds its totals.
     assert!(b.read_back(&web(), cluster_edges).is_empty());
-    let (generation, obj) = b.object("node-a", &web(), &[]).unwrap();
+    let (generation, obj) = page(&b, "node-a", &web(), &[]);
     let obj = obj.to_value();
     assert_eq!(obj["spec"]["edges"][0]["verdicts"]["established"], 2);
     assert_eq!(obj["spec"]["edges"][0]["firstSeen"], "2026-01-01T09:00:00Z");
     b.written(&web(), generation);
-    let (generation, obj) = b.object("node-a", &db(), &[]).unwrap();
+    let (generation, obj) = page(&b, "node-a", &db(), &[]);
     let obj = obj.to_value();
     assert_eq!(
         obj["spec"]["edges"][0]["verdicts"],
@@ -294,7 +310,7 @@ fn a_spilled_store_resumes_as_it_stood() {
 #[test]
 fn objects_of_another_shape_are_refused_with_the_field() {
     let bad = json!({"metadata": {"namespace": "shop"}, "spec": {"workload": {"kind": "Deployment", "name": "web"},
-        "edges": [{"node": "a", "direction": "sideways", "peer": "x", "port": 1, "protocol": "TCP", "verdicts": {}}]}});
+        "node": "a", "edges": [{"direction": "sideways", "peer": "x", "port": 1, "protocol": "TCP", "verdicts": {}}]}});
     let bad = {
         let mut b = bad;
         b["metadata"]["name"] = json!("deployment-web");
@@ -304,4 +320,40 @@ fn objects_of_another_shape_are_refused_with_the_field() {
     assert!(err.starts_with("spec.edges[0]: "), "{err}");
     let err = TrafficObject::parse(&json!({"metadata": {}})).unwrap_err();
     assert_eq!(err, "metadata.namespace: missing or not a string");
+}
+
+#[test]
+fn an_edge_on_two_pages_counts_once_as_the_later() {
+    let mut o = Observed::new(10);
+    o.add(
+        "node-a",
+        &seen(Side::Client, Verdict::Established, "2026-01-01T10:00:00Z"),
+    );
+    let (_, first) = page(&o, "node-a", &web(), &[]);
+    o.add(
+        "node-a",
+        &seen(Side::Client, Verdict::Established, "2026-01-01T11:00:00Z"),
+    );
+    let (_, later) = page(&o, "node-a", &web(), &[]);
+    // The same edge on page 0 (written before a re-paging) and page 1 (after).
+    let mut moved = later.clone();
+    moved.page = 1;
+    let held = share_of(&[moved.clone(), first.clone()], &web(), "node-a");
+    assert_eq!(held.pages, 2);
+    assert_eq!(held.edges.len(), 1);
+    assert_eq!(held.edges[0].1.verdicts.get(Verdict::Established), 2);
+    // The reader counts it once too (the shop's cluster names both ends).
+    let shop = include_str!("../../../../tests/fixtures/cluster-shop.yaml");
+    let cluster = crate::cluster::snapshot::parse("shop", shop)
+        .unwrap()
+        .cluster;
+    let to_postgres = |mut o: TrafficObject| {
+        o.edges[0].key.peer = "data/Pod/postgres-0".into();
+        o
+    };
+    let (records, unread) = records(&cluster, &[to_postgres(moved), to_postgres(first)], None);
+    assert_eq!(unread, Unread::default());
+    let counts: Vec<u64> = records.iter().map(|r| r.count).collect();
+    assert_eq!(counts, vec![2], "{records:#?}");
+    assert_eq!(records[0].node.as_deref(), Some("node-a"));
 }

@@ -17,14 +17,8 @@ use crate::{
 pub const API_VERSION: &str = "flowpol.io/v1alpha1";
 pub const KIND: &str = "ObservedTraffic";
 
-/// The list-map keys of `spec.edges` ([`EdgeKey`]'s fields): with the node among them, the
-/// shares of different nodes merge under server-side apply instead of replacing each other.
-pub const EDGE_KEYS: [&str; 5] = ["node", "direction", "peer", "port", "protocol"];
-
-/// One edge of a workload, as the CRD's list-map keys it.
-#[derive(
-    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
-)]
+/// One edge of a workload on a node, as an agent holds it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct EdgeKey {
     /// The node whose agent saw it.
     pub node: String,
@@ -33,9 +27,47 @@ pub struct EdgeKey {
     /// service/<namespace>/<name>, or an address.
     pub peer: String,
     /// The responder's port (0 when unknown).
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// An edge's key within its object, which names the node once for all its edges.
+#[derive(
+    Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
+pub struct WireKey {
+    pub direction: Direction,
+    /// The other end: namespace/Kind/name for pods, node/<name>,
+    /// service/<namespace>/<name>, or an address.
+    pub peer: String,
+    /// The responder's port (0 when unknown).
     #[schemars(schema_with = "port")]
     pub port: u16,
     pub protocol: Protocol,
+}
+
+impl WireKey {
+    /// The key of this edge as `node`'s agent holds it.
+    pub fn on(&self, node: &str) -> EdgeKey {
+        EdgeKey {
+            node: node.to_owned(),
+            direction: self.direction,
+            peer: self.peer.clone(),
+            port: self.port,
+            protocol: self.protocol,
+        }
+    }
+}
+
+impl From<&EdgeKey> for WireKey {
+    fn from(k: &EdgeKey) -> Self {
+        Self {
+            direction: k.direction,
+            peer: k.peer.clone(),
+            port: k.port,
+            protocol: k.protocol,
+        }
+    }
 }
 
 /// Counts by verdict, held inline: a map of their own cost each edge ~57 of its ~390 bytes
@@ -148,17 +180,22 @@ impl EdgeStats {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct WireEdge {
     #[serde(flatten)]
-    pub key: EdgeKey,
+    pub key: WireKey,
     #[serde(flatten)]
     pub stats: EdgeStats,
 }
 
-/// One `ObservedTraffic` object: where it lives and what it holds.
+/// One `ObservedTraffic` object: one page of one node's share of one workload's edges
+/// (see [`super::layout`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrafficObject {
     pub namespace: String,
     pub name: String,
     pub workload: Workload,
+    /// The node whose agent wrote it, its only writer.
+    pub node: String,
+    /// Which of the share's pages this is.
+    pub page: u32,
     pub edges: Vec<WireEdge>,
 }
 
@@ -168,15 +205,6 @@ impl TrafficObject {
             namespace: self.namespace.clone(),
             workload: self.workload.clone(),
         }
-    }
-
-    /// The edges `node` wrote.
-    pub fn edges_of(&self, node: &str) -> Vec<(EdgeKey, EdgeStats)> {
-        self.edges
-            .iter()
-            .filter(|e| e.key.node == node)
-            .map(|e| (e.key.clone(), e.stats.clone()))
-            .collect()
     }
 
     /// Reads an object as the API server returns it (JSON). Refuses objects that do not
@@ -189,13 +217,22 @@ impl TrafficObject {
         };
         let namespace = text(&object["metadata"]["namespace"], "metadata.namespace")?;
         let name = text(&object["metadata"]["name"], "metadata.name")?;
+        let spec = &object["spec"];
         let workload = Workload {
-            kind: text(&object["spec"]["workload"]["kind"], "spec.workload.kind")?
+            kind: text(&spec["workload"]["kind"], "spec.workload.kind")?
                 .as_str()
                 .into(),
-            name: text(&object["spec"]["workload"]["name"], "spec.workload.name")?,
+            name: text(&spec["workload"]["name"], "spec.workload.name")?,
         };
-        let listed = match &object["spec"]["edges"] {
+        let node = text(&spec["node"], "spec.node")?;
+        let page = match &spec["page"] {
+            Value::Null => 0,
+            v => v
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .ok_or("spec.page: not a page number")?,
+        };
+        let listed = match &spec["edges"] {
             Value::Null => &[][..],
             Value::Array(a) => a.as_slice(),
             _ => return Err("spec.edges: not a list".into()),
@@ -209,6 +246,8 @@ impl TrafficObject {
             namespace,
             name,
             workload,
+            node,
+            page,
             edges,
         })
     }
@@ -218,15 +257,14 @@ impl TrafficObject {
         json!({
             "apiVersion": API_VERSION,
             "kind": KIND,
-            "metadata": {"name": self.name, "namespace": self.namespace},
-            "spec": {"workload": self.workload, "edges": self.edges},
+            "metadata": {
+                "name": self.name,
+                "namespace": self.namespace,
+                "labels": super::layout::labels(&self.workload, &self.node),
+            },
+            "spec": {"workload": self.workload, "node": self.node, "page": self.page, "edges": self.edges},
         })
     }
-}
-
-/// The object name for a workload: `<kind>-<name>`, lowercased, DNS-1123.
-pub fn object_name(w: &Workload) -> String {
-    crate::cluster::object_name(&format!("{}-{}", w.kind, w.name))
 }
 
 /// A port: 0 (unknown) to 65535.
