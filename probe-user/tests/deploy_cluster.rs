@@ -48,7 +48,7 @@ fn apply(cp: &ControlPlane, object: &Value) -> (bool, String) {
 fn observed_traffic(edge: Value) -> Value {
     json!({"apiVersion": "flowpol.io/v1alpha1", "kind": "ObservedTraffic",
         "metadata": {"name": "deployment-web.node-a", "namespace": "default"},
-        "spec": {"workload": {"kind": "Deployment", "name": "web"}, "node": "node-a", "edges": [edge]}})
+        "spec": {"workload": {"kind": "Deployment", "name": "web"}, "node": "node-a", "pages": 1, "edges": [edge]}})
 }
 
 fn edge() -> Value {

@@ -234,6 +234,7 @@ fn the_daemonset_pod_runs_the_agent_from_its_image() {
             "--kubeconfig=/etc/flowpol/kubeconfig",
             "--round=1s",
             "--flush-every=1s",
+            "--counts-every=1s",
             "--writes-per-second=100",
         ]
         .map(String::from),

@@ -21,13 +21,21 @@ pub(crate) enum What {
     /// The agent's edge store under a flood: bounded against unbounded memory, write pass,
     /// state file.
     Agent,
+    /// The ObservedTraffic store at 1,000 nodes and 100,000 pods against the real control
+    /// plane, with the analysis at that size; writes target/bench/scale.json.
+    Scale,
 }
 
 mod capture;
 mod load;
+mod scale;
 
-pub(crate) fn run(what: What) -> Result<()> {
+pub(crate) fn run(what: What, args: &[String]) -> Result<()> {
+    if !args.is_empty() && !matches!(what, What::Scale) {
+        bail!("only `bench scale` takes arguments after `--`");
+    }
     match what {
+        What::Scale => scale::scale(args),
         What::Capture => capture::capture(),
         What::Engine => engine(),
         What::Suggest => cargo(&[

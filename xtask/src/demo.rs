@@ -138,7 +138,15 @@ pub(crate) fn kube() -> Result<()> {
         .args(["agent", "--node", "lab-node", "--listen", "127.0.0.1:0"])
         .arg("--kubeconfig")
         .arg(&agent_kubeconfig)
-        .args(["--round", "1s", "--flush-every", "1s", "--no-records"])
+        .args([
+            "--round",
+            "1s",
+            "--flush-every",
+            "1s",
+            "--counts-every",
+            "1s",
+        ])
+        .arg("--no-records")
         .arg("--state-dir")
         .arg(file("agent-state"))
         .stderr(log)

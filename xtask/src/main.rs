@@ -39,6 +39,9 @@ enum Task {
     Bench {
         #[arg(value_enum)]
         what: bench::What,
+        /// After `--`: the benchmark's own arguments (`scale`: --nodes, --pods, ...).
+        #[arg(last = true)]
+        args: Vec<String>,
     },
     /// A real Kubernetes control plane on 127.0.0.1, built from the Go module proxy.
     K8s {
@@ -78,9 +81,9 @@ fn main() -> Result<()> {
             setup::run()?;
             test::run()
         }
-        Task::Bench { what } => {
+        Task::Bench { what, args } => {
             setup::run()?;
-            bench::run(what)
+            bench::run(what, &args)
         }
         Task::K8s { action } => k8s::run(action),
         Task::Fuzz { targets, seconds } => {

@@ -214,7 +214,7 @@ impl Exit {
                 )
             } else {
                 format!(
-                    "flowpol agent: ObservedTraffic written ({} objects in the last write)",
+                    "flowpol agent: ObservedTraffic written ({} workloads in the last write)",
                     f.written
                 )
             });
@@ -241,6 +241,7 @@ mod tests {
                 idle: Duration::from_secs(120),
                 max_edges,
                 flush_every: Duration::from_secs(30),
+                counts_every: Duration::from_secs(300),
                 writes_per_second,
                 shutdown_timeout: Duration::from_secs(20),
                 cgroup_root: PathBuf::new(),
@@ -281,6 +282,7 @@ mod tests {
     fn flushed(written: usize, pending: usize) -> Flushed {
         Flushed {
             written,
+            reads: 0,
             failed: pending,
             pending,
             last_error: (pending > 0).then(|| "connection refused".into()),
@@ -291,7 +293,7 @@ mod tests {
     fn the_exit_fails_only_when_observed_traffic_is_lost() {
         let (text, failed) = outcome(Some(flushed(3, 0)), None).report();
         assert!(!failed);
-        assert!(text.ends_with("ObservedTraffic written (3 objects in the last write)"));
+        assert!(text.ends_with("ObservedTraffic written (3 workloads in the last write)"));
         let (text, failed) = outcome(Some(flushed(0, 2)), None).report();
         assert!(failed);
         assert!(text.ends_with("2 workloads' ObservedTraffic could not be written before stopping: connection refused"), "{text}");

@@ -63,6 +63,8 @@ pub struct Config {
     pub max_edges: usize,
     /// How often changed workloads are written to the cluster.
     pub flush_every: Duration,
+    /// How often a workload whose counts alone changed (no new edge) is written.
+    pub counts_every: Duration,
     pub writes_per_second: f64,
     /// How long the last write may take on shutdown.
     pub shutdown_timeout: Duration,
@@ -291,6 +293,7 @@ impl<S: EventSource> Agent<S> {
                 w,
                 self.observed.clone(),
                 self.config.flush_every,
+                self.config.counts_every,
                 move |ok| health.metrics.write(ok),
             ))
         });

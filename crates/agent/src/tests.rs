@@ -73,6 +73,7 @@ fn agent(yaml: &str, events: Vec<Vec<u8>>) -> Test {
         idle: Duration::from_secs(120),
         max_edges: 100,
         flush_every: Duration::from_secs(30),
+        counts_every: Duration::from_secs(300),
         writes_per_second: 5.0,
         shutdown_timeout: Duration::from_secs(1),
         cgroup_root: dir.join("no-cgroups"),

@@ -38,6 +38,9 @@ pub struct ObservedTrafficSpec {
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub page: u32,
+    /// How many pages the node's share has (page 0's count is the one read back).
+    #[schemars(range(min = 1))]
+    pub pages: u32,
     /// Atomic: the one writer replaces the list whole, so managedFields stays one small
     /// entry however many edges there are.
     #[serde(default)]
@@ -57,6 +60,7 @@ impl From<TrafficObject> for ObservedTraffic {
                 workload: o.workload,
                 node: o.node,
                 page: o.page,
+                pages: o.pages,
                 edges: o.edges,
             },
         );
@@ -111,8 +115,9 @@ mod tests {
             .map(|k| k.as_str().unwrap())
             .collect();
         top.sort();
-        assert_eq!(top, ["node", "workload"]);
+        assert_eq!(top, ["node", "pages", "workload"]);
         assert_eq!(spec["properties"]["page"]["minimum"].as_f64(), Some(0.0));
+        assert_eq!(spec["properties"]["pages"]["minimum"].as_f64(), Some(1.0));
         let edges = &spec["properties"]["edges"];
         assert_eq!(edges["x-kubernetes-list-type"], "atomic");
         let item = &edges["items"];

@@ -41,6 +41,8 @@ pub fn field_manager(node: &str) -> String {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Flushed {
     pub written: usize,
+    /// Objects read back (point reads after a restart or an eviction).
+    pub reads: usize,
     pub failed: usize,
     /// Workloads still waiting (failed, or not reached before the deadline).
     pub pending: usize,
@@ -78,9 +80,32 @@ impl Writer {
         &self,
         observed: &Mutex<Observed>,
         deadline: tokio::time::Instant,
-        mut on_write: impl FnMut(bool),
+        on_write: impl FnMut(bool),
     ) -> Flushed {
         let pending = lock(observed).pending();
+        self.write_all(observed, pending, deadline, on_write).await
+    }
+
+    /// [`Writer::flush`] of the workloads due ([`Observed::pending_due`]): those with new
+    /// edges, and those whose counts alone changed when `counts_every` has passed.
+    pub async fn flush_due(
+        &self,
+        observed: &Mutex<Observed>,
+        deadline: tokio::time::Instant,
+        counts_every: Duration,
+        on_write: impl FnMut(bool),
+    ) -> Flushed {
+        let pending = lock(observed).pending_due(std::time::Instant::now(), counts_every);
+        self.write_all(observed, pending, deadline, on_write).await
+    }
+
+    async fn write_all(
+        &self,
+        observed: &Mutex<Observed>,
+        pending: Vec<Pending>,
+        deadline: tokio::time::Instant,
+        mut on_write: impl FnMut(bool),
+    ) -> Flushed {
         let mut report = Flushed::default();
         let mut pace = Pace {
             next: tokio::time::Instant::now(),
@@ -89,7 +114,9 @@ impl Writer {
         };
         for p in pending {
             let what = p.workload.to_string();
-            let result = self.write(observed, &p, &mut pace, &mut on_write).await;
+            let result = self
+                .write(observed, &p, &mut pace, &mut on_write, &mut report.reads)
+                .await;
             match result {
                 Ok(true) => report.written += 1,
                 // Out of time: the rest waits for the next round.
@@ -113,31 +140,39 @@ impl Writer {
         p: &Pending,
         pace: &mut Pace,
         on_write: &mut impl FnMut(bool),
+        reads: &mut usize,
     ) -> Result<bool, String> {
         let ns = &p.workload.namespace;
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &resource());
         let typed: Api<ObservedTraffic> = Api::namespaced(self.client.clone(), ns);
         let carried = if p.read {
-            if !pace.wait().await {
-                return Ok(false);
-            }
-            let selector = layout::selector(&p.workload.workload, Some(&self.node));
-            let listed = pace
-                .bounded(api.list(&ListParams::default().labels(&selector)))
-                .await?;
-            let objects: Vec<TrafficObject> = listed
-                .items
-                .into_iter()
-                .filter_map(|o| {
-                    let name = o.metadata.name.clone().unwrap_or_default();
-                    let value = serde_json::to_value(o).ok()?;
-                    TrafficObject::parse(&value)
-                        .inspect_err(|e| {
+            // By name, page 0 first (it says how many there are): point reads, where a
+            // label-selected list would have the store scan the namespace.
+            let mut objects = Vec::new();
+            let mut page = 0;
+            let mut pages = 1;
+            while page < pages {
+                if !pace.wait().await {
+                    return Ok(false);
+                }
+                let name = layout::object_name(&p.workload.workload, &self.node, page);
+                *reads += 1;
+                if let Some(o) = pace.bounded(api.get_opt(&name)).await? {
+                    let value = serde_json::to_value(o).map_err(|e| e.to_string())?;
+                    match TrafficObject::parse(&value) {
+                        Ok(o) => {
+                            if page == 0 {
+                                pages = o.pages;
+                            }
+                            objects.push(o);
+                        }
+                        Err(e) => {
                             tracing::warn!(object = %format!("{ns}/{name}"), "unreadable ObservedTraffic, overwriting it: {e}");
-                        })
-                        .ok()
-                })
-                .collect();
+                        }
+                    }
+                }
+                page += 1;
+            }
             let held = observed::share_of(&objects, &p.workload, &self.node);
             lock(observed).read_back(&p.workload, held)
         } else {
@@ -296,18 +331,21 @@ pub async fn read_traffic(
     })
 }
 
-/// Runs [`Writer::flush`] every `every` until dropped.
+/// Runs [`Writer::flush_due`] every `every` until dropped.
 pub async fn run(
     writer: Arc<Writer>,
     observed: Arc<Mutex<Observed>>,
     every: Duration,
+    counts_every: Duration,
     on_write: impl Fn(bool) + Send + 'static,
 ) {
     let mut failing = false;
     loop {
         tokio::time::sleep(every).await;
         let deadline = tokio::time::Instant::now() + every;
-        let r = writer.flush(&observed, deadline, &on_write).await;
+        let r = writer
+            .flush_due(&observed, deadline, counts_every, &on_write)
+            .await;
         match (&r.last_error, failing) {
             (Some(e), false) => {
                 tracing::warn!(

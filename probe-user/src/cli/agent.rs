@@ -51,9 +51,16 @@ pub(super) struct Args {
     /// Do not write ObservedTraffic objects (only with --kube are they written).
     #[arg(long)]
     no_store: bool,
-    /// How often changed workloads' ObservedTraffic objects are written (one apply each).
+    /// How often changed workloads' ObservedTraffic objects are written (one apply each):
+    /// those with new edges at the next write, those whose counts alone changed every
+    /// --counts-every.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     flush_every: Duration,
+    /// How often a workload whose counts alone changed (no new edge) is written: on a busy
+    /// cluster every edge's counts change all the time, and writing each share every
+    /// --flush-every would be 3 writes/s per node (see deploy/README.md).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    counts_every: Duration,
     /// Most writes to the API server per second.
     #[arg(long, default_value_t = 5.0)]
     writes_per_second: f64,
@@ -86,6 +93,7 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
             idle: args.idle,
             max_edges: args.max_edges,
             flush_every: args.flush_every,
+            counts_every: args.counts_every,
             writes_per_second: args.writes_per_second,
             shutdown_timeout: args.shutdown_timeout,
             cgroup_root: PathBuf::new(),

@@ -114,6 +114,8 @@ impl Agent {
                 "1s",
                 "--flush-every",
                 "1s",
+                "--counts-every",
+                "1s",
                 "--writes-per-second",
                 "100",
             ])

@@ -434,6 +434,14 @@ impl ControlPlane {
         SocketAddr::from(([127, 0, 0, 1], self.apiservers[index].port))
     }
 
+    /// The store's and the first API server's processes (kine, kube-apiserver), to measure.
+    pub fn pids(&self) -> (Option<u32>, Option<u32>) {
+        (
+            self.kine.as_ref().map(Proc::pid),
+            self.apiservers[0].proc.as_ref().map(Proc::pid),
+        )
+    }
+
     /// The cluster CA, PEM.
     pub fn ca_pem(&self) -> &str {
         &self.pki.ca.cert

@@ -9,7 +9,9 @@
 //!   Doubling the count splits each page in two and keeps the old pages' names, so a share
 //!   never shrinks back and no object is ever orphaned.
 //! - Labels name the workload and the node, so a workload's objects (or one node's share
-//!   of it) are one label-selected list: [`selector`].
+//!   of it) are one label-selected list: [`selector`]. An agent reads its own share back
+//!   by name instead (page 0, which says how many pages there are, then the others): a
+//!   point read, where a list would make the store scan the namespace.
 use std::collections::BTreeMap;
 
 use super::{TrafficObject, WireEdge, WireKey};
@@ -113,7 +115,8 @@ pub struct Oversized {
 
 /// `node`'s share of `w` (in `namespace`) as objects: at least `at_least` pages (the count
 /// the cluster already holds), more when needed to keep each under [`MAX_OBJECT_BYTES`].
-/// Every page is returned, empty ones included: each replaces what its object held.
+/// Every page is returned, empty ones included (each replaces what its object held), the
+/// last page first: page 0, whose count of pages is the one read back, is written last.
 pub fn paginate(
     namespace: &str,
     w: &Workload,
@@ -161,12 +164,14 @@ pub fn paginate(
             workload: w.clone(),
             node: node.to_owned(),
             page,
+            pages,
             edges: Vec::new(),
         })
         .collect();
     for (e, &(hash, _)) in edges.into_iter().zip(&sized) {
         objects[page_of(hash, pages)].edges.push(e);
     }
+    objects.reverse();
     Ok(objects)
 }
 
@@ -347,8 +352,12 @@ mod tests {
             );
         }
         for p in &two {
-            assert_eq!(p.name, eight[p.page as usize].name);
+            let same = eight.iter().find(|q| q.page == p.page).unwrap();
+            assert_eq!(p.name, same.name);
         }
+        // Page 0, whose count is read back, comes last: written after the pages it counts.
+        let order: Vec<(u32, u32)> = eight.iter().map(|p| (p.page, p.pages)).collect();
+        assert_eq!(order, (0..8).rev().map(|p| (p, 8)).collect::<Vec<_>>());
         // Spread evenly enough: no page of eight holds more than twice its share.
         for p in &eight {
             assert!(p.edges.len() < 1000, "page {}: {}", p.page, p.edges.len());

@@ -8,7 +8,10 @@
 //! drop on the path an edge of whichever end runs on this node. So the same connection seen
 //! on two nodes is counted once per direction, and agents writing their own node's share
 //! never overwrite each other.
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use crate::{
     cluster::{Timestamp, WorkloadKey},
@@ -46,6 +49,10 @@ struct Share {
     generation: u64,
     /// The generation last written to the cluster.
     written: u64,
+    /// The generation at which the share last gained an edge.
+    grown: u64,
+    /// When this process last wrote it.
+    written_at: Option<Instant>,
     /// Every edge the cluster holds for this node's share is held here too. False for a
     /// workload new to this process (after a restart the cluster may hold history) and
     /// after an eviction, until the share is read back.
@@ -146,8 +153,9 @@ impl Observed {
     fn insert(&mut self, w: WorkloadKey, key: EdgeKey, update: impl FnOnce(&mut EdgeStats)) {
         let share = self.workloads.entry(w).or_default();
         let complete = share.complete;
+        let mut grew = false;
         let edge = share.edges.entry(key).or_insert_with(|| {
-            self.len += 1;
+            grew = true;
             Edge {
                 stats: EdgeStats::default(),
                 fresh: !complete,
@@ -157,6 +165,10 @@ impl Observed {
         update(&mut edge.stats);
         share.generation += 1;
         edge.changed = share.generation;
+        if grew {
+            self.len += 1;
+            share.grown = share.generation;
+        }
         if self.len > self.capacity {
             self.evict();
         }
@@ -206,9 +218,23 @@ impl Observed {
 
     /// Workloads changed since they were last written, by name.
     pub fn pending(&self) -> Vec<Pending> {
+        self.pending_due(Instant::now(), Duration::ZERO)
+    }
+
+    /// Workloads due to be written at `now`: those with an edge new since they were last
+    /// written (or never written by this process), and those whose counts alone changed
+    /// once `counts_every` has passed since their last write. Counts change on every busy
+    /// edge all the time; writing them less often than new edges is what keeps a large
+    /// cluster's API server load down.
+    pub fn pending_due(&self, now: Instant, counts_every: Duration) -> Vec<Pending> {
+        let due = |s: &Share| {
+            s.grown > s.written
+                || s.written_at
+                    .is_none_or(|t| now.saturating_duration_since(t) >= counts_every)
+        };
         self.workloads
             .iter()
-            .filter(|(_, s)| s.dirty())
+            .filter(|(_, s)| s.dirty() && due(s))
             .map(|(w, s)| Pending {
                 workload: w.clone(),
                 read: !s.complete,
@@ -308,6 +334,7 @@ impl Observed {
     pub fn written(&mut self, w: &WorkloadKey, generation: u64) {
         if let Some(share) = self.workloads.get_mut(w) {
             share.written = share.written.max(generation);
+            share.written_at = Some(Instant::now());
             if share.edges.is_empty() && !share.dirty() {
                 self.workloads.remove(w);
             }
@@ -334,8 +361,7 @@ pub struct Held {
     pub pages: u32,
 }
 
-/// `node`'s share of `w` among `objects` (its pages, as a label-selected list returns
-/// them). An edge found on two pages (a write of a new page count cut short) counts once,
+/// `node`'s share of `w` among `objects` (its pages). An edge found on two pages (a write of a new page count cut short) counts once,
 /// as the later of the two.
 pub fn share_of(objects: &[TrafficObject], w: &WorkloadKey, node: &str) -> Held {
     let mut edges: BTreeMap<EdgeKey, EdgeStats> = BTreeMap::new();
@@ -344,7 +370,7 @@ pub fn share_of(objects: &[TrafficObject], w: &WorkloadKey, node: &str) -> Held 
         .iter()
         .filter(|o| o.node == node && o.namespace == w.namespace && o.workload == w.workload)
     {
-        pages = pages.max(o.page.saturating_add(1));
+        pages = pages.max(o.pages).max(o.page.saturating_add(1));
         for e in &o.edges {
             keep_later(&mut edges, e.key.on(node), &e.stats);
         }

@@ -357,3 +357,39 @@ fn an_edge_on_two_pages_counts_once_as_the_later() {
     assert_eq!(counts, vec![2], "{records:#?}");
     assert_eq!(records[0].node.as_deref(), Some("node-a"));
 }
+
+#[test]
+fn counts_alone_wait_for_their_interval_and_new_edges_do_not() {
+    use std::time::{Duration, Instant};
+    let every = Duration::from_secs(300);
+    let mut o = Observed::new(10);
+    o.add(
+        "node-a",
+        &seen(Side::Client, Verdict::Established, "2026-01-01T10:00:00Z"),
+    );
+    let now = Instant::now();
+    // Never written by this process: due at once.
+    assert_eq!(o.pending_due(now, every).len(), 1);
+    o.read_back(&web(), Held::default());
+    let (generation, _) = page(&o, "node-a", &web(), &[]);
+    o.written(&web(), generation);
+    // More of the same edge: changed, but not due until the interval has passed.
+    o.add(
+        "node-a",
+        &seen(Side::Client, Verdict::Established, "2026-01-01T10:01:00Z"),
+    );
+    assert_eq!(o.pending().len(), 1, "changed");
+    assert!(o.pending_due(Instant::now(), every).is_empty());
+    assert_eq!(o.pending_due(Instant::now() + every, every).len(), 1);
+    // A new edge is due at the next write.
+    let mut other = seen(Side::Client, Verdict::Refused, "2026-01-01T10:02:00Z");
+    other.dst.port = Some(6432);
+    o.add("node-a", &other);
+    assert_eq!(
+        o.pending_due(Instant::now(), every),
+        vec![Pending {
+            workload: web(),
+            read: false
+        }]
+    );
+}

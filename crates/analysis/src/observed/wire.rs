@@ -196,6 +196,9 @@ pub struct TrafficObject {
     pub node: String,
     /// Which of the share's pages this is.
     pub page: u32,
+    /// How many pages the share has: page 0's count is the one read back (it is written
+    /// last, so it never counts a page not yet written).
+    pub pages: u32,
     pub edges: Vec<WireEdge>,
 }
 
@@ -232,6 +235,14 @@ impl TrafficObject {
                 .and_then(|p| u32::try_from(p).ok())
                 .ok_or("spec.page: not a page number")?,
         };
+        let pages = match &spec["pages"] {
+            Value::Null => page + 1,
+            v => v
+                .as_u64()
+                .and_then(|p| u32::try_from(p).ok())
+                .filter(|&p| p > page)
+                .ok_or("spec.pages: not a count of pages above spec.page")?,
+        };
         let listed = match &spec["edges"] {
             Value::Null => &[][..],
             Value::Array(a) => a.as_slice(),
@@ -248,6 +259,7 @@ impl TrafficObject {
             workload,
             node,
             page,
+            pages,
             edges,
         })
     }
@@ -262,7 +274,7 @@ impl TrafficObject {
                 "namespace": self.namespace,
                 "labels": super::layout::labels(&self.workload, &self.node),
             },
-            "spec": {"workload": self.workload, "node": self.node, "page": self.page, "edges": self.edges},
+            "spec": {"workload": self.workload, "node": self.node, "page": self.page, "pages": self.pages, "edges": self.edges},
         })
     }
 }
