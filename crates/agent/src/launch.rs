@@ -283,6 +283,7 @@ mod tests {
         Flushed {
             written,
             reads: 0,
+            bytes: 0,
             failed: pending,
             pending,
             last_error: (pending > 0).then(|| "connection refused".into()),

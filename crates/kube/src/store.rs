@@ -43,6 +43,8 @@ pub struct Flushed {
     pub written: usize,
     /// Objects read back (point reads after a restart or an eviction).
     pub reads: usize,
+    /// Bytes of the objects applied.
+    pub bytes: usize,
     pub failed: usize,
     /// Workloads still waiting (failed, or not reached before the deadline).
     pub pending: usize,
@@ -115,7 +117,7 @@ impl Writer {
         for p in pending {
             let what = p.workload.to_string();
             let result = self
-                .write(observed, &p, &mut pace, &mut on_write, &mut report.reads)
+                .write(observed, &p, &mut pace, &mut on_write, &mut report)
                 .await;
             match result {
                 Ok(true) => report.written += 1,
@@ -140,7 +142,7 @@ impl Writer {
         p: &Pending,
         pace: &mut Pace,
         on_write: &mut impl FnMut(bool),
-        reads: &mut usize,
+        report: &mut Flushed,
     ) -> Result<bool, String> {
         let ns = &p.workload.namespace;
         let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &resource());
@@ -156,7 +158,7 @@ impl Writer {
                     return Ok(false);
                 }
                 let name = layout::object_name(&p.workload.workload, &self.node, page);
-                *reads += 1;
+                report.reads += 1;
                 if let Some(o) = pace.bounded(api.get_opt(&name)).await? {
                     let value = serde_json::to_value(o).map_err(|e| e.to_string())?;
                     match TrafficObject::parse(&value) {
@@ -186,12 +188,15 @@ impl Writer {
             if !pace.wait().await {
                 return Ok(false);
             }
-            let applied = ObservedTraffic::from(object.clone());
+            // Serialized once, here, to count what is sent.
+            let body = serde_json::value::to_raw_value(&ObservedTraffic::from(object.clone()))
+                .map_err(|e| e.to_string())?;
             let result = pace
-                .bounded(typed.patch(&object.name, &self.params, &Patch::Apply(&applied)))
+                .bounded(typed.patch(&object.name, &self.params, &Patch::Apply(&body)))
                 .await;
             on_write(result.is_ok());
             result?;
+            report.bytes += body.get().len();
             lock(observed).page_written(&p.workload, &object, pages.count);
         }
         lock(observed).written(&p.workload, pages.generation);
