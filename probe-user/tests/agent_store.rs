@@ -19,6 +19,7 @@ use flowpol_analysis::{
 };
 use flowpol_kube::store::{field_manager, Writer};
 use k8s::{run, ControlPlane, Options};
+use serde::Deserialize;
 use serde_json::Value;
 
 fn pod(ip: &str, ns: &str, kind: &str, name: &str, node: &str) -> Endpoint {
@@ -474,6 +475,35 @@ fn verify_and_suggest_read_the_cluster_store() {
     let (code, yaml, err) = common::flowpol_code(&args);
     assert_eq!(code, Some(0), "{err}");
     assert!(yaml.contains("kind: NetworkPolicy"), "{yaml}");
+    // One namespace's policies read only that namespace's objects, and come out the same.
+    let objects_read = |err: &str| -> usize {
+        let (_, rest) = err.split_once(" records from ").expect(err);
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let in_data = |yaml: &str| -> Vec<String> {
+        serde_yaml::Deserializer::from_str(yaml)
+            .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+            .filter(|p| p["metadata"]["namespace"] == "data")
+            .map(|p| serde_yaml::to_string(&p).unwrap())
+            .collect()
+    };
+    let mut args = vec!["suggest", "--from-cluster", "-n", "data"];
+    args.extend(kube);
+    let (code, data_yaml, data_err) = common::flowpol_code(&args);
+    assert_eq!(code, Some(0), "{data_err}");
+    let data_objects = k8s::all_observed(&cp)
+        .iter()
+        .filter(|o| o["metadata"]["namespace"] == "data")
+        .count();
+    assert!(data_objects > 0);
+    assert_eq!(objects_read(&data_err), data_objects, "{data_err}");
+    assert!(objects_read(&err) > data_objects, "{err}");
+    assert!(
+        data_err.contains("ObservedTraffic objects in data"),
+        "{data_err}"
+    );
+    assert!(!in_data(&data_yaml).is_empty(), "{data_yaml}");
+    assert_eq!(in_data(&data_yaml), in_data(&yaml));
 
     // As a kubectl plugin, through the built kubectl: the current context is the cluster.
     let plugins = dir.join("plugins");

@@ -268,29 +268,40 @@ pub struct Listed {
     pub invalid: Vec<String>,
 }
 
-/// Every `ObservedTraffic` object in the cluster, read page by page.
-pub async fn list(client: &Client) -> Result<Listed, kube::Error> {
-    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource());
+/// The `ObservedTraffic` objects of `namespaces` (every namespace when empty), read page
+/// by page.
+pub async fn list(client: &Client, namespaces: &[String]) -> Result<Listed, kube::Error> {
+    let apis: Vec<Api<DynamicObject>> = if namespaces.is_empty() {
+        vec![Api::all_with(client.clone(), &resource())]
+    } else {
+        namespaces
+            .iter()
+            .map(|ns| Api::namespaced_with(client.clone(), ns, &resource()))
+            .collect()
+    };
     let mut out = Listed::default();
-    let mut params = ListParams::default().limit(500);
-    loop {
-        let page = api.list(&params).await?;
-        for o in page.items {
-            let value = serde_json::to_value(&o).map_err(kube::Error::SerdeError)?;
-            match TrafficObject::parse(&value) {
-                Ok(t) => out.objects.push(t),
-                Err(e) => out.invalid.push(format!(
-                    "{}/{}: {e}",
-                    o.metadata.namespace.as_deref().unwrap_or("?"),
-                    o.metadata.name.as_deref().unwrap_or("?")
-                )),
+    for api in apis {
+        let mut params = ListParams::default().limit(500);
+        loop {
+            let page = api.list(&params).await?;
+            for o in page.items {
+                let value = serde_json::to_value(&o).map_err(kube::Error::SerdeError)?;
+                match TrafficObject::parse(&value) {
+                    Ok(t) => out.objects.push(t),
+                    Err(e) => out.invalid.push(format!(
+                        "{}/{}: {e}",
+                        o.metadata.namespace.as_deref().unwrap_or("?"),
+                        o.metadata.name.as_deref().unwrap_or("?")
+                    )),
+                }
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
             }
         }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(out),
-        }
     }
+    Ok(out)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -314,14 +325,17 @@ pub struct Traffic {
 }
 
 /// The traffic the agents aggregated, as flow records with both ends named from `cluster`;
-/// edges last seen more than `within` ago are left out. One unreadable object fails the
-/// read, naming every such object: a partial picture would pass for the whole one.
+/// edges last seen more than `within` ago are left out. Only the objects of `namespaces`
+/// are read when some are named (their workloads' edges both ways: a server's node writes
+/// the ingress edges). One unreadable object fails the read, naming every such object: a
+/// partial picture would pass for the whole one.
 pub async fn read_traffic(
     client: &Client,
     cluster: &Cluster,
     within: Option<Duration>,
+    namespaces: &[String],
 ) -> Result<Traffic, ReadError> {
-    let listed = list(client).await.map_err(ReadError::List)?;
+    let listed = list(client, namespaces).await.map_err(ReadError::List)?;
     if !listed.invalid.is_empty() {
         return Err(ReadError::Invalid(listed.invalid));
     }

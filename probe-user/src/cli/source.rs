@@ -71,8 +71,18 @@ impl FlowsFrom {
     /// The cluster, and the flows with both ends named from it. The flows are read first:
     /// a bad file fails before the API server is asked anything.
     pub(super) async fn load(&self, command: &str) -> anyhow::Result<(Loaded, Flows)> {
+        self.load_in(command, &[]).await
+    }
+
+    /// [`FlowsFrom::load`], reading only the ObservedTraffic of `namespaces` when some are
+    /// named (with --from-cluster).
+    pub(super) async fn load_in(
+        &self,
+        command: &str,
+        namespaces: &[String],
+    ) -> anyhow::Result<(Loaded, Flows)> {
         let Some(path) = &self.flows else {
-            let (loaded, records) = self.read_cluster_store(command).await?;
+            let (loaded, records) = self.read_cluster_store(command, namespaces).await?;
             let flows = Flows {
                 records,
                 captures: Vec::new(),
@@ -86,7 +96,11 @@ impl FlowsFrom {
     }
 
     /// The live cluster and the traffic its ObservedTraffic objects hold.
-    async fn read_cluster_store(&self, command: &str) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
+    async fn read_cluster_store(
+        &self,
+        command: &str,
+        namespaces: &[String],
+    ) -> anyhow::Result<(Loaded, Vec<FlowRecord>)> {
         if !self.source.live_requested() {
             anyhow::bail!(
                 "--from-cluster reads the API server: add --kube (or --kubeconfig/--context)"
@@ -95,20 +109,26 @@ impl FlowsFrom {
         let connection = self.source.connect().await?;
         let live = Live::start(&connection, self.source.deleted_pod_grace);
         let loaded = self.source.take(&live).await?;
-        let traffic = store::read_traffic(&connection.client, &loaded.cluster, self.since)
-            .await
-            .inspect_err(|e| {
-                if let store::ReadError::Invalid(objects) = e {
-                    for o in objects {
-                        eprintln!("flowpol {command}: ObservedTraffic {o}");
+        let traffic =
+            store::read_traffic(&connection.client, &loaded.cluster, self.since, namespaces)
+                .await
+                .inspect_err(|e| {
+                    if let store::ReadError::Invalid(objects) = e {
+                        for o in objects {
+                            eprintln!("flowpol {command}: ObservedTraffic {o}");
+                        }
                     }
-                }
-            })?;
+                })?;
         let unread = &traffic.unread;
         eprintln!(
-            "flowpol {command}: {} records from {} ObservedTraffic objects{}{}",
+            "flowpol {command}: {} records from {} ObservedTraffic objects{}{}{}",
             traffic.records.len(),
             traffic.objects,
+            if namespaces.is_empty() {
+                String::new()
+            } else {
+                format!(" in {}", namespaces.join(", "))
+            },
             if unread.gone > 0 {
                 format!(
                     "; {} edges of workloads no longer in the cluster left out",

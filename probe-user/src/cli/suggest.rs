@@ -24,7 +24,10 @@ pub(super) struct Args {
     /// Annotate each rule with the observed flows that justify it.
     #[arg(long)]
     explain: bool,
-    /// Only write policies for these namespaces (repeatable; all observed by default).
+    /// Only write policies for these namespaces (repeatable; all observed by default); with
+    /// --from-cluster, only their ObservedTraffic is read (what their pods' nodes saw, both
+    /// ways: a server's node writes its ingress edges; traffic into them seen only by a
+    /// client elsewhere, a server on a node without an agent, is not in it).
     #[arg(long = "namespace", short = 'n')]
     namespaces: Vec<String>,
     /// Widen outside addresses to their /24 (IPv4) or /64 (IPv6).
@@ -48,7 +51,8 @@ pub(super) struct Args {
 }
 
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let (snap, flows) = args.input.load("suggest").await?;
+    // With --from-cluster and namespaces named, only their objects are read.
+    let (snap, flows) = args.input.load_in("suggest", &args.namespaces).await?;
     let incomplete = flows.missing_flows();
     for why in &incomplete {
         eprintln!("flowpol suggest: the recording is incomplete: {why}");
