@@ -4,8 +4,8 @@ use serde_json::{json, Value};
 
 use super::support::Edges;
 
-/// One edge of a workload's object: (object, direction, peer, port, protocol, counts by
-/// verdict, the reason a filter dropped packets of it).
+/// One edge of a workload: (namespace/Kind/name, direction, peer, port, protocol, counts
+/// by verdict, the reason a filter dropped packets of it).
 type Row = (
     &'static str,
     &'static str,
@@ -27,27 +27,27 @@ type Row = (
 // A table: one row a line.
 #[rustfmt::skip]
 const SHOP: &[Row] = &[
-    ("ingress-nginx/pod-ingress-controller", "egress", "shop/Pod/web-0", 8080, "TCP", &[("established", 5)], None),
-    ("shop/pod-web-0", "ingress", "ingress-nginx/Pod/ingress-controller", 8080, "TCP", &[("established", 5)], None),
-    ("shop/pod-web-0", "egress", "kube-system/Pod/coredns-0", 53, "UDP", &[("answered", 4)], None),
-    ("shop/pod-web-0", "egress", "shop/Pod/cart-0", 9090, "TCP", &[("established", 5)], None),
-    ("shop/pod-web-0", "egress", "data/Pod/postgres-0", 5432, "TCP", &[("timeout", 1)], Some("NETFILTER_DROP")),
-    ("shop/pod-web-0", "egress", "203.0.113.10", 443, "TCP", &[("timeout", 1)], Some("NETFILTER_DROP")),
-    ("shop/pod-web-0", "egress", "shop/Pod/cart-0", 9091, "TCP", &[("refused", 1)], Some("NO_SOCKET")),
-    ("shop/pod-cart-0", "ingress", "shop/Pod/web-0", 9090, "TCP", &[("established", 5)], None),
-    ("shop/pod-cart-0", "ingress", "shop/Pod/web-0", 9091, "TCP", &[], Some("NO_SOCKET")),
-    ("shop/pod-cart-0", "egress", "data/Pod/postgres-0", 5432, "TCP", &[("established", 2)], None),
-    ("shop/pod-cart-0", "egress", "payments/Pod/checkout-0", 8443, "TCP", &[("established", 2)], None),
-    ("shop/pod-cart-0", "egress", "203.0.113.10", 514, "UDP", &[("sent", 1)], Some("NO_SOCKET")),
-    ("data/pod-postgres-0", "ingress", "shop/Pod/cart-0", 5432, "TCP", &[("established", 2)], None),
-    ("data/pod-postgres-0", "ingress", "shop/Pod/web-0", 5432, "TCP", &[], Some("NETFILTER_DROP")),
-    ("payments/pod-checkout-0", "ingress", "shop/Pod/cart-0", 8443, "TCP", &[("established", 2)], None),
-    ("payments/pod-checkout-0", "egress", "kube-system/Pod/coredns-0", 53, "UDP", &[("answered", 2)], None),
-    ("payments/pod-checkout-0", "egress", "203.0.113.10", 443, "TCP", &[("established", 2)], None),
-    ("payments/pod-checkout-0", "egress", "2001:db8::10", 443, "TCP", &[("established", 1)], None),
-    ("payments/pod-checkout-0", "egress", "203.0.113.66", 443, "TCP", &[("timeout", 1)], Some("NETFILTER_DROP")),
-    ("kube-system/pod-coredns-0", "ingress", "shop/Pod/web-0", 53, "UDP", &[("answered", 4)], None),
-    ("kube-system/pod-coredns-0", "ingress", "payments/Pod/checkout-0", 53, "UDP", &[("answered", 2)], None),
+    ("ingress-nginx/Pod/ingress-controller", "egress", "shop/Pod/web-0", 8080, "TCP", &[("established", 5)], None),
+    ("shop/Pod/web-0", "ingress", "ingress-nginx/Pod/ingress-controller", 8080, "TCP", &[("established", 5)], None),
+    ("shop/Pod/web-0", "egress", "kube-system/Pod/coredns-0", 53, "UDP", &[("answered", 4)], None),
+    ("shop/Pod/web-0", "egress", "shop/Pod/cart-0", 9090, "TCP", &[("established", 5)], None),
+    ("shop/Pod/web-0", "egress", "data/Pod/postgres-0", 5432, "TCP", &[("timeout", 1)], Some("NETFILTER_DROP")),
+    ("shop/Pod/web-0", "egress", "203.0.113.10", 443, "TCP", &[("timeout", 1)], Some("NETFILTER_DROP")),
+    ("shop/Pod/web-0", "egress", "shop/Pod/cart-0", 9091, "TCP", &[("refused", 1)], Some("NO_SOCKET")),
+    ("shop/Pod/cart-0", "ingress", "shop/Pod/web-0", 9090, "TCP", &[("established", 5)], None),
+    ("shop/Pod/cart-0", "ingress", "shop/Pod/web-0", 9091, "TCP", &[], Some("NO_SOCKET")),
+    ("shop/Pod/cart-0", "egress", "data/Pod/postgres-0", 5432, "TCP", &[("established", 2)], None),
+    ("shop/Pod/cart-0", "egress", "payments/Pod/checkout-0", 8443, "TCP", &[("established", 2)], None),
+    ("shop/Pod/cart-0", "egress", "203.0.113.10", 514, "UDP", &[("sent", 1)], Some("NO_SOCKET")),
+    ("data/Pod/postgres-0", "ingress", "shop/Pod/cart-0", 5432, "TCP", &[("established", 2)], None),
+    ("data/Pod/postgres-0", "ingress", "shop/Pod/web-0", 5432, "TCP", &[], Some("NETFILTER_DROP")),
+    ("payments/Pod/checkout-0", "ingress", "shop/Pod/cart-0", 8443, "TCP", &[("established", 2)], None),
+    ("payments/Pod/checkout-0", "egress", "kube-system/Pod/coredns-0", 53, "UDP", &[("answered", 2)], None),
+    ("payments/Pod/checkout-0", "egress", "203.0.113.10", 443, "TCP", &[("established", 2)], None),
+    ("payments/Pod/checkout-0", "egress", "2001:db8::10", 443, "TCP", &[("established", 1)], None),
+    ("payments/Pod/checkout-0", "egress", "203.0.113.66", 443, "TCP", &[("timeout", 1)], Some("NETFILTER_DROP")),
+    ("kube-system/Pod/coredns-0", "ingress", "shop/Pod/web-0", 53, "UDP", &[("answered", 4)], None),
+    ("kube-system/Pod/coredns-0", "ingress", "payments/Pod/checkout-0", 53, "UDP", &[("answered", 2)], None),
 ];
 
 /// Checks `edges` (the shop run `runs` times) against the table: the same objects and edges,
