@@ -320,6 +320,19 @@ fn objects_of_another_shape_are_refused_with_the_field() {
     assert!(err.starts_with("spec.edges[0]: "), "{err}");
     let err = TrafficObject::parse(&json!({"metadata": {}})).unwrap_err();
     assert_eq!(err, "metadata.namespace: missing or not a string");
+    let page = |page: Value, pages: Value| {
+        TrafficObject::parse(&json!({"metadata": {"namespace": "shop", "name": "w"},
+            "spec": {"workload": {"kind": "Deployment", "name": "web"}, "node": "a",
+                "page": page, "pages": pages}}))
+    };
+    assert_eq!(
+        page(json!(u32::MAX), Value::Null).unwrap_err(),
+        "spec.page: not a page number"
+    );
+    assert!(page(json!(2), json!(2))
+        .unwrap_err()
+        .starts_with("spec.pages: "));
+    assert_eq!(page(json!(1), Value::Null).unwrap().pages, 2);
 }
 
 #[test]

@@ -236,7 +236,7 @@ impl TrafficObject {
                 .ok_or("spec.page: not a page number")?,
         };
         let pages = match &spec["pages"] {
-            Value::Null => page + 1,
+            Value::Null => page.checked_add(1).ok_or("spec.page: not a page number")?,
             v => v
                 .as_u64()
                 .and_then(|p| u32::try_from(p).ok())
