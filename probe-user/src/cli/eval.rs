@@ -1,5 +1,6 @@
 //! `flowpol eval`: hold flow records against the declared NetworkPolicies, or print the
-//! reachability matrix between all pods.
+//! reachability matrix between all pods, or what each pod may open to each other over all
+//! ports.
 use std::{path::PathBuf, process::ExitCode};
 
 use super::source::Source;
@@ -9,7 +10,7 @@ use flowpol_analysis::{
     attribute,
     cluster::PortRef,
     eval,
-    policy::matrix,
+    policy::{connectivity, matrix},
     record::{self, Protocol},
 };
 
@@ -26,11 +27,15 @@ pub(super) struct Args {
     #[command(flatten)]
     source: Source,
     /// Flow records (JSON lines) to evaluate.
-    #[arg(long, required_unless_present = "matrix", conflicts_with = "matrix")]
+    #[arg(long, required_unless_present = "table", conflicts_with = "table")]
     flows: Option<PathBuf>,
     /// Print the reachability matrix between all pods instead.
-    #[arg(long)]
+    #[arg(long, group = "table")]
     matrix: bool,
+    /// Print, for each pair of pods, every protocol and port the first may open to the
+    /// second (over all ports; pairs with nothing allowed left out).
+    #[arg(long, group = "table")]
+    connectivity: bool,
     /// Matrix ports: numbers or container port names.
     #[arg(long, value_delimiter = ',', default_value = "80", requires = "matrix")]
     ports: Vec<String>,
@@ -42,8 +47,8 @@ pub(super) struct Args {
         requires = "matrix"
     )]
     protocols: Vec<String>,
-    /// Matrix address family.
-    #[arg(long, value_enum, default_value = "ipv4", requires = "matrix")]
+    /// Matrix or connectivity address family.
+    #[arg(long, value_enum, default_value = "ipv4", requires = "table")]
     family: Family,
     #[arg(long, value_enum, default_value = "json")]
     output: Format,
@@ -52,6 +57,25 @@ pub(super) struct Args {
 pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let snap = args.source.load("eval").await?;
     let engine = snap.engine("eval")?;
+    let family = match args.family {
+        Family::Ipv4 => matrix::Family::Ipv4,
+        Family::Ipv6 => matrix::Family::Ipv6,
+    };
+    if args.connectivity {
+        let pairs = connectivity::compute(&engine, family);
+        match args.output {
+            Format::Json => {
+                let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+                for r in &pairs {
+                    serde_json::to_writer(&mut out, r)?;
+                    std::io::Write::write_all(&mut out, b"\n")?;
+                }
+                std::io::Write::flush(&mut out)?;
+            }
+            Format::Table => print!("{}", connectivity::render(&pairs)),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.matrix {
         let ports: Vec<PortRef> = args
             .ports
@@ -72,10 +96,6 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
                     .context("--protocols")
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let family = match args.family {
-            Family::Ipv4 => matrix::Family::Ipv4,
-            Family::Ipv6 => matrix::Family::Ipv6,
-        };
         let m = matrix::compute(&engine, &ports, &protocols, family);
         match args.output {
             Format::Json => println!("{}", serde_json::to_string(&m)?),
@@ -83,7 +103,9 @@ pub(super) async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let path = args.flows.context("--flows is required without --matrix")?;
+    let path = args
+        .flows
+        .context("--flows is required without --matrix or --connectivity")?;
     let mut records = record::read_json_lines(&path)?;
     attribute::enrich(&snap.cluster, &mut records);
     let rows = eval::evaluate(&engine, records);

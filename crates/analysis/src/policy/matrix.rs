@@ -38,14 +38,11 @@ pub struct Matrix {
     pub cases: Vec<Case>,
 }
 
-pub fn compute(
-    engine: &Engine,
-    ports: &[PortRef],
-    protocols: &[Protocol],
-    family: Family,
-) -> Matrix {
+/// The pods a table covers (active, not hostNetwork, with an address of the family), by
+/// `namespace/name`, sorted.
+pub(super) fn pods(engine: &Engine, family: Family) -> Vec<(String, PodId, IpAddr)> {
     let cluster = engine.cluster();
-    let mut pods: Vec<(String, PodId, IpAddr)> = cluster
+    let mut pods: Vec<_> = cluster
         .pod_ids()
         .filter_map(|id| {
             let p = cluster.pod(id);
@@ -58,6 +55,17 @@ pub fn compute(
         })
         .collect();
     pods.sort();
+    pods
+}
+
+pub fn compute(
+    engine: &Engine,
+    ports: &[PortRef],
+    protocols: &[Protocol],
+    family: Family,
+) -> Matrix {
+    let cluster = engine.cluster();
+    let pods = pods(engine, family);
     let mut cases = Vec::new();
     for port in ports {
         for &protocol in protocols {

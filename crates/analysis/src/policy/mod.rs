@@ -8,6 +8,7 @@
 //! ports are ANDed; peers are ORed, ports are ORed; an empty or missing peer or port list
 //! matches everything. In one peer, `podSelector` and `namespaceSelector` are ANDed.
 pub mod clusterwide;
+pub mod connectivity;
 pub mod engine;
 pub mod matrix;
 pub mod selector;

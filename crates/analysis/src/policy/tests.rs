@@ -528,5 +528,6 @@ fn invalid_policies_name_the_field_and_the_problem() {
     );
 }
 
+mod connectivity;
 mod properties;
 mod tiers;
