@@ -1,8 +1,9 @@
 //! The connectivity map: for each ordered pair of distinct pods, every protocol and port the
 //! policies let the first open to the second, over all ports (what network-config-analyzer
 //! calls the connectivity map). Ports are taken by classes: the ranges that no policy's port,
-//! port range or resolved named port splits, so one verdict decides each class exactly.
-use std::collections::BTreeSet;
+//! port range or resolved named port splits, so one verdict decides each class exactly; and
+//! pods by classes too ([`PodClasses`]), so the work grows with classes, not pods.
+use std::{collections::BTreeSet, net::IpAddr};
 
 use serde::Serialize;
 
@@ -10,6 +11,7 @@ use super::{
     clusterwide::ProtocolMatch,
     engine::{Connection, Engine, PolicyVerdict},
     matrix::{self, Family},
+    pod_classes::PodClasses,
     Direction, PortSpec,
 };
 use crate::record::Protocol;
@@ -132,41 +134,64 @@ impl Reach {
 
 /// The pairs of distinct pods (of the matrix's pods: active, not hostNetwork, with an
 /// address of the family) between which something is allowed or undetermined, sorted.
+/// Worked out once per pair of pod classes, then given to each pair of their pods.
 pub fn compute(engine: &Engine, family: Family) -> Vec<Reach> {
-    let classes = port_classes(engine);
+    let ports = port_classes(engine);
     let pods = matrix::pods(engine, family);
-    let mut out = Vec::new();
-    for (src_name, src_id, src) in &pods {
-        for (dst_name, dst_id, dst) in &pods {
-            if src_id == dst_id {
+    let classes = PodClasses::new(engine, &pods);
+    let k = classes.members.len();
+    // (allowed, undetermined) per pair of classes that reaches something.
+    let mut answers = Vec::new();
+    let mut pairs = Vec::new();
+    for a in 0..k {
+        for b in 0..k {
+            let Some((s, d)) = classes.representatives(a, b) else {
+                continue;
+            };
+            let answer = between(engine, &ports, pods[s].2, pods[d].2);
+            if answer.0.is_empty() && answer.1.is_empty() {
                 continue;
             }
-            let (mut allowed, mut undetermined) = (Vec::new(), Vec::new());
-            for class in &classes {
-                let verdict = engine.verdict(&Connection {
-                    src: *src,
-                    dst: *dst,
-                    port: class.start,
-                    protocol: class.protocol,
-                    at: None,
-                });
-                match verdict {
-                    PolicyVerdict::Allow => extend(&mut allowed, *class),
-                    PolicyVerdict::Undetermined => extend(&mut undetermined, *class),
-                    PolicyVerdict::Deny => {}
+            for &s in &classes.members[a] {
+                for &d in &classes.members[b] {
+                    if s != d {
+                        pairs.push((s, d, answers.len()));
+                    }
                 }
             }
-            if !allowed.is_empty() || !undetermined.is_empty() {
-                out.push(Reach {
-                    src: src_name.clone(),
-                    dst: dst_name.clone(),
-                    allowed,
-                    undetermined,
-                });
-            }
+            answers.push(answer);
         }
     }
-    out
+    pairs.sort_unstable();
+    pairs
+        .into_iter()
+        .map(|(s, d, i)| Reach {
+            src: pods[s].0.clone(),
+            dst: pods[d].0.clone(),
+            allowed: answers[i].0.clone(),
+            undetermined: answers[i].1.clone(),
+        })
+        .collect()
+}
+
+/// What `src` may open to `dst`: allowed and undetermined ranges, one verdict per class.
+fn between(engine: &Engine, ports: &[Ports], src: IpAddr, dst: IpAddr) -> (Vec<Ports>, Vec<Ports>) {
+    let (mut allowed, mut undetermined) = (Vec::new(), Vec::new());
+    for class in ports {
+        let verdict = engine.verdict(&Connection {
+            src,
+            dst,
+            port: class.start,
+            protocol: class.protocol,
+            at: None,
+        });
+        match verdict {
+            PolicyVerdict::Allow => extend(&mut allowed, *class),
+            PolicyVerdict::Undetermined => extend(&mut undetermined, *class),
+            PolicyVerdict::Deny => {}
+        }
+    }
+    (allowed, undetermined)
 }
 
 /// Appends a class, merged into the last range when it continues it.

@@ -3,7 +3,10 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use super::engine::{Connection, Engine, PolicyVerdict};
+use super::{
+    engine::{Connection, Engine, PolicyVerdict},
+    pod_classes::PodClasses,
+};
 use crate::{
     cluster::{PodId, PortRef},
     record::Protocol,
@@ -58,6 +61,8 @@ pub(super) fn pods(engine: &Engine, family: Family) -> Vec<(String, PodId, IpAdd
     pods
 }
 
+/// The grid, worked out once per pair of pod classes ([`PodClasses`]) and given to each pair
+/// of their pods; a pod to itself is always allowed, where it has the port.
 pub fn compute(
     engine: &Engine,
     ports: &[PortRef],
@@ -66,42 +71,65 @@ pub fn compute(
 ) -> Matrix {
     let cluster = engine.cluster();
     let pods = pods(engine, family);
+    let classes = PodClasses::new(engine, &pods);
+    let k = classes.members.len();
     let mut cases = Vec::new();
     for port in ports {
         for &protocol in protocols {
+            // The port's number on a destination: a name resolves against its container
+            // ports (the same for every pod of a class).
+            let number = |dst: PodId| match port {
+                PortRef::Number(n) => Some(*n),
+                PortRef::Name(name) => cluster
+                    .pod(dst)
+                    .ports
+                    .iter()
+                    .find(|cp| cp.name.as_deref() == Some(name) && cp.protocol == protocol)
+                    .map(|cp| cp.port),
+            };
+            // None: no such port; Some(None): undetermined.
+            let cell = |s: usize, d: usize| {
+                number(pods[d].1).map(|number| {
+                    match engine.verdict(&Connection {
+                        src: pods[s].2,
+                        dst: pods[d].2,
+                        port: number,
+                        protocol,
+                        at: None,
+                    }) {
+                        PolicyVerdict::Allow => Some(true),
+                        PolicyVerdict::Deny => Some(false),
+                        PolicyVerdict::Undetermined => None,
+                    }
+                })
+            };
+            let mut allowed = vec![vec![None; pods.len()]; pods.len()];
             let mut undetermined = Vec::new();
-            let mut allowed = Vec::with_capacity(pods.len());
-            for (si, (_, _, src)) in pods.iter().enumerate() {
-                let mut row = Vec::with_capacity(pods.len());
-                for (di, (_, dst_id, dst)) in pods.iter().enumerate() {
-                    let number = match port {
-                        PortRef::Number(n) => Some(*n),
-                        PortRef::Name(name) => cluster
-                            .pod(*dst_id)
-                            .ports
-                            .iter()
-                            .find(|cp| cp.name.as_deref() == Some(name) && cp.protocol == protocol)
-                            .map(|cp| cp.port),
+            let mut put = |s: usize, d: usize, c: Option<Option<bool>>| {
+                allowed[s][d] = c.flatten();
+                if c == Some(None) {
+                    undetermined.push([s, d]);
+                }
+            };
+            for a in 0..k {
+                for b in 0..k {
+                    let Some((s, d)) = classes.representatives(a, b) else {
+                        continue;
                     };
-                    row.push(number.and_then(|number| {
-                        match engine.verdict(&Connection {
-                            src: *src,
-                            dst: *dst,
-                            port: number,
-                            protocol,
-                            at: None,
-                        }) {
-                            PolicyVerdict::Allow => Some(true),
-                            PolicyVerdict::Deny => Some(false),
-                            PolicyVerdict::Undetermined => {
-                                undetermined.push([si, di]);
-                                None
+                    let c = cell(s, d);
+                    for &s in &classes.members[a] {
+                        for &d in &classes.members[b] {
+                            if s != d {
+                                put(s, d, c);
                             }
                         }
-                    }));
+                    }
                 }
-                allowed.push(row);
             }
+            for i in 0..pods.len() {
+                put(i, i, cell(i, i));
+            }
+            undetermined.sort_unstable();
             let port = match port {
                 PortRef::Number(n) => n.to_string(),
                 PortRef::Name(s) => s.clone(),

@@ -11,6 +11,7 @@ pub mod clusterwide;
 pub mod connectivity;
 pub mod engine;
 pub mod matrix;
+mod pod_classes;
 pub mod selector;
 
 use ipnet::IpNet;

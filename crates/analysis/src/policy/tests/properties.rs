@@ -27,7 +27,7 @@ fn arb_rule() -> impl Strategy<Value = String> {
         })
 }
 
-fn arb_policy(i: usize) -> impl Strategy<Value = String> {
+pub(super) fn arb_policy(i: usize) -> impl Strategy<Value = String> {
     (prop::sample::select(vec!["x", "y"]), prop::sample::select(vec!["{}", "{matchLabels: {pod: a}}", "{matchLabels: {tier: db}}"]), prop::collection::vec(arb_rule(), 0..3), any::<bool>())
         .prop_map(move |(ns, sel, rules, egress)| {
             let rules = rules.join(", ").replace("from:", if egress { "to:" } else { "from:" });
