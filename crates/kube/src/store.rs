@@ -199,7 +199,7 @@ impl Writer {
             report.bytes += body.get().len();
             lock(observed).page_written(&p.workload, &object, pages.count);
         }
-        lock(observed).written(&p.workload, pages.generation);
+        lock(observed).written(&p.workload, pages.generation, std::time::Instant::now());
         Ok(true)
     }
 }

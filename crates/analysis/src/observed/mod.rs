@@ -329,12 +329,12 @@ impl Observed {
         }
     }
 
-    /// Records that `w` was written as of `generation`; a workload that changed meanwhile
-    /// stays pending.
-    pub fn written(&mut self, w: &WorkloadKey, generation: u64) {
+    /// Records that `w` was written as of `generation`, at `now` (the clock
+    /// [`Self::pending_due`] is asked with); a workload that changed meanwhile stays pending.
+    pub fn written(&mut self, w: &WorkloadKey, generation: u64, now: Instant) {
         if let Some(share) = self.workloads.get_mut(w) {
             share.written = share.written.max(generation);
-            share.written_at = Some(Instant::now());
+            share.written_at = Some(now);
             if share.edges.is_empty() && !share.dirty() {
                 self.workloads.remove(w);
             }

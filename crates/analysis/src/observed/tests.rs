@@ -150,7 +150,7 @@ fn memory_is_bounded_and_written_edges_go_first() {
     let carried = o.read_back(&web(), Held::default());
     assert!(carried.is_empty());
     let (generation, _) = page(&o, "node-a", &web(), &[]);
-    o.written(&web(), generation);
+    o.written(&web(), generation, std::time::Instant::now());
     assert!(o.pending().is_empty());
     // A flood of edges of another workload: the written ones make room, oldest first.
     let mut db = seen(Side::Server, Verdict::Established, "2026-01-01T09:00:00Z");
@@ -257,7 +257,7 @@ fn a_spilled_store_resumes_as_it_stood() {
     );
     assert!(a.read_back(&db(), Held::default()).is_empty());
     let (generation, _) = page(&a, "node-a", &db(), &[]);
-    a.written(&db(), generation);
+    a.written(&db(), generation, std::time::Instant::now());
     a.add(
         "node-a",
         &seen(Side::Server, Verdict::Refused, "2026-01-01T10:01:00Z"),
@@ -293,14 +293,14 @@ fn a_spilled_store_resumes_as_it_stood() {
     let obj = obj.to_value();
     assert_eq!(obj["spec"]["edges"][0]["verdicts"]["established"], 2);
     assert_eq!(obj["spec"]["edges"][0]["firstSeen"], "2026-01-01T09:00:00Z");
-    b.written(&web(), generation);
+    b.written(&web(), generation, std::time::Instant::now());
     let (generation, obj) = page(&b, "node-a", &db(), &[]);
     let obj = obj.to_value();
     assert_eq!(
         obj["spec"]["edges"][0]["verdicts"],
         json!({"established": 1, "refused": 1})
     );
-    b.written(&db(), generation);
+    b.written(&db(), generation, std::time::Instant::now());
     assert!(b.spill("node-a").workloads.is_empty());
     // Restoring more than fits evicts, counted as unwritten.
     let small = Observed::restore(1, spill);
@@ -385,21 +385,21 @@ fn counts_alone_wait_for_their_interval_and_new_edges_do_not() {
     assert_eq!(o.pending_due(now, every).len(), 1);
     o.read_back(&web(), Held::default());
     let (generation, _) = page(&o, "node-a", &web(), &[]);
-    o.written(&web(), generation);
+    o.written(&web(), generation, now);
     // More of the same edge: changed, but not due until the interval has passed.
     o.add(
         "node-a",
         &seen(Side::Client, Verdict::Established, "2026-01-01T10:01:00Z"),
     );
     assert_eq!(o.pending().len(), 1, "changed");
-    assert!(o.pending_due(Instant::now(), every).is_empty());
-    assert_eq!(o.pending_due(Instant::now() + every, every).len(), 1);
+    assert!(o.pending_due(now + every / 2, every).is_empty());
+    assert_eq!(o.pending_due(now + every, every).len(), 1);
     // A new edge is due at the next write.
     let mut other = seen(Side::Client, Verdict::Refused, "2026-01-01T10:02:00Z");
     other.dst.port = Some(6432);
     o.add("node-a", &other);
     assert_eq!(
-        o.pending_due(Instant::now(), every),
+        o.pending_due(now + every / 2, every),
         vec![Pending {
             workload: web(),
             read: false
