@@ -175,7 +175,12 @@ pub fn compute(engine: &Engine, family: Family) -> Vec<Reach> {
 }
 
 /// What `src` may open to `dst`: allowed and undetermined ranges, one verdict per class.
-fn between(engine: &Engine, ports: &[Ports], src: IpAddr, dst: IpAddr) -> (Vec<Ports>, Vec<Ports>) {
+pub(super) fn between(
+    engine: &Engine,
+    ports: &[Ports],
+    src: IpAddr,
+    dst: IpAddr,
+) -> (Vec<Ports>, Vec<Ports>) {
     let (mut allowed, mut undetermined) = (Vec::new(), Vec::new());
     for class in ports {
         let verdict = engine.verdict(&Connection {

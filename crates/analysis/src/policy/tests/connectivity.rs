@@ -7,7 +7,7 @@ use super::{cluster, labels, policy};
 use crate::{
     cluster::{Cluster, ClusterBuilder, ContainerPort, LabelSet, NewPod, PortRef},
     policy::{
-        connectivity::{compute, port_classes, render, Ports, Reach},
+        connectivity::{between, compute, port_classes, render, Ports, Reach},
         engine::{Connection, Engine, PolicyVerdict},
         matrix::{self, Family},
         pod_classes::PodClasses,
@@ -176,39 +176,18 @@ fn replicas() -> Cluster {
     b.build()
 }
 
-/// The connectivity map the slow way: every pair of pods, one verdict per port class.
+/// The connectivity map the slow way: every pair of pods on its own (the port classes are
+/// checked on their own, above).
 fn brute(e: &Engine) -> Vec<Reach> {
     let pods = matrix::pods(e, Family::Ipv4);
+    let ports = port_classes(e);
     let mut out = Vec::new();
     for (s, _, src) in &pods {
         for (d, _, dst) in &pods {
             if s == d {
                 continue;
             }
-            let (mut allowed, mut undetermined): (Vec<Ports>, Vec<Ports>) = (vec![], vec![]);
-            for class in port_classes(e) {
-                let verdict = e.verdict(&Connection {
-                    src: *src,
-                    dst: *dst,
-                    port: class.start,
-                    protocol: class.protocol,
-                    at: None,
-                });
-                let list = match verdict {
-                    PolicyVerdict::Allow => &mut allowed,
-                    PolicyVerdict::Undetermined => &mut undetermined,
-                    PolicyVerdict::Deny => continue,
-                };
-                match list.last_mut() {
-                    Some(last)
-                        if last.protocol == class.protocol
-                            && u32::from(last.end) + 1 == u32::from(class.start) =>
-                    {
-                        last.end = class.end
-                    }
-                    _ => list.push(class),
-                }
-            }
+            let (allowed, undetermined) = between(e, &ports, *src, *dst);
             if !allowed.is_empty() || !undetermined.is_empty() {
                 out.push(Reach {
                     src: s.clone(),
