@@ -214,7 +214,7 @@ impl ClusterBuilder {
                 .cluster
                 .by_ip
                 .get(&ip)
-                .and_then(|ts| ts.iter().find(|t| t.until.is_none()).copied());
+                .and_then(|ts| ts.as_slice().iter().find(|t| t.until.is_none()).copied());
             if let Some(other) = open {
                 let other = match other.who {
                     AddressHolder::Pod(p) => format!("Pod {}", self.cluster.pod_name(p)),
@@ -229,14 +229,12 @@ impl ClusterBuilder {
                 });
             }
         }
-        // Most addresses have one holder: no room reserved for more.
-        let tenures = self
-            .cluster
-            .by_ip
-            .entry(ip)
-            .or_insert_with(|| Vec::with_capacity(1));
-        tenures.push(tenure);
-        tenures.sort_by_key(|t| t.from);
+        match self.cluster.by_ip.entry(ip) {
+            std::collections::hash_map::Entry::Occupied(mut held) => held.get_mut().push(tenure),
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(Tenures::One(tenure));
+            }
+        }
         Ok(())
     }
 

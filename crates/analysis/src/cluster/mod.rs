@@ -287,6 +287,30 @@ impl Tenure {
     }
 }
 
+/// An address's tenures, sorted by start. Most addresses have had one holder: it is kept in
+/// the map's entry, with no allocation of its own to reach (two lookups per verdict).
+#[derive(Clone, Debug)]
+enum Tenures {
+    One(Tenure),
+    Many(Box<[Tenure]>),
+}
+
+impl Tenures {
+    fn as_slice(&self) -> &[Tenure] {
+        match self {
+            Tenures::One(t) => std::slice::from_ref(t),
+            Tenures::Many(ts) => ts,
+        }
+    }
+
+    fn push(&mut self, tenure: Tenure) {
+        let mut all = self.as_slice().to_vec();
+        all.push(tenure);
+        all.sort_by_key(|t| t.from);
+        *self = Tenures::Many(all.into_boxed_slice());
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
     #[error("{kind} {name}: address {ip} is already held by {other}")]
@@ -310,7 +334,7 @@ pub struct Cluster {
     ns_by_name: HashMap<String, NsId>,
     node_by_name: HashMap<String, NodeId>,
     /// Who held each address, and when; sorted by start.
-    by_ip: HashMap<IpAddr, Vec<Tenure>>,
+    by_ip: HashMap<IpAddr, Tenures>,
     pods_by_ns: Vec<Vec<PodId>>,
     service_by_ip: HashMap<IpAddr, ServiceId>,
     /// Controller of each ReplicaSet and Job, by namespace and the owned object.
@@ -370,7 +394,7 @@ impl Cluster {
     pub fn endpoint(&self, ip: IpAddr) -> AddressHolder {
         self.by_ip
             .get(&canonical(ip))
-            .and_then(|ts| ts.iter().rev().find(|t| t.until.is_none()))
+            .and_then(|ts| ts.as_slice().iter().rev().find(|t| t.until.is_none()))
             .map(|t| t.who)
             .unwrap_or(AddressHolder::External(ip))
     }
@@ -381,7 +405,12 @@ impl Cluster {
     pub fn endpoint_at(&self, ip: IpAddr, t: Timestamp) -> AddressHolder {
         self.by_ip
             .get(&canonical(ip))
-            .and_then(|ts| ts.iter().filter(|x| x.covers(t)).max_by_key(|x| x.from))
+            .and_then(|ts| {
+                ts.as_slice()
+                    .iter()
+                    .filter(|x| x.covers(t))
+                    .max_by_key(|x| x.from)
+            })
             .map(|x| x.who)
             .unwrap_or(AddressHolder::External(ip))
     }
