@@ -12,32 +12,15 @@ use std::{
     time::Duration,
 };
 
+use common::pod_endpoint as pod;
 use flowpol_analysis::{
-    cluster::Workload,
     observed::Observed,
-    record::{Endpoint, EndpointKind, FlowRecord, Identity, Observer, Protocol, Side, Verdict},
+    record::{FlowRecord, Observer, Protocol, Side, Verdict},
 };
 use flowpol_kube::store::{field_manager, Writer};
 use k8s::{run, ControlPlane, Options};
 use serde::Deserialize;
 use serde_json::Value;
-
-fn pod(ip: &str, ns: &str, kind: &str, name: &str, node: &str) -> Endpoint {
-    Endpoint {
-        ip: ip.parse().unwrap(),
-        port: None,
-        identity: Identity {
-            kind: Some(EndpointKind::Pod),
-            namespace: Some(ns.into()),
-            workload: Some(Workload {
-                kind: kind.into(),
-                name: name.into(),
-            }),
-            node: Some(node.into()),
-            ..Identity::default()
-        },
-    }
-}
 
 /// A client-side record: a `web` pod on `node` connecting to the database, `count` times.
 fn web_to_db(node: &str, verdict: Verdict, count: u64, at: &str) -> FlowRecord {

@@ -9,9 +9,8 @@ mod k8s;
 use std::time::Duration;
 
 use flowpol_analysis::{
-    cluster::Workload,
     observed::Observed,
-    record::{Endpoint, EndpointKind, FlowRecord, Identity, Protocol, Verdict},
+    record::{FlowRecord, Protocol, Verdict},
 };
 use flowpol_kube::{store::Writer, watch::Live};
 use k8s::{ControlPlane, Options};
@@ -144,20 +143,10 @@ fn can_i(cp: &ControlPlane, verb: &str, resource: &str) -> bool {
 }
 
 fn web_to_db() -> FlowRecord {
-    let pod = |ip: &str, ns: &str, kind: &str, name: &str| Endpoint {
-        ip: ip.parse().unwrap(),
-        port: None,
-        identity: Identity {
-            kind: Some(EndpointKind::Pod),
-            namespace: Some(ns.into()),
-            workload: Some(Workload {
-                kind: kind.into(),
-                name: name.into(),
-            }),
-            node: Some("node-a".into()),
-            ..Identity::default()
-        },
+    let pod = |ip: &str, ns: &str, kind: &str, name: &str| {
+        common::pod_endpoint(ip, ns, kind, name, "node-a")
     };
+
     let mut db = pod("10.244.1.14", "data", "StatefulSet", "postgres");
     db.port = Some(5432);
     let mut r = FlowRecord::new(

@@ -8,33 +8,16 @@ mod k8s;
 
 use std::{collections::BTreeMap, sync::Mutex, time::Duration};
 
+use common::pod_endpoint;
 use flowpol_analysis::{
-    cluster::Workload,
     observed::{layout, Observed},
-    record::{Endpoint, EndpointKind, FlowRecord, Identity, Observer, Protocol, Side, Verdict},
+    record::{FlowRecord, Observer, Protocol, Side, Verdict},
 };
 use flowpol_kube::store::Writer;
 use k8s::{run, Options};
 use serde_json::Value;
 
 const REASONS: usize = 128;
-
-fn pod(ip: &str, ns: &str, name: &str, node: &str) -> Endpoint {
-    Endpoint {
-        ip: ip.parse().unwrap(),
-        port: None,
-        identity: Identity {
-            kind: Some(EndpointKind::Pod),
-            namespace: Some(ns.into()),
-            workload: Some(Workload {
-                kind: "StatefulSet".into(),
-                name: name.into(),
-            }),
-            node: Some(node.into()),
-            ..Identity::default()
-        },
-    }
-}
 
 /// Names at the limits: a 63-character namespace, 253-character workload and node names.
 struct Longest {
@@ -56,9 +39,15 @@ fn longest() -> Longest {
 /// every other verdict.
 fn records(l: &Longest, i: u32, at: &str) -> Vec<FlowRecord> {
     let peer_name = format!("{i:0>253}");
-    let mut dst = pod("10.0.9.9", &"p".repeat(63), &peer_name, "node-c");
+    let mut dst = pod_endpoint(
+        "10.0.9.9",
+        &"p".repeat(63),
+        "StatefulSet",
+        &peer_name,
+        "node-c",
+    );
     dst.port = Some((i % 60_000) as u16 + 1);
-    let src = pod("10.0.0.1", &l.ns, &l.workload, &l.node);
+    let src = pod_endpoint("10.0.0.1", &l.ns, "StatefulSet", &l.workload, &l.node);
     let mut out = Vec::new();
     for v in Verdict::ALL {
         let mut r = FlowRecord::new(Protocol::TCP, src.clone(), dst.clone(), Some(v));

@@ -2,6 +2,30 @@
 //! Running the `flowpol` binary on the fixtures, and golden files.
 use std::{path::PathBuf, process::Command};
 
+use flowpol_analysis::{
+    cluster::Workload,
+    record::{Endpoint, EndpointKind, Identity},
+};
+
+/// A pod's end of a flow record as the agent names it: address, namespace, the workload
+/// (`kind`, `name`) and the node.
+pub(crate) fn pod_endpoint(ip: &str, ns: &str, kind: &str, name: &str, node: &str) -> Endpoint {
+    Endpoint {
+        ip: ip.parse().unwrap(),
+        port: None,
+        identity: Identity {
+            kind: Some(EndpointKind::Pod),
+            namespace: Some(ns.into()),
+            workload: Some(Workload {
+                kind: kind.into(),
+                name: name.into(),
+            }),
+            node: Some(node.into()),
+            ..Identity::default()
+        },
+    }
+}
+
 pub(crate) fn fixtures() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
