@@ -10,13 +10,14 @@
 use std::net::IpAddr;
 
 mod decision;
+mod flat;
 mod peers;
 mod tiers;
 
 pub use decision::{ClusterStep, Decision, PolicyVerdict, RuleRef, Ruling, Side};
 use tiers::View;
 
-use super::{clusterwide::ClusterPolicy, Direction, Peer, Policy, PortMatch, PortSpec, Rule};
+use super::{clusterwide::ClusterPolicy, Direction, Peer, Policy, PortMatch, PortSpec};
 use crate::{
     cluster::{AddressHolder, Cluster, NsId, PodId, Timestamp},
     record::Protocol,
@@ -54,7 +55,9 @@ pub struct Engine<'c> {
     /// The namespace of each policy in the model (None: no such namespace, selects nothing).
     policy_ns: Vec<Option<NsId>>,
     /// Per pod: indexes of the policies that select it for ingress, and for egress.
-    selected: Vec<[Vec<u32>; 2]>,
+    selected: flat::Selected,
+    /// The policies' rules, laid out for the fast path.
+    flat: flat::FlatRules,
     /// Cluster-scoped policies, in evaluation order (Admin tier, then Baseline).
     cluster_policies: Vec<ClusterPolicy>,
     /// Per pod, the cluster policies selecting it (empty without any).
@@ -97,9 +100,10 @@ impl<'c> Engine<'c> {
         }
         Self {
             cluster,
+            flat: flat::FlatRules::new(&policies),
             policies,
             policy_ns,
-            selected,
+            selected: flat::Selected::new(selected),
             cluster_policies,
             tiered,
         }
@@ -120,14 +124,15 @@ impl<'c> Engine<'c> {
 
     /// Policies selecting `pod` for `direction`.
     pub fn selecting(&self, pod: PodId, direction: Direction) -> impl Iterator<Item = &Policy> {
-        self.selected[pod.0 as usize][direction as usize]
+        self.selected
+            .get(pod, direction)
             .iter()
             .map(|&i| &self.policies[i as usize])
     }
 
     /// Indexes (into [`Self::policies`]) of the policies selecting `pod` for `direction`.
     pub fn selecting_indexes(&self, pod: PodId, direction: Direction) -> &[u32] {
-        &self.selected[pod.0 as usize][direction as usize]
+        self.selected.get(pod, direction)
     }
 
     /// The pods holding addresses now that `peer` of policy `policy` (an index into
@@ -257,24 +262,23 @@ impl<'c> Engine<'c> {
 
     /// Whether the NetworkPolicies isolating the pod allow, None when none isolates it.
     fn network_allows(&self, v: &View) -> Option<bool> {
-        let sel = &self.selected[v.pod.0 as usize][v.dir as usize];
+        let sel = self.selected.get(v.pod, v.dir);
         if sel.is_empty() {
             return None;
         }
         Some(
             self.own_node(v.pod, v.remote)
                 || sel.iter().any(|&pi| {
-                    let p = &self.policies[pi as usize];
-                    p.rules(v.dir).unwrap_or_default().iter().any(|r| {
-                        self.rule_matches(pi as usize, r, v.remote, v.remote_ip, v.dst, v.c)
-                    })
+                    self.flat
+                        .rules(pi as usize, v.dir)
+                        .any(|(ports, peers)| self.rule_matches(pi as usize, ports, peers, v))
                 }),
         )
     }
 
     /// The NetworkPolicy tier's ruling for one direction of a pod.
     fn network_side(&self, v: &View) -> Ruling {
-        let sel = &self.selected[v.pod.0 as usize][v.dir as usize];
+        let sel = self.selected.get(v.pod, v.dir);
         if sel.is_empty() {
             return Ruling::NotIsolated;
         }
@@ -285,7 +289,7 @@ impl<'c> Engine<'c> {
         for &pi in sel {
             let p = &self.policies[pi as usize];
             for (ri, rule) in p.rules(v.dir).unwrap_or_default().iter().enumerate() {
-                if self.rule_matches(pi as usize, rule, v.remote, v.remote_ip, v.dst, v.c) {
+                if self.rule_matches(pi as usize, &rule.ports, &rule.peers, v) {
                     rules.push(RuleRef {
                         policy: p.id(),
                         rule: ri,
@@ -305,21 +309,13 @@ impl<'c> Engine<'c> {
         }
     }
 
-    fn rule_matches(
-        &self,
-        policy: usize,
-        rule: &Rule,
-        remote: AddressHolder,
-        remote_ip: IpAddr,
-        dst: AddressHolder,
-        c: &Connection,
-    ) -> bool {
-        (rule.ports.is_empty() || rule.ports.iter().any(|m| self.port_matches(m, dst, c)))
-            && (rule.peers.is_empty()
-                || rule
-                    .peers
+    /// Whether a rule (its ports and peers) of `policy` matches the connection.
+    fn rule_matches(&self, policy: usize, ports: &[PortMatch], peers: &[Peer], v: &View) -> bool {
+        (ports.is_empty() || ports.iter().any(|m| self.port_matches(m, v.dst, v.c)))
+            && (peers.is_empty()
+                || peers
                     .iter()
-                    .any(|peer| self.peer_matches(policy, peer, remote, remote_ip)))
+                    .any(|peer| self.peer_matches(policy, peer, v.remote, v.remote_ip)))
     }
 
     fn port_matches(&self, m: &PortMatch, dst: AddressHolder, c: &Connection) -> bool {
