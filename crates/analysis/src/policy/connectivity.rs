@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::{
     clusterwide::ProtocolMatch,
-    engine::{Connection, Engine, PolicyVerdict},
+    engine::{Engine, PolicyVerdict},
     matrix::{self, Family},
     pod_classes::PodClasses,
     Direction, PortSpec,
@@ -182,15 +182,9 @@ pub(super) fn between(
     dst: IpAddr,
 ) -> (Vec<Ports>, Vec<Ports>) {
     let (mut allowed, mut undetermined) = (Vec::new(), Vec::new());
+    let ends = engine.ends(src, dst);
     for class in ports {
-        let verdict = engine.verdict(&Connection {
-            src,
-            dst,
-            port: class.start,
-            protocol: class.protocol,
-            at: None,
-        });
-        match verdict {
+        match engine.verdict_on(&ends, class.start, class.protocol) {
             PolicyVerdict::Allow => extend(&mut allowed, *class),
             PolicyVerdict::Undetermined => extend(&mut undetermined, *class),
             PolicyVerdict::Deny => {}

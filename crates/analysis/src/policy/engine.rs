@@ -49,6 +49,14 @@ impl Connection {
     }
 }
 
+/// A connection's two ends, resolved ([`Engine::ends`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Ends {
+    src: IpAddr,
+    dst: IpAddr,
+    holders: (AddressHolder, AddressHolder),
+}
+
 pub struct Engine<'c> {
     cluster: &'c Cluster,
     policies: Vec<Policy>,
@@ -218,9 +226,56 @@ impl<'c> Engine<'c> {
         }
     }
 
+    /// The two ends of a connection resolved once, for asking one pair many verdicts
+    /// ([`Self::verdict_on`]): the tables ask each pair for every port class, and resolving
+    /// the addresses was most of the cost.
+    pub fn ends(&self, src: IpAddr, dst: IpAddr) -> Ends {
+        let c = Connection {
+            src,
+            dst,
+            port: 0,
+            protocol: Protocol::TCP,
+            at: None,
+        }
+        .canonical();
+        Ends {
+            src: c.src,
+            dst: c.dst,
+            holders: (self.resolve(c.src, None), self.resolve(c.dst, None)),
+        }
+    }
+
+    /// [`Self::verdict`] between resolved ends, now, on one port.
+    pub fn verdict_on(&self, ends: &Ends, port: u16, protocol: Protocol) -> PolicyVerdict {
+        let c = Connection {
+            src: ends.src,
+            dst: ends.dst,
+            port,
+            protocol,
+            at: None,
+        };
+        let mut maybe = false;
+        let allowed = self.fast_between(&c, ends.holders, &mut maybe);
+        if maybe {
+            self.evaluate(&c).verdict()
+        } else {
+            PolicyVerdict::of(allowed)
+        }
+    }
+
     fn fast(&self, c: &Connection, maybe: &mut bool) -> bool {
         let c = &c.canonical();
-        let (src, dst) = (self.resolve(c.src, c.at), self.resolve(c.dst, c.at));
+        let holders = (self.resolve(c.src, c.at), self.resolve(c.dst, c.at));
+        self.fast_between(c, holders, maybe)
+    }
+
+    /// The fast path for a canonical connection whose ends are resolved.
+    fn fast_between(
+        &self,
+        c: &Connection,
+        (src, dst): (AddressHolder, AddressHolder),
+        maybe: &mut bool,
+    ) -> bool {
         if matches!((src, dst), (AddressHolder::Pod(a), AddressHolder::Pod(b)) if a == b) {
             return true;
         }

@@ -53,6 +53,20 @@ pub(super) fn arb_conn() -> impl Strategy<Value = Connection> {
 }
 
 proptest! {
+    /// Ends resolved once give every port the verdict the connection gets on its own.
+    #[test]
+    fn verdicts_between_resolved_ends_are_the_verdicts(
+        policies in prop::collection::vec((0..4usize).prop_flat_map(arb_policy), 0..4),
+        conns in prop::collection::vec(arb_conn(), 1..20),
+    ) {
+        let c = cluster();
+        let e = Engine::new(&c, policies.iter().map(|p| policy(p)).collect());
+        for conn in &conns {
+            let ends = e.ends(conn.src, conn.dst);
+            prop_assert_eq!(e.verdict_on(&ends, conn.port, conn.protocol), e.verdict(conn), "{:?}", conn);
+        }
+    }
+
     #[test]
     fn adding_an_allow_rule_never_denies_an_allowed_flow(
         policies in prop::collection::vec((0..4usize).prop_flat_map(arb_policy), 1..4),
