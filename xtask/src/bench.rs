@@ -98,14 +98,7 @@ fn engine() -> Result<()> {
         let (ns, policies) = (pods / 20, pods / 5);
         let file = dir.join(format!("nca-{pods}.yaml"));
         let f = file.to_str().context("path")?;
-        cargo(&[
-            "bench",
-            "--quiet",
-            "--package",
-            "flowpol-analysis",
-            "--bench",
-            "engine",
-            "--",
+        cargo(&engine_bench(&[
             "--pods",
             &pods.to_string(),
             "--namespaces",
@@ -114,7 +107,7 @@ fn engine() -> Result<()> {
             &policies.to_string(),
             "--write",
             f,
-        ])?;
+        ]))?;
         let mut yaml = std::fs::read_to_string(&file)?;
         yaml.push_str(nca::POD_CIDR_POLICY);
         std::fs::write(&file, yaml)?;
@@ -179,6 +172,21 @@ fn engine() -> Result<()> {
         serde_json::to_string_pretty(&rows)?,
     )?;
     Ok(())
+}
+
+/// The `cargo` arguments of the engine bench with `args` for it (its sizes, `--write`).
+fn engine_bench<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec![
+        "bench",
+        "--quiet",
+        "--package",
+        "flowpol-analysis",
+        "--bench",
+        "engine",
+        "--",
+    ];
+    all.extend_from_slice(args);
+    all
 }
 
 /// Runs of each tool per size in the comparison.

@@ -99,21 +99,14 @@ pub(crate) fn scale(args: &[String]) -> Result<()> {
     drop(cp);
 
     let engine = |pods: &str, namespaces: &str| {
-        bench_json(&[
-            "bench",
-            "--quiet",
-            "--package",
-            "flowpol-analysis",
-            "--bench",
-            "engine",
-            "--",
+        bench_json(&super::engine_bench(&[
             "--pods",
             pods,
             "--namespaces",
             namespaces,
             "--policies",
             "2000",
-        ])
+        ]))
     };
     let big = engine("100000", "5000")?;
     let ten = engine("10000", "500")?;
