@@ -139,28 +139,16 @@ pub fn compute(engine: &Engine, family: Family) -> Vec<Reach> {
     let ports = port_classes(engine);
     let pods = matrix::pods(engine, family);
     let classes = PodClasses::new(engine, &pods);
-    let k = classes.members.len();
     // (allowed, undetermined) per pair of classes that reaches something.
     let mut answers = Vec::new();
     let mut pairs = Vec::new();
-    for a in 0..k {
-        for b in 0..k {
-            let Some((s, d)) = classes.representatives(a, b) else {
-                continue;
-            };
-            let answer = between(engine, &ports, pods[s].2, pods[d].2);
-            if answer.0.is_empty() && answer.1.is_empty() {
-                continue;
-            }
-            for &s in &classes.members[a] {
-                for &d in &classes.members[b] {
-                    if s != d {
-                        pairs.push((s, d, answers.len()));
-                    }
-                }
-            }
-            answers.push(answer);
+    for (a, b, s, d) in classes.pairs() {
+        let answer = between(engine, &ports, pods[s].2, pods[d].2);
+        if answer.0.is_empty() && answer.1.is_empty() {
+            continue;
         }
+        pairs.extend(classes.pods(a, b).map(|(s, d)| (s, d, answers.len())));
+        answers.push(answer);
     }
     pairs.sort_unstable();
     pairs

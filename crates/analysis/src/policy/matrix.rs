@@ -72,7 +72,6 @@ pub fn compute(
     let cluster = engine.cluster();
     let pods = pods(engine, family);
     let classes = PodClasses::new(engine, &pods);
-    let k = classes.members.len();
     let mut cases = Vec::new();
     for port in ports {
         for &protocol in protocols {
@@ -111,19 +110,10 @@ pub fn compute(
                     undetermined.push([s, d]);
                 }
             };
-            for a in 0..k {
-                for b in 0..k {
-                    let Some((s, d)) = classes.representatives(a, b) else {
-                        continue;
-                    };
-                    let c = cell(s, d);
-                    for &s in &classes.members[a] {
-                        for &d in &classes.members[b] {
-                            if s != d {
-                                put(s, d, c);
-                            }
-                        }
-                    }
+            for (a, b, s, d) in classes.pairs() {
+                let c = cell(s, d);
+                for (s, d) in classes.pods(a, b) {
+                    put(s, d, c);
                 }
             }
             for i in 0..pods.len() {

@@ -46,16 +46,31 @@ impl PodClasses {
         Self { members }
     }
 
-    /// Two distinct pods standing for a pair of classes: None for a class of one pod with
-    /// itself.
-    pub(super) fn representatives(&self, a: usize, b: usize) -> Option<(usize, usize)> {
-        let src = self.members[a][0];
-        let dst = if a == b {
-            *self.members[b].get(1)?
-        } else {
-            self.members[b][0]
-        };
-        Some((src, dst))
+    /// Every pair of classes (a, b) that has two distinct pods, with two standing for it:
+    /// `(a, b, src, dst)`. A class of one pod has no pair with itself.
+    pub(super) fn pairs(&self) -> impl Iterator<Item = (usize, usize, usize, usize)> + '_ {
+        let k = self.members.len();
+        (0..k).flat_map(move |a| {
+            (0..k).filter_map(move |b| {
+                let src = self.members[a][0];
+                let dst = if a == b {
+                    *self.members[b].get(1)?
+                } else {
+                    self.members[b][0]
+                };
+                Some((a, b, src, dst))
+            })
+        })
+    }
+
+    /// The pairs of distinct pods from class `a` to class `b`.
+    pub(super) fn pods(&self, a: usize, b: usize) -> impl Iterator<Item = (usize, usize)> + '_ {
+        self.members[a].iter().flat_map(move |&s| {
+            self.members[b]
+                .iter()
+                .filter(move |&&d| d != s)
+                .map(move |&d| (s, d))
+        })
     }
 }
 
