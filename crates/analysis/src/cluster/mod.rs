@@ -475,7 +475,7 @@ pub fn object_name(text: &str) -> String {
 }
 
 /// IPv4-mapped IPv6 addresses are the IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,

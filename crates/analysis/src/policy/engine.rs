@@ -19,7 +19,7 @@ use tiers::View;
 
 use super::{clusterwide::ClusterPolicy, Direction, Peer, Policy, PortMatch, PortSpec};
 use crate::{
-    cluster::{AddressHolder, Cluster, NsId, PodId, Timestamp},
+    cluster::{canonical, AddressHolder, Cluster, NsId, PodId, Timestamp},
     record::Protocol,
 };
 
@@ -37,13 +37,9 @@ pub struct Connection {
 impl Connection {
     /// IPv4-mapped IPv6 addresses as IPv4, so IPv4 `ipBlock`s match them.
     fn canonical(&self) -> Self {
-        let c = |ip: IpAddr| match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
         Self {
-            src: c(self.src),
-            dst: c(self.dst),
+            src: canonical(self.src),
+            dst: canonical(self.dst),
             ..*self
         }
     }
@@ -230,18 +226,11 @@ impl<'c> Engine<'c> {
     /// ([`Self::verdict_on`]): the tables ask each pair for every port class, and resolving
     /// the addresses was most of the cost.
     pub fn ends(&self, src: IpAddr, dst: IpAddr) -> Ends {
-        let c = Connection {
+        let (src, dst) = (canonical(src), canonical(dst));
+        Ends {
             src,
             dst,
-            port: 0,
-            protocol: Protocol::TCP,
-            at: None,
-        }
-        .canonical();
-        Ends {
-            src: c.src,
-            dst: c.dst,
-            holders: (self.resolve(c.src, None), self.resolve(c.dst, None)),
+            holders: (self.resolve(src, None), self.resolve(dst, None)),
         }
     }
 

@@ -5,7 +5,7 @@ use std::{collections::HashMap, net::IpAddr};
 use ipnet::IpNet;
 
 use super::{clusterwide::ClusterPeer, engine::Engine, Direction, Peer};
-use crate::cluster::PodId;
+use crate::cluster::{canonical, PodId};
 
 pub(super) struct PodClasses {
     /// The pods of each class, in table order.
@@ -71,14 +71,6 @@ impl PodClasses {
                 .filter(move |&&d| d != s)
                 .map(move |&d| (s, d))
         })
-    }
-}
-
-/// IPv4-mapped IPv6 as IPv4, as the engine takes addresses.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
     }
 }
 
